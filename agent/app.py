@@ -1,0 +1,258 @@
+"""Builds the aiohttp application: keys, middlewares, routes and lifecycle.
+
+Every long-lived resource is a ``cleanup_ctx`` generator, torn down in
+reverse order: store -> plugins (exporters, then ingestors). A required
+plugin that fails to start aborts startup, and aiohttp then unwinds what
+already started, so the daemon never half-starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import exposition
+
+from agent import __version__
+from agent.config import Config
+from agent.context import AgentContext
+from agent.metrics import AgentMetrics
+from agent.plugin_api import Route
+from agent.plugins import PluginFailure, PluginHost, await_maybe
+from agent.security import Authenticator, forbidden, unauthorized
+
+log = logging.getLogger("tsagent.app")
+
+CONTEXT_KEY = web.AppKey("context", AgentContext)
+AUTH_KEY = web.AppKey("authenticator", Authenticator)
+ROUTE_GROUPS_KEY = web.AppKey("route_groups", dict)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class StartupError(Exception):
+    """Startup failed; the message names the plugin or resource."""
+
+
+def _required(ctx: AgentContext, plugin: str) -> bool:
+    cfg = ctx.config.section("plugins")
+    return plugin in cfg.get("enabled", [])
+
+
+def _plugin_failed(ctx: AgentContext, plugin: str, stage: str, exc: BaseException) -> None:
+    failure = PluginFailure(plugin, stage, f"{type(exc).__name__}: {exc}")
+    ctx.plugins.failures.append(failure)
+    ctx.metrics.plugin_errors.labels(plugin, stage).inc()
+    if _required(ctx, plugin):
+        raise StartupError(str(failure)) from exc
+    log.error("skipping plugin: %s", failure)
+
+
+# --- middlewares ------------------------------------------------------------
+
+
+@web.middleware
+async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    code = 500
+    try:
+        response = await handler(request)
+        code = response.status
+        return response
+    except web.HTTPException as exc:
+        code = exc.status
+        raise
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        ctx = request.app[CONTEXT_KEY]
+        ctx.metrics.http_duration.labels(name, request.method, str(code)).observe(
+            time.perf_counter() - start
+        )
+
+
+@web.middleware
+async def _security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    group = request.app[ROUTE_GROUPS_KEY].get(resource.canonical if resource else "", "admin")
+    decision = request.app[AUTH_KEY].decide(group, request.headers.get("Authorization"))
+    if decision == 401:
+        return unauthorized()
+    if decision == 403:
+        return forbidden()
+    limit = request.app[CONTEXT_KEY].config.raw["server"]["max_body_bytes"]
+    if request.content_length is not None and request.content_length > limit:
+        return web.Response(
+            status=413, text=f"request body of {request.content_length} bytes exceeds {limit}\n"
+        )
+    return await handler(request)
+
+
+# --- core routes --------------------------------------------------------------
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="tsagent is Healthy.\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[CONTEXT_KEY].ready:
+        return web.Response(text="tsagent is Ready.\n")
+    return web.Response(status=503, text="Service Unavailable\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[CONTEXT_KEY].metrics.registry
+    encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
+    body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
+async def buildinfo(request: web.Request) -> web.Response:
+    import platform
+
+    return web.json_response(
+        {
+            "status": "success",
+            "data": {
+                "version": __version__,
+                "revision": "",
+                "branch": "",
+                "buildUser": "",
+                "buildDate": "",
+                "goVersion": f"python{platform.python_version()}",
+            },
+        }
+    )
+
+
+async def list_plugins(request: web.Request) -> web.Response:
+    host = request.app[CONTEXT_KEY].plugins
+    return web.json_response(
+        {
+            "loaded": [vars(p) for p in host.loaded.values()],
+            "failed": [vars(f) for f in host.failures],
+        }
+    )
+
+
+CORE_ROUTES = [
+    Route("GET", "/-/healthy", healthy, "public"),
+    Route("GET", "/-/ready", ready, "public"),
+    Route("GET", "/metrics", metrics, "read"),
+    Route("GET", "/api/v1/status/buildinfo", buildinfo, "read"),
+    Route("GET", "/api/v1/status/plugins", list_plugins, "admin"),
+]
+
+
+# --- lifecycle --------------------------------------------------------------
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    from agent.storage_setup import open_store
+
+    ctx = app[CONTEXT_KEY]
+    ctx.store = await open_store(ctx)
+    try:
+        yield
+    finally:
+        store, ctx.store = ctx.store, None
+        if store is not None:
+            await store.flush(all=True)
+            await store.close()
+
+
+async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CONTEXT_KEY]
+    for _plugin, made in _collect(ctx, "register_notifiers", ctx=ctx):
+        for notifier in made:
+            ctx.notifiers[notifier.name] = notifier
+    for _plugin, functions in _call_each(ctx, "register_query_functions"):
+        ctx.query_functions.update(functions or {})  # type: ignore[call-overload]
+    started: list[tuple[str, object]] = []
+    try:
+        exporters = _collect(ctx, "register_exporters", ctx=ctx)
+        ingestors = _collect(ctx, "register_ingestors", ctx=ctx)
+        for kind, batch in (("exporter", exporters), ("ingestor", ingestors)):
+            for plugin, objs in batch:
+                for obj in objs:
+                    try:
+                        await obj.start(ctx)
+                    except Exception as exc:  # noqa: BLE001 - plugin code
+                        _plugin_failed(ctx, plugin, f"{kind} {obj.name} start", exc)
+                        continue
+                    started.append((plugin, obj))
+                    (ctx.exporters if kind == "exporter" else ctx.ingestors).append(obj)  # type: ignore[arg-type]
+        for plugin, result in _call_each(ctx, "startup", ctx=ctx):
+            try:
+                await await_maybe(result)
+            except Exception as exc:  # noqa: BLE001
+                _plugin_failed(ctx, plugin, "startup", exc)
+        ctx.ready = True
+        yield
+    finally:
+        ctx.ready = False
+        if started:
+            for plugin, result in _call_each(ctx, "shutdown", ctx=ctx):
+                try:
+                    await await_maybe(result)
+                except Exception as exc:  # noqa: BLE001
+                    log.error("plugin %s failed at shutdown: %s", plugin, exc)
+        for plugin, obj in reversed(started):
+            try:
+                await obj.stop()  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001
+                log.error("plugin %s failed to stop: %s", plugin, exc)
+        ctx.ingestors.clear()
+        ctx.exporters.clear()
+
+
+def _call_each(ctx: AgentContext, hook: str, **kwargs: object) -> list[tuple[str, object]]:
+    """Call every implementation separately so one failure names its plugin."""
+    out: list[tuple[str, object]] = []
+    caller = getattr(ctx.plugins.pm.hook, hook)
+    for impl in reversed(caller.get_hookimpls()):
+        name = ctx.plugins.pm.get_name(impl.plugin) or "?"
+        args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
+        try:
+            out.append((name, impl.function(**args)))
+        except Exception as exc:  # noqa: BLE001
+            _plugin_failed(ctx, name, hook, exc)
+    return out
+
+
+def _collect(ctx: AgentContext, hook: str, **kwargs: object) -> list[tuple[str, list]]:  # type: ignore[type-arg]
+    return [(name, list(res or [])) for name, res in _call_each(ctx, hook, **kwargs)]
+
+
+def make_app(
+    config: Config, plugins: PluginHost, metrics: AgentMetrics | None = None
+) -> web.Application:
+    """The daemon's application; usable directly with pytest-aiohttp."""
+    ctx = AgentContext(config=config, plugins=plugins, metrics=metrics or AgentMetrics())
+    app = web.Application(
+        middlewares=[_metrics_middleware, _security_middleware],
+        client_max_size=config.raw["server"]["max_body_bytes"],
+    )
+    app[CONTEXT_KEY] = ctx
+    app[AUTH_KEY] = Authenticator(config.raw["auth"])
+    groups: dict[str, str] = {}
+    routes = list(CORE_ROUTES)
+    for _plugin, made in _collect(ctx, "register_routes", ctx=ctx):
+        routes.extend(made)
+    for route in routes:
+        resource = app.router.add_route(route.method, route.path, route.handler, name=route.name)
+        groups[resource.resource.canonical if resource.resource else route.path] = route.group
+    app[ROUTE_GROUPS_KEY] = groups
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_plugins_ctx)
+    return app
+
+
+def context_of(app: web.Application) -> AgentContext:
+    return app[CONTEXT_KEY]

@@ -1,0 +1,140 @@
+"""Running the daemon: load, serve, notify systemd, react to signals.
+
+We drive ``web.AppRunner`` ourselves rather than ``web.run_app`` so that
+SIGHUP can reload the configuration in place and systemd hears READY,
+RELOADING and STOPPING at the right moments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent import __version__
+from agent.app import AUTH_KEY, CONTEXT_KEY, StartupError, make_app
+from agent.config import Config, ConfigError, load_config, peek_plugins_section
+from agent.logsetup import setup_logging
+from agent.plugins import PluginError, PluginHost, get_plugin_manager
+from agent.sdnotify import monotonic_usec, notify
+from agent.security import Authenticator, make_ssl_context
+
+log = logging.getLogger("tsagent")
+
+
+def load(
+    path: str | Path | None, overrides: Mapping[str, Any] | None = None
+) -> tuple[Config, PluginHost]:
+    """Load plugins first (they add config sections), then the validated config."""
+    peek = peek_plugins_section(path)
+    host = get_plugin_manager(enabled=peek["enabled"], disabled=peek["disabled"])
+    return reload_config(path, host, overrides), host
+
+
+def reload_config(
+    path: str | Path | None, host: PluginHost, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    schemas: dict[str, Any] = {}
+    for contributed in host.pm.hook.config_schema():
+        schemas.update(contributed or {})
+    config = load_config(path, extra_schemas=schemas, overrides=overrides)
+    errors = [e for found in host.pm.hook.validate_config(config=config) for e in found or []]
+    if errors:
+        raise ConfigError(errors, config.source)
+    return config
+
+
+class Daemon:
+    def __init__(self, path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> None:
+        self.path = path
+        self.overrides = dict(overrides or {})
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    async def run(self) -> int:
+        try:
+            config, host = load(self.path, self.overrides)
+        except (ConfigError, PluginError) as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        setup_logging(config.raw["log"]["level"], config.raw["log"]["format"])
+        app = make_app(config, host)
+        shutdown_timeout = config.duration("server.shutdown_timeout")
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        try:
+            await runner.setup()
+        except (StartupError, Exception) as exc:  # noqa: BLE001 - report any startup failure
+            log.error("cannot start: %s", exc)
+            await runner.cleanup()
+            return 1
+        host_addr, port = config.listen
+        try:
+            ssl_ctx = make_ssl_context(config.raw["server"]["tls"])
+            site = web.TCPSite(runner, host_addr, port, ssl_context=ssl_ctx, reuse_address=True)
+            await site.start()
+        except (OSError, ValueError) as exc:
+            log.error("cannot listen on %s:%s: %s", host_addr, port, exc)
+            await runner.cleanup()
+            return 1
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        scheme = "https" if ssl_ctx else "http"
+        log.info(
+            "tsagent started",
+            extra={
+                "version": __version__,
+                "listen": f"{scheme}://{host_addr}:{port}",
+                "data_dir": str(config.data_dir),
+            },
+        )
+        notify("READY=1", f"STATUS=serving on {host_addr}:{port}")
+        while not self._stop.is_set():
+            stop = asyncio.create_task(self._stop.wait())
+            reload = asyncio.create_task(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                self._apply_reload(app)
+        notify("STOPPING=1")
+        log.info("shutting down", extra={"timeout_s": shutdown_timeout})
+        try:
+            await asyncio.wait_for(runner.cleanup(), timeout=shutdown_timeout)
+        except TimeoutError:
+            log.error("shutdown did not finish within %ss; exiting anyway", shutdown_timeout)
+            return 1
+        log.info("stopped")
+        return 0
+
+    def _apply_reload(self, app: web.Application) -> None:
+        notify("RELOADING=1", monotonic_usec())
+        ctx = app[CONTEXT_KEY]
+        try:
+            new = reload_config(self.path, ctx.plugins, self.overrides)
+        except ConfigError as exc:
+            ctx.metrics.config_reloads.labels("failure").inc()
+            log.error("config reload failed, keeping the running config: %s", exc)
+            notify("READY=1")
+            return
+        for key in ("listen", "data_dir", "storage"):
+            if new.raw[key] != ctx.config.raw[key]:
+                log.warning("config key %r changed; it takes effect after a restart", key)
+        ctx.config = new
+        app[AUTH_KEY].__dict__.update(Authenticator(new.raw["auth"]).__dict__)
+        setup_logging(new.raw["log"]["level"], new.raw["log"]["format"])
+        ctx.metrics.config_reloads.labels("success").inc()
+        log.info("config reloaded", extra={"source": new.source})
+        notify("READY=1")
+
+
+def run_daemon(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> int:
+    setup_logging()
+    return asyncio.run(Daemon(path, overrides).run())

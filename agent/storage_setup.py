@@ -1,0 +1,69 @@
+"""Opens the store the way the daemon configures it.
+
+Kept apart from ``agent.storage`` so the storage engine stays a library that
+knows nothing of YAML or plugins.
+"""
+
+from __future__ import annotations
+
+import re
+
+from agent.context import AgentContext
+from agent.metrics import StatsCollector
+from agent.storage import StorageOptions, Store
+
+DB_FILE = "tsagent.db"
+
+STORE_METRICS = {
+    "active_series": ("tsagent_active_series", "Series with samples in the head block.", "gauge"),
+    "total_series": ("tsagent_series", "Series known to the index.", "gauge"),
+    "head_samples": ("tsagent_head_samples", "Samples held in the head block.", "gauge"),
+    "head_bytes": ("tsagent_head_bytes", "Estimated memory of the head block.", "gauge"),
+    "wal_rows": ("tsagent_wal_batches", "Batches in the write-ahead log.", "gauge"),
+    "segments": ("tsagent_segments", "Compressed segments stored.", "gauge"),
+    "flushes": ("tsagent_flushes_total", "Head flushes into segments.", "counter"),
+    "flush_seconds": ("tsagent_flush_duration_seconds_total", "Time spent flushing.", "counter"),
+    "commits": ("tsagent_wal_commits_total", "Group commits of the log.", "counter"),
+}
+
+
+def storage_options(ctx: AgentContext) -> StorageOptions:
+    cfg = ctx.config.section("storage")
+    default_codec = cfg["codec"] or _builtin_default(ctx)
+    rules = [(r["match"], r["codec"]) for r in cfg["codec_rules"]]
+    for name in [default_codec, *(c for _, c in rules)]:
+        if name not in ctx.codecs:
+            known = ", ".join(sorted(ctx.codecs)) or "none"
+            raise ValueError(f"storage.codec: unknown codec {name!r}; known codecs: {known}")
+    return StorageOptions(
+        synchronous=cfg["synchronous"],
+        out_of_order_window_ms=int(ctx.config.duration("storage.out_of_order_window") * 1000),
+        block_size=cfg["block_size"],
+        flush_age_ms=int(ctx.config.duration("storage.flush_age") * 1000),
+        flush_interval_s=ctx.config.duration("storage.flush_interval"),
+        head_memory_limit_bytes=cfg["head_memory_limit_bytes"],
+        default_codec=default_codec,
+        codec_rules=[(re.compile(m).pattern, c) for m, c in rules],
+    )
+
+
+def _builtin_default(ctx: AgentContext) -> str:
+    try:
+        from plugins.codecs import DEFAULT_CODEC
+    except ImportError:
+        return "raw"
+    return DEFAULT_CODEC if DEFAULT_CODEC in ctx.codecs else "raw"
+
+
+async def open_store(ctx: AgentContext) -> Store:
+    for codecs in ctx.plugins.pm.hook.register_codecs():
+        for codec in codecs or []:
+            ctx.codecs[codec.name] = codec
+    options = storage_options(ctx)
+    data_dir = ctx.config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(data_dir / DB_FILE, options, ctx.codecs)
+    ctx.metrics.add_collector(
+        StatsCollector(lambda: ctx.store and ctx.store.stats(), STORE_METRICS)
+    )
+    return store

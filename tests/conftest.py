@@ -1,0 +1,59 @@
+"""Shared fixtures: configs in temporary data directories, apps, real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import Config
+from agent.daemon import reload_config
+from agent.plugins import PluginHost, get_plugin_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def make_config(data_dir: Path, tmp_path: Path) -> Callable[..., tuple[Config, PluginHost]]:
+    """Write YAML to a file and load it the way the daemon does."""
+
+    def factory(
+        text: str = "", *, extra_plugins: list[tuple[str, object]] | None = None
+    ) -> tuple[Config, PluginHost]:
+        path = tmp_path / "tsagent.yaml"
+        path.write_text(text)
+        host = get_plugin_manager(extra_plugins=extra_plugins or [])
+        return reload_config(path, host, {"data_dir": str(data_dir)}), host
+
+    return factory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tsagent_cmd() -> list[str]:
+    return [sys.executable, "-m", "agent.cli"]
+
+
+@pytest.fixture
+def subprocess_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    yield env

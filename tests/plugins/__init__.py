@@ -1,0 +1,1 @@
+"""Fixture plugins registered directly by tests."""
