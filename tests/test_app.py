@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import CONTEXT_KEY, StartupError, make_app
 from agent.security import hash_password
-from tests.plugins import recorder
+from tests.fixture_plugins import recorder
 
 PASSWORD_HASH = hash_password("pw", rounds=4)
 

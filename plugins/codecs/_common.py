@@ -1,0 +1,207 @@
+"""Helpers shared by the codecs: argument checks, zigzag, varints, bit lengths.
+
+Everything here works on whole numpy arrays, because a Python loop per sample
+costs about a microsecond and the store decodes millions of samples per query.
+All integer arithmetic is done in wrapping int64/uint64 on purpose: a delta of
+two arbitrary int64 timestamps may overflow, and since decoding undoes the
+same wrap, any int64 sequence round-trips without special cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+U8 = npt.NDArray[np.uint8]
+
+_SEVEN_BIT_SHIFTS = (np.arange(10, dtype=np.uint64) * np.uint64(7)).astype(np.uint64)
+_TEN = np.arange(10)
+
+
+class CorruptBlobError(ValueError):
+    """A blob that cannot be what this codec wrote for the given count.
+
+    A ValueError subclass so callers need not know the codec package; the
+    message always names the codec, which is what an operator reading a log
+    line after disk corruption needs first.
+    """
+
+
+def check_arrays(codec: str, timestamps: object, values: object) -> tuple[I64, F64]:
+    """Normalise encode arguments to contiguous little-endian int64/float64.
+
+    Casting is "safe" only: silently truncating float timestamps or widening
+    float32 values (which rewrites NaN payloads) would break the bit-exact
+    promise in a way nobody would notice until a query.
+    """
+    ts = np.asarray(timestamps)
+    vs = np.asarray(values)
+    if ts.ndim != 1 or vs.ndim != 1:
+        raise ValueError(f"{codec}: timestamps and values must be 1-D arrays")
+    if ts.shape != vs.shape:
+        raise ValueError(
+            f"{codec}: {ts.shape[0]} timestamps but {vs.shape[0]} values; lengths must match"
+        )
+    if ts.size == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    if ts.dtype.kind not in "iu":
+        raise TypeError(f"{codec}: timestamps must be integers (int64 ms), got {ts.dtype}")
+    try:
+        ts64 = np.ascontiguousarray(ts.astype("<i8", casting="safe", copy=False))
+    except TypeError:
+        if ts.dtype == np.uint64 and (ts.size == 0 or int(ts.max()) < 2**63):
+            ts64 = np.ascontiguousarray(ts.astype("<i8"))
+        else:
+            raise TypeError(f"{codec}: timestamps of dtype {ts.dtype} do not fit int64") from None
+    if vs.dtype != np.float64:
+        try:
+            vs = vs.astype("<f8", casting="safe")
+        except TypeError:
+            raise TypeError(f"{codec}: values must be float64, got {vs.dtype}") from None
+    return ts64, np.ascontiguousarray(vs, dtype="<f8")
+
+
+def check_count(codec: str, count: int) -> int:
+    """Reject a negative or non-integer count before it sizes an allocation."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise TypeError(f"{codec}: count must be an int, got {type(count).__name__}")
+    if count < 0:
+        raise ValueError(f"{codec}: count must be >= 0, got {count}")
+    return int(count)
+
+
+def as_bytes(codec: str, blob: object) -> bytes:
+    """Accept any bytes-like blob (sqlite3 hands back bytes, mmap gives memoryview)."""
+    if isinstance(blob, bytes):
+        return blob
+    if isinstance(blob, (bytearray, memoryview)):
+        return bytes(blob)
+    raise TypeError(f"{codec}: blob must be bytes-like, got {type(blob).__name__}")
+
+
+def empty_result() -> tuple[I64, F64]:
+    return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+
+
+def zigzag(x: I64) -> U64:
+    """Map small negative and positive int64 to small uint64 (wrapping, so total)."""
+    return ((x << 1) ^ (x >> 63)).view(np.uint64)
+
+
+def unzigzag(u: U64) -> I64:
+    return ((u >> np.uint64(1)) ^ (np.uint64(0) - (u & np.uint64(1)))).view(np.int64)
+
+
+def zigzag_int(x: int) -> int:
+    """Scalar zigzag for metadata fields; ``x`` must be within int64."""
+    return (x << 1) ^ (x >> 63) if x < 0 else x << 1
+
+
+def unzigzag_int(u: int) -> int:
+    return (u >> 1) ^ -(u & 1)
+
+
+def timestamp_dods(ts: I64) -> I64:
+    """``[t0, t1 - t0, then delta-of-delta]``, wrapping, as the decoder expects."""
+    out = np.empty_like(ts)
+    if ts.size:
+        out[0] = ts[0]
+    if ts.size > 1:
+        deltas = ts[1:] - ts[:-1]
+        out[1] = deltas[0]
+        np.subtract(deltas[1:], deltas[:-1], out=out[2:])
+    return out
+
+
+def timestamps_from_dods(dods: I64) -> I64:
+    out = np.empty_like(dods)
+    if dods.size:
+        out[0] = dods[0]
+        np.add(np.cumsum(np.cumsum(dods[1:])), dods[0], out=out[1:])
+    return out
+
+
+def bit_length(x: U64) -> npt.NDArray[np.int64]:
+    """Exact ``int.bit_length`` for every element.
+
+    ``float64(x)`` rounds above 2**53, so each 32-bit half goes through
+    ``frexp`` separately, where the conversion is exact.
+    """
+    hi = (x >> np.uint64(32)).astype(np.float64)
+    lo = (x & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    hi_len = np.frexp(hi)[1].astype(np.int64)
+    lo_len = np.frexp(lo)[1].astype(np.int64)
+    return np.where(hi_len > 0, hi_len + 32, lo_len)
+
+
+def trailing_zeros(x: U64) -> npt.NDArray[np.int64]:
+    """Count of trailing zero bits; 64 for zero (so ``64 - lz - tz`` stays meaningful)."""
+    lowest = x & (~x + np.uint64(1))
+    tz = bit_length(lowest) - 1
+    tz[x == 0] = 64
+    return tz
+
+
+def encode_uvarints(u: U64) -> bytes:
+    """LEB128 for a whole array at once: cut every value into ten 7-bit groups,
+    then keep only the groups each value needs."""
+    if u.size == 0:
+        return b""
+    nbytes = np.maximum((bit_length(u) + 6) // 7, 1)
+    groups = ((u[:, None] >> _SEVEN_BIT_SHIFTS) & np.uint64(0x7F)).astype(np.uint8)
+    groups[(nbytes - 1)[:, None] > _TEN] |= 0x80
+    return bytes(groups[nbytes[:, None] > _TEN].tobytes())
+
+
+def decode_uvarints(codec: str, data: bytes, offset: int = 0) -> U64:
+    """Decode every LEB128 varint in ``data[offset:]``; the last must be complete."""
+    buf = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    if buf.size == 0:
+        return np.empty(0, dtype=np.uint64)
+    if buf[-1] & 0x80:
+        raise CorruptBlobError(f"{codec}: blob is truncated (last varint has no final byte)")
+    ends = np.flatnonzero(buf < 0x80)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts + 1
+    if int(lengths.max()) > 10:
+        raise CorruptBlobError(f"{codec}: corrupt blob (varint longer than 10 bytes)")
+    position = np.arange(buf.size) - np.repeat(starts, lengths)
+    if np.any(buf[position == 9] > 1):
+        raise CorruptBlobError(f"{codec}: corrupt blob (varint exceeds 64 bits)")
+    parts = (buf & np.uint8(0x7F)).astype(np.uint64) << (position * 7).astype(np.uint64)
+    return np.bitwise_or.reduceat(parts, starts)
+
+
+def read_uvarint(codec: str, data: bytes, pos: int) -> tuple[int, int]:
+    """One scalar varint; cheaper than numpy for the handful of header fields."""
+    result = 0
+    shift = 0
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise CorruptBlobError(f"{codec}: blob is truncated (inside a header varint)")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise CorruptBlobError(f"{codec}: corrupt blob (header varint too long)")
+    if result >= 1 << 64:
+        raise CorruptBlobError(f"{codec}: corrupt blob (header varint exceeds 64 bits)")
+    return result, pos
+
+
+def uvarint(x: int) -> bytes:
+    out = bytearray()
+    while x >= 0x80:
+        out.append((x & 0x7F) | 0x80)
+        x >>= 7
+    out.append(x)
+    return bytes(out)

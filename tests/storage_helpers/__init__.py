@@ -1,0 +1,1 @@
+"""Helpers for the storage tests (a test-only codec, the durability child script)."""
