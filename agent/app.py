@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import exposition
@@ -173,8 +174,9 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
         for notifier in made:
             ctx.notifiers[notifier.name] = notifier
     for _plugin, functions in _call_each(ctx, "register_query_functions"):
-        ctx.query_functions.update(functions or {})  # type: ignore[call-overload]
-    started: list[tuple[str, object]] = []
+        ctx.query_functions.update(functions or {})
+    started: list[tuple[str, Any]] = []
+    started_hooks = False
     try:
         exporters = _collect(ctx, "register_exporters", ctx=ctx)
         ingestors = _collect(ctx, "register_ingestors", ctx=ctx)
@@ -187,7 +189,8 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
                         _plugin_failed(ctx, plugin, f"{kind} {obj.name} start", exc)
                         continue
                     started.append((plugin, obj))
-                    (ctx.exporters if kind == "exporter" else ctx.ingestors).append(obj)  # type: ignore[arg-type]
+                    (ctx.exporters if kind == "exporter" else ctx.ingestors).append(obj)
+        started_hooks = True
         for plugin, result in _call_each(ctx, "startup", ctx=ctx):
             try:
                 await await_maybe(result)
@@ -197,7 +200,7 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         ctx.ready = False
-        if started:
+        if started_hooks:
             for plugin, result in _call_each(ctx, "shutdown", ctx=ctx):
                 try:
                     await await_maybe(result)
@@ -205,14 +208,14 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
                     log.error("plugin %s failed at shutdown: %s", plugin, exc)
         for plugin, obj in reversed(started):
             try:
-                await obj.stop()  # type: ignore[attr-defined]
+                await obj.stop()
             except Exception as exc:  # noqa: BLE001
                 log.error("plugin %s failed to stop: %s", plugin, exc)
         ctx.ingestors.clear()
         ctx.exporters.clear()
 
 
-def _call_each(ctx: AgentContext, hook: str, **kwargs: object) -> list[tuple[str, object]]:
+def _call_each(ctx: AgentContext, hook: str, /, **kwargs: object) -> list[tuple[str, Any]]:
     """Call every implementation separately so one failure names its plugin."""
     out: list[tuple[str, object]] = []
     caller = getattr(ctx.plugins.pm.hook, hook)
@@ -226,7 +229,7 @@ def _call_each(ctx: AgentContext, hook: str, **kwargs: object) -> list[tuple[str
     return out
 
 
-def _collect(ctx: AgentContext, hook: str, **kwargs: object) -> list[tuple[str, list]]:  # type: ignore[type-arg]
+def _collect(ctx: AgentContext, hook: str, /, **kwargs: object) -> list[tuple[str, list[Any]]]:
     return [(name, list(res or [])) for name, res in _call_each(ctx, hook, **kwargs)]
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ def daemon(tmp_path: Path) -> Iterator[Any]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+        d.notify.close()
+        d.log.close()
 
 
 def get(url: str, **kw: Any) -> tuple[int, str]:
@@ -96,7 +99,9 @@ def test_run_ready_reload_and_sigterm(daemon: Any, tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "tsagent.yaml"
     cfg.write_text("log:\n  level: info\n")
-    d = daemon(["run", "-c", str(cfg), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d")])
+    d = daemon(
+        ["run", "-c", str(cfg), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d")]
+    )
     assert "READY=1" in d.wait_notify("READY=1")[-1]
     status, body = get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200 and metric(body, "tsagent_build_info") == 1
@@ -150,7 +155,9 @@ def test_contrib_plugin_runs_in_the_daemon(daemon: Any, tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "c.yaml"
     cfg.write_text("ingest:\n  heartbeat:\n    enabled: true\n    interval: 1s\n    job: ci\n")
-    d = daemon(["run", "-c", str(cfg), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)])
+    d = daemon(
+        ["run", "-c", str(cfg), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)]
+    )
     d.wait_notify("READY=1")
     body = get(f"http://127.0.0.1:{port}/metrics")[1]
     assert metric(body, "tsagent_samples_ingested_total", source="heartbeat") >= 1  # type: ignore[operator]
@@ -209,7 +216,9 @@ def test_tls_with_client_certificates(daemon: Any, tmp_path: Path) -> None:
         f"    client_ca_file: {ccert}\n"
     )
     port = free_port()
-    d = daemon(["run", "-c", str(cfg), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)])
+    d = daemon(
+        ["run", "-c", str(cfg), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)]
+    )
     d.wait_notify("READY=1")
     url = f"https://127.0.0.1:{port}/-/healthy"
     ctx = ssl.create_default_context(cafile=str(cert))
@@ -222,8 +231,10 @@ def test_tls_with_client_certificates(daemon: Any, tmp_path: Path) -> None:
     # TLS 1.1 is refused
     old = ssl.create_default_context(cafile=str(cert))
     old.load_cert_chain(str(ccert), str(ckey))
-    old.minimum_version = ssl.TLSVersion.TLSv1
-    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
         get(url, context=old)
     # plain HTTP gets nothing useful
