@@ -22,7 +22,9 @@ STATSD = {
     "ingest.statsd": Schema(
         {
             "port": Field(int, 9125, check=check_port),
-            "mappings": Field(list, [], item=Schema({"match": Field(str, ""), "name": Field(str, "")})),
+            "mappings": Field(
+                list, [], item=Schema({"match": Field(str, ""), "name": Field(str, "")})
+            ),
         }
     )
 }
@@ -72,7 +74,10 @@ def test_list_items_get_indexed_paths() -> None:
 
 def test_choices_and_durations() -> None:
     errs = errors_of("log:\n  level: loud\nstorage:\n  flush_age: soon\n")
-    assert "log.level: expected one of 'debug', 'info', 'warning', 'error', found string 'loud'" in errs
+    assert (
+        "log.level: expected one of 'debug', 'info', 'warning', 'error', found string 'loud'"
+        in errs
+    )
     assert any(e.startswith("storage.flush_age: expected a duration") for e in errs)
 
 
@@ -181,8 +186,6 @@ def _builtin_schemas() -> dict[str, Schema]:
 
 def test_every_core_key_has_help_or_is_a_section() -> None:
     missing = [
-        key
-        for key, spec in CORE_SCHEMA.fields.items()
-        if isinstance(spec, Field) and not spec.help
+        key for key, spec in CORE_SCHEMA.fields.items() if isinstance(spec, Field) and not spec.help
     ]
     assert missing == []

@@ -63,9 +63,22 @@ def make_cert(tmp_path: Path, name: str = "server") -> tuple[Path, Path]:
     cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
         ],
         check=True,
         capture_output=True,
@@ -81,8 +94,12 @@ def test_ssl_context_minimum_tls12_and_client_certs(tmp_path: Path) -> None:
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     assert ctx.verify_mode == ssl.CERT_NONE
     ctx = make_ssl_context(
-        {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(cert),
-         "min_version": "TLS1.3"}
+        {
+            "cert_file": str(cert),
+            "key_file": str(key),
+            "client_ca_file": str(cert),
+            "min_version": "TLS1.3",
+        }
     )
     assert ctx is not None
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
