@@ -30,21 +30,25 @@ class Daemon:
         self.sock_path = str(tmp_path / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.sock_path)
-        self.notify.settimeout(20)
         full_env = {**os.environ, "NOTIFY_SOCKET": self.sock_path, **(env or {})}
         self.log = open(tmp_path / "daemon.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen([*CLI, *args], env=full_env, stdout=self.log, stderr=self.log)
 
     def wait_notify(self, expected: str) -> list[str]:
         got: list[str] = []
-        while True:
+        deadline = time.monotonic() + 30
+        self.notify.settimeout(0.2)
+        while time.monotonic() < deadline:
             try:
                 msg = self.notify.recv(4096).decode()
             except TimeoutError:
-                raise AssertionError(f"no {expected} after {got}; log:\n{self.output()}") from None
+                if self.proc.poll() is not None:
+                    break  # it exited: no point waiting
+                continue
             got.append(msg)
             if expected in msg.split("\n"):
                 return got
+        raise AssertionError(f"no {expected} after {got}; log:\n{self.output()}")
 
     def output(self) -> str:
         self.log.flush()
