@@ -205,3 +205,22 @@ def uvarint(x: int) -> bytes:
         x >>= 7
     out.append(x)
     return bytes(out)
+
+
+def open_versioned(name: str, blob: bytes, count: int, version: int) -> tuple[int, bytes] | None:
+    """Check the count and the leading version byte; None for a valid empty block.
+
+    Every bit-packed codec starts its blobs the same way, so the checks (and
+    their error messages) live here once.
+    """
+    n = check_count(name, count)
+    data = as_bytes(name, blob)
+    if not data:
+        raise CorruptBlobError(f"{name}: blob is empty (expected a version byte)")
+    if data[0] != version:
+        raise CorruptBlobError(f"{name}: unknown format version {data[0]}")
+    if n == 0:
+        if len(data) != 1:
+            raise CorruptBlobError(f"{name}: {len(data) - 1} stray bytes for 0 samples")
+        return None
+    return n, data

@@ -29,12 +29,11 @@ from plugins.codecs._common import (
     I64,
     U64,
     CorruptBlobError,
-    as_bytes,
     check_arrays,
-    check_count,
     decode_uvarints,
     empty_result,
     encode_uvarints,
+    open_versioned,
     timestamp_dods,
     timestamps_from_dods,
     trailing_zeros,
@@ -74,16 +73,10 @@ class DeltaRleCodec:
         return bytes([VERSION]) + encode_uvarints(np.concatenate(parts))
 
     def decode(self, blob: bytes, count: int) -> tuple[I64, F64]:
-        n = check_count(self.name, count)
-        data = as_bytes(self.name, blob)
-        if not data:
-            raise CorruptBlobError(f"{self.name}: blob is empty (expected a version byte)")
-        if data[0] != VERSION:
-            raise CorruptBlobError(f"{self.name}: unknown format version {data[0]}")
-        if n == 0:
-            if len(data) != 1:
-                raise CorruptBlobError(f"{self.name}: {len(data) - 1} stray bytes for 0 samples")
+        opened = open_versioned(self.name, blob, count, VERSION)
+        if opened is None:
             return empty_result()
+        n, data = opened
         numbers = decode_uvarints(self.name, data, 1)
         if numbers.size < n + 1:
             raise CorruptBlobError(

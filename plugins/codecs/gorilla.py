@@ -40,11 +40,10 @@ from plugins.codecs._common import (
     I64,
     U64,
     CorruptBlobError,
-    as_bytes,
     bit_length,
     check_arrays,
-    check_count,
     empty_result,
+    open_versioned,
     timestamp_dods,
     timestamps_from_dods,
     trailing_zeros,
@@ -166,16 +165,10 @@ class GorillaCodec:
         return bytes([VERSION]) + pack_fields(fields.ravel(), widths.ravel())
 
     def decode(self, blob: bytes, count: int) -> tuple[I64, F64]:
-        n = check_count(self.name, count)
-        data = as_bytes(self.name, blob)
-        if not data:
-            raise CorruptBlobError(f"{self.name}: blob is empty (expected a version byte)")
-        if data[0] != VERSION:
-            raise CorruptBlobError(f"{self.name}: unknown format version {data[0]}")
-        if n == 0:
-            if len(data) != 1:
-                raise CorruptBlobError(f"{self.name}: {len(data) - 1} stray bytes for 0 samples")
+        opened = open_versioned(self.name, blob, count, VERSION)
+        if opened is None:
             return empty_result()
+        n, data = opened
         nbits = 8 * (len(data) - 1)
         if nbits < 128:
             raise CorruptBlobError(f"{self.name}: blob is truncated ({len(data)} bytes)")

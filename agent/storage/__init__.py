@@ -1,0 +1,49 @@
+"""tsagent's storage engine: SQLite-backed, with an in-memory head and a log.
+
+Import from here; the submodules are internal and may be reorganised.
+"""
+
+from __future__ import annotations
+
+from agent.storage.errors import (
+    BackPressure,
+    StorageError,
+    StoreClosed,
+    StoreFailed,
+    UnknownSeries,
+)
+from agent.storage.options import (
+    REJECT_DUPLICATE_TIMESTAMP,
+    REJECT_OUT_OF_ORDER,
+    REJECT_REASONS,
+    REJECT_TOO_OLD,
+    AppendResult,
+    FlushResult,
+    Rejection,
+    SeriesData,
+    StorageOptions,
+    StoreStats,
+)
+from agent.storage.store import Store
+from agent.storage.wal import BatchRecord, TxnHook
+
+__all__ = [
+    "REJECT_DUPLICATE_TIMESTAMP",
+    "REJECT_OUT_OF_ORDER",
+    "REJECT_REASONS",
+    "REJECT_TOO_OLD",
+    "AppendResult",
+    "BackPressure",
+    "BatchRecord",
+    "FlushResult",
+    "Rejection",
+    "SeriesData",
+    "StorageError",
+    "StorageOptions",
+    "Store",
+    "StoreClosed",
+    "StoreFailed",
+    "StoreStats",
+    "TxnHook",
+    "UnknownSeries",
+]

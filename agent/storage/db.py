@@ -1,0 +1,174 @@
+"""SQLite connections and schema migrations.
+
+Every connection is opened in autocommit mode (``isolation_level=None``) so the
+engine states its transactions explicitly: ``BEGIN IMMEDIATE`` takes the write
+lock up front, which turns a would-be mid-transaction ``SQLITE_BUSY`` into a
+wait at the start, where nothing has to be undone.
+
+Migrations follow sqlite-utils/sqlite-migrate: named functions registered in
+order, each applied in its own transaction and recorded in ``_migrations``,
+so a crash between two migrations leaves a database that the next start simply
+continues migrating.  Later features (audit, versions, retention) add their
+own functions to :data:`MIGRATIONS` instead of editing earlier ones.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+MigrationFn = Callable[[sqlite3.Connection], None]
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    fn: MigrationFn
+
+
+class Migrations:
+    """An ordered, named set of schema changes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._items: list[Migration] = []
+
+    def __call__(self, *, name: str | None = None) -> Callable[[MigrationFn], MigrationFn]:
+        def register(fn: MigrationFn) -> MigrationFn:
+            mname = name or fn.__name__
+            if any(m.name == mname for m in self._items):
+                raise ValueError(f"duplicate migration name {mname!r}")
+            self._items.append(Migration(mname, fn))
+            return fn
+
+        return register
+
+    def __iter__(self) -> Iterator[Migration]:
+        return iter(self._items)
+
+    def pending(self, conn: sqlite3.Connection) -> list[Migration]:
+        _ensure_migrations_table(conn)
+        done = {
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM _migrations WHERE migration_set = ?", (self.name,)
+            )
+        }
+        return [m for m in self._items if m.name not in done]
+
+    def apply(self, conn: sqlite3.Connection) -> list[str]:
+        """Apply what is missing; returns the names applied, for logging."""
+        applied = []
+        for m in self.pending(conn):
+            with transaction(conn):
+                # Re-check under the write lock: another process may have won the race.
+                row = conn.execute(
+                    "SELECT 1 FROM _migrations WHERE migration_set = ? AND name = ?",
+                    (self.name, m.name),
+                ).fetchone()
+                if row is not None:
+                    continue
+                m.fn(conn)
+                conn.execute(
+                    "INSERT INTO _migrations(migration_set, name, applied_at) VALUES (?, ?, ?)",
+                    (self.name, m.name, time.time()),
+                )
+            applied.append(m.name)
+        return applied
+
+
+def _ensure_migrations_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations ("
+        " migration_set TEXT NOT NULL, name TEXT NOT NULL, applied_at REAL NOT NULL,"
+        " PRIMARY KEY (migration_set, name))"
+    )
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+MIGRATIONS = Migrations("tsagent.storage")
+
+
+@MIGRATIONS()
+def m001_series(conn: sqlite3.Connection) -> None:
+    # flushed_seq: log sequence up to which this series' samples live in segments;
+    # max_t/last_bits: newest sample ever stored, so out-of-order and duplicate
+    # checks still work after the head was flushed and the process restarted.
+    conn.execute(
+        "CREATE TABLE series ("
+        " id INTEGER PRIMARY KEY,"
+        " labels TEXT NOT NULL UNIQUE,"
+        " created_ms INTEGER NOT NULL,"
+        " flushed_seq INTEGER NOT NULL DEFAULT 0,"
+        " max_t INTEGER,"
+        " last_bits INTEGER)"
+    )
+
+
+@MIGRATIONS()
+def m002_wal(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE wal ("
+        " seq INTEGER PRIMARY KEY,"
+        " created_ms INTEGER NOT NULL,"
+        " count INTEGER NOT NULL,"
+        " data BLOB NOT NULL)"
+    )
+
+
+@MIGRATIONS()
+def m003_segments(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE segments ("
+        " id INTEGER PRIMARY KEY,"
+        " series_id INTEGER NOT NULL,"
+        " min_t INTEGER NOT NULL,"
+        " max_t INTEGER NOT NULL,"
+        " count INTEGER NOT NULL,"
+        " codec TEXT NOT NULL,"
+        " data BLOB NOT NULL)"
+    )
+    # Range reads ask "series = ? AND max_t >= start AND min_t <= end": the index
+    # answers the first two and covers the third without touching the table.
+    conn.execute("CREATE INDEX segments_by_series ON segments(series_id, max_t, min_t)")
+
+
+def connect(
+    path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False
+) -> sqlite3.Connection:
+    """Open one connection with the engine's PRAGMAs.
+
+    ``check_same_thread=False`` because connections are created on the event
+    loop and then used from exactly one worker thread each; the engine, not
+    the sqlite3 module, guarantees that single-thread use.
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if not readonly:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise sqlite3.OperationalError(f"could not enable WAL journal (got {mode!r})")
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -16384")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA mmap_size = 268435456")
+    return conn

@@ -1,0 +1,36 @@
+"""Exceptions raised by the store.
+
+Callers (ingestors, the HTTP layer) map these onto protocol answers: a
+``BackPressure`` becomes "retry later" (HTTP 429/503), anything else a 500.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class, so callers can catch every storage failure in one place."""
+
+
+class BackPressure(StorageError):
+    """The head is over its memory limit; the caller should retry later.
+
+    Raised before anything is queued, so nothing of the rejected batch was
+    written and retrying the same batch is safe.
+    """
+
+
+class UnknownSeries(StorageError):
+    """An append named a series id that was never created (a caller bug)."""
+
+
+class StoreClosed(StorageError):
+    """The store was closed; no further writes are accepted."""
+
+
+class StoreFailed(StorageError):
+    """A commit failed after the head had already been updated.
+
+    The in-memory head may then hold samples that never became durable, so the
+    store refuses further writes instead of acknowledging on top of a lie;
+    reopening rebuilds the head from what really reached the disk.
+    """

@@ -1,0 +1,387 @@
+"""The in-memory head: recent samples per series, not yet in segments.
+
+Layout, chosen for memory and for a vectorised append path:
+
+* per series, two typed buffers: ``array('q')`` timestamps and ``array('Q')``
+  value *bits* (never Python floats, so NaN payloads such as the staleness
+  marker cannot be altered by a float round trip);
+* every other per-series field lives in one numpy array indexed by series id
+  (newest timestamp, its value bits, head count, first/last log sequence,
+  arrival time), so a batch updates them with fancy indexing instead of
+  touching a Python object per series.
+
+The only Python loop on the in-order path runs once per (batch, series) to
+extend that series' two buffers; per-sample Python work happens only for
+out-of-order samples inside the window, which are rare by nature.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.storage.options import (
+    REJECT_DUPLICATE_TIMESTAMP,
+    REJECT_OUT_OF_ORDER,
+    REJECT_TOO_OLD,
+)
+
+INT64_MIN = int(np.iinfo(np.int64).min)
+# Two array objects plus their over-allocation, per series that holds head data.
+SERIES_BUFFER_OVERHEAD = 2 * 80 + 32
+SAMPLE_BYTES = 16
+
+# (series_id, timestamp) -> value bits stored in segments, or None.
+SegmentProbe = Callable[[int, int], "int | None"]
+
+
+@dataclass(slots=True)
+class ApplyOutcome:
+    """What one batch did to the head; the stored arrays go to the log as they are."""
+
+    stored_sids: np.ndarray
+    stored_ts: np.ndarray
+    stored_bits: np.ndarray
+    accepted: int
+    duplicates: int
+    touched: np.ndarray  # series that received samples, for the block-size trigger
+    rejected: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def _grow(a: np.ndarray, size: int, fill: int) -> np.ndarray:
+    out = np.full(size, fill, dtype=a.dtype)
+    out[: a.size] = a
+    return out
+
+
+class Head:
+    __slots__ = (
+        "active",
+        "count",
+        "first_arrival",
+        "first_seq",
+        "last_bits",
+        "last_seq",
+        "max_t",
+        "samples",
+        "seg_max_t",
+        "ts",
+        "vb",
+        "window_ms",
+    )
+
+    def __init__(self, window_ms: int = 0) -> None:
+        self.window_ms = window_ms
+        self.ts: list[array[int] | None] = []
+        self.vb: list[array[int] | None] = []
+        self.max_t = np.zeros(0, dtype=np.int64)
+        self.last_bits = np.zeros(0, dtype=np.uint64)
+        self.count = np.zeros(0, dtype=np.int64)
+        self.first_seq = np.zeros(0, dtype=np.int64)
+        self.last_seq = np.zeros(0, dtype=np.int64)
+        self.first_arrival = np.zeros(0, dtype=np.int64)
+        self.seg_max_t = np.zeros(0, dtype=np.int64)
+        self.samples = 0
+        self.active = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self.ts)
+
+    def ensure(self, max_id: int) -> None:
+        """Make room for ids up to ``max_id``, doubling so growth stays amortised."""
+        if max_id < self.capacity:
+            return
+        size = max(16, self.capacity * 2, max_id + 1)
+        extra = size - self.capacity
+        self.ts.extend([None] * extra)
+        self.vb.extend([None] * extra)
+        self.max_t = _grow(self.max_t, size, INT64_MIN)
+        self.last_bits = _grow(self.last_bits, size, 0)
+        self.count = _grow(self.count, size, 0)
+        self.first_seq = _grow(self.first_seq, size, 0)
+        self.last_seq = _grow(self.last_seq, size, 0)
+        self.first_arrival = _grow(self.first_arrival, size, 0)
+        self.seg_max_t = _grow(self.seg_max_t, size, INT64_MIN)
+
+    def bytes_estimate(self) -> int:
+        state = sum(
+            a.nbytes
+            for a in (
+                self.max_t,
+                self.last_bits,
+                self.count,
+                self.first_seq,
+                self.last_seq,
+                self.first_arrival,
+                self.seg_max_t,
+            )
+        )
+        return self.samples * SAMPLE_BYTES + self.active * SERIES_BUFFER_OVERHEAD + state
+
+    # --- writing ------------------------------------------------------------------
+
+    def apply(
+        self,
+        sids: np.ndarray,
+        ts: np.ndarray,
+        bits: np.ndarray,
+        seq: int,
+        now_ms: int,
+        *,
+        replay: bool = False,
+        probe: SegmentProbe | None = None,
+    ) -> ApplyOutcome:
+        """Validate one batch against the head and add what is accepted.
+
+        Samples of one batch are treated as a set: they are ordered by
+        (series, timestamp) first, so a batch need not be sorted.  In ``replay``
+        mode the batch was validated when it was first written; nothing is
+        rejected then (the out-of-order window may have changed since).
+        """
+        n = sids.size
+        if n == 0:
+            return ApplyOutcome(sids, ts, bits, 0, 0, sids)
+        if n > 1:
+            ds = np.diff(sids)
+            if not bool(np.all((ds > 0) | ((ds == 0) & (np.diff(ts) >= 0)))):
+                order = np.lexsort((ts, sids))
+                sids, ts, bits = sids[order], ts[order], bits[order]
+
+        # Repeats inside the batch: compare each repeat with the first of its run.
+        same = np.zeros(n, dtype=bool)
+        if n > 1:
+            same[1:] = (sids[1:] == sids[:-1]) & (ts[1:] == ts[:-1])
+        if same.any():
+            run_head = np.maximum.accumulate(np.where(same, 0, np.arange(n)))
+            batch_dup = same & (bits == bits[run_head])
+            batch_conflict = same & ~batch_dup
+        else:
+            batch_dup = batch_conflict = same
+        first = ~same
+
+        mt = self.max_t[sids]
+        inorder = first & (ts > mt)
+        at_max = first & (ts == mt)
+        dup_last = at_max & (bits == self.last_bits[sids])
+        conflict_last = at_max & ~dup_last
+        older = first & (ts < mt)
+
+        rejected: list[tuple[int, int, str]] = []
+        if replay:
+            ooo = older
+        else:
+            _reject(rejected, batch_conflict | conflict_last, sids, ts, REJECT_DUPLICATE_TIMESTAMP)
+            if self.window_ms <= 0:
+                ooo = np.zeros(n, dtype=bool)
+                _reject(rejected, older, sids, ts, REJECT_OUT_OF_ORDER)
+            else:
+                too_old = older & (ts < mt - self.window_ms)
+                ooo = older & ~too_old
+                _reject(rejected, too_old, sids, ts, REJECT_TOO_OLD)
+        duplicates = int(batch_dup.sum()) + int(dup_last.sum())
+
+        parts_s: list[np.ndarray] = []
+        parts_t: list[np.ndarray] = []
+        parts_b: list[np.ndarray] = []
+        if ooo.any():
+            o_s, o_t, o_b, o_dups, o_rej = self._insert_out_of_order(
+                sids[ooo], ts[ooo], bits[ooo], seq, now_ms, replay, probe
+            )
+            duplicates += o_dups
+            rejected.extend(o_rej)
+            if o_s.size:
+                parts_s.append(o_s)
+                parts_t.append(o_t)
+                parts_b.append(o_b)
+
+        if inorder.any():
+            i_s, i_t, i_b = sids[inorder], ts[inorder], bits[inorder]
+            self._append_in_order(i_s, i_t, i_b, seq, now_ms)
+            parts_s.append(i_s)
+            parts_t.append(i_t)
+            parts_b.append(i_b)
+
+        if not parts_s:
+            stored_s, stored_t, stored_b = sids[:0], ts[:0], bits[:0]
+        elif len(parts_s) == 1:
+            stored_s, stored_t, stored_b = parts_s[0], parts_t[0], parts_b[0]
+        else:
+            stored_s = np.concatenate(parts_s)
+            stored_t = np.concatenate(parts_t)
+            stored_b = np.concatenate(parts_b)
+        touched = np.unique(stored_s) if len(parts_s) > 1 else _runs(stored_s)[0]
+        return ApplyOutcome(
+            stored_s,
+            stored_t,
+            stored_b,
+            accepted=int(stored_s.size) + duplicates,
+            duplicates=duplicates,
+            touched=touched,
+            rejected=rejected,
+        )
+
+    def _append_in_order(
+        self, sids: np.ndarray, ts: np.ndarray, bits: np.ndarray, seq: int, now_ms: int
+    ) -> None:
+        uniq, starts, ends = _runs(sids)
+        tsb = memoryview(ts.tobytes())
+        vbb = memoryview(bits.tobytes())
+        tl, vl = self.ts, self.vb
+        for sid, s, e in zip(
+            uniq.tolist(), (starts * 8).tolist(), (ends * 8).tolist(), strict=True
+        ):
+            a = tl[sid]
+            if a is None:
+                a = tl[sid] = array("q")
+                vl[sid] = array("Q")
+            a.frombytes(tsb[s:e])
+            vl[sid].frombytes(vbb[s:e])
+        last = ends - 1
+        self.max_t[uniq] = ts[last]
+        self.last_bits[uniq] = bits[last]
+        self._note_added(uniq, ends - starts, seq, now_ms)
+
+    def _note_added(self, uniq: np.ndarray, counts: np.ndarray, seq: int, now_ms: int) -> None:
+        fresh = uniq[self.count[uniq] == 0]
+        self.count[uniq] += counts
+        self.samples += int(counts.sum())
+        if fresh.size:
+            self.first_seq[fresh] = seq
+            self.first_arrival[fresh] = now_ms
+            self.active += int(fresh.size)
+        self.last_seq[uniq] = seq
+
+    def _insert_out_of_order(
+        self,
+        sids: np.ndarray,
+        ts: np.ndarray,
+        bits: np.ndarray,
+        seq: int,
+        now_ms: int,
+        replay: bool,
+        probe: SegmentProbe | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[tuple[int, int, str]]]:
+        keep: list[int] = []
+        dups = 0
+        rejected: list[tuple[int, int, str]] = []
+        seg_max = self.seg_max_t
+        for i, (sid, t, b) in enumerate(
+            zip(sids.tolist(), ts.tolist(), bits.tolist(), strict=True)
+        ):
+            a = self.ts[sid]
+            pos = 0
+            if a is not None:
+                pos = bisect_left(a, t)
+                if pos < len(a) and a[pos] == t:
+                    if self.vb[sid][pos] == b or replay:
+                        dups += 1
+                    else:
+                        rejected.append((sid, t, REJECT_DUPLICATE_TIMESTAMP))
+                    continue
+            if not replay and probe is not None and t <= int(seg_max[sid]):
+                existing = probe(sid, t)
+                if existing is not None:
+                    if existing == b:
+                        dups += 1
+                    else:
+                        rejected.append((sid, t, REJECT_DUPLICATE_TIMESTAMP))
+                    continue
+            if a is None:
+                a = self.ts[sid] = array("q")
+                self.vb[sid] = array("Q")
+            a.insert(pos, t)
+            self.vb[sid].insert(pos, b)
+            if self.count[sid] == 0:
+                self.first_seq[sid] = seq
+                self.first_arrival[sid] = now_ms
+                self.active += 1
+            self.count[sid] += 1
+            self.last_seq[sid] = seq
+            self.samples += 1
+            keep.append(i)
+        idx = np.array(keep, dtype=np.int64)
+        return sids[idx], ts[idx], bits[idx], dups, rejected
+
+    # --- flushing -------------------------------------------------------------------
+
+    def series_with_data(self) -> np.ndarray:
+        return np.flatnonzero(self.count > 0)
+
+    def over_block_size(self, sids: np.ndarray, block_size: int) -> np.ndarray:
+        return sids[self.count[sids] >= block_size]
+
+    def older_than(self, cutoff_ms: int) -> np.ndarray:
+        return np.flatnonzero((self.count > 0) & (self.first_arrival <= cutoff_ms))
+
+    def buffers(self, sid: int) -> tuple[array[int], array[int]] | None:
+        a, v = self.ts[sid], self.vb[sid]
+        if a is None or v is None or len(a) == 0:
+            return None
+        return a, v
+
+    def trim_bound(self, flushing: np.ndarray, next_seq: int) -> int:
+        """Smallest log sequence still needed once ``flushing`` is in segments."""
+        fs = self.first_seq
+        if flushing.size:
+            fs = fs.copy()
+            fs[flushing] = 0
+        live = fs[fs > 0]
+        return int(live.min()) if live.size else next_seq
+
+    def release(self, sids: Sequence[int], seg_max: Sequence[int]) -> None:
+        """Drop head data that is now durable in segments."""
+        for sid, smax in zip(sids, seg_max, strict=True):
+            n = int(self.count[sid])
+            if n:
+                self.samples -= n
+                self.active -= 1
+            self.ts[sid] = None
+            self.vb[sid] = None
+            self.count[sid] = 0
+            self.first_seq[sid] = 0
+            self.first_arrival[sid] = 0
+            if smax > self.seg_max_t[sid]:
+                self.seg_max_t[sid] = smax
+
+    # --- reading ----------------------------------------------------------------------
+
+    def snapshot(self, sid: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Copy of the head samples of ``sid`` in [start, end]; never a view of a live buffer."""
+        if sid >= self.capacity:
+            return None
+        a, v = self.ts[sid], self.vb[sid]
+        if a is None or v is None or len(a) == 0:
+            return None
+        if a[0] > end or a[-1] < start:
+            return None
+        t = np.frombuffer(a, dtype=np.int64)
+        lo = int(np.searchsorted(t, start, "left"))
+        hi = int(np.searchsorted(t, end, "right"))
+        out_t = t[lo:hi].copy()
+        del t
+        out_v = np.frombuffer(v, dtype=np.float64)[lo:hi].copy()
+        return out_t, out_v
+
+
+def _reject(
+    out: list[tuple[int, int, str]], mask: np.ndarray, sids: np.ndarray, ts: np.ndarray, reason: str
+) -> None:
+    if mask.any():
+        out.extend(
+            (s, t, reason) for s, t in zip(sids[mask].tolist(), ts[mask].tolist(), strict=True)
+        )
+
+
+def _runs(sids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique ids, run starts, run ends) of a sorted id array."""
+    if sids.size == 0:
+        return sids, sids, sids
+    brk = np.flatnonzero(sids[1:] != sids[:-1]) + 1
+    starts = np.concatenate(([0], brk))
+    ends = np.concatenate((brk, [sids.size]))
+    return sids[starts], starts, ends

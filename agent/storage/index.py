@@ -1,0 +1,305 @@
+"""The series index: labels <-> id, and inverted postings for matchers.
+
+Postings are ``array('q')`` of ids in creation order.  Ids come from a
+monotonic counter, so appending keeps every postings list sorted for free and
+numpy set operations can run on zero-copy views.  A label value that belongs to
+exactly one series (``instance``, ``pod``) keeps a bare ``int`` instead of an
+array: at 100k series those singletons are most of the postings, and an array
+object costs ~80 bytes more than the id it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+from sortedcontainers import SortedDict
+
+from agent.model import Labels, Matcher, MatchOp
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+_META = set(".^$*+?{}[]\\|()")
+_CLASS_ESCAPES = set("dDwWsSbBAZzfnrtv0123456789xuUN")
+
+
+def encode_labels(labels: Labels) -> str:
+    """The canonical text stored in ``series.labels`` (unique per label set)."""
+    return json.dumps(labels, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_labels(text: str) -> Labels:
+    return tuple((str(k), str(v)) for k, v in json.loads(text))
+
+
+def canonical_labels(labels: Iterable[tuple[str, str]]) -> Labels:
+    """Sorted by name, empty values dropped, as ``agent.model.make_labels``."""
+    return tuple(sorted((str(k), str(v)) for k, v in labels if v != ""))
+
+
+def regex_literals(pattern: str) -> tuple[str, list[str] | None]:
+    """Return (literal prefix, exact alternatives) of an anchored regex.
+
+    Alternatives is a list when the pattern is nothing but ``a|b|c`` of plain
+    literals (then each is a direct postings lookup); otherwise the prefix is a
+    string every matching value must start with ("" when none is known), used
+    for a sorted range scan instead of testing every value of the label.
+    """
+    parts: list[list[str]] = [[]]
+    literal_only = True
+    prefix_done = False
+    prefix: list[str] = []
+    depth = 0
+    i = 0
+    n = len(pattern)
+    top_alt = False
+    while i < n:
+        c = pattern[i]
+        lit: str | None = None
+        if c == "\\" and i + 1 < n:
+            nxt = pattern[i + 1]
+            if nxt not in _CLASS_ESCAPES and not nxt.isalnum():
+                lit = nxt
+            i += 2
+        elif c == "[":
+            # Skip a character class as one opaque token.
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            i = j + 1
+        elif c in _META:
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+            elif c == "|" and depth == 0:
+                top_alt = True
+                parts.append([])
+                prefix_done = True
+                i += 1
+                continue
+            i += 1
+        else:
+            lit = c
+            i += 1
+        if lit is None:
+            literal_only = False
+            if not prefix_done:
+                prefix_done = True
+                if c in "*?{" and prefix:
+                    prefix.pop()  # the last literal may occur zero times
+        else:
+            parts[-1].append(lit)
+            if not prefix_done:
+                prefix.append(lit)
+    if literal_only:
+        return "", ["".join(p) for p in parts]
+    if top_alt:
+        return "", None
+    return "".join(prefix), None
+
+
+def _as_array(p: array[int] | int) -> np.ndarray:
+    if isinstance(p, int):
+        return np.array([p], dtype=np.int64)
+    return np.frombuffer(p, dtype=np.int64)
+
+
+def _union(postings: list[array[int] | int]) -> np.ndarray:
+    if not postings:
+        return _EMPTY
+    if len(postings) == 1:
+        return _as_array(postings[0])
+    ints = [p for p in postings if isinstance(p, int)]
+    arrays = [np.frombuffer(p, dtype=np.int64) for p in postings if not isinstance(p, int)]
+    if ints:
+        arrays.append(np.array(ints, dtype=np.int64))
+    return np.unique(np.concatenate(arrays))
+
+
+def _size(p: array[int] | int | None) -> int:
+    if p is None:
+        return 0
+    return 1 if isinstance(p, int) else len(p)
+
+
+class SeriesIndex:
+    __slots__ = ("_all", "_by_labels", "_labels", "_postings", "_strings")
+
+    def __init__(self) -> None:
+        self._by_labels: dict[Labels, int] = {}
+        self._labels: list[Labels | None] = [None]  # index 0 unused: ids start at 1
+        self._postings: SortedDict = SortedDict()  # name -> SortedDict(value -> postings)
+        self._all: array[int] = array("q")
+        self._strings: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_labels)
+
+    @property
+    def max_id(self) -> int:
+        return len(self._labels) - 1
+
+    def lookup(self, labels: Labels) -> int | None:
+        return self._by_labels.get(labels)
+
+    def labels(self, series_id: int) -> Labels:
+        if 0 < series_id < len(self._labels):
+            lab = self._labels[series_id]
+            if lab is not None:
+                return lab
+        raise KeyError(series_id)
+
+    def exists(self, series_id: int) -> bool:
+        return 0 < series_id < len(self._labels) and self._labels[series_id] is not None
+
+    def _intern(self, s: str) -> str:
+        return self._strings.setdefault(s, s)
+
+    def add(self, series_id: int, labels: Labels) -> Labels:
+        """Register a series; ids must arrive in increasing order (postings stay sorted)."""
+        if series_id <= self.max_id and self._labels[series_id] is not None:
+            raise ValueError(f"series id {series_id} already registered")
+        if series_id < self.max_id:
+            raise ValueError("series ids must be added in increasing order")
+        names = self._strings
+        labels = tuple((sys.intern(k), names.setdefault(v, v)) for k, v in labels)
+        while len(self._labels) <= series_id:
+            self._labels.append(None)
+        self._labels[series_id] = labels
+        self._by_labels[labels] = series_id
+        self._all.append(series_id)
+        post = self._postings
+        for k, v in labels:
+            values = post.get(k)
+            if values is None:
+                values = post[k] = SortedDict()
+            cur = values.get(v)
+            if cur is None:
+                values[v] = series_id
+            elif isinstance(cur, int):
+                values[v] = array("q", (cur, series_id))
+            else:
+                cur.append(series_id)
+        return labels
+
+    # --- label listings -------------------------------------------------------
+
+    def label_names(self) -> list[str]:
+        return list(self._postings.keys())
+
+    def label_values(self, name: str) -> list[str]:
+        values = self._postings.get(name)
+        return list(values.keys()) if values is not None else []
+
+    # --- matching ---------------------------------------------------------------
+
+    def all_ids(self) -> np.ndarray:
+        return np.frombuffer(self._all, dtype=np.int64).copy()
+
+    def match(self, matchers: list[Matcher]) -> np.ndarray:
+        """Sorted ids of the series selected by every matcher (Prometheus semantics).
+
+        Matchers that cannot match "" select through postings and are
+        intersected; those that do match "" also select series lacking the
+        label, so they are applied by subtracting the series whose value fails
+        them.  Once the candidate set is small, the remaining matchers test
+        each candidate's labels instead of materialising large postings.
+        """
+        positive = [m for m in matchers if not m.matches_empty()]
+        negative = [m for m in matchers if m.matches_empty()]
+        result: np.ndarray | None = None
+        for m in sorted(positive, key=self._cost):
+            if result is not None and result.size * 8 < self._cost(m):
+                result = self._filter(result, m)
+            else:
+                found = self._values_postings(m.name, m, want_match=True)
+                result = found if result is None else np.intersect1d(result, found, True)
+            if result.size == 0:
+                return _EMPTY
+        if result is None:
+            result = self.all_ids()
+        for m in negative:
+            if result.size * 8 < self._cost(m):
+                result = self._filter(result, m)
+            else:
+                drop = self._values_postings(m.name, m, want_match=False)
+                if drop.size:
+                    result = np.setdiff1d(result, drop, True)
+            if result.size == 0:
+                return _EMPTY
+        return result
+
+    def _cost(self, m: Matcher) -> int:
+        """Rough work to resolve ``m`` through postings, to order and to choose filtering."""
+        values = self._postings.get(m.name)
+        if values is None:
+            return 0
+        if m.op in (MatchOp.EQ, MatchOp.NEQ):
+            return _size(values.get(m.value)) if m.op is MatchOp.EQ else len(values)
+        prefix, alts = regex_literals(m.value)
+        if alts is not None:
+            return sum(_size(values.get(a)) for a in alts)
+        if prefix:
+            return 4 * sum(1 for _ in _prefix_keys(values, prefix))
+        return 4 * len(values) + len(self._by_labels)
+
+    def _filter(self, ids: np.ndarray, m: Matcher) -> np.ndarray:
+        labels = self._labels
+        name = m.name
+        keep = []
+        for sid in ids.tolist():
+            lab = labels[sid]
+            value = ""
+            if lab is not None:
+                for k, v in lab:
+                    if k == name:
+                        value = v
+                        break
+            if m.matches(value):
+                keep.append(sid)
+        return np.array(keep, dtype=np.int64)
+
+    def _values_postings(self, name: str, m: Matcher, *, want_match: bool) -> np.ndarray:
+        """Union of postings of the values of ``name`` for which ``m.matches`` == want_match."""
+        values = self._postings.get(name)
+        if values is None:
+            return _EMPTY
+        if m.op in (MatchOp.EQ, MatchOp.NEQ):
+            hit_on_value = m.op is MatchOp.EQ  # does the value m.value satisfy m?
+            if hit_on_value == want_match:
+                p = values.get(m.value)
+                return _as_array(p) if p is not None else _EMPTY
+            # Every value except m.value.
+            return _union([p for v, p in values.items() if v != m.value])
+        # Regex: the set of values the *regex* matches, then flip for !~ / want_match.
+        regex_hits = (m.op is MatchOp.RE) == want_match
+        prefix, alts = regex_literals(m.value)
+        test = _regex_of(m)
+        if regex_hits and alts is not None:
+            return _union([p for a in alts if (p := values.get(a)) is not None])
+        if regex_hits and prefix:
+            return _union([values[v] for v in _prefix_keys(values, prefix) if test(v)])
+        if regex_hits:
+            return _union([p for v, p in values.items() if test(v)])
+        return _union([p for v, p in values.items() if not test(v)])
+
+
+def _prefix_keys(values: SortedDict, prefix: str) -> Iterator[str]:
+    """Keys starting with ``prefix``: a range scan over the sorted keys, not a full scan."""
+    for key in values.irange(minimum=prefix):
+        if not key.startswith(prefix):
+            return
+        yield key
+
+
+def _regex_of(m: Matcher) -> Callable[[str], bool]:
+    rx = m._regex if m._regex is not None else re.compile(f"^(?:{m.value})$", re.DOTALL)
+    return lambda v: rx.match(v) is not None

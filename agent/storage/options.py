@@ -1,0 +1,129 @@
+"""Configuration and result types of the storage API.
+
+Plain dataclasses so the daemon can build them from its config and expose
+them (stats) without importing any of the engine's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.model import Labels
+
+REJECT_OUT_OF_ORDER = "out_of_order"
+REJECT_DUPLICATE_TIMESTAMP = "duplicate_timestamp"
+REJECT_TOO_OLD = "too_old"
+REJECT_REASONS = (REJECT_OUT_OF_ORDER, REJECT_DUPLICATE_TIMESTAMP, REJECT_TOO_OLD)
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+@dataclass
+class StorageOptions:
+    # NORMAL with SQLite's WAL journal survives a process kill; FULL also a power loss.
+    synchronous: str = "NORMAL"
+    # 0 rejects every sample older than the series' newest, as Prometheus does by default.
+    out_of_order_window_ms: int = 0
+    block_size: int = 720
+    flush_age_ms: int = 2 * 3600 * 1000
+    flush_interval_s: float = 60.0
+    head_memory_limit_bytes: int = 512 * 1024 * 1024
+    default_codec: str = "raw"
+    # (metric-name regex, codec name); the regex must match the whole name; first match wins.
+    codec_rules: list[tuple[str, str]] = field(default_factory=list)
+    # Upper bound of series flushed in one transaction, so appends queued behind a
+    # large flush wait for one chunk, not for the whole head.
+    flush_chunk_series: int = 2000
+
+    def validate(self) -> None:
+        from agent.storage.errors import StorageError
+
+        if self.synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise StorageError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
+        if self.block_size < 1:
+            raise StorageError("block_size must be >= 1")
+        if self.out_of_order_window_ms < 0:
+            raise StorageError("out_of_order_window_ms must be >= 0")
+        if self.flush_interval_s <= 0:
+            raise StorageError("flush_interval_s must be > 0")
+        if self.flush_chunk_series < 1:
+            raise StorageError("flush_chunk_series must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    series_id: int
+    timestamp: int
+    reason: str
+
+
+@dataclass(slots=True)
+class AppendResult:
+    accepted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    # Exact re-sends (same timestamp, same value bits): counted in ``accepted``, stored once.
+    duplicates: int = 0
+
+    @property
+    def rejected_by_reason(self) -> dict[str, int]:
+        counts = dict.fromkeys(REJECT_REASONS, 0)
+        for r in self.rejected:
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+        return counts
+
+    @property
+    def out_of_order(self) -> int:
+        return self.rejected_by_reason[REJECT_OUT_OF_ORDER]
+
+    @property
+    def duplicate_timestamp(self) -> int:
+        return self.rejected_by_reason[REJECT_DUPLICATE_TIMESTAMP]
+
+    @property
+    def too_old(self) -> int:
+        return self.rejected_by_reason[REJECT_TOO_OLD]
+
+
+@dataclass(slots=True)
+class SeriesData:
+    series_id: int
+    labels: Labels
+    timestamps: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(slots=True)
+class FlushResult:
+    series: int = 0
+    samples: int = 0
+    segments: int = 0
+    wal_rows_deleted: int = 0
+    transactions: int = 0
+
+    def add(self, other: FlushResult) -> None:
+        self.series += other.series
+        self.samples += other.samples
+        self.segments += other.segments
+        self.wal_rows_deleted += other.wal_rows_deleted
+        self.transactions += other.transactions
+
+
+@dataclass(slots=True)
+class StoreStats:
+    active_series: int
+    total_series: int
+    head_samples: int
+    head_bytes: int
+    wal_rows: int
+    segments: int
+    flushes: int
+    flushed_samples: int
+    flush_seconds: float
+    commits: int
+    appends: int
+    appended_samples: int
+    duplicate_samples: int
+    replayed_samples: int
+    rejected: dict[str, int]

@@ -1,0 +1,452 @@
+"""The single writer: group commit for appends and series creation, and flushes.
+
+One asyncio task owns every mutation of the head and the index and runs on
+the event loop; SQL runs on one dedicated thread (the only user of the write
+connection).  While a commit is in that thread (the GIL is released during
+SQLite's work and fsync), new ``append`` calls keep queueing; the next round
+drains them all into one transaction.  That is the whole group-commit
+mechanism: no timers, so an idle store commits a lone batch immediately.
+
+Because the task is sequential, a flush never races an append: the head
+cannot change while a flush transaction is in flight, so the buffers it
+encodes (in the SQL thread) are exactly the ones released after the commit.
+Large flushes are cut into chunks, with queued appends served between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agent.model import Labels
+from agent.storage.errors import StoreClosed, StoreFailed
+from agent.storage.index import encode_labels
+from agent.storage.options import AppendResult, FlushResult, Rejection, StorageOptions
+from agent.storage.segments import CodecChooser, FlushItem, SegmentRow, encode_series
+from agent.storage.wal import (
+    BatchRecord,
+    SeriesRow,
+    SeriesUpdate,
+    TxnHook,
+    WalRow,
+    encode_batch,
+    signed64,
+    write_flush,
+    write_group,
+)
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from agent.storage.head import Head, SegmentProbe
+    from agent.storage.index import SeriesIndex
+
+log = logging.getLogger(__name__)
+
+# Bound on samples per group transaction, so one commit's latency stays bounded.
+GROUP_SAMPLE_BUDGET = 250_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class Counters:
+    commits: int = 0
+    appends: int = 0
+    appended_samples: int = 0
+    duplicate_samples: int = 0
+    replayed_samples: int = 0
+    flushes: int = 0
+    flushed_samples: int = 0
+    flush_seconds: float = 0.0
+    wal_rows: int = 0
+    segments: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Append:
+    sids: np.ndarray
+    ts: np.ndarray
+    bits: np.ndarray
+    source: str
+    client: str | None
+    future: asyncio.Future[AppendResult]
+
+
+@dataclass(slots=True)
+class _Create:
+    labels: list[Labels]
+    future: asyncio.Future[list[int]]
+
+
+@dataclass(slots=True)
+class _Flush:
+    all: bool
+    future: asyncio.Future[FlushResult]
+    remaining: set[int] = field(default_factory=set)
+    result: FlushResult = field(default_factory=FlushResult)
+
+
+class _Stop:
+    pass
+
+
+_Item = _Append | _Create | _Flush | _Stop
+
+
+class Writer:
+    def __init__(
+        self,
+        *,
+        conn: sqlite3.Connection,
+        executor: ThreadPoolExecutor,
+        head: Head,
+        index: SeriesIndex,
+        chooser: CodecChooser,
+        options: StorageOptions,
+        counters: Counters,
+        probe: SegmentProbe,
+        next_seq: int,
+        next_series_id: int,
+    ) -> None:
+        self.conn = conn
+        self.executor = executor
+        self.head = head
+        self.index = index
+        self.chooser = chooser
+        self.options = options
+        self.counters = counters
+        self.probe = probe
+        self.next_seq = next_seq
+        self.next_series_id = next_series_id
+        self.hooks: list[TxnHook] = []
+        self.failed: BaseException | None = None
+        self.queued_samples = 0
+        self._queued_flushes = 0
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._backlog: dict[int, None] = {}  # ordered set of series waiting for a flush
+        self._flush_waiters: list[_Flush] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # --- requests (event loop side) ------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tsagent-writer")
+
+    def _check_open(self) -> None:
+        if self.failed is not None:
+            raise StoreFailed(f"store failed earlier and must be reopened: {self.failed!r}")
+        if self._stopping:
+            raise StoreClosed("store is closed")
+
+    def append(
+        self, sids: np.ndarray, ts: np.ndarray, bits: np.ndarray, source: str, client: str | None
+    ) -> asyncio.Future[AppendResult]:
+        self._check_open()
+        fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self.queued_samples += int(sids.size)
+        self._queue.put_nowait(_Append(sids, ts, bits, source, client, fut))
+        return fut
+
+    def create(self, labels: list[Labels]) -> asyncio.Future[list[int]]:
+        self._check_open()
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Create(labels, fut))
+        return fut
+
+    def flush(self, *, all: bool) -> asyncio.Future[FlushResult]:
+        self._check_open()
+        fut: asyncio.Future[FlushResult] = asyncio.get_running_loop().create_future()
+        self._queued_flushes += 1
+        self._queue.put_nowait(_Flush(all, fut))
+        return fut
+
+    @property
+    def flush_pending(self) -> bool:
+        return bool(self._backlog) or self._queued_flushes > 0
+
+    async def stop(self) -> None:
+        """Finish everything queued (including flush backlog), then end the task."""
+        if self._task is None:
+            return
+        if not self._stopping:
+            self._stopping = True
+            self._queue.put_nowait(_Stop())
+        await asyncio.shield(self._task)
+
+    # --- the task ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except BaseException as exc:
+            # A bug here must not leave callers awaiting forever.
+            self.failed = exc
+            log.exception("storage writer crashed")
+            err = StoreFailed(f"storage writer crashed: {exc!r}")
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not isinstance(item, _Stop) and not item.future.done():
+                    item.future.set_exception(err)
+            for w in self._flush_waiters:
+                if not w.future.done():
+                    w.future.set_exception(err)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _loop(self) -> None:
+        stop = False
+        while True:
+            items: list[_Item] = []
+            if self._queue.empty() and not self._backlog:
+                if stop:
+                    return
+                items.append(await self._queue.get())
+            budget = GROUP_SAMPLE_BUDGET
+            while not self._queue.empty() and budget > 0:
+                nxt = self._queue.get_nowait()
+                if isinstance(nxt, _Append):
+                    budget -= int(nxt.sids.size)
+                items.append(nxt)
+            creates = [i for i in items if isinstance(i, _Create)]
+            appends = [i for i in items if isinstance(i, _Append)]
+            for ap in appends:
+                self.queued_samples -= int(ap.sids.size)
+            if any(isinstance(i, _Stop) for i in items):
+                stop = True
+            if creates or appends:
+                await self._commit_group(creates, appends)
+            for req in items:
+                if isinstance(req, _Flush):
+                    self._queued_flushes -= 1
+                    self._schedule_flush(req)
+            if self._backlog:
+                try:
+                    await self._flush_chunk()
+                except Exception as exc:  # keep the writer alive; data is still in the log
+                    log.exception("flush failed")
+                    self._fail_flush_waiters(exc)
+            self._resolve_flush_waiters()
+
+    async def _commit_group(self, creates: list[_Create], appends: list[_Append]) -> None:
+        loop = asyncio.get_running_loop()
+        if self.failed is not None:
+            exc = StoreFailed(f"store failed earlier and must be reopened: {self.failed!r}")
+            for cr in creates:
+                if not cr.future.done():
+                    cr.future.set_exception(exc)
+            for ap in appends:
+                if not ap.future.done():
+                    ap.future.set_exception(exc)
+            return
+        ts_now = now_ms()
+        pending: dict[Labels, int] = {}
+        series_rows: list[SeriesRow] = []
+        create_ids: list[list[int]] = []
+        for cr in creates:
+            ids = []
+            for lab in cr.labels:
+                sid = self.index.lookup(lab)
+                if sid is None:
+                    sid = pending.get(lab)
+                if sid is None:
+                    sid = pending[lab] = self.next_series_id
+                    self.next_series_id += 1
+                    series_rows.append((sid, encode_labels(lab), ts_now))
+                ids.append(sid)
+            create_ids.append(ids)
+
+        wal_rows: list[WalRow] = []
+        records: list[BatchRecord] = []
+        results: list[AppendResult] = []
+        touched: list[np.ndarray] = []
+        head = self.head
+        try:
+            self._apply_appends(appends, ts_now, wal_rows, records, results, touched)
+            await loop.run_in_executor(
+                self.executor,
+                write_group,
+                self.conn,
+                series_rows,
+                wal_rows,
+                records,
+                list(self.hooks),
+            )
+        except BaseException as exc:
+            # The head may already hold these samples; acknowledging anything on top
+            # of that would be a lie, so stop accepting writes until a reopen.
+            self.failed = exc
+            log.error("group commit failed; store refuses further writes: %r", exc)
+            err = StoreFailed(f"commit failed: {exc!r}")
+            for cr in creates:
+                if not cr.future.done():
+                    cr.future.set_exception(err)
+            for ap in appends:
+                if not ap.future.done():
+                    ap.future.set_exception(err)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        c = self.counters
+        c.commits += 1
+        c.wal_rows += len(wal_rows)
+        if pending:
+            for lab, sid in pending.items():  # insertion order == increasing ids
+                self.index.add(sid, lab)
+            head.ensure(self.index.max_id)
+        for cr, ids in zip(creates, create_ids, strict=True):
+            if not cr.future.done():
+                cr.future.set_result(ids)
+        for a, res in zip(appends, results, strict=True):
+            c.appends += 1
+            c.appended_samples += res.accepted
+            c.duplicate_samples += res.duplicates
+            for rej in res.rejected:
+                c.rejected[rej.reason] = c.rejected.get(rej.reason, 0) + 1
+            if not a.future.done():
+                a.future.set_result(res)
+        block = self.options.block_size
+        for t in touched:
+            for sid in head.over_block_size(t, block).tolist():
+                self._backlog[sid] = None
+
+    def _apply_appends(
+        self,
+        appends: list[_Append],
+        ts_now: int,
+        wal_rows: list[WalRow],
+        records: list[BatchRecord],
+        results: list[AppendResult],
+        touched: list[np.ndarray],
+    ) -> None:
+        head = self.head
+        for a in appends:
+            seq = self.next_seq
+            out = head.apply(a.sids, a.ts, a.bits, seq, ts_now, probe=self.probe)
+            stored = int(out.stored_sids.size)
+            if stored:
+                blob = encode_batch(out.stored_sids, out.stored_ts, out.stored_bits)
+                wal_rows.append((seq, ts_now, stored, blob))
+                self.next_seq += 1
+                touched.append(out.touched)
+            records.append(
+                BatchRecord(
+                    seq if stored else None,
+                    a.source,
+                    a.client,
+                    ts_now,
+                    out.accepted,
+                    stored,
+                    out.duplicates,
+                    len(out.rejected),
+                )
+            )
+            results.append(
+                AppendResult(
+                    accepted=out.accepted,
+                    rejected=[Rejection(s, t, r) for s, t, r in out.rejected],
+                    duplicates=out.duplicates,
+                )
+            )
+
+    # --- flushing --------------------------------------------------------------------
+
+    def _schedule_flush(self, req: _Flush) -> None:
+        head = self.head
+        if req.all:
+            sids = head.series_with_data()
+        else:
+            aged = head.older_than(now_ms() - self.options.flush_age_ms)
+            full = head.over_block_size(head.series_with_data(), self.options.block_size)
+            sids = np.union1d(aged, full)
+        for sid in sids.tolist():
+            self._backlog[sid] = None
+        req.remaining = set(sids.tolist())
+        self._flush_waiters.append(req)
+
+    def _resolve_flush_waiters(self) -> None:
+        still = []
+        for w in self._flush_waiters:
+            if w.remaining:
+                still.append(w)
+            elif not w.future.done():
+                w.future.set_result(w.result)
+        self._flush_waiters = still
+
+    def _fail_flush_waiters(self, exc: Exception) -> None:
+        for w in self._flush_waiters:
+            if not w.future.done():
+                w.future.set_exception(exc)
+        self._flush_waiters = []
+
+    async def _flush_chunk(self) -> None:
+        chunk: list[int] = []
+        for sid in self._backlog:
+            chunk.append(sid)
+            if len(chunk) >= self.options.flush_chunk_series:
+                break
+        for sid in chunk:
+            del self._backlog[sid]
+        head = self.head
+        items: list[FlushItem] = []
+        updates: list[SeriesUpdate] = []
+        for sid in chunk:
+            bufs = head.buffers(sid)
+            if bufs is None:
+                continue
+            items.append(FlushItem(sid, self.chooser.name_for(self.index.labels(sid)), *bufs))
+            updates.append(
+                (
+                    int(head.last_seq[sid]),
+                    int(head.max_t[sid]),
+                    signed64(int(head.last_bits[sid])),
+                    sid,
+                )
+            )
+        result = FlushResult()
+        if items:
+            started = time.perf_counter()
+            flushing = np.array([it.series_id for it in items], dtype=np.int64)
+            bound = head.trim_bound(flushing, self.next_seq)
+            result, seg_max = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._flush_sync, items, updates, bound
+            )
+            head.release([it.series_id for it in items], seg_max)
+            c = self.counters
+            c.flushes += 1
+            c.flushed_samples += result.samples
+            c.segments += result.segments
+            c.wal_rows -= result.wal_rows_deleted
+            c.flush_seconds += time.perf_counter() - started
+        done = set(chunk)
+        for w in self._flush_waiters:
+            if w.remaining:
+                w.remaining -= done
+                w.result.add(result)
+
+    def _flush_sync(
+        self, items: Sequence[FlushItem], updates: Sequence[SeriesUpdate], bound: int
+    ) -> tuple[FlushResult, list[int]]:
+        """Runs in the SQL thread: encode (CPU) then one transaction."""
+        rows: list[SegmentRow] = []
+        seg_max: list[int] = []
+        samples = 0
+        block = self.options.block_size
+        for it in items:
+            r, n, mx = encode_series(it, self.chooser, block)
+            rows.extend(r)
+            samples += n
+            seg_max.append(mx)
+        deleted = write_flush(self.conn, rows, updates, bound)
+        return FlushResult(len(items), samples, len(rows), deleted, 1), seg_max
