@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from agent.model import Labels
+from agent.storage.db import transaction
 from agent.storage.errors import StoreClosed, StoreFailed
 from agent.storage.index import encode_labels
 from agent.storage.options import AppendResult, FlushResult, Rejection, StorageOptions
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from agent.storage.index import SeriesIndex
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Bound on samples per group transaction, so one commit's latency stays bounded.
 GROUP_SAMPLE_BUDGET = 250_000
@@ -97,11 +100,20 @@ class _Flush:
     result: FlushResult = field(default_factory=FlushResult)
 
 
+@dataclass(slots=True)
+class _Job:
+    """Maintenance work (rollback, retention, re-encoding) serialised with writes."""
+
+    sql: Callable[[sqlite3.Connection], Any]
+    after: Callable[[Any], Any] | None
+    future: asyncio.Future[Any]
+
+
 class _Stop:
     pass
 
 
-_Item = _Append | _Create | _Flush | _Stop
+_Item = _Append | _Create | _Flush | _Job | _Stop
 
 
 class Writer:
@@ -172,6 +184,41 @@ class Writer:
         self._queue.put_nowait(_Flush(all, fut))
         return fut
 
+    def job(
+        self,
+        sql: Callable[[sqlite3.Connection], T],
+        after: Callable[[T], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Run ``sql(conn)`` in one IMMEDIATE transaction on the SQL thread, in write order.
+
+        Nothing else writes while it runs: appends queued before it are
+        committed first, those queued after it wait. ``after(result)`` then
+        runs on the event loop (still inside the writer task), which is where
+        the head and index may be changed to match what was committed. The
+        future resolves to ``after``'s return value, or ``sql``'s when there is
+        no ``after``.
+        """
+        self._check_open()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(sql, after, fut))
+        return fut
+
+    async def _run_job(self, job: _Job) -> None:
+        def run() -> Any:
+            with transaction(self.conn):
+                return job.sql(self.conn)
+
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+            if job.after is not None:
+                result = job.after(result)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, writer lives on
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        if not job.future.done():
+            job.future.set_result(result)
+
     @property
     def flush_pending(self) -> bool:
         return bool(self._backlog) or self._queued_flushes > 0
@@ -231,6 +278,8 @@ class Writer:
                 if isinstance(req, _Flush):
                     self._queued_flushes -= 1
                     self._schedule_flush(req)
+                elif isinstance(req, _Job):
+                    await self._run_job(req)
             if self._backlog:
                 try:
                     await self._flush_chunk()
