@@ -13,7 +13,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from agent import __version__
@@ -71,12 +76,19 @@ class StatsCollector(Collector):
     """Turns a ``stats()`` callable into metric families at scrape time.
 
     ``spec`` maps a stats attribute to (metric name, help, kind) where kind is
-    ``gauge`` or ``counter``.
+    ``gauge`` or ``counter``; ``summaries`` maps a metric name to (help,
+    count attribute, sum attribute), for durations the store times itself.
     """
 
-    def __init__(self, stats: Callable[[], Any], spec: dict[str, tuple[str, str, str]]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], Any],
+        spec: dict[str, tuple[str, str, str]],
+        summaries: dict[str, tuple[str, str, str]] | None = None,
+    ) -> None:
         self._stats = stats
         self._spec = spec
+        self._summaries = summaries or {}
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -103,3 +115,10 @@ class StatsCollector(Collector):
                 yield CounterMetricFamily(name, help_text, value=float(value))
             else:
                 yield GaugeMetricFamily(name, help_text, value=float(value))
+        for name, (help_text, count_attr, sum_attr) in self._summaries.items():
+            yield SummaryMetricFamily(
+                name,
+                help_text,
+                count_value=int(getattr(stats, count_attr)),
+                sum_value=float(getattr(stats, sum_attr)),
+            )

@@ -21,9 +21,16 @@ STORE_METRICS = {
     "head_bytes": ("tsagent_head_bytes", "Estimated memory of the head block.", "gauge"),
     "wal_rows": ("tsagent_wal_batches", "Batches in the write-ahead log.", "gauge"),
     "segments": ("tsagent_segments", "Compressed segments stored.", "gauge"),
-    "flushes": ("tsagent_flushes_total", "Head flushes into segments.", "counter"),
-    "flush_seconds": ("tsagent_flush_duration_seconds_total", "Time spent flushing.", "counter"),
     "commits": ("tsagent_wal_commits_total", "Group commits of the log.", "counter"),
+}
+
+
+STORE_SUMMARIES = {
+    "tsagent_flush_duration_seconds": (
+        "Head flushes into segments and the time they took.",
+        "flushes",
+        "flush_seconds",
+    ),
 }
 
 
@@ -64,6 +71,6 @@ async def open_store(ctx: AgentContext) -> Store:
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(data_dir / DB_FILE, options, ctx.codecs)
     ctx.metrics.add_collector(
-        StatsCollector(lambda: ctx.store and ctx.store.stats(), STORE_METRICS)
+        StatsCollector(lambda: ctx.store and ctx.store.stats(), STORE_METRICS, STORE_SUMMARIES)
     )
     return store

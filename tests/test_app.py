@@ -61,6 +61,11 @@ async def test_health_ready_and_metrics(
     assert build and ("version", "0.1.0") in build[0][1]
     durations = [k for k in metrics if k[0] == "tsagent_http_request_duration_seconds_count"]
     assert any(("handler", "/-/healthy") in k[1] for k in durations)
+    assert metrics[("tsagent_flush_duration_seconds_count", ())] == 0
+    await client.app[CONTEXT_KEY].require_store().flush(all=True)
+    metrics = samples(await (await client.get("/metrics")).text())
+    assert metrics[("tsagent_flush_duration_seconds_count", ())] >= 1
+    assert metrics[("tsagent_segments", ())] == 1
 
 
 async def test_openmetrics_negotiation(aiohttp_client: Any, make_config: Any) -> None:
