@@ -10,6 +10,7 @@ from agent.storage.errors import (
     StorageError,
     StoreClosed,
     StoreFailed,
+    StoreLocked,
     UnknownSeries,
 )
 from agent.storage.options import (
@@ -43,6 +44,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreFailed",
+    "StoreLocked",
     "StoreStats",
     "TxnHook",
     "UnknownSeries",

@@ -34,3 +34,11 @@ class StoreFailed(StorageError):
     store refuses further writes instead of acknowledging on top of a lie;
     reopening rebuilds the head from what really reached the disk.
     """
+
+
+class StoreLocked(StorageError):
+    """Another process has the database open for writing.
+
+    Two writers would each replay and trim the same log, breaking the
+    exactly-once guarantee, so the second one refuses to start.
+    """

@@ -29,6 +29,7 @@ from agent.storage import db
 from agent.storage.errors import BackPressure, StorageError, UnknownSeries
 from agent.storage.head import INT64_MIN, Head
 from agent.storage.index import SeriesIndex, canonical_labels, decode_labels
+from agent.storage.lock import DatabaseLock
 from agent.storage.options import (
     REJECT_REASONS,
     AppendResult,
@@ -67,6 +68,7 @@ class Store:
         self._writer: Writer | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self._lock: DatabaseLock | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -78,17 +80,25 @@ class Store:
         options.validate()
         chooser = CodecChooser(codecs, options.default_codec, options.codec_rules)
         path = Path(path)
+        lock = DatabaseLock(path)
+        lock.acquire()
         loop = asyncio.get_running_loop()
-        conn = await loop.run_in_executor(
-            None, lambda: db.connect(path, synchronous=options.synchronous)
-        )
+        try:
+            conn = await loop.run_in_executor(
+                None, lambda: db.connect(path, synchronous=options.synchronous)
+            )
+        except BaseException:
+            lock.release()
+            raise
         store = cls(path, options, chooser, conn)
+        store._lock = lock
         try:
             next_seq, next_id = await loop.run_in_executor(store._sql_thread, store._load)
             store._probe_conn = db.connect(path, synchronous=options.synchronous, readonly=True)
         except BaseException:
             store._shutdown_threads()
             conn.close()
+            lock.release()
             raise
         store._writer = Writer(
             conn=conn,
@@ -170,6 +180,8 @@ class Store:
             conns.append(self._probe_conn)
         for conn in conns:
             conn.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def _shutdown_threads(self) -> None:
         self._sql_thread.shutdown(wait=True)
