@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent import __version__
+from agent.audit_cli import add_audit_parser
 from agent.config import ConfigError, check_duration, check_listen
 from agent.plugins import PluginError, get_plugin_manager
 
@@ -57,6 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--retention", type=_duration_arg, help="delete samples older than this; 0 keeps all"
     )
 
+    ret = sub.add_parser("retention", help="delete samples past their retention, then exit")
+    _add_common(ret)
+    ret.add_argument(
+        "--once",
+        action="store_true",
+        required=True,
+        help="run one pass now (the daemon runs passes itself every storage.retention_interval)",
+    )
+    ret.add_argument(
+        "--retention", type=_duration_arg, help="override storage.retention; 0 keeps all"
+    )
+    ret.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="also VACUUM the whole file (once, for databases created without auto_vacuum)",
+    )
+    ret.add_argument("--json", action="store_true", help="machine-readable output")
+
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
 
@@ -67,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     hp = sub.add_parser("hash-password", help="print a bcrypt hash for auth.*.basic_auth")
     hp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+    add_audit_parser(sub, _add_common)
     return parser
 
 
@@ -74,6 +95,93 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import run_daemon
 
     return run_daemon(args.config, _overrides(args))
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """One retention pass on the configured database, for cron jobs and maintenance.
+
+    The store's lock makes this fail cleanly while a daemon owns the database
+    (the daemon enforces retention itself); config and data dir resolve
+    exactly as for ``tsagent run``.
+    """
+    import asyncio
+
+    from agent.daemon import load
+    from agent.storage import StorageError
+
+    try:
+        config, host = load(args.config, _overrides(args))
+    except (ConfigError, PluginError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(_retention_once(config, host, vacuum=args.vacuum))
+    except (StorageError, ValueError, OSError) as exc:
+        print(f"retention failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    print(
+        f"{report['db']}: deleted {report['samples']} samples of {report['series']} series"
+        f" ({report['segments_deleted']} segments deleted, {report['segments_trimmed']} trimmed,"
+        f" {report['head_samples']} from the head); freed {report['bytes_freed']} bytes"
+    )
+    for name, count in sorted(report["by_metric"].items()):
+        print(f"  {name or '(no name)'}: {count}")
+    if report["auto_vacuum"] != "incremental":
+        print(
+            "note: this database predates auto_vacuum=INCREMENTAL, so the file does not shrink;"
+            " run once with --vacuum (daemon stopped) to convert it",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _retention_once(config: Any, host: Any, *, vacuum: bool) -> dict[str, Any]:
+    import sqlite3
+
+    from agent.context import AgentContext
+    from agent.metrics import AgentMetrics
+    from agent.storage_setup import DB_FILE, open_store
+
+    ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
+    store = await open_store(ctx)
+    try:
+        res = await store.apply_retention()
+        if vacuum:
+            await store.vacuum()
+    finally:
+        await store.close()
+    db_path = config.data_dir / DB_FILE
+    conn = sqlite3.connect(db_path)
+    try:
+        av = int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+    finally:
+        conn.close()
+    return {
+        "db": str(db_path),
+        "now_ms": res.now_ms,
+        "samples": res.samples,
+        "series": res.series,
+        "segments_deleted": res.segments_deleted,
+        "segments_trimmed": res.segments_trimmed,
+        "head_samples": res.head_samples,
+        "versions_deleted": res.versions_deleted,
+        "min_t": res.min_t,
+        "max_t": res.max_t,
+        "audit_ids": res.audit_ids,
+        "by_metric": res.by_metric,
+        "bytes_freed": res.bytes_freed or 0,
+        "vacuumed": vacuum,
+        "auto_vacuum": {0: "none", 1: "full", 2: "incremental"}.get(av, str(av)),
+    }
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from agent.audit_cli import run_audit
+
+    return run_audit(args, _overrides(args))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -157,6 +265,8 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "plugins": cmd_plugins,
     "hash-password": cmd_hash_password,
+    "retention": cmd_retention,
+    "audit": cmd_audit,
     "example-config": cmd_example_config,
 }
 

@@ -321,6 +321,24 @@ CORE_SCHEMA = Schema(
                     "Delete samples older than this; 0 keeps all.",
                     check=check_duration,
                 ),
+                "retention_rules": Field(
+                    list,
+                    [],
+                    "List of {match: REGEX, retention: DURATION}; the first regex matching\n"
+                    "the whole metric name overrides storage.retention (0 keeps all).",
+                    item=Schema(
+                        {
+                            "match": Field(str, ".*", check=check_regex),
+                            "retention": Field((str, int), "0", check=check_duration),
+                        }
+                    ),
+                ),
+                "retention_interval": Field(
+                    (str, int, float),
+                    "5m",
+                    "How often expired samples are deleted (and their space freed).",
+                    check=check_duration,
+                ),
                 "out_of_order_window": Field(
                     (str, int),
                     "0",

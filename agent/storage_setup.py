@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from agent.config import parse_duration
 from agent.context import AgentContext
 from agent.metrics import StatsCollector
 from agent.storage import StorageOptions, Store
@@ -51,6 +52,11 @@ def storage_options(ctx: AgentContext) -> StorageOptions:
         head_memory_limit_bytes=cfg["head_memory_limit_bytes"],
         default_codec=default_codec,
         codec_rules=[(re.compile(m).pattern, c) for m, c in rules],
+        retention_ms=int(ctx.config.duration("storage.retention") * 1000),
+        retention_rules=[
+            (r["match"], int(parse_duration(r["retention"]) * 1000)) for r in cfg["retention_rules"]
+        ],
+        retention_interval_s=ctx.config.duration("storage.retention_interval"),
     )
 
 

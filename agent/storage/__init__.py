@@ -25,6 +25,8 @@ from agent.storage.options import (
     StorageOptions,
     StoreStats,
 )
+from agent.storage.recompress import CodecUsage, CompressionResult, CompressionStats
+from agent.storage.retention import RetentionResult
 from agent.storage.store import Store
 from agent.storage.wal import BatchRecord, TxnHook
 
@@ -36,8 +38,12 @@ __all__ = [
     "AppendResult",
     "BackPressure",
     "BatchRecord",
+    "CodecUsage",
+    "CompressionResult",
+    "CompressionStats",
     "FlushResult",
     "Rejection",
+    "RetentionResult",
     "SeriesData",
     "StorageError",
     "StorageOptions",

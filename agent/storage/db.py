@@ -161,6 +161,10 @@ def connect(
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA busy_timeout = 30000")
     if not readonly:
+        # Must precede the first table of a new database to take effect; on an existing
+        # one it only changes what a later VACUUM would do (see agent.storage.retention).
+        # INCREMENTAL lets retention hand freed pages back with ``incremental_vacuum``.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             conn.close()

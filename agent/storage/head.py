@@ -348,6 +348,27 @@ class Head:
             if smax > self.seg_max_t[sid]:
                 self.seg_max_t[sid] = smax
 
+    def drop_before(self, sid: int, cutoff: int) -> int:
+        """Remove samples older than ``cutoff`` (retention); returns how many went.
+
+        ``max_t``/``last_bits`` stay: they describe the newest sample ever
+        accepted, which keeps out-of-order checks unchanged by a deletion.
+        ``first_seq`` stays too when samples remain; it then only bounds the log
+        trim more conservatively than needed.
+        """
+        a, v = self.ts[sid], self.vb[sid]
+        if a is None or v is None or len(a) == 0 or a[0] >= cutoff:
+            return 0
+        k = bisect_left(a, cutoff)
+        if k == len(a):
+            self.release([sid], [INT64_MIN])
+            return k
+        del a[:k]
+        del v[:k]
+        self.count[sid] -= k
+        self.samples -= k
+        return k
+
     # --- reading ----------------------------------------------------------------------
 
     def snapshot(self, sid: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -6,6 +6,7 @@ them (stats) without importing any of the engine's internals.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,13 @@ class StorageOptions:
     # Upper bound of series flushed in one transaction, so appends queued behind a
     # large flush wait for one chunk, not for the whole head.
     flush_chunk_series: int = 2000
+    # Samples older than now minus this are deleted; 0 keeps everything.  Never used to
+    # reject a sample on arrival: backfilled history is accepted and expires later.
+    retention_ms: int = 0
+    # (metric-name regex, retention ms); fullmatch, first match wins, 0 keeps everything.
+    retention_rules: list[tuple[str, int]] = field(default_factory=list)
+    # How often the background task enforces retention (when any retention is set).
+    retention_interval_s: float = 300.0
 
     def validate(self) -> None:
         from agent.storage.errors import StorageError
@@ -50,6 +58,15 @@ class StorageOptions:
             raise StorageError("flush_interval_s must be > 0")
         if self.flush_chunk_series < 1:
             raise StorageError("flush_chunk_series must be >= 1")
+        if self.retention_ms < 0 or any(ms < 0 for _, ms in self.retention_rules):
+            raise StorageError("retention must be >= 0")
+        if self.retention_interval_s <= 0:
+            raise StorageError("retention_interval_s must be > 0")
+        for pattern, _ in self.retention_rules:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise StorageError(f"invalid retention rule regex {pattern!r}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from agent.model import Labels, Matcher
+from agent.model import Labels, Matcher, metric_name
 from agent.plugin_api import Codec
-from agent.storage import db
+from agent.storage import audit, db, recompress, retention, versions
 from agent.storage.errors import BackPressure, StorageError, UnknownSeries
 from agent.storage.head import INT64_MIN, Head
 from agent.storage.index import SeriesIndex, canonical_labels, decode_labels
@@ -40,7 +42,7 @@ from agent.storage.options import (
 )
 from agent.storage.segments import CodecChooser, decode_merge, fetch_segments, probe_segments
 from agent.storage.wal import TxnHook, decode_batch, iter_log, unsigned64
-from agent.storage.writer import Counters, Writer
+from agent.storage.writer import Counters, Writer, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class Store:
         self._probe_conn: sqlite3.Connection | None = None
         self._writer: Writer | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._retention = retention.RetentionPolicy(options.retention_ms, options.retention_rules)
+        self._retainer: asyncio.Task[None] | None = None
         self._closed = False
         self._lock: DatabaseLock | None = None
 
@@ -112,8 +116,15 @@ class Store:
             next_seq=next_seq,
             next_series_id=next_id,
         )
+        # Always on: every appended batch gets its chained audit row in its own commit.
+        store._writer.hooks.append(audit.append_hook)
         store._writer.start()
         store._flusher = loop.create_task(store._periodic_flush(), name="tsagent-flusher")
+        if store._retention.enabled:
+            store._retainer = loop.create_task(
+                retention.run_periodically(store.apply_retention, options.retention_interval_s),
+                name="tsagent-retention",
+            )
         return store
 
     def _load(self) -> tuple[int, int]:
@@ -168,10 +179,11 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        for task in (self._flusher, self._retainer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._writer is not None:
             await self._writer.stop()
         self._shutdown_threads()
@@ -359,6 +371,167 @@ class Store:
         if not found:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         return found[0][1], found[0][2]
+
+    # --- maintenance ------------------------------------------------------------------
+
+    async def apply_compression(
+        self, series_id: int, method: str, block_size: int | None = None
+    ) -> recompress.CompressionResult:
+        """Re-encode a series' stored segments with ``method`` in one transaction.
+
+        Head samples are not touched. ``block_size`` defaults to the store's.
+        Raises ``ValueError`` for an unknown codec, naming the known ones.
+        """
+        if not self._index.exists(series_id):
+            raise UnknownSeries(f"unknown series id {series_id}")
+        block = self.options.block_size if block_size is None else block_size
+        return await recompress.apply_compression(self._w, self._chooser, series_id, method, block)
+
+    async def apply_retention(self, *, now_ms: int | None = None) -> retention.RetentionResult:
+        """Delete what is older than its retention now (or at ``now_ms``); see ``retention``."""
+        return await retention.run_pass(
+            self._w, self._index, self._retention, self.options.flush_chunk_series, now_ms
+        )
+
+    async def vacuum(self) -> int:
+        """Full VACUUM (switches an old file to incremental auto_vacuum); returns the mode.
+
+        Rewrites the whole file, so only for maintenance with no other process
+        using the database; it runs on the SQL thread between writer jobs.
+        """
+        w = self._w
+        return await asyncio.get_running_loop().run_in_executor(
+            w.executor, retention.full_vacuum, w.conn
+        )
+
+    async def compression_stats(self) -> recompress.CompressionStats:
+        """Bytes per sample per codec and per metric name, over stored segments only."""
+        if self._closed:
+            raise StorageError("store is closed")
+        head_samples = self._head.samples
+        loop = asyncio.get_running_loop()
+        usage = await loop.run_in_executor(
+            self._readers, lambda: recompress.segment_usage(self._reader_conn())
+        )
+        labels = self._index.labels
+        return recompress.summarise(usage, lambda sid: metric_name(labels(sid)), head_samples)
+
+    # --- versioned writes and the audit trail -------------------------------------------
+
+    def _edit_ctx(self) -> versions.EditContext:
+        return versions.EditContext(
+            self._head, self._index, self._chooser, self.options.block_size, self._counters
+        )
+
+    def _known_series(self, series: int | Labels) -> int:
+        if isinstance(series, int | np.integer):
+            sid: int | None = int(series)
+        else:
+            sid = self.series_id(series)
+        if sid is None or not self._index.exists(sid):
+            raise UnknownSeries(f"unknown series {series!r}")
+        return sid
+
+    async def record_write(
+        self,
+        series: int | Labels,
+        timestamp: int,
+        value: float,
+        tags: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
+        *,
+        source: str = "api",
+    ) -> int:
+        """Write one sample, replacing any value at that timestamp; returns the audit id.
+
+        Unlike ``append`` a different value at an existing timestamp wins; the
+        old one is kept in ``versions`` (see :mod:`agent.storage.versions`).
+        Labels of a series that does not exist yet create it. ``tags`` (JSON
+        values) go into the audit row's detail, not into the labels.
+        """
+        if isinstance(series, int | np.integer):
+            sid = self._known_series(int(series))
+        else:
+            [sid] = await self.get_or_create_series([series])
+        if tags is not None:
+            json.dumps(dict(tags))  # fail here, not inside the writer's transaction
+        t = int(timestamp)
+        bits = versions.value_bits(float(value))
+        ctx = self._edit_ctx()
+        at = now_ms()
+
+        def sql(conn: sqlite3.Connection) -> tuple[int, versions.SeriesEdit]:
+            return versions.record_write_sql(
+                conn, ctx, sid, t, bits, user=user_id, source=source, tags=tags, at_ms=at
+            )
+
+        def after(res: tuple[int, versions.SeriesEdit]) -> int:
+            versions.apply_edits(ctx, [res[1]])
+            return res[0]
+
+        result: int = await self._w.job(sql, after)
+        return result
+
+    async def history(self, series: int | Labels, timestamp: int) -> list[versions.Version]:
+        """Every value the point has held, oldest first, the current one last."""
+        sid = self._known_series(series)
+        t = int(timestamp)
+        # Current value first, history second: a write landing in between then
+        # shows up as an extra history entry rather than going missing.
+        ts, vals = await self.read_series(sid, t, t)
+        current = int(vals[:1].view(np.uint64)[0]) if ts.size else None
+
+        def run() -> list[versions.Version]:
+            conn = self._reader_conn()
+            states = versions.history_states(conn, sid, t, current)
+            return versions.to_versions(conn, states, current)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    async def rollback(
+        self,
+        audit_id: int | None = None,
+        *,
+        before_ms: int | None = None,
+        user_id: str | None = None,
+        source: str = "api",
+    ) -> int:
+        """Restore every value as it was before audit row ``audit_id`` (or time ``before_ms``).
+
+        Undoes ``record_write``s and earlier rollbacks and removes samples
+        appended since; the rollback is itself audited and versioned, so it can
+        be rolled back in turn.  Retention deletions are not undone.  Returns
+        the rollback's audit id.
+        """
+        if (audit_id is None) == (before_ms is None):
+            raise ValueError("give exactly one of audit_id and before_ms")
+        ctx = self._edit_ctx()
+        at = now_ms()
+
+        def sql(conn: sqlite3.Connection) -> tuple[int, list[versions.SeriesEdit]]:
+            return versions.rollback_sql(
+                conn,
+                ctx,
+                audit_id=audit_id,
+                before_ms=before_ms,
+                user=user_id,
+                source=source,
+                at_ms=at,
+            )
+
+        def after(res: tuple[int, list[versions.SeriesEdit]]) -> int:
+            versions.apply_edits(ctx, res[1])
+            return res[0]
+
+        result: int = await self._w.job(sql, after)
+        return result
+
+    async def verify_audit(self) -> audit.VerifyResult:
+        """Check the audit chain on a reader connection (a consistent snapshot)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._readers, lambda: audit.verify_chain(self._reader_conn())
+        )
 
     # --- stats ----------------------------------------------------------------------------
 

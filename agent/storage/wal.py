@@ -63,6 +63,8 @@ class BatchRecord:
     stored: int
     duplicates: int
     rejected: int
+    # The log blob of the stored samples (encode_batch format), for content hashes.
+    data: bytes | None = None
 
 
 # Runs inside the group-commit transaction, in the writer thread; raising aborts the commit.

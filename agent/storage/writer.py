@@ -384,6 +384,7 @@ class Writer:
             seq = self.next_seq
             out = head.apply(a.sids, a.ts, a.bits, seq, ts_now, probe=self.probe)
             stored = int(out.stored_sids.size)
+            blob: bytes | None = None
             if stored:
                 blob = encode_batch(out.stored_sids, out.stored_ts, out.stored_bits)
                 wal_rows.append((seq, ts_now, stored, blob))
@@ -399,6 +400,7 @@ class Writer:
                     stored,
                     out.duplicates,
                     len(out.rejected),
+                    blob,
                 )
             )
             results.append(
