@@ -1,0 +1,1 @@
+"""Prometheus remote-write/remote-read protobuf classes (generated; see README.md)."""
