@@ -1,0 +1,300 @@
+"""Aggregation operators over a :class:`~agent.query.blocks.Block`.
+
+Rows are grouped once per query (labels do not change between steps); the
+per-step work is vectorised across groups and steps by walking the *k-th
+member* of every group together, so order-dependent algorithms (Kahan sums,
+Welford variance, Prometheus's overflow-safe mean) keep Prometheus's exact
+arithmetic without a per-sample Python loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+from agent.model import METRIC_NAME, Labels, make_labels, valid_label_name
+from agent.query.blocks import Block
+from agent.query.errors import ExecutionError
+from agent.query.rangefuncs import kahan_inc, quantile_values
+from agent.query.values import Annotations, format_value
+
+Arr = np.ndarray
+
+
+@dataclass
+class Grouping:
+    keys: list[Labels]  # output labels per group
+    group_of: Arr  # int64 (rows,)
+
+
+def group_labels(labels: Labels, grouping: tuple[str, ...], without: bool) -> Labels:
+    if without:
+        drop = set(grouping) | {METRIC_NAME}
+        return tuple(p for p in labels if p[0] not in drop)
+    keep = set(grouping)
+    return tuple(p for p in labels if p[0] in keep)
+
+
+def make_grouping(labels: list[Labels], grouping: tuple[str, ...], without: bool) -> Grouping:
+    index: dict[Labels, int] = {}
+    keys: list[Labels] = []
+    group_of = np.empty(len(labels), dtype=np.int64)
+    for i, lab in enumerate(labels):
+        key = group_labels(lab, grouping, without)
+        g = index.get(key)
+        if g is None:
+            g = index[key] = len(keys)
+            keys.append(key)
+        group_of[i] = g
+    return Grouping(keys, group_of)
+
+
+def _members(grp: Grouping) -> Iterator[tuple[Arr, Arr]]:
+    """Yield ``(group_ids, rows)`` for the k-th member of every group, k = 0, 1, ..."""
+    order = np.argsort(grp.group_of, kind="stable")
+    sorted_g = grp.group_of[order]
+    starts = np.searchsorted(sorted_g, np.arange(len(grp.keys)), "left")
+    sizes = np.bincount(grp.group_of, minlength=len(grp.keys))
+    for k in range(int(sizes.max()) if len(sizes) else 0):
+        gids = np.flatnonzero(sizes > k)
+        yield gids, order[starts[gids] + k]
+
+
+def _simple(op: str, block: Block, grp: Grouping) -> tuple[Arr, Arr]:
+    """sum, avg, count, group, min, max, stddev, stdvar: ``(values, seen)`` per group."""
+    g, steps = len(grp.keys), block.values.shape[1]
+    seen = np.zeros((g, steps), dtype=bool)
+    val = np.zeros((g, steps))
+    comp = np.zeros((g, steps))
+    mean = np.zeros((g, steps))
+    count = np.zeros((g, steps))
+    incr = np.zeros((g, steps), dtype=bool)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for gids, rows in _members(grp):
+            f = block.values[rows]
+            p = block.present[rows]
+            first = p & ~seen[gids]
+            later = p & seen[gids]
+            v, c, m, n, inc = val[gids], comp[gids], mean[gids], count[gids], incr[gids]
+            n = np.where(p, n + 1, n)
+            if op == "sum":
+                ns, nc = kahan_inc(f, v, c)
+                v = np.where(first, f, np.where(later, ns, v))
+                c = np.where(first, 0.0, np.where(later, nc, c))
+            elif op == "avg":
+                v = np.where(first, f, v)
+                m = np.where(first, f, m)
+                c = np.where(first, 0.0, c)
+                ns, nc = kahan_inc(f, v, c)
+                stay = later & ~inc & ~np.isinf(ns)
+                switch = later & ~inc & np.isinf(ns)
+                v = np.where(stay, ns, v)
+                c = np.where(stay, nc, c)
+                m = np.where(switch, v / (n - 1), m)
+                c = np.where(switch, c / (n - 1), c)
+                inc = inc | switch
+                upd = later & inc
+                skip = np.isinf(m) & (
+                    (np.isinf(f) & ((m > 0) == (f > 0))) | (~np.isinf(f) & ~np.isnan(f))
+                )
+                upd = upd & ~skip
+                cur = m + c
+                nm, nc2 = kahan_inc(f / n - cur / n, m, c)
+                m = np.where(upd, nm, m)
+                c = np.where(upd, nc2, c)
+            elif op in ("max", "min"):
+                better = (v < f) if op == "max" else (v > f)
+                v = np.where(first | (later & (better | np.isnan(v))), f, v)
+            elif op in ("stddev", "stdvar"):
+                v = np.where(first, np.where(np.isnan(f) | np.isinf(f), np.nan, 0.0), v)
+                m = np.where(first, f, m)
+                delta = f - m
+                nm = m + delta / n
+                v = np.where(later, v + delta * (f - nm), v)
+                m = np.where(later, nm, m)
+            val[gids], comp[gids], mean[gids], count[gids], incr[gids] = v, c, m, n, inc
+            seen[gids] |= p
+        if op == "sum":
+            out = val + comp
+        elif op == "avg":
+            out = np.where(incr, mean + comp, (val + comp) / count)
+        elif op == "count":
+            out = count
+        elif op == "group":
+            out = np.ones((g, steps))
+        elif op == "stdvar":
+            out = val / count
+        elif op == "stddev":
+            out = np.sqrt(val / count)
+        else:
+            out = val
+    return out, seen
+
+
+def _group_drop(block: Block, grp: Grouping) -> Arr:
+    drop = np.zeros(len(grp.keys), dtype=bool)
+    np.logical_or.at(drop, grp.group_of, block.drop)
+    return drop
+
+
+def aggregate(
+    op: str,
+    block: Block,
+    grouping: tuple[str, ...],
+    without: bool,
+    param: Arr | str | None,
+    annos: Annotations,
+    param_pos: str,
+    instant: bool,
+) -> Block:
+    steps = block.values.shape[1]
+    if op == "count_values":
+        assert isinstance(param, str)
+        return _count_values(block, param, grouping, without)
+    if op in ("topk", "bottomk", "limitk", "limit_ratio"):
+        assert isinstance(param, np.ndarray)
+        return _select_k(op, block, grouping, without, param, annos, param_pos, instant)
+    if op == "quantile":
+        assert isinstance(param, np.ndarray)
+        bad = np.isnan(param) | (param < 0) | (param > 1)
+        for q in np.unique(param[bad]).tolist() if bad.any() else []:
+            annos.warn(
+                f"PromQL warning: quantile value should be between 0 and 1, got {_go_g(q)}"
+                + param_pos
+            )
+    if len(block) == 0:
+        return Block.empty(steps)
+    grp = make_grouping(block.labels, grouping, without)
+    if op == "quantile":
+        assert isinstance(param, np.ndarray)
+        out = np.full((len(grp.keys), steps), np.nan)
+        seen = np.zeros((len(grp.keys), steps), dtype=bool)
+        for g in range(len(grp.keys)):
+            rows = np.flatnonzero(grp.group_of == g)
+            vals, pres = block.values[rows], block.present[rows]
+            for s in np.flatnonzero(pres.any(axis=0)).tolist():
+                out[g, s] = quantile_values(float(param[s]), vals[pres[:, s], s])
+                seen[g, s] = True
+    else:
+        out, seen = _simple(op, block, grp)
+    return Block(list(grp.keys), out, seen, _group_drop(block, grp)).compact()
+
+
+def _go_g(v: float) -> str:
+    """Go's ``%g`` for the values that appear in annotations."""
+    if np.isnan(v):
+        return "NaN"
+    if np.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def openmetrics_float(v: float) -> str:
+    """OpenMetrics float text (``0.5``, ``1.0``, ``+Inf``), used for quantile labels."""
+    if np.isnan(v):
+        return "NaN"
+    if np.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    text = repr(float(v))
+    return text if ("." in text or "e" in text) else text + ".0"
+
+
+def ratio_offset(labels: Labels) -> float:
+    """Position in [0, 1) for ``limit_ratio``: Prometheus's label hash over the max uint64.
+
+    Using the same xxhash64 over ``name 0xff value 0xff ...`` keeps the sampled
+    subset identical to Prometheus's.
+    """
+    raw = b"".join(k.encode() + b"\xff" + v.encode() + b"\xff" for k, v in labels)
+    return xxhash.xxh64_intdigest(raw) / float(2**64 - 1)
+
+
+def _select_k(
+    op: str,
+    block: Block,
+    grouping: tuple[str, ...],
+    without: bool,
+    param: Arr,
+    annos: Annotations,
+    param_pos: str,
+    instant: bool,
+) -> Block:
+    steps = block.values.shape[1]
+    if op == "limit_ratio":
+        if np.isnan(param).any():
+            raise ExecutionError("Ratio value is NaN")
+        for r in np.unique(param[(param < -1) | (param > 1)]).tolist():
+            cap = 1.0 if r > 1 else -1.0
+            annos.warn(
+                "PromQL warning: ratio value should be between -1 and 1, "
+                f"got {_go_g(r)}, capping to {_go_g(cap)}" + param_pos
+            )
+        ratio = np.clip(param, -1.0, 1.0)
+    else:
+        if np.isnan(param).any():
+            raise ExecutionError("Parameter value is NaN")
+        if (np.abs(param) >= 2.0**63).any():
+            bad = param[np.abs(param) >= 2.0**63][0]
+            raise ExecutionError(f"Scalar value {format_value(float(bad))} overflows int64")
+        ks = np.trunc(param).astype(np.int64)
+    if len(block) == 0:
+        return Block.empty(steps)
+    grp = make_grouping(block.labels, grouping, without)
+    chosen = np.zeros_like(block.present)
+    order_rows: list[int] = []
+    for g in range(len(grp.keys)):
+        rows = np.flatnonzero(grp.group_of == g)
+        vals, pres = block.values[rows], block.present[rows]
+        if op == "limit_ratio":
+            offs = np.array([ratio_offset(block.labels[r]) for r in rows.tolist()])[:, None]
+            r = ratio[None, :]
+            pick = pres & (((r >= 0) & (offs < r)) | ((r < 0) & (offs >= 1.0 + r)))
+            chosen[rows] = pick
+            order_rows.extend(rows.tolist())
+            continue
+        idx = np.arange(len(rows))[:, None].repeat(steps, axis=1)
+        nan = np.isnan(vals)
+        filled = np.where(nan, 0.0, vals)
+        if op == "topk":
+            rank = np.lexsort((idx, -filled, nan, ~pres), axis=0)
+        elif op == "bottomk":
+            rank = np.lexsort((idx, filled, nan, ~pres), axis=0)
+        else:  # limitk keeps input order
+            rank = np.lexsort((idx, ~pres), axis=0)
+        pos = np.empty_like(rank)
+        np.put_along_axis(pos, rank, np.arange(len(rows))[:, None].repeat(steps, 1), axis=0)
+        chosen[rows] = pres & (pos < ks[None, :])
+        if instant:
+            order_rows.extend(rows[rank[:, 0]].tolist())
+        else:
+            order_rows.extend(rows.tolist())
+    out = Block(block.labels, block.values, chosen, block.drop).take(order_rows)
+    return out.compact()
+
+
+def _count_values(block: Block, label: str, grouping: tuple[str, ...], without: bool) -> Block:
+    if not valid_label_name(label):
+        raise ExecutionError(f'invalid label name "{label}"')
+    steps = block.values.shape[1]
+    index: dict[Labels, int] = {}
+    counts: list[Arr] = []
+    keys: list[Labels] = []
+    rows, cols = np.nonzero(block.present)
+    for r, s in zip(rows.tolist(), cols.tolist(), strict=True):
+        lab = dict(block.labels[r])
+        lab[label] = format_value(float(block.values[r, s]))
+        key = group_labels(make_labels(lab), grouping if without else (*grouping, label), without)
+        g = index.get(key)
+        if g is None:
+            g = index[key] = len(keys)
+            keys.append(key)
+            counts.append(np.zeros(steps))
+        counts[g][s] += 1
+    if not keys:
+        return Block.empty(steps)
+    vals = np.array(counts)
+    return Block(keys, vals, vals > 0, np.zeros(len(keys), dtype=bool))

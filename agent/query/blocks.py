@@ -1,0 +1,156 @@
+"""Internal value shapes the evaluator passes between nodes.
+
+Every node is evaluated once for all steps of the query, so an instant vector
+is a dense ``(series, steps)`` matrix with a presence mask (:class:`Block`), and
+a range vector is all samples of all series concatenated with per-series
+offsets (:class:`RangeData`).  Windows over range data for every
+``(series, step)`` pair come from one :func:`numpy.searchsorted` call on
+composite ``(series, time)`` keys, which keeps per-sample Python loops out of
+the hot paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.model import METRIC_NAME, STALE_NAN_BITS, Labels
+from agent.query.errors import ExecutionError
+
+DUPLICATE_LABELSET = "vector cannot contain metrics with the same labelset"
+
+
+@dataclass
+class Block:
+    """An instant vector over all steps: row ``i`` is series ``labels[i]``."""
+
+    labels: list[Labels]
+    values: np.ndarray  # float64 (n, steps)
+    present: np.ndarray  # bool (n, steps)
+    drop: np.ndarray  # bool (n,): the metric name is to be dropped at the end
+    sample_ts: np.ndarray | None = None  # int64 (n, steps): original sample times
+
+    @classmethod
+    def empty(cls, steps: int) -> Block:
+        return cls(
+            [], np.zeros((0, steps)), np.zeros((0, steps), dtype=bool), np.zeros(0, dtype=bool)
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray | list[int]) -> Block:
+        idx = np.asarray(rows, dtype=np.int64)
+        return Block(
+            [self.labels[i] for i in idx.tolist()],
+            self.values[idx],
+            self.present[idx],
+            self.drop[idx],
+            None if self.sample_ts is None else self.sample_ts[idx],
+        )
+
+    def compact(self) -> Block:
+        """Drop rows that are absent at every step."""
+        keep = np.flatnonzero(self.present.any(axis=1))
+        return self if len(keep) == len(self.labels) else self.take(keep)
+
+
+@dataclass
+class RangeData:
+    """Samples of several series: series ``i`` owns ``t[offsets[i]:offsets[i+1]]``."""
+
+    labels: list[Labels]
+    drop: np.ndarray  # bool (n,)
+    offsets: np.ndarray  # int64 (n+1,)
+    t: np.ndarray  # int64
+    v: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def series_index(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.labels)), np.diff(self.offsets))
+
+
+def is_stale(values: np.ndarray) -> np.ndarray:
+    return values.view(np.uint64) == np.uint64(STALE_NAN_BITS)
+
+
+def search_windows(
+    data: RangeData, lows: np.ndarray, highs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Global index bounds ``[lo, hi)`` of samples with ``low < t <= high``.
+
+    ``lows``/``highs`` have one entry per step and apply to every series; the
+    result arrays have shape ``(series, steps)``.
+    """
+    n = len(data)
+    steps = len(highs)
+    if n == 0:
+        z = np.zeros((0, steps), dtype=np.int64)
+        return z, z
+    base = int(min(lows.min(), data.t.min() if len(data.t) else lows.min())) - 1
+    top = int(max(highs.max(), data.t.max() if len(data.t) else highs.max()))
+    span = top - base + 2
+    if span * (n + 1) < 2**62:
+        keys = data.series_index.astype(np.int64) * span + (data.t - base)
+        rows = (np.arange(n, dtype=np.int64) * span)[:, None]
+        lo = np.searchsorted(keys, (rows + (lows - base)[None, :]).ravel(), "right")
+        hi = np.searchsorted(keys, (rows + (highs - base)[None, :]).ravel(), "right")
+        return lo.reshape(n, steps), hi.reshape(n, steps)
+    lo = np.empty((n, steps), dtype=np.int64)
+    hi = np.empty((n, steps), dtype=np.int64)
+    for i in range(n):
+        a, b = int(data.offsets[i]), int(data.offsets[i + 1])
+        seg = data.t[a:b]
+        lo[i] = a + np.searchsorted(seg, lows, "right")
+        hi[i] = a + np.searchsorted(seg, highs, "right")
+    return lo, hi
+
+
+def drop_name(labels: Labels) -> Labels:
+    return tuple(p for p in labels if p[0] != METRIC_NAME)
+
+
+def merge_same_labels(block: Block, *, check: bool = True) -> Block:
+    """Merge rows whose labels are identical; overlapping presence is an error.
+
+    This is how Prometheus assembles a range result from per-step vectors: a
+    series may be produced by different inputs at different steps, but two
+    samples for one label set at one step cannot be told apart.
+    """
+    first: dict[tuple[Labels, bool], int] = {}
+    groups: list[list[int]] = []
+    for i, lab in enumerate(block.labels):
+        key = (lab, bool(block.drop[i]))
+        g = first.get(key)
+        if g is None:
+            first[key] = len(groups)
+            groups.append([i])
+        else:
+            groups[g].append(i)
+    if len(groups) == len(block.labels):
+        return block
+    rows: list[int] = []
+    values: list[np.ndarray] = []
+    present: list[np.ndarray] = []
+    for members in groups:
+        rows.append(members[0])
+        if len(members) == 1:
+            values.append(block.values[members[0]])
+            present.append(block.present[members[0]])
+            continue
+        pres = block.present[members]
+        if check and (pres.sum(axis=0) > 1).any():
+            raise ExecutionError(DUPLICATE_LABELSET)
+        which = np.argmax(pres, axis=0)
+        values.append(block.values[members][which, np.arange(pres.shape[1])])
+        present.append(np.asarray(pres.any(axis=0)))
+    return Block(
+        [block.labels[r] for r in rows],
+        np.array(values).reshape(len(rows), block.values.shape[1]),
+        np.array(present, dtype=bool).reshape(len(rows), block.values.shape[1]),
+        block.drop[rows],
+    )

@@ -1,0 +1,98 @@
+"""The storage interface the engine reads from, and an in-memory implementation.
+
+:class:`agent.storage.store.Store` satisfies :class:`Queryable` as it is; the
+in-memory :class:`MemoryQueryable` serves the engine's tests and the PromQL
+conformance runner, which load small hand-written data sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from agent.model import Labels, Matcher, make_labels
+
+
+class SeriesLike(Protocol):
+    """What the engine needs from one selected series."""
+
+    @property
+    def labels(self) -> Labels: ...
+
+    @property
+    def timestamps(self) -> np.ndarray: ...
+
+    @property
+    def values(self) -> np.ndarray: ...
+
+
+class Queryable(Protocol):
+    async def select(
+        self, matchers: list[Matcher], start_ms: int, end_ms: int
+    ) -> Sequence[SeriesLike]:
+        """Samples with ``start_ms <= t <= end_ms`` of every matching series that has any."""
+        ...
+
+
+@dataclass
+class MemorySeries:
+    labels: Labels
+    timestamps: np.ndarray
+    values: np.ndarray
+
+
+def matches(labels: Labels, matchers: Sequence[Matcher]) -> bool:
+    got = dict(labels)
+    return all(m.matches(got.get(m.name, "")) for m in matchers)
+
+
+class MemoryQueryable:
+    """Series kept as sorted numpy arrays; appends keep the last value per timestamp."""
+
+    def __init__(self) -> None:
+        self._series: dict[Labels, tuple[np.ndarray, np.ndarray]] = {}
+
+    def clear(self) -> None:
+        self._series.clear()
+
+    def add(
+        self,
+        labels: Labels | dict[str, str],
+        timestamps: Sequence[int] | np.ndarray,
+        values: Sequence[float] | np.ndarray,
+    ) -> None:
+        key = make_labels(labels) if isinstance(labels, dict) else make_labels(list(labels))
+        t = np.asarray(timestamps, dtype=np.int64)
+        v = np.asarray(values, dtype=np.float64)
+        if key in self._series:
+            old_t, old_v = self._series[key]
+            t = np.concatenate([old_t, t])
+            v = np.concatenate([old_v, v])
+        order = np.argsort(t, kind="stable")
+        t, v = t[order], v[order]
+        if len(t) > 1:
+            # Keep the last written value for a duplicated timestamp.
+            keep = np.ones(len(t), dtype=bool)
+            keep[:-1] = t[1:] != t[:-1]
+            t, v = t[keep], v[keep]
+        self._series[key] = (t, v)
+
+    def series_labels(self) -> list[Labels]:
+        return sorted(self._series)
+
+    async def select(
+        self, matchers: list[Matcher], start_ms: int, end_ms: int
+    ) -> list[MemorySeries]:
+        out: list[MemorySeries] = []
+        for labels in sorted(self._series):
+            if not matches(labels, matchers):
+                continue
+            t, v = self._series[labels]
+            lo = int(np.searchsorted(t, start_ms, "left"))
+            hi = int(np.searchsorted(t, end_ms, "right"))
+            if hi > lo:
+                out.append(MemorySeries(labels, t[lo:hi], v[lo:hi]))
+        return out

@@ -1,0 +1,142 @@
+"""Query results as returned by :class:`agent.query.Engine`, and their API JSON form.
+
+The JSON shapes and number formatting follow Prometheus's HTTP API: sample
+values are strings (``"+Inf"``, ``"NaN"``, shortest round-trip decimal without
+exponent, like Go's ``strconv.FormatFloat(v, 'f', -1, 64)``) and timestamps are
+float seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from agent.model import Labels
+
+
+def format_value(v: float) -> str:
+    """Prometheus's text form of a float sample value."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if v == 0:
+        return "-0" if math.copysign(1.0, v) < 0 else "0"
+    text = repr(float(v))
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")
+    if text.endswith(".0"):
+        text = text[:-2]
+    return text
+
+
+def format_time(ms: int) -> float | int:
+    """API timestamps are seconds; whole seconds stay integers, as Go prints them."""
+    return ms // 1000 if ms % 1000 == 0 else ms / 1000
+
+
+def labels_json(labels: Labels) -> dict[str, str]:
+    return dict(labels)
+
+
+@dataclass
+class Annotations:
+    """Warnings and infos collected during evaluation, deduplicated in order."""
+
+    warnings: list[str] = field(default_factory=list)
+    infos: list[str] = field(default_factory=list)
+
+    def warn(self, msg: str) -> None:
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+
+    def info(self, msg: str) -> None:
+        if msg not in self.infos:
+            self.infos.append(msg)
+
+    def merge(self, other: Annotations) -> None:
+        for w in other.warnings:
+            self.warn(w)
+        for i in other.infos:
+            self.info(i)
+
+
+@dataclass
+class Sample:
+    labels: Labels
+    t: int
+    v: float
+
+
+@dataclass
+class Series:
+    labels: Labels
+    timestamps: np.ndarray  # int64 milliseconds
+    values: np.ndarray  # float64
+
+
+@dataclass
+class Scalar:
+    t: int
+    v: float
+    annotations: Annotations = field(default_factory=Annotations)
+    result_type = "scalar"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"resultType": "scalar", "result": [format_time(self.t), format_value(self.v)]}
+
+
+@dataclass
+class String:
+    t: int
+    v: str
+    annotations: Annotations = field(default_factory=Annotations)
+    result_type = "string"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"resultType": "string", "result": [format_time(self.t), self.v]}
+
+
+@dataclass
+class Vector:
+    samples: list[Sample]
+    annotations: Annotations = field(default_factory=Annotations)
+    result_type = "vector"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "resultType": "vector",
+            "result": [
+                {"metric": labels_json(s.labels), "value": [format_time(s.t), format_value(s.v)]}
+                for s in self.samples
+            ],
+        }
+
+
+@dataclass
+class Matrix:
+    series: list[Series]
+    annotations: Annotations = field(default_factory=Annotations)
+    result_type = "matrix"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "resultType": "matrix",
+            "result": [
+                {
+                    "metric": labels_json(s.labels),
+                    "values": [
+                        [format_time(int(t)), format_value(float(v))]
+                        for t, v in zip(s.timestamps.tolist(), s.values.tolist(), strict=True)
+                    ],
+                }
+                for s in self.series
+            ],
+        }
+
+
+Result = Scalar | String | Vector | Matrix

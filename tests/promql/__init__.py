@@ -1,0 +1,1 @@
+"""Helpers for running Prometheus's PromQL test scripts against our engine."""
