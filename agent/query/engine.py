@@ -616,4 +616,3 @@ def _str(v: Value) -> str:
     if not isinstance(v, str):
         raise ExecutionError("expected a string argument")
     return v
-
