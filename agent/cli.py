@@ -12,6 +12,7 @@ from typing import Any
 from agent import __version__
 from agent.audit_cli import add_audit_parser
 from agent.config import ConfigError, check_duration, check_listen
+from agent.import_cli import add_import_parser
 from agent.plugins import PluginError, get_plugin_manager
 
 
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
 
     add_audit_parser(sub, _add_common)
+    add_import_parser(sub, _add_common)
     return parser
 
 
@@ -184,15 +186,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return run_audit(args, _overrides(args))
 
 
+def cmd_import_csv(args: argparse.Namespace) -> int:
+    from agent.import_cli import run_import
+
+    return run_import(args, _overrides(args))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.alerting.rules import load_configured_rules
     from agent.daemon import load
 
     try:
-        load(args.file)
+        config, _host = load(args.file)
+        # Rule files too: a broken expression names its file, group and rule.
+        groups = load_configured_rules(config)
     except (ConfigError, PluginError) as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"{args.file}: configuration is valid")
+    if groups:
+        files = len({g.file for g in groups})
+        rules = sum(len(g.rules) for g in groups)
+        print(f"{files} rule file(s): {len(groups)} group(s), {rules} rule(s)")
     return 0
 
 
@@ -267,6 +282,7 @@ COMMANDS = {
     "hash-password": cmd_hash_password,
     "retention": cmd_retention,
     "audit": cmd_audit,
+    "import-csv": cmd_import_csv,
     "example-config": cmd_example_config,
 }
 

@@ -8,14 +8,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agent.api.metadata import MetadataTable
 from agent.config import Config
 from agent.metrics import AgentMetrics
 from agent.model import Labels
+from agent.storage.options import REJECT_CARDINALITY, Rejection
 
 if TYPE_CHECKING:
+    from agent.alerting.dispatch import Dispatcher
+    from agent.alerting.engine import RuleEngine
     from agent.plugin_api import Codec, Exporter, Ingestor, Notifier, QueryFunction
     from agent.plugins import PluginHost
-    from agent.storage import AppendResult, Store
+    from agent.storage import AppendResult, BackfillResult, Store
+    from agent.storage.backfill import OnError
 
 
 @dataclass
@@ -35,6 +40,12 @@ class AgentContext:
     exporters: list[Exporter] = field(default_factory=list)
     notifiers: dict[str, Notifier] = field(default_factory=dict)
     query_functions: dict[str, QueryFunction] = field(default_factory=dict)
+    # Metric type/help/unit learnt by ingestors, served by /api/v1/metadata.
+    metadata: MetadataTable = field(default_factory=MetadataTable)
+    # The rule engine (alerting and recording rules), set once the store is open.
+    rules: RuleEngine | None = None
+    # Routes, groups and delivers alert notifications; set once the store is open.
+    dispatcher: Dispatcher | None = None
     ready: bool = False
 
     def plugin_config(self, dotted: str) -> dict[str, Any]:
@@ -61,10 +72,24 @@ class AgentContext:
         """
         rows = list(samples)
         store = self.require_store()
-        ids = await store.get_or_create_series([r[0] for r in rows])
-        return await self.append(
-            ids, [r[1] for r in rows], [r[2] for r in rows], source=source, client=client
+        ids, refused = await store.resolve_series([r[0] for r in rows])
+        if not refused:
+            return await self.append(
+                ids, [r[1] for r in rows], [r[2] for r in rows], source=source, client=client
+            )
+        keep = [i for i in range(len(rows)) if i not in refused]
+        result = await self.append(
+            [ids[i] for i in keep],
+            [rows[i][1] for i in keep],
+            [rows[i][2] for i in keep],
+            source=source,
+            client=client,
         )
+        result.rejected.extend(
+            Rejection(0, rows[i][1], REJECT_CARDINALITY, reason) for i, reason in refused.items()
+        )
+        self.metrics.samples_rejected.labels(source, REJECT_CARDINALITY).inc(len(refused))
+        return result
 
     async def append(
         self,
@@ -80,6 +105,26 @@ class AgentContext:
             series_ids, timestamps, values, source=source, client=client
         )
         self.metrics.samples_ingested.labels(source).inc(result.accepted)
+        for reason, count in Counter(r.reason for r in result.rejected).items():
+            self.metrics.samples_rejected.labels(source, reason).inc(count)
+        return result
+
+    async def backfill(
+        self,
+        series_ids: Sequence[int],
+        timestamps: Sequence[int],
+        values: Sequence[float],
+        *,
+        source: str,
+        client: str | None = None,
+        on_error: OnError = "skip",
+    ) -> BackfillResult:
+        """Historical import through ``Store.backfill``, counted like appends in ``/metrics``."""
+        result = await self.require_store().backfill(
+            series_ids, timestamps, values, source=source, client=client, on_error=on_error
+        )
+        if not result.aborted:
+            self.metrics.samples_ingested.labels(source).inc(result.accepted)
         for reason, count in Counter(r.reason for r in result.rejected).items():
             self.metrics.samples_rejected.labels(source, reason).inc(count)
         return result

@@ -9,6 +9,7 @@ instead of being mirrored into gauges on every write.
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -76,7 +77,8 @@ class StatsCollector(Collector):
     """Turns a ``stats()`` callable into metric families at scrape time.
 
     ``spec`` maps a stats attribute to (metric name, help, kind) where kind is
-    ``gauge`` or ``counter``; ``summaries`` maps a metric name to (help,
+    ``gauge`` or ``counter`` (``counter:rule`` names the label of a dict-valued
+    attribute; ``reason`` by default); ``summaries`` maps a metric name to (help,
     count attribute, sum attribute), for durations the store times itself.
     """
 
@@ -101,8 +103,9 @@ class StatsCollector(Collector):
             value = getattr(stats, attr, None)
             if value is None:
                 continue
+            kind, _, label = kind.partition(":")
             if isinstance(value, dict):
-                label = "reason"
+                label = label or "reason"
                 fam: Metric
                 if kind == "counter":
                     fam = CounterMetricFamily(name, help_text, labels=[label])
@@ -122,3 +125,54 @@ class StatsCollector(Collector):
                 count_value=int(getattr(stats, count_attr)),
                 sum_value=float(getattr(stats, sum_attr)),
             )
+
+
+class CardinalityCollector(Collector):
+    """Top metrics, label names and label pairs by series count, for spotting explosions.
+
+    Recomputed at most every ``ttl`` seconds: the pass is linear in the number
+    of distinct label pairs, too much to repeat on every scrape of a big index.
+    """
+
+    def __init__(self, store: Callable[[], Any], ttl: float = 60.0, limit: int = 10) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._limit = limit
+        self._cached: tuple[float, Any] | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        store = self._store()
+        if store is None:
+            return
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self._ttl:
+            self._cached = (now, store.cardinality_stats(self._limit))
+        stats = self._cached[1]
+        tables = (
+            (
+                "tsagent_top_series_by_metric",
+                "Metrics with the most series.",
+                "metric",
+                stats.series_count_by_metric_name,
+            ),
+            (
+                "tsagent_top_label_values",
+                "Label names with the most distinct values.",
+                "label",
+                stats.label_value_count_by_label_name,
+            ),
+            (
+                "tsagent_top_series_by_label_pair",
+                "label=value pairs found in the most series.",
+                "pair",
+                stats.series_count_by_label_value_pair,
+            ),
+        )
+        for name, help_text, label, rows in tables:
+            fam = GaugeMetricFamily(name, help_text, labels=[label])
+            for key, value in rows:
+                fam.add_metric([key], float(value))
+            yield fam

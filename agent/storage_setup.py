@@ -7,10 +7,11 @@ knows nothing of YAML or plugins.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from agent.config import parse_duration
 from agent.context import AgentContext
-from agent.metrics import StatsCollector
+from agent.metrics import CardinalityCollector, StatsCollector
 from agent.storage import StorageOptions, Store
 
 DB_FILE = "tsagent.db"
@@ -23,6 +24,11 @@ STORE_METRICS = {
     "wal_rows": ("tsagent_wal_batches", "Batches in the write-ahead log.", "gauge"),
     "segments": ("tsagent_segments", "Compressed segments stored.", "gauge"),
     "commits": ("tsagent_wal_commits_total", "Group commits of the log.", "counter"),
+    "cardinality_rejected": (
+        "tsagent_cardinality_rejected_series_total",
+        "New series refused by a cardinality limit, by the rule that refused them.",
+        "counter:rule",
+    ),
 }
 
 
@@ -57,7 +63,27 @@ def storage_options(ctx: AgentContext) -> StorageOptions:
             (r["match"], int(parse_duration(r["retention"]) * 1000)) for r in cfg["retention_rules"]
         ],
         retention_interval_s=ctx.config.duration("storage.retention_interval"),
+        **limit_options(ctx),
     )
+
+
+def limit_options(ctx: AgentContext) -> dict[str, Any]:
+    limits = ctx.config.section("limits")
+    rules: list[tuple[str, str, int]] = []
+    for i, rule in enumerate(limits.get("rules", [])):
+        if rule["label"]:
+            if not rule["max_values"]:
+                raise ValueError(f"limits.rules[{i}].max_values: needed with a label")
+            rules.append((rule["metric"], rule["label"], rule["max_values"]))
+        if rule["max_series"]:
+            rules.append((rule["metric"], "", rule["max_series"]))
+        if not rule["label"] and not rule["max_series"]:
+            raise ValueError(f"limits.rules[{i}]: set max_series, or label and max_values")
+    return {
+        "max_active_series": limits.get("max_active_series", 0),
+        "active_window_ms": int(ctx.config.duration("limits.active_window") * 1000),
+        "cardinality_rules": rules,
+    }
 
 
 def _builtin_default(ctx: AgentContext) -> str:
@@ -76,6 +102,7 @@ async def open_store(ctx: AgentContext) -> Store:
     data_dir = ctx.config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(data_dir / DB_FILE, options, ctx.codecs)
+    ctx.metrics.add_collector(CardinalityCollector(lambda: ctx.store))
     ctx.metrics.add_collector(
         StatsCollector(lambda: ctx.store and ctx.store.stats(), STORE_METRICS, STORE_SUMMARIES)
     )

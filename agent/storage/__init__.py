@@ -5,8 +5,10 @@ Import from here; the submodules are internal and may be reorganised.
 
 from __future__ import annotations
 
+from agent.storage.backfill import BackfillResult
 from agent.storage.errors import (
     BackPressure,
+    CardinalityLimitExceeded,
     StorageError,
     StoreClosed,
     StoreFailed,
@@ -37,7 +39,9 @@ __all__ = [
     "REJECT_TOO_OLD",
     "AppendResult",
     "BackPressure",
+    "BackfillResult",
     "BatchRecord",
+    "CardinalityLimitExceeded",
     "CodecUsage",
     "CompressionResult",
     "CompressionStats",

@@ -42,3 +42,19 @@ class StoreLocked(StorageError):
     Two writers would each replay and trim the same log, breaking the
     exactly-once guarantee, so the second one refuses to start.
     """
+
+
+class CardinalityLimitExceeded(StorageError):
+    """Some new series were refused by a cardinality limit.
+
+    Raised by ``get_or_create_series`` for callers that do not ask for partial
+    results; ``ids`` holds every id (0 where refused) and ``refused`` maps a
+    position in the request to the reason, so a caller can still use the rest.
+    """
+
+    def __init__(self, ids: list[int], refused: dict[int, str]) -> None:
+        self.ids = ids
+        self.refused = refused
+        first = next(iter(refused.values()))
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        super().__init__(first + more)

@@ -18,7 +18,7 @@ out-of-order samples inside the window, which are rare by nature.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -370,6 +370,39 @@ class Head:
         return k
 
     # --- reading ----------------------------------------------------------------------
+
+    def snapshot_many(
+        self, sids: Sequence[int], start: int, end: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Head samples of many series in [start, end], concatenated: ``(counts, t, v)``.
+
+        ``counts[i]`` samples of ``sids[i]`` follow those of ``sids[i-1]``.  One
+        join over the head's buffers instead of two numpy arrays per series: for
+        queries over tens of thousands of series the per-series numpy calls of
+        :meth:`snapshot` cost more than the copying.  Never a view of a live buffer.
+        """
+        counts: list[int] = []
+        tparts: list[array[int]] = []
+        vparts: list[array[int]] = []
+        cap = len(self.ts)
+        tl, vl = self.ts, self.vb
+        for sid in sids:
+            a = tl[sid] if sid < cap else None
+            v = vl[sid] if sid < cap else None
+            if a is None or v is None or not a or a[0] > end or a[-1] < start:
+                counts.append(0)
+            elif a[0] >= start and a[-1] <= end:
+                counts.append(len(a))
+                tparts.append(a)
+                vparts.append(v)
+            else:
+                lo, hi = bisect_left(a, start), bisect_right(a, end)
+                counts.append(hi - lo)
+                tparts.append(a[lo:hi])
+                vparts.append(v[lo:hi])
+        t = np.frombuffer(bytearray().join(tparts), dtype=np.int64)
+        vals = np.frombuffer(bytearray().join(vparts), dtype=np.float64)
+        return np.array(counts, dtype=np.int64), t, vals
 
     def snapshot(self, sid: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Copy of the head samples of ``sid`` in [start, end]; never a view of a live buffer."""

@@ -192,6 +192,19 @@ class SeriesIndex:
 
     # --- label listings -------------------------------------------------------
 
+    def postings(self, name: str, value: str) -> np.ndarray:
+        """Ids of the series with ``name="value"`` (cardinality limits count these)."""
+        values = self._postings.get(name)
+        found = values.get(value) if values is not None else None
+        return _EMPTY if found is None else _as_array(found)
+
+    def value_counts(self, name: str) -> list[tuple[str, int]]:
+        """(value, series count) for one label name, for cardinality statistics."""
+        values = self._postings.get(name)
+        if values is None:
+            return []
+        return [(v, _size(p)) for v, p in values.items()]
+
     def label_names(self) -> list[str]:
         return list(self._postings.keys())
 

@@ -16,6 +16,7 @@ from agent.model import Labels
 REJECT_OUT_OF_ORDER = "out_of_order"
 REJECT_DUPLICATE_TIMESTAMP = "duplicate_timestamp"
 REJECT_TOO_OLD = "too_old"
+REJECT_CARDINALITY = "cardinality_limit"
 REJECT_REASONS = (REJECT_OUT_OF_ORDER, REJECT_DUPLICATE_TIMESTAMP, REJECT_TOO_OLD)
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -44,6 +45,11 @@ class StorageOptions:
     retention_rules: list[tuple[str, int]] = field(default_factory=list)
     # How often the background task enforces retention (when any retention is set).
     retention_interval_s: float = 300.0
+    # Cardinality caps (see agent.storage.cardinality); 0 / empty: none.
+    max_active_series: int = 0
+    active_window_ms: int = 3600_000
+    # (metric-name regex, label or "" for series per metric, max values or series)
+    cardinality_rules: list[tuple[str, str, int]] = field(default_factory=list)
 
     def validate(self) -> None:
         from agent.storage.errors import StorageError
@@ -71,9 +77,10 @@ class StorageOptions:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    series_id: int
+    series_id: int  # 0 when the series itself was refused (a cardinality limit)
     timestamp: int
     reason: str
+    detail: str = ""  # human-readable, for the sender (which limit, which label)
 
 
 @dataclass(slots=True)
@@ -112,6 +119,19 @@ class SeriesData:
 
 
 @dataclass(slots=True)
+class SelectedArrays:
+    """Many series' samples concatenated (``Store.select_arrays``), for the query engine.
+
+    Series ``i`` is ``labels[i]`` and owns ``t[offsets[i]:offsets[i+1]]``.
+    """
+
+    labels: list[Labels]
+    offsets: np.ndarray  # int64 (n+1,)
+    t: np.ndarray  # int64 milliseconds
+    v: np.ndarray  # float64, staleness markers included
+
+
+@dataclass(slots=True)
 class FlushResult:
     series: int = 0
     samples: int = 0
@@ -144,3 +164,5 @@ class StoreStats:
     duplicate_samples: int
     replayed_samples: int
     rejected: dict[str, int]
+    # New series refused by a cardinality limit, by the rule that refused them.
+    cardinality_rejected: dict[str, int] = field(default_factory=dict)

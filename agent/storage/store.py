@@ -18,17 +18,29 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.model import Labels, Matcher, metric_name
 from agent.plugin_api import Codec
-from agent.storage import audit, db, recompress, retention, versions
-from agent.storage.errors import BackPressure, StorageError, UnknownSeries
+from agent.storage import audit, backfill, db, recompress, retention, versions
+from agent.storage.cardinality import (
+    CardinalityOptions,
+    CardinalityStats,
+    Limiter,
+    LimitRule,
+    top_stats,
+)
+from agent.storage.errors import (
+    BackPressure,
+    CardinalityLimitExceeded,
+    StorageError,
+    UnknownSeries,
+)
 from agent.storage.head import INT64_MIN, Head
 from agent.storage.index import SeriesIndex, canonical_labels, decode_labels
 from agent.storage.lock import DatabaseLock
@@ -36,6 +48,7 @@ from agent.storage.options import (
     REJECT_REASONS,
     AppendResult,
     FlushResult,
+    SelectedArrays,
     SeriesData,
     StorageOptions,
     StoreStats,
@@ -44,9 +57,18 @@ from agent.storage.segments import CodecChooser, decode_merge, fetch_segments, p
 from agent.storage.wal import TxnHook, decode_batch, iter_log, unsigned64
 from agent.storage.writer import Counters, Writer, now_ms
 
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from agent.query.service import CacheMode, QueryService, StepLike, TimeLike
+    from agent.query.values import Result
+
 log = logging.getLogger(__name__)
 
 READER_THREADS = 2
+
+WriteListener = Callable[[np.ndarray | None, int, int], None]
+"""Called as ``listener(series_ids or None for any, min_t, max_t)`` after data changed."""
 
 
 class Store:
@@ -59,6 +81,19 @@ class Store:
         self._chooser = chooser
         self._conn = conn
         self._index = SeriesIndex()
+        self._limiter = Limiter(
+            CardinalityOptions(
+                max_active_series=options.max_active_series,
+                active_window_ms=options.active_window_ms,
+                rules=[
+                    LimitRule(metric, label, limit, f"limits.rules[{i}]")
+                    for i, (metric, label, limit) in enumerate(options.cardinality_rules)
+                ],
+            ),
+            series_of_metric=lambda metric: self._index.postings("__name__", metric),
+            labels_of=self._index.labels,
+            max_t=lambda: self._head.max_t,
+        )
         self._head = Head(options.out_of_order_window_ms)
         self._counters = Counters(rejected=dict.fromkeys(REJECT_REASONS, 0))
         self._sql_thread = ThreadPoolExecutor(1, thread_name_prefix="tsagent-sql")
@@ -73,6 +108,8 @@ class Store:
         self._retainer: asyncio.Task[None] | None = None
         self._closed = False
         self._lock: DatabaseLock | None = None
+        self._write_listeners: list[WriteListener] = []
+        self._queries: QueryService | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -133,6 +170,7 @@ class Store:
         applied = db.MIGRATIONS.apply(conn)
         if applied:
             log.info("storage migrations applied: %s", ", ".join(applied))
+        self._limiter.load_api_rules(conn)
         ids: list[int] = []
         flushed: list[int] = []
         max_t: list[int] = []
@@ -155,8 +193,10 @@ class Store:
             head.max_t[idx] = max_t
             head.last_bits[idx] = np.array(last_bits, dtype=np.uint64)
             # Persisted max_t bounds what segments hold: probes for out-of-order
-            # duplicates may be needlessly conservative, never wrong.
-            head.seg_max_t[idx] = np.where(np.array(flushed) > 0, np.array(max_t), INT64_MIN)
+            # duplicates may be needlessly conservative, never wrong.  Not only
+            # flushed series: edits and backfills put data in segments of series
+            # that never flushed, and raise max_t when they do.
+            head.seg_max_t[idx] = max_t
         last_seq = int(flushed_seq.max()) if flushed_seq.size else 0
         c = self._counters
         for seq, created, count, blob in iter_log(conn):
@@ -215,6 +255,28 @@ class Store:
             except Exception:
                 log.exception("periodic flush failed")
 
+    def add_write_listener(self, listener: WriteListener) -> None:
+        """Call ``listener(series_ids, min_t, max_t)`` on the event loop after each change.
+
+        Every path that changes stored samples calls it once per committed
+        batch, after the commit (append, backfill, record_write, rollback,
+        retention; ``series_ids`` None means "any series"). It must be cheap:
+        it runs inline on the write path. The query cache invalidates with it.
+        """
+        self._write_listeners.append(listener)
+
+    def remove_write_listener(self, listener: WriteListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._write_listeners.remove(listener)
+
+    def notify_written(self, series_ids: np.ndarray | None, min_t: int, max_t: int) -> None:
+        """Tell the write listeners that samples in [min_t, max_t] of these series changed."""
+        for listener in list(self._write_listeners):
+            try:
+                listener(series_ids, min_t, max_t)
+            except Exception:
+                log.exception("write listener failed")
+
     def add_transaction_hook(self, hook: TxnHook) -> None:
         """Run ``hook`` inside every group-commit transaction (e.g. an audit insert)."""
         self._w.hooks.append(hook)
@@ -234,7 +296,22 @@ class Store:
         return sid
 
     async def get_or_create_series(self, labels_list: list[Labels]) -> list[int]:
-        """Ids for label sets, creating missing series durably before returning."""
+        """Ids for label sets, creating missing series durably before returning.
+
+        Raises :class:`CardinalityLimitExceeded` when a limit refuses some new
+        series; ingestors that keep the rest call :meth:`resolve_series`.
+        """
+        ids, refused = await self.resolve_series(labels_list)
+        if refused:
+            raise CardinalityLimitExceeded(ids, refused)
+        return ids
+
+    async def resolve_series(self, labels_list: list[Labels]) -> tuple[list[int], dict[int, str]]:
+        """Ids for label sets (0 where refused) and {position: reason} for the refused.
+
+        Existing series always resolve; only new series are checked against
+        the cardinality limits, so traffic on known series keeps flowing.
+        """
         out: list[int] = []
         missing: list[int] = []
         wanted: list[Labels] = []
@@ -250,11 +327,47 @@ class Store:
                     missing.append(len(out))
                     wanted.append(canon)
             out.append(sid if sid is not None else 0)
+        refused: dict[int, str] = {}
         if wanted:
-            created = await self._w.create(wanted)
+            dropped = self._limiter.admit(wanted)
+            if dropped:
+                refused = {missing[i]: reason for i, reason in dropped.items()}
+                keep = [i for i in range(len(wanted)) if i not in dropped]
+                missing = [missing[i] for i in keep]
+                wanted = [wanted[i] for i in keep]
+        if wanted:
+            try:
+                created = await self._w.create(wanted)
+            except BaseException:
+                self._limiter.forget_reservations(len(wanted))
+                raise
+            self._limiter.created(created)
             for pos, sid in zip(missing, created, strict=True):
                 out[pos] = sid
-        return out
+        return out, refused
+
+    def cardinality_stats(self, limit: int = 10) -> CardinalityStats:
+        """Top label names, values and metrics by series count (``/api/v1/status/tsdb``)."""
+        index = self._index
+        return top_stats(index.label_names(), index.value_counts, len(index), limit)
+
+    async def limit_cardinality(
+        self, series_id_or_metric: int | str, tag_key: str | None, max_values: int
+    ) -> None:
+        """Cap a metric's distinct values of ``tag_key`` (or, with no key, its series).
+
+        Persisted, so the cap survives a restart; it applies to series created
+        from now on (existing series are never cut off).
+        """
+        if isinstance(series_id_or_metric, int):
+            metric = dict(self.labels(series_id_or_metric)).get("__name__", "")
+        else:
+            metric = series_id_or_metric
+        if max_values < 0:
+            raise ValueError("max_values must be >= 0")
+        label = tag_key or ""
+        await self._w.job(lambda conn: Limiter.save_api_rule(conn, metric, label, max_values))
+        self._limiter.set_api_rule(metric, label, max_values)
 
     def labels(self, series_id: int) -> Labels:
         return self._index.labels(series_id)
@@ -267,6 +380,122 @@ class Store:
 
     def match_series(self, matchers: list[Matcher]) -> list[int]:
         return self._index.match(matchers).tolist()
+
+    def newest_timestamps(self, series_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Newest sample time ever stored per series (INT64_MIN for none), from memory.
+
+        The series and label endpoints use it to leave out series that ended
+        before the requested start without reading any samples.
+        """
+        ids = np.asarray(series_ids, dtype=np.int64)
+        max_t = self._head.max_t
+        out = np.full(ids.size, INT64_MIN, dtype=np.int64)
+        ok = ids < max_t.size
+        out[ok] = max_t[ids[ok]]
+        return out
+
+    async def time_bounds(self) -> tuple[int, int] | None:
+        """(oldest, newest) sample timestamp in segments and head, or None when empty."""
+
+        def run() -> tuple[int | None, int | None]:
+            row = self._reader_conn().execute("SELECT min(min_t), max(max_t) FROM segments")
+            lo, hi = row.fetchone()
+            return lo, hi
+
+        lo, hi = await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        head = self._head
+        for sid in head.series_with_data().tolist():
+            snap = head.snapshot(sid, INT64_MIN, 2**63 - 1)
+            if snap is not None and snap[0].size:
+                first, last = int(snap[0][0]), int(snap[0][-1])
+                lo = first if lo is None else min(lo, first)
+                hi = last if hi is None else max(hi, last)
+        return None if lo is None or hi is None else (int(lo), int(hi))
+
+    # --- queries (PromQL) ---------------------------------------------------------------
+
+    @property
+    def queries(self) -> QueryService:
+        """The query service over this store, created on first use (engine, limits, cache)."""
+        if self._queries is None:
+            from agent.query.service import QueryService
+
+            index = self._index
+            service = QueryService(self, name_of=lambda sid: metric_name(index.labels(sid)))
+            self.add_write_listener(service.cache.on_write)
+            self._queries = service
+        return self._queries
+
+    async def query(
+        self,
+        expr: str,
+        time: TimeLike | None = None,
+        *,
+        tz: str | None = None,
+        dst: str = "reject",
+        timeout: float | None = None,
+        typed: bool = False,
+        cache: CacheMode = "use",
+    ) -> dict[str, Any] | Result:
+        """Evaluate PromQL ``expr`` at ``time`` (default now), as ``/api/v1/query`` would.
+
+        ``time``: an aware ``datetime``; a naive one (local in ``tz``); an API
+        string (RFC 3339, Unix seconds, or a local date-time with ``tz``); or
+        a number of Unix **seconds**, the HTTP API's unit. ``tz`` defaults to
+        ``query.default_timezone``, else the machine's zone; ``dst``
+        (``reject``/``earlier``/``later``) settles DST-ambiguous local times.
+        Returns the API's ``data`` dict (plain Python values), or with
+        ``typed=True`` the engine's result objects (``Vector``, ``Matrix`` with
+        numpy arrays, ``Scalar``, ``String``; warnings in ``.annotations``).
+        Raises :class:`agent.query.QueryError` subclasses (``error_type`` is
+        the API's). Results are cached; ``cache="refresh"``/``"off"`` as
+        ``Cache-Control: no-cache``/``no-store``.
+        """
+        return await self.queries.query(
+            expr, time, tz=tz, dst=dst, timeout=timeout, typed=typed, cache=cache
+        )
+
+    async def query_range(
+        self,
+        expr: str,
+        start: TimeLike,
+        end: TimeLike,
+        step: StepLike,
+        *,
+        tz: str | None = None,
+        dst: str = "reject",
+        align: str | None = None,
+        timeout: float | None = None,
+        typed: bool = False,
+        cache: CacheMode = "use",
+    ) -> dict[str, Any] | Result:
+        """Evaluate ``expr`` from ``start`` to ``end`` every ``step``, as ``/api/v1/query_range``.
+
+        Times as in :meth:`query`; ``step`` a ``timedelta``, a duration string
+        (``"5m"``) or seconds. ``align="calendar"`` evaluates at local
+        calendar boundaries of ``tz`` (see :func:`agent.query.timezone.calendar_steps`).
+        """
+        return await self.queries.query_range(
+            expr,
+            start,
+            end,
+            step,
+            tz=tz,
+            dst=dst,
+            align=align,
+            timeout=timeout,
+            typed=typed,
+            cache=cache,
+        )
+
+    def cache_query(self, query_signature: str, ttl: float | str | timedelta | None) -> str:
+        """Give one query (any spelling of it) its own cache TTL; returns the signature.
+
+        ``ttl`` seconds, a duration string or a timedelta: ``0`` never caches
+        it, ``None`` restores the default policy. Such a query is cached even
+        with ``query.cache.enabled: false``.
+        """
+        return self.queries.cache_query(query_signature, ttl)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -299,7 +528,62 @@ class Store:
             raise BackPressure(f"head memory over {limit} bytes; retry later")
         # Copies: the caller may reuse its arrays before the writer gets to them.
         bits = vals.view(np.uint64).copy()
-        return await writer.append(sids.copy(), ts.copy(), bits, source, client)
+        result = await writer.append(sids.copy(), ts.copy(), bits, source, client)
+        if result.accepted and self._write_listeners:
+            self.notify_written(sids, int(ts.min()), int(ts.max()))
+        return result
+
+    async def backfill(
+        self,
+        series_ids: Sequence[int] | np.ndarray,
+        timestamps: np.ndarray | Sequence[int],
+        values: np.ndarray | Sequence[float],
+        *,
+        source: str = "backfill",
+        client: str | None = None,
+        on_error: backfill.OnError = "skip",
+    ) -> backfill.BackfillResult:
+        """Import historical samples of any age, bypassing the out-of-order window.
+
+        Durable, audited (one ``backfill`` audit row per call) and atomic: one
+        writer job, one transaction.  Exact duplicates are idempotent; a
+        different value at an existing timestamp is rejected
+        (``duplicate_timestamp``); with ``on_error="abort"`` any rejection
+        leaves nothing written and the result has ``aborted=True``.  See
+        :mod:`agent.storage.backfill` for how samples reach segments.
+        """
+        if on_error not in backfill.ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {backfill.ON_ERROR_CHOICES}")
+        sids = np.asarray(series_ids, dtype=np.int64)
+        ts = np.asarray(timestamps, dtype=np.int64)
+        vals = np.asarray(values, dtype=np.float64)
+        if not (sids.ndim == ts.ndim == vals.ndim == 1) or not (sids.size == ts.size == vals.size):
+            raise ValueError("series_ids, timestamps and values must be 1-d and of equal length")
+        if sids.size == 0:
+            return backfill.BackfillResult()
+        if int(sids.min()) < 1 or int(sids.max()) > self._index.max_id:
+            bad = sids[(sids < 1) | (sids > self._index.max_id)]
+            raise UnknownSeries(f"unknown series id(s): {bad[:5].tolist()}")
+        ctx = self._edit_ctx()
+        at = now_ms()
+        # Copies: the job runs later, on another thread, and the caller may reuse its arrays.
+        s, t, b = sids.copy(), ts.copy(), vals.view(np.uint64).copy()
+
+        def sql(conn: sqlite3.Connection) -> backfill.BackfillPlan:
+            return backfill.backfill_sql(
+                conn, ctx, s, t, b, source=source, client=client, on_error=on_error, at_ms=at
+            )
+
+        def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
+            return backfill.apply_plan(ctx, plan)
+
+        try:
+            result: backfill.BackfillResult = await self._w.job(sql, after)
+        except backfill.BackfillAborted as exc:
+            return exc.result
+        if self._write_listeners:
+            self.notify_written(s, int(t.min()), int(t.max()))
+        return result
 
     async def flush(self, *, all: bool = False) -> FlushResult:
         """Move head data into segments: full or aged series, or everything with ``all``."""
@@ -362,6 +646,69 @@ class Store:
         out.sort(key=lambda s: s.labels)
         return out
 
+    async def select_arrays(
+        self, matchers: list[Matcher], start_ms: int, end_ms: int
+    ) -> SelectedArrays:
+        """What :meth:`select` returns, concatenated: for queries over many series.
+
+        Series are in label order, each with at least one sample; series ``i``
+        owns ``t[offsets[i]:offsets[i+1]]``.  Head samples of all series come
+        out of one join, and SQL is asked only about series whose segments can
+        reach ``start_ms`` (``seg_max_t``), so a select over 50,000 series costs
+        a few Python operations per series instead of several numpy calls each.
+        """
+        if self._closed:
+            raise StorageError("store is closed")
+        ids = self.match_series(matchers)
+        labels_of = self._index.labels
+        labs = [labels_of(sid) for sid in ids]
+        order = sorted(range(len(ids)), key=labs.__getitem__)
+        ids = [ids[i] for i in order]
+        labs = [labs[i] for i in order]
+        # Head first, segments second, as in _read.
+        counts, t, v = self._head.snapshot_many(ids, start_ms, end_ms)
+        id_arr = np.array(ids, dtype=np.int64)
+        head = self._head
+        seg_max = head.seg_max_t[np.minimum(id_arr, head.capacity - 1)] if ids else id_arr
+        maybe = np.flatnonzero((id_arr < head.capacity) & (seg_max >= start_ms)).tolist()
+        if maybe:
+            offs = np.zeros(len(ids) + 1, dtype=np.int64)
+            np.cumsum(counts, out=offs[1:])
+            want = [ids[i] for i in maybe]
+            heads = {
+                ids[i]: (t[offs[i] : offs[i + 1]], v[offs[i] : offs[i + 1]])
+                for i in maybe
+                if counts[i]
+            }
+            loop = asyncio.get_running_loop()
+            merged = await loop.run_in_executor(
+                self._readers, self._read_sync, want, heads, start_ms, end_ms
+            )
+            if merged:
+                got = {sid: (mt, mv) for sid, mt, mv in merged}
+                tparts, vparts, new_counts = [], [], counts.copy()
+                for i, sid in enumerate(ids):
+                    if sid in got:
+                        mt, mv = got[sid]
+                        new_counts[i] = mt.size
+                    else:
+                        mt, mv = t[offs[i] : offs[i + 1]], v[offs[i] : offs[i + 1]]
+                        if sid in heads:
+                            new_counts[i] = 0  # it had head data, but merged found none
+                            mt, mv = mt[:0], mv[:0]
+                    tparts.append(mt)
+                    vparts.append(mv)
+                counts = new_counts
+                t = np.concatenate(tparts) if tparts else t[:0]
+                v = np.concatenate(vparts) if vparts else v[:0]
+        keep = counts > 0
+        if not keep.all():
+            labs = [lab for lab, k in zip(labs, keep.tolist(), strict=True) if k]
+            counts = counts[keep]
+        offsets = np.zeros(len(labs) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return SelectedArrays(labs, offsets, t, v)
+
     async def read_series(
         self, series_id: int, start_ms: int, end_ms: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -389,9 +736,12 @@ class Store:
 
     async def apply_retention(self, *, now_ms: int | None = None) -> retention.RetentionResult:
         """Delete what is older than its retention now (or at ``now_ms``); see ``retention``."""
-        return await retention.run_pass(
+        result = await retention.run_pass(
             self._w, self._index, self._retention, self.options.flush_chunk_series, now_ms
         )
+        if result.samples and result.min_t is not None and result.max_t is not None:
+            self.notify_written(None, result.min_t, result.max_t)
+        return result
 
     async def vacuum(self) -> int:
         """Full VACUUM (switches an old file to incremental auto_vacuum); returns the mode.
@@ -470,6 +820,7 @@ class Store:
             return res[0]
 
         result: int = await self._w.job(sql, after)
+        self.notify_written(np.array([sid], dtype=np.int64), t, t)
         return result
 
     async def history(self, series: int | Labels, timestamp: int) -> list[versions.Version]:
@@ -519,11 +870,16 @@ class Store:
                 at_ms=at,
             )
 
+        touched: list[int] = []
+
         def after(res: tuple[int, list[versions.SeriesEdit]]) -> int:
             versions.apply_edits(ctx, res[1])
+            touched.extend(e.series_id for e in res[1])
             return res[0]
 
         result: int = await self._w.job(sql, after)
+        if touched:  # samples at any time may have come back or gone: all time
+            self.notify_written(np.array(touched, dtype=np.int64), INT64_MIN, 2**63 - 1)
         return result
 
     async def verify_audit(self) -> audit.VerifyResult:
@@ -554,4 +910,5 @@ class Store:
             duplicate_samples=c.duplicate_samples,
             replayed_samples=c.replayed_samples,
             rejected=dict(c.rejected),
+            cardinality_rejected=dict(self._limiter.rejected),
         )

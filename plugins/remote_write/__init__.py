@@ -1,9 +1,10 @@
-"""Prometheus remote-write receiver (1.0 and 2.0) and ``/api/v1/metadata``.
+"""Prometheus remote-write receiver (1.0 and 2.0).
 
 ``POST /api/v1/write`` (group ``write``) accepts ``prometheus.WriteRequest``
 (1.0) and ``io.prometheus.write.v2.Request`` (2.0), snappy-compressed, and
-answers only after the samples are durable. ``GET /api/v1/metadata`` (group
-``read``) serves the metric metadata that senders sent along.
+answers only after the samples are durable. Metric metadata that senders send
+along goes into the agent's table (``ctx.metadata``), which the core serves
+at ``GET /api/v1/metadata``.
 
 Configured under ``ingest.remote_write``; routes are fixed when the daemon
 starts, so ``enabled`` takes effect at the next start, while the limits are
@@ -36,7 +37,7 @@ def config_schema() -> dict[str, Schema]:
     return {
         SECTION: Schema(
             {
-                "enabled": Field(bool, True, "Serve POST /api/v1/write and GET /api/v1/metadata."),
+                "enabled": Field(bool, True, "Serve POST /api/v1/write."),
                 "max_compressed_bytes": Field(
                     int,
                     32 * MiB,
@@ -89,5 +90,4 @@ def register_routes(ctx: AgentContext) -> list[Route]:
     receiver = Receiver(ctx)
     return [
         Route("POST", "/api/v1/write", receiver.write, "write", name="remote_write"),
-        Route("GET", "/api/v1/metadata", receiver.get_metadata, "read", name="metadata"),
     ]

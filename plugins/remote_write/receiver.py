@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Hashable
 from typing import Any
 
 import cramjam
+import numpy as np
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -34,7 +36,6 @@ from agent.context import AgentContext
 from agent.model import format_labels
 from agent.storage import BackPressure, StorageError, UnknownSeries
 from plugins.remote_write import v2 as v2_codec
-from plugins.remote_write.metadata import MetadataTable
 from plugins.remote_write.wire import (
     REASON_INVALID_LABELS,
     Decoded,
@@ -43,6 +44,8 @@ from plugins.remote_write.wire import (
     decode_write_request,
     read_varint,
 )
+
+REASON_CARDINALITY = "cardinality_limit"
 
 log = logging.getLogger("tsagent.remote_write")
 
@@ -88,7 +91,7 @@ class Receiver:
         self.ctx = ctx
         self.cache_v1: dict[Hashable, int] = {}
         self.cache_v2: dict[Hashable, int] = {}
-        self.metadata = MetadataTable()
+        self.metadata = ctx.metadata  # shared: the core serves it at /api/v1/metadata
         r = ctx.metrics.registry
         self.m_requests = Counter(
             "tsagent_remote_write_requests",
@@ -256,7 +259,11 @@ class Receiver:
         try:
             store = ctx.require_store()
             if decoded.misses:
-                await self._resolve(decoded, cache, cfg["series_cache_size"])
+                refused = await self._resolve(decoded, cache, cfg["series_cache_size"])
+                if refused:
+                    issues.extend(refused)
+                    n = sum(i.count for i in refused)
+                    ctx.metrics.samples_rejected.labels(SOURCE, REASON_CARDINALITY).inc(n)
             started = time.perf_counter()
             result = await ctx.append(
                 decoded.ids, decoded.ts, decoded.vals, source=SOURCE, client=request.remote
@@ -294,7 +301,13 @@ class Receiver:
             version, 400, self._error_text(store, issues, rejected, received, written), headers
         )
 
-    async def _resolve(self, decoded: Decoded, cache: dict[Hashable, int], limit: int) -> None:
+    async def _resolve(
+        self, decoded: Decoded, cache: dict[Hashable, int], limit: int
+    ) -> list[SeriesIssue]:
+        """Give missed series their ids; series a cardinality limit refuses are cut out.
+
+        Refused series are not cached, so raising a limit takes effect at once.
+        """
         keys: list[Hashable] = []
         wanted = []
         for key in decoded.misses:
@@ -303,15 +316,29 @@ class Receiver:
                 keys.append(key)
                 wanted.append(labels)
         self.m_cache_misses.inc(len(keys))
-        sids = await self.ctx.require_store().get_or_create_series(wanted)
+        sids, refused = await self.ctx.require_store().resolve_series(wanted)
         if len(cache) + len(keys) > limit:
             cache.clear()  # crude but O(1) amortised; a sender's series come back at once
         ids = decoded.ids
-        for key, sid in zip(keys, sids, strict=True):
+        issues: list[SeriesIssue] = []
+        drop: list[int] = []
+        for n, (key, sid) in enumerate(zip(keys, sids, strict=True)):
+            positions = decoded.misses[key]
+            if n in refused:
+                issues.append(
+                    SeriesIssue(
+                        REASON_CARDINALITY, format_labels(wanted[n]), refused[n], len(positions)
+                    )
+                )
+                drop.extend(positions)
+                continue
             if len(keys) <= limit:
                 cache[key] = sid
-            for pos in decoded.misses[key]:
+            for pos in positions:
                 ids[pos] = sid
+        if drop:
+            _remove_positions(decoded, drop)
+        return issues
 
     @staticmethod
     def _error_text(
@@ -344,21 +371,14 @@ class Receiver:
             lines.append(f"{reason}: {len(items)} series ({total} items), e.g. {text}")
         return "\n".join(lines)
 
-    # --- GET /api/v1/metadata ------------------------------------------------------------
 
-    async def get_metadata(self, request: web.Request) -> web.Response:
-        q = request.query
-        try:
-            limit = int(q.get("limit", "-1") or "-1")
-            per_metric = int(q.get("limit_per_metric", "-1") or "-1")
-        except ValueError:
-            return web.json_response(
-                {
-                    "status": "error",
-                    "errorType": "bad_data",
-                    "error": "limit and limit_per_metric must be integers",
-                },
-                status=400,
-            )
-        data = self.metadata.query(q.get("metric") or None, limit, per_metric)
-        return web.json_response({"status": "success", "data": data})
+def _remove_positions(decoded: Decoded, drop: list[int]) -> None:
+    """Cut samples out of the request's arrays, keeping synthetic positions right."""
+    keep = np.ones(len(decoded.ids), dtype=bool)
+    keep[drop] = False
+    new_pos = np.cumsum(keep) - 1
+    for name in ("ids", "ts", "vals"):
+        arr = getattr(decoded, name)
+        kept = np.frombuffer(arr, dtype=np.int64 if arr.typecode == "q" else np.float64)[keep]
+        setattr(decoded, name, array(arr.typecode, kept.tobytes()))
+    decoded.synthetic = [int(new_pos[p]) for p in decoded.synthetic if keep[p]]

@@ -1,0 +1,298 @@
+"""JSON push: ``POST /metrics/ingest`` (one sample) and ``POST /backfill/import`` (a list).
+
+The two endpoints of the service this project grew from, kept so its clients
+keep working.  One sample is an object::
+
+    {"metric_name": "room_temperature_celsius", "value": 21.5,
+     "timestamp": "2024-03-31T02:30:00+02:00", "labels": {"room": "lab"}}
+
+* ``metric_name``: a Prometheus metric name;
+* ``value``: a JSON number, or the strings ``"NaN"``, ``"+Inf"``, ``"-Inf"``
+  (JSON has no literals for them);
+* ``timestamp``: RFC 3339 with an offset (``Z`` or ``±hh:mm``); required,
+  because a sample without a time is ambiguous for an import;
+* ``labels``: optional object of label name → string value.
+Unknown keys are errors, so a typo (``"timestmap"``) is reported rather than
+silently ignored.
+
+``/metrics/ingest`` is the live path: it goes through ``append`` like
+remote-write (durable, group-committed, out-of-order rules apply).
+``/backfill/import`` takes a JSON list (or ``{"items": [...]}``) and goes
+through ``Store.backfill``: any timestamp, one transaction, one audit row,
+``on_error=skip|abort``.  Every validation error names the item index and
+field, e.g. ``items[3].timestamp: expected RFC 3339 ...``; valid items are
+kept (unless ``on_error=abort``).  Answers: see :mod:`agent.ingest_http`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from agent import hookimpl
+from agent.config import Field, Schema, check_non_negative, check_positive
+from agent.context import AgentContext
+from agent.importer import ImportReport, MappingError, Problem, parse_rfc3339
+from agent.ingest_http import (
+    bad_request,
+    busy,
+    count,
+    on_error_param,
+    report_response,
+    unavailable,
+)
+from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.plugin_api import Route
+from agent.storage import AppendResult, BackPressure, StorageError
+
+SECTION = "ingest.json"
+SOURCE_INGEST = "json_ingest"
+SOURCE_BACKFILL = "json_backfill"
+KEYS = ("metric_name", "value", "timestamp", "labels")
+_SPECIAL = {"nan": math.nan, "+inf": math.inf, "inf": math.inf, "-inf": -math.inf}
+
+
+@hookimpl
+def config_schema() -> dict[str, Schema]:
+    return {
+        SECTION: Schema(
+            {
+                "enabled": Field(bool, True, "Serve POST /metrics/ingest and /backfill/import."),
+                "max_items": Field(
+                    int,
+                    1_000_000,
+                    "Largest list /backfill/import accepts (server.max_body_bytes applies too).",
+                    check=check_positive,
+                ),
+                "max_errors": Field(
+                    int,
+                    100,
+                    "Invalid items listed in a response (all are counted in errors_total).",
+                    check=check_positive,
+                ),
+                "retry_after_seconds": Field(
+                    int, 5, "Retry-After sent with 429.", check=check_non_negative
+                ),
+            },
+            help="JSON sample push (single sample, and a list as a backfill).",
+        )
+    }
+
+
+Sample = tuple[Labels, int, float]
+
+
+def validate_item(item: Any, index: int | None) -> Sample | list[Problem]:
+    """One sample, or every problem found in it (each naming its field)."""
+    problems: list[Problem] = []
+
+    def bad(field: str | None, message: str) -> None:
+        problems.append(Problem(index, field, message, kind="item"))
+
+    if not isinstance(item, dict):
+        bad(None, f"expected an object with {', '.join(KEYS)}, found {type(item).__name__}")
+        return problems
+    for key in item:
+        if key not in KEYS:
+            bad(str(key), f"unknown field; expected {', '.join(KEYS)}")
+    name = item.get("metric_name")
+    if not isinstance(name, str) or not valid_metric_name(name):
+        found = "missing" if "metric_name" not in item else repr(name)
+        bad("metric_name", f"expected a metric name like http_requests_total, found {found}")
+    value = item.get("value")
+    number = 0.0
+    if isinstance(value, bool) or value is None:
+        bad("value", f"expected a number, found {'missing' if 'value' not in item else value!r}")
+    elif isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str) and value.strip().lower() in _SPECIAL:
+        number = _SPECIAL[value.strip().lower()]
+    else:
+        bad("value", f"expected a number (or 'NaN', '+Inf', '-Inf'), found {value!r}")
+    ts = item.get("timestamp")
+    ms = 0
+    if not isinstance(ts, str):
+        found = "missing" if "timestamp" not in item else repr(ts)
+        bad("timestamp", f"expected an RFC 3339 string like 2024-01-31T12:00:00Z, found {found}")
+    else:
+        try:
+            ms = parse_rfc3339(ts)
+        except ValueError as exc:
+            bad("timestamp", str(exc))
+    labels = item.get("labels", {})
+    pairs: dict[str, str] = {}
+    if labels is None:
+        labels = {}
+    if not isinstance(labels, dict):
+        bad("labels", f"expected an object of label: value, found {type(labels).__name__}")
+    else:
+        for k, v in labels.items():
+            if not valid_label_name(k) or k == METRIC_NAME:
+                bad(f"labels.{k}", "not a valid label name (use metric_name for the name)")
+            elif not isinstance(v, str):
+                bad(f"labels.{k}", f"expected a string value, found {v!r}")
+            elif v:
+                pairs[k] = v
+    if problems:
+        return problems
+    pairs[METRIC_NAME] = str(name)
+    return tuple(sorted(pairs.items())), ms, number
+
+
+class JsonEndpoints:
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+
+    async def _body(self, request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MappingError(f"body is not valid JSON: {exc}") from None
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        cfg = self.ctx.config.section(SECTION)
+        try:
+            body = await self._body(request)
+        except MappingError as exc:
+            return bad_request(str(exc))
+        report = ImportReport(received=1)
+        checked = validate_item(body, None)
+        if isinstance(checked, list):
+            for p in checked:
+                report.add(p)
+            report.rejected = 1
+            count(self.ctx, SOURCE_INGEST, report)
+            return report_response(report, cfg["max_errors"])
+        labels, ms, value = checked
+        try:
+            [sid], refused = await self.ctx.require_store().resolve_series([labels])
+            if refused:
+                report.add(Problem(None, "labels", f"new series refused: {refused[0]}", "item"))
+                report.rejected = report.store_rejected = 1
+                count(self.ctx, SOURCE_INGEST, report)
+                return report_response(report, cfg["max_errors"])
+            result = await self.ctx.append(
+                [sid], [ms], [value], source=SOURCE_INGEST, client=request.remote
+            )
+        except BackPressure as exc:
+            return busy(str(exc), cfg["retry_after_seconds"])
+        except (StorageError, RuntimeError) as exc:
+            return unavailable(str(exc))
+        report.samples = 1
+        _apply(report, result, [None])
+        return report_response(report, cfg["max_errors"])
+
+    async def backfill(self, request: web.Request) -> web.Response:
+        cfg = self.ctx.config.section(SECTION)
+        try:
+            on_error = on_error_param(request)
+            body = await self._body(request)
+        except MappingError as exc:
+            return bad_request(str(exc))
+        if isinstance(body, dict) and set(body) == {"items"}:
+            body = body["items"]
+        if not isinstance(body, list):
+            return bad_request('expected a JSON list of samples (or {"items": [...]})')
+        if len(body) > cfg["max_items"]:
+            return bad_request(f"{len(body)} items exceed {SECTION}.max_items ({cfg['max_items']})")
+        report = ImportReport(received=len(body))
+        samples: list[Sample] = []
+        indices: list[int] = []
+        for i, item in enumerate(body):
+            checked = validate_item(item, i)
+            if isinstance(checked, list):
+                report.rejected += 1
+                for p in checked:
+                    report.add(p)
+            else:
+                samples.append(checked)
+                indices.append(i)
+        report.samples = len(samples)
+        if on_error == "abort" and report.problems_total:
+            report.aborted = True
+            count(self.ctx, SOURCE_BACKFILL, report)
+            return report_response(report, cfg["max_errors"])
+        if samples:
+            try:
+                store = self.ctx.require_store()
+                ids, refused = await store.resolve_series([s[0] for s in samples])
+                if refused:
+                    for pos, reason in refused.items():
+                        msg = f"new series refused: {reason}"
+                        report.add(Problem(indices[pos], "labels", msg, "item"))
+                    report.rejected += len(refused)
+                    report.store_rejected += len(refused)
+                    if on_error == "abort":
+                        report.aborted = True
+                        return report_response(report, cfg["max_errors"])
+                    samples = [x for i, x in enumerate(samples) if i not in refused]
+                    indices = [x for i, x in enumerate(indices) if i not in refused]
+                    ids = [x for x in ids if x]
+                result = await self.ctx.backfill(
+                    ids,
+                    [s[1] for s in samples],
+                    [s[2] for s in samples],
+                    source=SOURCE_BACKFILL,
+                    client=request.remote,
+                    on_error=on_error,
+                )
+            except BackPressure as exc:
+                return busy(str(exc), cfg["retry_after_seconds"])
+            except (StorageError, RuntimeError) as exc:
+                return unavailable(str(exc))
+            report.aborted = result.aborted
+            report.audit_id = result.audit_id
+            report.series = result.series
+            _apply(report, result, indices, ids, [s[1] for s in samples])
+        count(self.ctx, SOURCE_BACKFILL, report)
+        return report_response(report, cfg["max_errors"])
+
+
+def _apply(
+    report: ImportReport,
+    result: AppendResult,
+    indices: Sequence[int | None],
+    ids: Sequence[int] | None = None,
+    timestamps: Sequence[int] | None = None,
+) -> None:
+    """Fold the store's answer into the report; refused samples named by item index."""
+    report.duplicates = result.duplicates
+    stored = getattr(result, "stored", None)
+    report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
+    if not result.rejected:
+        return
+    # The store reports (series, timestamp); of several items sending the same pair
+    # the first one wins, so a refusal belongs to the last ones.
+    where: dict[tuple[int, int], list[int | None]] = {}
+    if ids is not None and timestamps is not None:
+        for key, idx in zip(zip(ids, timestamps, strict=True), indices, strict=True):
+            where.setdefault(key, []).append(idx)
+    for r in result.rejected:
+        found = where.get((r.series_id, r.timestamp))
+        idx = found.pop() if found else (indices[0] if len(indices) == 1 else None)
+        if r.reason == "duplicate_timestamp":
+            msg = "a different value is already stored at this timestamp (duplicate_timestamp)"
+        else:
+            msg = (
+                f"refused by the store ({r.reason}): older than the newest sample of this"
+                " series; send history to POST /backfill/import"
+            )
+        report.add(Problem(idx, "timestamp", msg, kind="item"))
+        report.rejected += 1
+        report.store_rejected += 1
+
+
+@hookimpl
+def register_routes(ctx: AgentContext) -> list[Route]:
+    if not ctx.plugin_config(SECTION).get("enabled", True):
+        return []
+    ep = JsonEndpoints(ctx)
+    return [
+        Route("POST", "/metrics/ingest", ep.ingest, "write", name="json_ingest"),
+        Route("POST", "/backfill/import", ep.backfill, "write", name="json_backfill"),
+    ]

@@ -1,0 +1,261 @@
+"""Prometheus text / OpenMetrics push: ``POST /api/v1/import/prometheus``.
+
+As VictoriaMetrics serves it, and with its Pushgateway-style variant
+``/api/v1/import/prometheus/metrics/job/<job>[/<label>/<value>...]`` whose path
+pairs become labels, so scripts written for either keep working.
+
+* Parsing: ``prometheus_client``'s parsers, one sample line at a time, so one
+  bad line is reported with its line number and the other lines are still
+  written (the whole-document parsers stop at the first error).  The text
+  format is used unless ``Content-Type`` is ``application/openmetrics-text``.
+  Comment, ``# HELP``/``# TYPE``/``# UNIT`` and ``# EOF`` lines are skipped:
+  sample names are stored exactly as sent (no ``_total`` munging).
+* Timestamps are optional: a line without one gets the request's arrival
+  time (one value for the whole request).  The text format's timestamps are
+  milliseconds, OpenMetrics' seconds, as the formats define.
+* ``extra_label=name=value`` (repeatable) adds or overrides a label on every
+  sample, as in VictoriaMetrics; path labels of the Pushgateway form too.
+* Storage: the live ``append`` path (durable, group-committed, out-of-order
+  rules apply), because pushes are usually current values; ``backfill=true``
+  sends the request through ``Store.backfill`` instead, for historical dumps.
+
+Answers: see :mod:`agent.ingest_http` (200, or 400 listing lines; 413, 429, 503).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as om_families,
+)
+from prometheus_client.parser import text_string_to_metric_families as text_families
+
+from agent import hookimpl
+from agent.config import Field, Schema, check_non_negative, check_positive
+from agent.context import AgentContext
+from agent.importer import ImportReport, MappingError, Problem
+from agent.ingest_http import (
+    bad_request,
+    bool_param,
+    busy,
+    count,
+    extra_labels_param,
+    report_response,
+    unavailable,
+)
+from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.plugin_api import Route
+from agent.storage import AppendResult, BackPressure, StorageError
+
+SECTION = "ingest.prometheus_text"
+SOURCE = "prometheus_text"
+OPENMETRICS = "application/openmetrics-text"
+
+Parsed = tuple[str, dict[str, str], float, int | None]  # name, labels, value, ms or None
+
+
+@hookimpl
+def config_schema() -> dict[str, Schema]:
+    return {
+        SECTION: Schema(
+            {
+                "enabled": Field(bool, True, "Serve POST /api/v1/import/prometheus."),
+                "max_errors": Field(
+                    int,
+                    100,
+                    "Bad lines listed in a response (all are counted in errors_total).",
+                    check=check_positive,
+                ),
+                "retry_after_seconds": Field(
+                    int, 5, "Retry-After sent with 429.", check=check_non_negative
+                ),
+            },
+            help="Prometheus text / OpenMetrics push endpoint.",
+        )
+    }
+
+
+def _text_line(line: str) -> Parsed:
+    samples = [s for fam in text_families(line + "\n") for s in fam.samples]
+    if len(samples) != 1:
+        raise ValueError("expected exactly one sample")
+    s = samples[0]
+    ms = None if s.timestamp is None else round(float(s.timestamp) * 1000)
+    return s.name, dict(s.labels), float(s.value), ms
+
+
+def _om_line(line: str) -> Parsed:
+    samples = [s for fam in om_families(line + "\n# EOF\n") for s in fam.samples]
+    if len(samples) != 1:
+        raise ValueError("expected exactly one sample")
+    s = samples[0]
+    ts: Any = s.timestamp
+    if ts is None:
+        ms = None
+    elif hasattr(ts, "sec"):
+        ms = int(ts.sec) * 1000 + int(ts.nsec) // 1_000_000
+    else:
+        ms = round(float(ts) * 1000)
+    return s.name, dict(s.labels), float(s.value), ms
+
+
+def parse_lines(
+    lines: Iterable[str], parse: Callable[[str], Parsed], report: ImportReport
+) -> list[tuple[int, Parsed]]:
+    """(line number, sample) of every valid sample line; bad lines go to ``report``."""
+    out: list[tuple[int, Parsed]] = []
+    for no, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        report.received += 1
+        try:
+            parsed = parse(line)
+        except Exception as exc:  # noqa: BLE001 - the parsers raise bare ValueError/others
+            detail = str(exc) or type(exc).__name__
+            report.add(Problem(no, None, f"cannot parse {line[:120]!r}: {detail}", kind="line"))
+            report.rejected += 1
+            continue
+        name, labels, _, _ = parsed
+        problem = None
+        if not valid_metric_name(name):
+            problem = f"invalid metric name {name!r}"
+        else:
+            for k in labels:
+                if not valid_label_name(k):
+                    problem = f"invalid label name {k!r}"
+                    break
+        if problem:
+            report.add(Problem(no, None, problem, kind="line"))
+            report.rejected += 1
+            continue
+        out.append((no, parsed))
+    return out
+
+
+def path_labels(tail: str) -> dict[str, str]:
+    """``<job>/<label>/<value>/...`` of the Pushgateway-style URL."""
+    parts = [p for p in tail.split("/")]
+    if not parts or not parts[0]:
+        raise MappingError("the job name in the URL is empty")
+    out = {"job": parts[0]}
+    rest = parts[1:]
+    if len(rest) % 2:
+        raise MappingError("labels in the URL must come as /<name>/<value> pairs")
+    for k, v in zip(rest[::2], rest[1::2], strict=True):
+        if not valid_label_name(k) or k == METRIC_NAME:
+            raise MappingError(f"invalid label name {k!r} in the URL")
+        out[k] = v
+    return out
+
+
+class TextEndpoint:
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+
+    async def post(self, request: web.Request) -> web.Response:
+        cfg = self.ctx.config.section(SECTION)
+        now = time.time_ns() // 1_000_000
+        try:
+            extra = extra_labels_param(request)
+            tail = request.match_info.get("tail")
+            if tail is not None:
+                extra = {**path_labels(tail), **extra}
+            as_backfill = bool_param(request, "backfill", False)
+        except MappingError as exc:
+            return bad_request(str(exc))
+        body = await request.read()
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return bad_request(f"body is not UTF-8: {exc}")
+        media = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        parse = _om_line if media == OPENMETRICS else _text_line
+        report = ImportReport()
+        valid = parse_lines(text.splitlines(), parse, report)
+        report.samples = len(valid)
+        if valid:
+            labels_list: list[Labels] = []
+            for _, (name, labels, _, _) in valid:
+                pairs = {**labels, **extra, METRIC_NAME: name}
+                labels_list.append(tuple(sorted((k, v) for k, v in pairs.items() if v != "")))
+            ts = [now if p[3] is None else p[3] for _, p in valid]
+            vals = [p[2] for _, p in valid]
+            try:
+                ids, refused = await self.ctx.require_store().resolve_series(labels_list)
+                if refused:
+                    for pos, reason in refused.items():
+                        report.add(
+                            Problem(valid[pos][0], None, f"new series refused: {reason}", "line")
+                        )
+                    report.rejected += len(refused)
+                    report.store_rejected += len(refused)
+                    valid = [x for i, x in enumerate(valid) if i not in refused]
+                    ts = [x for i, x in enumerate(ts) if i not in refused]
+                    vals = [x for i, x in enumerate(vals) if i not in refused]
+                    ids = [x for x in ids if x]
+                result: AppendResult
+                if as_backfill:
+                    result = await self.ctx.backfill(
+                        ids, ts, vals, source=SOURCE, client=request.remote
+                    )
+                    report.audit_id = getattr(result, "audit_id", None)
+                else:
+                    result = await self.ctx.append(
+                        ids, ts, vals, source=SOURCE, client=request.remote
+                    )
+            except BackPressure as exc:
+                return busy(str(exc), cfg["retry_after_seconds"])
+            except (StorageError, RuntimeError) as exc:
+                return unavailable(str(exc))
+            report.series = len(set(ids))
+            _apply(report, result, ids, ts, [no for no, _ in valid])
+        count(self.ctx, SOURCE, report)
+        return report_response(report, cfg["max_errors"])
+
+
+def _apply(
+    report: ImportReport, result: AppendResult, ids: list[int], ts: list[int], lines: list[int]
+) -> None:
+    report.duplicates = result.duplicates
+    stored = getattr(result, "stored", None)
+    report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
+    if not result.rejected:
+        return
+    where: dict[tuple[int, int], list[int]] = {}
+    for key, no in zip(zip(ids, ts, strict=True), lines, strict=True):
+        where.setdefault(key, []).append(no)
+    for r in result.rejected:
+        found = where.get((r.series_id, r.timestamp))
+        line_no = found.pop() if found else None
+        if r.reason == "duplicate_timestamp":
+            msg = "a different value was already stored at this timestamp (duplicate_timestamp)"
+        else:
+            msg = (
+                f"refused by the store ({r.reason}): older than the newest sample of this"
+                " series; add backfill=true to import history"
+            )
+        report.add(Problem(line_no, None, msg, kind="line"))
+        report.rejected += 1
+        report.store_rejected += 1
+
+
+@hookimpl
+def register_routes(ctx: AgentContext) -> list[Route]:
+    if not ctx.plugin_config(SECTION).get("enabled", True):
+        return []
+    ep = TextEndpoint(ctx)
+    return [
+        Route("POST", "/api/v1/import/prometheus", ep.post, "write", name="import_prometheus"),
+        Route(
+            "POST",
+            "/api/v1/import/prometheus/metrics/job/{tail:.+}",
+            ep.post,
+            "write",
+            name="import_prometheus_push",
+        ),
+    ]
