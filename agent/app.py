@@ -18,7 +18,8 @@ from aiohttp import web
 from prometheus_client import exposition
 
 from agent import __version__
-from agent.config import Config
+from agent.alerting import outbox as _outbox  # noqa: F401 - registers its migration before open
+from agent.config import Config, ConfigError
 from agent.context import AgentContext
 from agent.metrics import AgentMetrics
 from agent.plugin_api import Route
@@ -168,11 +169,35 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             await store.close()
 
 
-async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Notifiers and the alert dispatcher, after the store (its outbox lives there)
+    and before plugins and rules, which submit alerts to it; stopped after them."""
+    from agent.alerting.dispatch import Dispatcher
+
     ctx = app[CONTEXT_KEY]
     for _plugin, made in _collect(ctx, "register_notifiers", ctx=ctx):
         for notifier in made:
             ctx.notifiers[notifier.name] = notifier
+    try:
+        dispatcher = Dispatcher(
+            lambda: ctx.config.section("alerting"),
+            ctx.notifiers,
+            store=ctx.store,
+            registry=ctx.metrics.registry,
+        )
+        await dispatcher.start()
+    except Exception as exc:
+        raise StartupError(f"alerting: {exc}") from exc
+    ctx.dispatcher = dispatcher
+    try:
+        yield
+    finally:
+        ctx.dispatcher = None
+        await dispatcher.stop()
+
+
+async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CONTEXT_KEY]
     for _plugin, functions in _call_each(ctx, "register_query_functions"):
         ctx.query_functions.update(functions or {})
     started: list[tuple[str, Any]] = []
@@ -215,6 +240,38 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
         ctx.exporters.clear()
 
 
+async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The rule engine: after the store (it reads and writes it) and the plugins (notifiers).
+
+    Invalid rule files stop startup, as in Prometheus; at reload they are
+    refused instead (see ``agent.daemon``). The dispatcher (``_dispatcher_ctx``)
+    is looked up at each send, so a rebuilt one is picked up.
+    """
+    from agent.alerting.engine import AlertingOptions, RuleEngine
+    from agent.alerting.rules import load_configured_rules
+
+    ctx = app[CONTEXT_KEY]
+    try:
+        groups = load_configured_rules(ctx.config)
+    except ConfigError as exc:
+        raise StartupError(f"rule files: {exc}") from exc
+    engine = RuleEngine(
+        ctx.require_store(),
+        options=AlertingOptions.from_config(ctx.config),
+        dispatcher=lambda: ctx.dispatcher,
+        registry=ctx.metrics.registry,
+        writer=lambda rows: ctx.append_samples(rows, source="rule"),
+    )
+    engine.set_groups(groups)
+    await engine.start()
+    ctx.rules = engine
+    try:
+        yield
+    finally:
+        ctx.rules = None
+        await engine.stop()
+
+
 def _call_each(ctx: AgentContext, hook: str, /, **kwargs: object) -> list[tuple[str, Any]]:
     """Call every implementation separately so one failure names its plugin."""
     out: list[tuple[str, object]] = []
@@ -245,7 +302,10 @@ def make_app(
     app[CONTEXT_KEY] = ctx
     app[AUTH_KEY] = Authenticator(config.raw["auth"])
     groups: dict[str, str] = {}
-    routes = list(CORE_ROUTES)
+    from agent.alerting.api import ROUTES as alerting_routes  # registers the state migration
+    from agent.api.routes import install as install_query_api  # imports the engine: lazily
+
+    routes = [*CORE_ROUTES, *install_query_api(app, ctx), *alerting_routes]
     for _plugin, made in _collect(ctx, "register_routes", ctx=ctx):
         routes.extend(made)
     for route in routes:
@@ -253,7 +313,9 @@ def make_app(
         groups[resource.resource.canonical if resource.resource else route.path] = route.group
     app[ROUTE_GROUPS_KEY] = groups
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_dispatcher_ctx)
     app.cleanup_ctx.append(_plugins_ctx)
+    app.cleanup_ctx.append(_rules_ctx)
     return app
 
 

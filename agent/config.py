@@ -226,6 +226,18 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def check_timezone(value: Any) -> str | None:
+    if value == "":
+        return None
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return "expected an IANA time zone name such as Europe/Berlin, or empty"
+    return None
+
+
 def check_regex(value: Any) -> str | None:
     try:
         re.compile(value)
@@ -241,6 +253,33 @@ def check_bcrypt(value: Any) -> str | None:
             "plain-text passwords are not accepted"
         )
     return None
+
+
+def _check_matchers(value: Any) -> str | None:
+    from agent.alerting.routing import parse_matchers
+
+    try:
+        parse_matchers(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_child_routes(value: Any) -> str | None:
+    from agent.alerting.routing import RouteError, build_route
+
+    try:
+        build_route({"routes": value})
+    except RouteError as exc:
+        return str(exc).replace("alerting.route.routes", "", 1)
+    return None
+
+
+def _check_receivers(value: Any) -> str | None:
+    from agent.alerting.routing import check_receivers
+
+    errors = check_receivers(value)
+    return "; ".join(errors) if errors else None
 
 
 # --- the core schema --------------------------------------------------------
@@ -264,6 +303,139 @@ _AUTH_GROUP = Schema(
     },
     "Credentials for one route group; with none set the group is open.",
 )
+
+
+def _check_interval(value: Any) -> str | None:
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        return "expected a duration such as 15s, 1m or 1h"
+    return None if seconds > 0 else "expected a duration greater than 0"
+
+
+# The rule half of ``alerting`` (agent.alerting.rules / engine).
+ALERTING_RULE_FIELDS: dict[str, Field | Schema] = {
+    "rule_files": Field(
+        list,
+        [],
+        "Prometheus rule files (alerting and recording rules); globs allowed, relative\n"
+        "paths from this file's directory. Checked by check-config, reloaded on SIGHUP.",
+        item=Field(str, ""),
+    ),
+    "evaluation_interval": Field(
+        (str, int, float),
+        "1m",
+        "How often rule groups without their own interval are evaluated.",
+        check=_check_interval,
+    ),
+    "external_labels": Schema(
+        {},
+        "Labels added to every alert sent (where the alert lacks them); $externalLabels\n"
+        "in rule templates.",
+        open=True,
+        value=Field(str, ""),
+    ),
+}
+
+# The notification half of ``alerting`` (routing, receivers, delivery); the
+# rule half adds its keys next to these.
+ALERTING_NOTIFY_FIELDS: dict[str, Field | Schema] = {
+    "external_url": Field(
+        str, "", "Link back to this agent in notifications (the payload's externalURL)."
+    ),
+    "resend_delay": Field(
+        (str, int, float),
+        "1m",
+        "Alertmanager notifiers get firing alerts again this often (endsAt = 4x this).",
+        check=check_duration,
+    ),
+    "receivers": Field(
+        list,
+        [],
+        "List of {name: NAME, <type>_configs: [...]}, type being webhook, email, slack,\n"
+        "alertmanager or a plugin's notifier; every entry takes send_resolved (default\n"
+        "true). See README, Notifiers.",
+        item=Field(dict, {}),
+        check=_check_receivers,
+    ),
+    "route": Schema(
+        {
+            "receiver": Field(str, "", "Receiver of every alert no child route takes."),
+            "group_by": Field(
+                list,
+                [],
+                "Labels that split alerts into groups; ['...'] groups by every label,\n"
+                "[] puts all alerts of the route into one group.",
+                item=Field(str, ""),
+            ),
+            "group_wait": Field(
+                (str, int, float),
+                "30s",
+                "Wait this long after a group's first alert before notifying.",
+                check=check_duration,
+            ),
+            "group_interval": Field(
+                (str, int, float),
+                "5m",
+                "Then notify about changes (new or resolved alerts) at most this often.",
+                check=check_duration,
+            ),
+            "repeat_interval": Field(
+                (str, int, float),
+                "4h",
+                "Re-notify a group that keeps firing unchanged after this long.",
+                check=check_duration,
+            ),
+            "matchers": Field(
+                list,
+                [],
+                'Child routes only: label="v", label!="v", label=~"re", label!~"re".',
+                item=Field(str, ""),
+                check=_check_matchers,
+            ),
+            "continue": Field(
+                bool, False, "Child routes only: keep matching later siblings after this one."
+            ),
+            "routes": Field(
+                list,
+                [],
+                "Child routes, with these same keys; unset ones inherit from the parent.",
+                item=Field(dict, {}),
+                check=_check_child_routes,
+            ),
+        },
+        "Alertmanager-style routing tree; the root takes every alert.",
+    ),
+    "delivery": Schema(
+        {
+            "max_attempts": Field(
+                int, 10, "Give a notification up after this many failures.", check=check_positive
+            ),
+            "initial_backoff": Field(
+                (str, int, float),
+                "1s",
+                "Wait after the first failure; doubles after each further one.",
+                check=check_duration,
+            ),
+            "max_backoff": Field(
+                (str, int, float), "5m", "Longest wait between attempts.", check=check_duration
+            ),
+            "max_age": Field(
+                (str, int, float),
+                "1h",
+                "Give a notification up once it is this old.",
+                check=check_duration,
+            ),
+            "timeout": Field(
+                (str, int, float),
+                "30s",
+                "Upper bound on one delivery attempt (notifiers have their own timeouts).",
+                check=check_duration,
+            ),
+        },
+        "Retries of failed notifications (kept in the database across restarts).",
+    ),
+}
 
 CORE_SCHEMA = Schema(
     {
@@ -377,6 +549,96 @@ CORE_SCHEMA = Schema(
                 ),
             }
         ),
+        "limits": Schema(
+            {
+                "max_active_series": Field(
+                    int,
+                    0,
+                    "Refuse new series once this many have a sample inside active_window;\n"
+                    "0: no cap.",
+                    check=check_non_negative,
+                ),
+                "active_window": Field(
+                    (str, int),
+                    "1h",
+                    "How recent a series' newest sample must be to count as active.",
+                    check=check_duration,
+                ),
+                "rules": Field(
+                    list,
+                    [],
+                    "Caps per metric. {metric: REGEX, max_series: N} caps a metric's\n"
+                    "series; {metric: REGEX, label: NAME, max_values: N} caps one label's\n"
+                    "distinct values. Existing series keep flowing; new ones over a cap\n"
+                    "are refused, and the sender is told why.",
+                    item=Schema(
+                        {
+                            "metric": Field(
+                                str, ".*", "Regex on the whole metric name.", check=check_regex
+                            ),
+                            "label": Field(str, "", "Label whose distinct values are capped."),
+                            "max_values": Field(
+                                int, 0, "Distinct values of `label`.", check=check_non_negative
+                            ),
+                            "max_series": Field(
+                                int, 0, "Series per metric.", check=check_non_negative
+                            ),
+                        }
+                    ),
+                ),
+            },
+            "Cardinality control. Also settable at run time with Store.limit_cardinality().",
+        ),
+        "query": Schema(
+            {
+                "lookback_delta": Field(
+                    (str, int, float),
+                    "5m",
+                    "How far back an instant selector looks for a sample.",
+                    check=check_duration,
+                ),
+                "timeout": Field(
+                    (str, int, float),
+                    "2m",
+                    "Longest a query may run (503 timeout); a request's timeout= only lowers it.",
+                    check=check_duration,
+                ),
+                "max_samples": Field(
+                    int,
+                    50_000_000,
+                    "Samples one query may load (422 execution error beyond).",
+                    check=check_positive,
+                ),
+                "default_timezone": Field(
+                    str,
+                    "",
+                    "IANA zone for tz-less local times, align=calendar and localtime=true;\n"
+                    "empty: the machine's zone.",
+                    check=check_timezone,
+                ),
+                "cache": Schema(
+                    {
+                        "enabled": Field(
+                            bool, True, "Cache query results (invalidated by writes)."
+                        ),
+                        "max_bytes": Field(
+                            int,
+                            64 * 1024 * 1024,
+                            "Memory for cached results; least recently used go first.",
+                            check=check_non_negative,
+                        ),
+                        "ttl": Field(
+                            (str, int, float),
+                            "5m",
+                            "Longest a result is served from the cache.",
+                            check=check_duration,
+                        ),
+                    },
+                    "Result cache of /api/v1/query, /api/v1/query_range and Store.query*.",
+                ),
+            },
+            "PromQL queries (HTTP API and Store.query / Store.query_range).",
+        ),
         "plugins": Schema(
             {
                 "enabled": Field(
@@ -387,6 +649,11 @@ CORE_SCHEMA = Schema(
                 ),
                 "disabled": Field(list, [], "Plugins never to load.", item=Field(str, "")),
             }
+        ),
+        "alerting": Schema(
+            {**ALERTING_RULE_FIELDS, **ALERTING_NOTIFY_FIELDS},
+            "Alerting: rule files and their evaluation; notifications: receivers,\n"
+            "routing and grouping, delivery retries.",
         ),
         "ingest": Schema({}, "Ingestor sections, added by plugins."),
         "export": Schema({}, "Exporter sections, added by plugins."),

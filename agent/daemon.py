@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from agent import __version__
+from agent.alerting.engine import AlertingOptions
+from agent.alerting.rules import load_configured_rules
 from agent.app import AUTH_KEY, CONTEXT_KEY, StartupError, make_app
 from agent.config import Config, ConfigError, load_config, peek_plugins_section
 from agent.logsetup import setup_logging
@@ -119,6 +121,8 @@ class Daemon:
         ctx = app[CONTEXT_KEY]
         try:
             new = reload_config(self.path, ctx.plugins, self.overrides)
+            # Rule files are part of the config: one broken rule keeps everything as it was.
+            groups = load_configured_rules(new)
         except ConfigError as exc:
             ctx.metrics.config_reloads.labels("failure").inc()
             log.error("config reload failed, keeping the running config: %s", exc)
@@ -128,6 +132,8 @@ class Daemon:
             if new.raw[key] != ctx.config.raw[key]:
                 log.warning("config key %r changed; it takes effect after a restart", key)
         ctx.config = new
+        if ctx.rules is not None:
+            ctx.rules.set_groups(groups, AlertingOptions.from_config(new))
         app[AUTH_KEY].__dict__.update(Authenticator(new.raw["auth"]).__dict__)
         setup_logging(new.raw["log"]["level"], new.raw["log"]["format"])
         ctx.metrics.config_reloads.labels("success").inc()

@@ -24,6 +24,7 @@ import random
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import aiohttp
@@ -87,6 +88,64 @@ def series_labels(i: int) -> list[tuple[str, str]]:
     return sorted(labels.items())
 
 
+# A dashboard-shaped mix (``--mix dashboard``) for the query benchmark: per host,
+# 104 CPU-seconds counters (13 CPUs x 8 modes, so 100,000 series hold 52,000 of
+# them), ``up``, a classic histogram with ``le`` buckets, and some gauges. Each
+# entry: (metric name, count per host, label builder for the j-th one).
+HISTOGRAM_BOUNDS = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf"]
+HANDLERS = ["/api/v1/query", "/api/v1/write", "/metrics"]
+DASHBOARD_FAMILIES: list[tuple[str, int, Callable[[int], dict[str, str]]]] = [
+    ("node_cpu_seconds_total", 104, lambda j: {"cpu": str(j // 8), "mode": MODES[j % 8]}),
+    ("up", 1, lambda j: {}),
+    (
+        "http_request_duration_seconds_bucket",
+        len(HANDLERS) * len(HISTOGRAM_BOUNDS),
+        lambda j: {
+            "handler": HANDLERS[j // len(HISTOGRAM_BOUNDS)],
+            "le": HISTOGRAM_BOUNDS[j % len(HISTOGRAM_BOUNDS)],
+        },
+    ),
+    ("http_request_duration_seconds_count", len(HANDLERS), lambda j: {"handler": HANDLERS[j]}),
+    ("http_request_duration_seconds_sum", len(HANDLERS), lambda j: {"handler": HANDLERS[j]}),
+    ("node_filesystem_avail_bytes", 10, lambda j: {"device": f"sd{chr(97 + j)}", "fstype": "ext4"}),
+    ("node_network_receive_bytes_total", 8, lambda j: {"device": f"eth{j}"}),
+    ("node_memory_MemAvailable_bytes", 1, lambda j: {}),
+    ("node_load1", 1, lambda j: {}),
+    ("node_systemd_unit_state", 36, lambda j: {"name": f"unit{j}.service", "state": "active"}),
+]
+assert sum(n for _, n, _ in DASHBOARD_FAMILIES) == SERIES_PER_HOST
+
+
+def dashboard_series_labels(i: int) -> list[tuple[str, str]]:
+    """The sorted label set of series ``i`` in the dashboard mix (unique per i).
+
+    Bucket series walk upward like every counter here, independently of each
+    other, so they are not cumulative; ``histogram_quantile`` repairs that the
+    same way in Prometheus and tsagent, and the cost of the query is the same.
+    """
+    host, slot = divmod(i, SERIES_PER_HOST)
+    k = 0
+    while slot >= DASHBOARD_FAMILIES[k][1]:
+        slot -= DASHBOARD_FAMILIES[k][1]
+        k += 1
+    name, _, build = DASHBOARD_FAMILIES[k]
+    labels = {
+        "__name__": name,
+        "instance": f"10.{(host >> 16) & 255}.{(host >> 8) & 255}.{host & 255}:9100",
+        "job": "node",
+        "env": ("prod", "staging", "dev")[host % 3],
+        "region": ("eu-west-1", "us-east-1", "ap-south-1", "sa-east-1")[host % 4],
+        **build(slot),
+    }
+    return sorted(labels.items())
+
+
+MIXES: dict[str, Callable[[int], list[tuple[str, str]]]] = {
+    "node": series_labels,
+    "dashboard": dashboard_series_labels,
+}
+
+
 def encode_labels(labels: list[tuple[str, str]]) -> bytes:
     """The ``labels`` fields of a TimeSeries (field 1, repeated Label)."""
     return b"".join(
@@ -137,10 +196,17 @@ async def run_load(
     headers: dict[str, str] | None = None,
     max_retries: int = 50,
     seed: int = 1,
+    mix: str = "node",
 ) -> LoadResult:
-    """Send the load and return what happened; never raises for HTTP errors."""
+    """Send the load and return what happened; never raises for HTTP errors.
+
+    ``mix`` picks the label sets (:data:`MIXES`): ``node`` (the default) or
+    ``dashboard``, the series the query benchmark's dashboard queries read.
+    Equal arguments (``start_ms`` included) send identical samples.
+    """
     rng = random.Random(seed)
-    label_bytes = [encode_labels(series_labels(i)) for i in range(series)]
+    make_labels = MIXES[mix]
+    label_bytes = [encode_labels(make_labels(i)) for i in range(series)]
     start = start_ms if start_ms is not None else int(time.time() * 1000) - rounds * interval_ms
     res = LoadResult(series, senders, rounds, batch)
     latencies: list[float] = []
@@ -220,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--batch", type=int, default=2_000, help="series (= samples) per request")
     p.add_argument("--interval-ms", type=int, default=15_000, help="timestamp step per round")
+    p.add_argument("--mix", choices=sorted(MIXES), default="node", help="label sets to send")
     p.add_argument("--bearer", help="bearer token for the write group")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
@@ -233,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch,
             interval_ms=args.interval_ms,
             headers=headers,
+            mix=args.mix,
         )
     )
     if args.json:

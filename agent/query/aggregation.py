@@ -63,8 +63,111 @@ def _members(grp: Grouping) -> Iterator[tuple[Arr, Arr]]:
         yield gids, order[starts[gids] + k]
 
 
+# Groups with more members than this are aggregated one group at a time with
+# operations along the member axis (see _big_group) instead of by the k-th-member
+# walk, whose Python loop runs once per member of the largest group.
+BIG_GROUP = 32
+_CHUNK_ELEMENTS = 1 << 21  # bound the (members, steps) temporaries of one big group
+
+
+def kahan_sum_members(x: Arr, present: Arr) -> Arr:
+    """Prometheus's sequential Kahan-Neumaier sum down the member axis, per column.
+
+    The running sum of Prometheus's loop is the plain left-to-right prefix sum
+    (``np.add.accumulate`` is sequential), and each compensation term depends
+    only on consecutive prefix sums and the added value, so all terms come out
+    of a few array operations and the compensation is their sequential sum:
+    bit for bit the same arithmetic as the loop.  Absent members add ``-0.0``,
+    the exact additive identity (it keeps a ``-0.0`` sum negative), whose term
+    is ``+0.0``.  Prometheus resets the compensation whenever the sum is
+    infinite; a sum that reached Inf or NaN stays there, so the result is then
+    the plain sum.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        vals = np.where(present, x, -0.0)
+        sums = np.add.accumulate(vals, axis=0)
+        prev, cur, inc = sums[:-1], sums[1:], vals[1:]
+        terms = np.where(np.abs(prev) >= np.abs(inc), (prev - cur) + inc, (inc - cur) + prev)
+        # Sequential from +0.0, like the loop's ``c += term``.
+        comp = np.add.accumulate(np.concatenate([np.zeros((1, x.shape[1])), terms]), axis=0)[-1]
+        total = sums[-1]
+        return np.where(np.isfinite(total), total + comp, total)
+
+
+def _extreme_members(x: Arr, present: Arr, want_max: bool) -> Arr:
+    """max/min down the member axis with Prometheus's rules: NaN only if all are NaN,
+    and of equal values the first wins (which only shows for ``0.0`` and ``-0.0``)."""
+    vals = np.where(present, x, np.nan)
+    with np.errstate(invalid="ignore"):
+        out = (np.fmax if want_max else np.fmin).reduce(vals, axis=0)
+        zero = out == 0
+        if zero.any():
+            first = np.argmax(vals == 0, axis=0)
+            out = np.where(zero, vals[first, np.arange(vals.shape[1])], out)
+    return np.asarray(out)
+
+
+def _big_group(op: str, x: Arr, present: Arr) -> tuple[Arr, Arr] | None:
+    """One large group's ``(value, seen)`` per step, or None to use the general walk.
+
+    Exact for sum, count, group, min and max; avg is exact while its Kahan sum
+    stays finite (Prometheus then divides, as here) and otherwise goes back to
+    the walk, which implements the incremental mean it switches to.
+    """
+    seen = np.asarray(present.any(axis=0))
+    if op in ("count", "group"):
+        return (present.sum(axis=0).astype(np.float64) if op == "count" else seen * 1.0), seen
+    if op in ("max", "min"):
+        return _extreme_members(x, present, op == "max"), seen
+    total = np.empty(x.shape[1])
+    step = max(1, _CHUNK_ELEMENTS // max(1, x.shape[0]))
+    for a in range(0, x.shape[1], step):
+        total[a : a + step] = kahan_sum_members(x[:, a : a + step], present[:, a : a + step])
+    if op == "sum":
+        return total, seen
+    if not np.isfinite(total).all():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / present.sum(axis=0), seen
+
+
 def _simple(op: str, block: Block, grp: Grouping) -> tuple[Arr, Arr]:
     """sum, avg, count, group, min, max, stddev, stdvar: ``(values, seen)`` per group."""
+    g = len(grp.keys)
+    if op in ("sum", "avg", "count", "group", "max", "min") and g:
+        sizes = np.bincount(grp.group_of, minlength=g)
+        if sizes.max() > BIG_GROUP:
+            return _simple_mixed(op, block, grp, sizes)
+    return _simple_walk(op, block, grp)
+
+
+def _simple_mixed(op: str, block: Block, grp: Grouping, sizes: Arr) -> tuple[Arr, Arr]:
+    """Large groups one by one (:func:`_big_group`), the rest by the k-th-member walk."""
+    g, steps = len(grp.keys), block.values.shape[1]
+    out = np.zeros((g, steps))
+    seen = np.zeros((g, steps), dtype=bool)
+    order = np.argsort(grp.group_of, kind="stable")
+    starts = np.zeros(g + 1, dtype=np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    walk = np.ones(g, dtype=bool)
+    for gid in np.flatnonzero(sizes > BIG_GROUP).tolist():
+        rows = order[starts[gid] : starts[gid + 1]]
+        res = _big_group(op, block.values[rows], block.present[rows])
+        if res is not None:
+            out[gid], seen[gid] = res
+            walk[gid] = False
+    if walk.any():
+        rows = np.flatnonzero(walk[grp.group_of])
+        remap = np.cumsum(walk) - 1
+        sub_keys = [k for k, w in zip(grp.keys, walk.tolist(), strict=True) if w]
+        sub = Grouping(sub_keys, remap[grp.group_of[rows]])
+        vals, pres = _simple_walk(op, block.take(rows), sub)
+        out[walk], seen[walk] = vals, pres
+    return out, seen
+
+
+def _simple_walk(op: str, block: Block, grp: Grouping) -> tuple[Arr, Arr]:
+    """The k-th-member walk: exact for every op, one Python iteration per member."""
     g, steps = len(grp.keys), block.values.shape[1]
     seen = np.zeros((g, steps), dtype=bool)
     val = np.zeros((g, steps))

@@ -111,6 +111,8 @@ def search_windows(
 
 
 def drop_name(labels: Labels) -> Labels:
+    if labels and labels[0][0] == METRIC_NAME:  # the usual place in sorted labels: a slice
+        return labels[1:]
     return tuple(p for p in labels if p[0] != METRIC_NAME)
 
 
@@ -121,6 +123,8 @@ def merge_same_labels(block: Block, *, check: bool = True) -> Block:
     series may be produced by different inputs at different steps, but two
     samples for one label set at one step cannot be told apart.
     """
+    if len(set(block.labels)) == len(block.labels):
+        return block  # the common case, decided by one set of tuples
     first: dict[tuple[Labels, bool], int] = {}
     groups: list[list[int]] = []
     for i, lab in enumerate(block.labels):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.model import METRIC_NAME
+from agent.model import METRIC_NAME, metric_name
 from agent.query import aggregation, ast, binops, functions, rangefuncs
 from agent.query.blocks import (
     DUPLICATE_LABELSET,
@@ -28,7 +28,7 @@ from agent.query.blocks import (
 )
 from agent.query.errors import BadDataError, ExecutionError
 from agent.query.parser import parse
-from agent.query.queryable import Queryable
+from agent.query.queryable import Queryable, SelectedArraysLike, select_arrays
 from agent.query.values import Annotations, Matrix, Result, Sample, Scalar, Series, String, Vector
 
 MAX_POINTS = 11_000
@@ -101,7 +101,20 @@ class Engine:
         node = parse(expr) if isinstance(expr, str) else expr
         return await _Evaluator(self, expr, time_ms, time_ms, 0).run(node)
 
-    async def range(self, expr: str | ast.Node, start_ms: int, end_ms: int, step_ms: int) -> Result:
+    async def range(
+        self,
+        expr: str | ast.Node,
+        start_ms: int,
+        end_ms: int,
+        step_ms: int,
+        times: np.ndarray | None = None,
+    ) -> Result:
+        """Evaluate at start, start + step, ... <= end, or at ``times`` when given.
+
+        ``times`` (sorted int64 ms within [start, end]) serves calendar-aligned
+        steps, which are not evenly spaced across DST changes; ``step()`` then
+        still answers the nominal ``step_ms``.
+        """
         node = parse(expr) if isinstance(expr, str) else expr
         if step_ms <= 0:
             raise BadDataError(
@@ -110,7 +123,7 @@ class Engine:
             )
         if end_ms < start_ms:
             raise BadDataError("end timestamp must not be before start time")
-        if (end_ms - start_ms) // step_ms + 1 > MAX_POINTS:
+        if (end_ms - start_ms) // step_ms > MAX_POINTS:  # as Prometheus: 11,001 points pass
             raise BadDataError(
                 "exceeded maximum resolution of 11,000 points per timeseries. "
                 "Try decreasing the query resolution (?step=XX)"
@@ -121,7 +134,7 @@ class Engine:
                 f'invalid expression type "{kind}" for range query, '
                 "must be Scalar or instant Vector"
             )
-        return await _Evaluator(self, expr, start_ms, end_ms, step_ms).run(node)
+        return await _Evaluator(self, expr, start_ms, end_ms, step_ms, times=times).run(node)
 
 
 @dataclass
@@ -132,6 +145,7 @@ class _Evaluator:
     end: int
     step: int
     annos: Annotations = field(default_factory=Annotations)
+    times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.positions = ast.Positions(self.text if isinstance(self.text, str) else "")
@@ -145,7 +159,10 @@ class _Evaluator:
     # --- driver ------------------------------------------------------------------------
 
     async def run(self, node: ast.Node) -> Result:
-        steps = np.arange(self.start, self.end + 1, max(self.step, 1), dtype=np.int64)
+        if self.times is not None:
+            steps = np.asarray(self.times, dtype=np.int64)
+        else:
+            steps = np.arange(self.start, self.end + 1, max(self.step, 1), dtype=np.int64)
         if node.type == ast.ValueType.MATRIX:
             return await self._matrix_result(node, steps)
         value = await self.eval(node, steps)
@@ -216,28 +233,8 @@ class _Evaluator:
         return merge_same_labels(self._cleanup(block))
 
     async def fetch(self, sel: ast.VectorSelector, lo: int, hi: int, keep_stale: bool) -> RangeData:
-        found = await self.engine.queryable.select(list(sel.matchers), lo, hi)
-        labels, ts, vs = [], [], []
-        for s in found:
-            t = np.asarray(s.timestamps, dtype=np.int64)
-            v = np.asarray(s.values, dtype=np.float64)
-            if not keep_stale:
-                ok = ~is_stale(v)
-                t, v = t[ok], v[ok]
-            if len(t):
-                labels.append(s.labels)
-                ts.append(t)
-                vs.append(v)
-        offsets = np.zeros(len(labels) + 1, dtype=np.int64)
-        if labels:
-            offsets[1:] = np.cumsum([len(t) for t in ts])
-        return RangeData(
-            labels,
-            np.zeros(len(labels), dtype=bool),
-            offsets,
-            np.concatenate(ts) if ts else np.zeros(0, dtype=np.int64),
-            np.concatenate(vs) if vs else np.zeros(0),
-        )
+        found = await select_arrays(self.engine.queryable, list(sel.matchers), lo, hi)
+        return _range_data(found, keep_stale)
 
     async def range_arg(
         self, node: ast.Node, steps: np.ndarray
@@ -588,8 +585,12 @@ class _Evaluator:
         return self._names_dropped(block)
 
     def _non_counter_info(self, data: RangeData, present: np.ndarray, arg: ast.Node) -> None:
+        names: dict[str, None] = {}  # first-seen order, each name once
+        labels = data.labels
         for i in np.flatnonzero(present.any(axis=1)).tolist():
-            name = dict(data.labels[i]).get(METRIC_NAME, "")
+            lab = labels[i]
+            names[lab[0][1] if lab and lab[0][0] == METRIC_NAME else metric_name(lab)] = None
+        for name in names:
             if name and not name.endswith(COUNTER_SUFFIXES):
                 self.annos.info(
                     "PromQL info: metric might not be a counter, name does not end in "
@@ -598,6 +599,28 @@ class _Evaluator:
 
 
 DATE_FUNCS_SET = functions.DATE_FUNCS
+
+
+def _range_data(sel: SelectedArraysLike, keep_stale: bool) -> RangeData:
+    """RangeData from a bulk select, staleness markers dropped with one mask for all series."""
+    offsets = np.asarray(sel.offsets, dtype=np.int64)
+    t = np.asarray(sel.t, dtype=np.int64)
+    v = np.asarray(sel.v, dtype=np.float64)
+    labels = list(sel.labels)
+    if not keep_stale and len(v):
+        ok = ~is_stale(v)
+        if not ok.all():
+            n = len(labels)
+            rows = np.repeat(np.arange(n), np.diff(offsets))
+            counts = np.bincount(rows[ok], minlength=n)
+            t, v = t[ok], v[ok]
+            has = counts > 0
+            if not has.all():
+                labels = [lab for lab, h in zip(labels, has.tolist(), strict=True) if h]
+                counts = counts[has]
+            offsets = np.zeros(len(labels) + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+    return RangeData(labels, np.zeros(len(labels), dtype=bool), offsets, t, v)
 
 
 def _block(v: Value) -> Block:

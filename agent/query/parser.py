@@ -166,8 +166,29 @@ class _Locator:
         return i
 
 
+# A string literal (skipped) or a call of holt_winters, Prometheus 2.x's name for
+# double_exponential_smoothing, which promql-parser no longer knows.
+_HOLT_WINTERS = re.compile(
+    r"(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'|`[^`]*`)|\bholt_winters(?=\s*\()"
+)
+
+
+def _rename_holt_winters(query: str) -> str:
+    """Accept ``holt_winters(...)`` as Prometheus 2.x dashboards still write it.
+
+    Annotation positions then refer to the renamed text, which only matters
+    for queries using the old name.
+    """
+    if "holt_winters" not in query:
+        return query
+    return _HOLT_WINTERS.sub(
+        lambda m: m.group(1) if m.group(1) is not None else "double_exponential_smoothing", query
+    )
+
+
 def parse(query: str) -> ast.Node:
     """Parse ``query``; raises :class:`BadDataError` with the parser's message."""
+    query = _rename_holt_winters(query)
     try:
         tree = pp.parse(query)
     except BaseException as exc:

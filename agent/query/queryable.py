@@ -7,7 +7,7 @@ conformance runner, which load small hand-written data sets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +29,28 @@ class SeriesLike(Protocol):
     def values(self) -> np.ndarray: ...
 
 
+class SelectedArraysLike(Protocol):
+    """Many series concatenated: series ``i`` owns ``t[offsets[i]:offsets[i+1]]``."""
+
+    @property
+    def labels(self) -> Sequence[Labels]: ...
+
+    @property
+    def offsets(self) -> np.ndarray: ...
+
+    @property
+    def t(self) -> np.ndarray: ...
+
+    @property
+    def v(self) -> np.ndarray: ...
+
+
+# Optional ``select_arrays(matchers, start_ms, end_ms)`` of a Queryable: the same
+# series as ``select`` (label order, each with samples), concatenated, so the engine
+# builds its range data without a Python step per series.  Used when present.
+BulkSelect = Callable[[list[Matcher], int, int], Awaitable[SelectedArraysLike]]
+
+
 class Queryable(Protocol):
     async def select(
         self, matchers: list[Matcher], start_ms: int, end_ms: int
@@ -42,6 +64,37 @@ class MemorySeries:
     labels: Labels
     timestamps: np.ndarray
     values: np.ndarray
+
+
+@dataclass
+class MemoryArrays:
+    labels: list[Labels]
+    offsets: np.ndarray
+    t: np.ndarray
+    v: np.ndarray
+
+
+def concatenate(found: Sequence[SeriesLike]) -> MemoryArrays:
+    offsets = np.zeros(len(found) + 1, dtype=np.int64)
+    np.cumsum([len(s.timestamps) for s in found], out=offsets[1:])
+    return MemoryArrays(
+        [s.labels for s in found],
+        offsets,
+        np.concatenate([s.timestamps for s in found]) if found else np.zeros(0, np.int64),
+        np.concatenate([s.values for s in found]) if found else np.zeros(0),
+    )
+
+
+async def select_arrays(
+    queryable: Queryable, matchers: list[Matcher], start_ms: int, end_ms: int
+) -> SelectedArraysLike:
+    """``queryable.select_arrays`` when it has one (see :data:`BulkSelect`), else its
+    ``select`` concatenated: what the engine reads through, and what a wrapping
+    queryable forwards to keep the bulk path."""
+    bulk: BulkSelect | None = getattr(queryable, "select_arrays", None)
+    if bulk is not None:
+        return await bulk(matchers, start_ms, end_ms)
+    return concatenate(await queryable.select(matchers, start_ms, end_ms))
 
 
 def matches(labels: Labels, matchers: Sequence[Matcher]) -> bool:

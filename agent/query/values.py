@@ -8,6 +8,7 @@ float seconds.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -32,6 +33,26 @@ def format_value(v: float) -> str:
     if text.endswith(".0"):
         text = text[:-2]
     return text
+
+
+def format_values(values: np.ndarray) -> list[str]:
+    """:func:`format_value` of every element, with the common cases at ``repr`` speed.
+
+    Shortest round-trip ``repr`` is what Go prints too, except for the
+    ``.0`` of whole numbers (dropped here) and exponents, NaN and infinities
+    (left to :func:`format_value`; all of them contain an ``e`` or ``n``).
+    """
+    out = list(map(repr, values.tolist()))
+    for i, r in enumerate(out):
+        if r[-2:] == ".0":
+            out[i] = r[:-2]
+        elif "e" in r or "n" in r:
+            out[i] = format_value(float(r))
+    return out
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def format_time(ms: int) -> float | int:
@@ -107,6 +128,15 @@ class Vector:
     annotations: Annotations = field(default_factory=Annotations)
     result_type = "vector"
 
+    def to_json_bytes(self) -> bytes:
+        """``json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)``, faster."""
+        values = format_values(np.array([s.v for s in self.samples], dtype=np.float64))
+        parts = [
+            f'{{"metric":{_dumps(labels_json(s.labels))},"value":[{_dumps(format_time(s.t))},"{v}"]}}'
+            for s, v in zip(self.samples, values, strict=True)
+        ]
+        return ('{"resultType":"vector","result":[' + ",".join(parts) + "]}").encode()
+
     def to_json(self) -> dict[str, Any]:
         return {
             "resultType": "vector",
@@ -122,6 +152,25 @@ class Matrix:
     series: list[Series]
     annotations: Annotations = field(default_factory=Annotations)
     result_type = "matrix"
+
+    def to_json_bytes(self) -> bytes:
+        """``json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)``, faster.
+
+        Range results share their step timestamps, so each distinct timestamp
+        is formatted once, and values go through :func:`format_values`.
+        """
+        times: dict[int, str] = {}
+        parts = []
+        for s in self.series:
+            ts = s.timestamps.tolist()
+            for t in ts:
+                if t not in times:
+                    times[t] = _dumps(format_time(int(t)))
+            points = ",".join(
+                f'[{times[t]},"{v}"]' for t, v in zip(ts, format_values(s.values), strict=True)
+            )
+            parts.append(f'{{"metric":{_dumps(labels_json(s.labels))},"values":[{points}]}}')
+        return ('{"resultType":"matrix","result":[' + ",".join(parts) + "]}").encode()
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,1 @@
+"""Alerting: rules and their state (``rules``), notification routing (``dispatch``)."""

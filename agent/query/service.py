@@ -1,0 +1,443 @@
+"""Running queries for the HTTP API and the Python API alike: limits, cache, time zones.
+
+:class:`QueryService` wraps :class:`agent.query.Engine` with what a server
+needs around it and what both front ends must agree on: the timeout, the
+sample limit, the result cache, the parsing of times and durations, and the
+local-time rules of :mod:`agent.query.timezone`. The HTTP handlers
+(:mod:`agent.api`) and ``Store.query``/``Store.query_range`` are thin layers
+over it, so a Python caller gets exactly the ``data`` the API would send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from agent.model import Matcher
+from agent.query import ast
+from agent.query.cache import CacheEntry, CacheKey, QueryCache, dependencies, signature
+from agent.query.engine import MAX_POINTS, Engine
+from agent.query.errors import BadDataError, ExecutionError, QueryError
+from agent.query.parser import parse, parse_duration_ms
+from agent.query.queryable import select_arrays
+from agent.query.timezone import (
+    DstRule,
+    calendar_steps,
+    convert_timezone,
+    parse_time,
+    resolve_local,
+    resolve_zone,
+    to_ms,
+)
+from agent.query.values import Matrix, Result, Vector
+
+if TYPE_CHECKING:
+    from agent.query.queryable import Queryable, SelectedArraysLike, SeriesLike
+
+CacheMode = Literal["use", "refresh", "off"]
+"""``use``: read and store; ``refresh`` (``Cache-Control: no-cache``): skip the
+lookup, store the fresh answer; ``off`` (``no-store``): neither."""
+
+TimeLike = datetime | str | int | float
+StepLike = timedelta | str | int | float
+
+
+class QueryTimeout(QueryError):
+    """The query ran past its timeout (HTTP 503, ``timeout``)."""
+
+    error_type = "timeout"
+
+
+class QueryCanceled(QueryError):
+    """The query was abandoned, e.g. because the store closed under it (503, ``canceled``)."""
+
+    error_type = "canceled"
+
+
+TOO_MANY_SAMPLES = "query processing would load too many samples into memory in query execution"
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """The ``query`` config section, typed. Defaults are Prometheus's."""
+
+    lookback_ms: int = 300_000
+    timeout_s: float = 120.0
+    max_samples: int = 50_000_000
+    default_timezone: str = ""  # empty: the machine's zone (tzlocal)
+    subquery_step_ms: int = 60_000
+    cache_enabled: bool = True
+    cache_max_bytes: int = 64 * 1024 * 1024
+    cache_ttl_s: float = 300.0
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> QueryOptions:
+        from agent.config import parse_duration
+
+        cache = section.get("cache", {})
+        return cls(
+            lookback_ms=int(parse_duration(section.get("lookback_delta", "5m")) * 1000),
+            timeout_s=parse_duration(section.get("timeout", "2m")),
+            max_samples=int(section.get("max_samples", 50_000_000)),
+            default_timezone=str(section.get("default_timezone", "")),
+            cache_enabled=bool(cache.get("enabled", True)),
+            cache_max_bytes=int(cache.get("max_bytes", 64 * 1024 * 1024)),
+            cache_ttl_s=parse_duration(cache.get("ttl", "5m")),
+        )
+
+
+class _CountingQueryable:
+    """Counts samples the engine loads and stops the query past the limit.
+
+    Prometheus limits the samples held at once; counting everything loaded is
+    stricter (a query touching many series one after another may trip it
+    sooner), but it is cheap and needs no cooperation from the evaluator.
+    """
+
+    def __init__(self, inner: Queryable, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.loaded = 0
+
+    async def select(
+        self, matchers: list[Matcher], start_ms: int, end_ms: int
+    ) -> Sequence[SeriesLike]:
+        found = await self.inner.select(matchers, start_ms, end_ms)
+        self.loaded += sum(len(s.timestamps) for s in found)
+        if self.loaded > self.limit:
+            raise ExecutionError(TOO_MANY_SAMPLES)
+        return found
+
+    async def select_arrays(
+        self, matchers: list[Matcher], start_ms: int, end_ms: int
+    ) -> SelectedArraysLike:
+        """The engine's bulk read (``Store.select_arrays``), counted the same way."""
+        found = await select_arrays(self.inner, matchers, start_ms, end_ms)
+        self.loaded += len(found.t)
+        if self.loaded > self.limit:
+            raise ExecutionError(TOO_MANY_SAMPLES)
+        return found
+
+
+def result_points(result: Result) -> int:
+    if isinstance(result, Matrix):
+        return sum(len(s.timestamps) for s in result.series)
+    if isinstance(result, Vector):
+        return len(result.samples)
+    return 1
+
+
+@dataclass
+class QueryAnswer:
+    """One query's result and how the cache took part (``hit``, ``miss``, ``bypass``, ``off``)."""
+
+    result: Result
+    cache: str
+    entry: CacheEntry | None
+    _cache: QueryCache | None = None
+
+    def data(self) -> dict[str, Any]:
+        """The API ``data`` object as Python values."""
+        return self.result.to_json()
+
+    def data_json(self) -> bytes:
+        """The API ``data`` object encoded; kept with a cache entry so hits skip encoding."""
+        if self.entry is not None and self.entry.data_json is not None:
+            return self.entry.data_json
+        if isinstance(self.result, Matrix | Vector):
+            body = self.result.to_json_bytes()  # the same bytes, without the dict detour
+        else:
+            body = json.dumps(self.data(), separators=(",", ":"), ensure_ascii=False).encode()
+        if self.entry is not None and self._cache is not None:
+            self._cache.attach_json(self.entry, body)
+        return body
+
+
+@lru_cache(maxsize=1024)
+def parsed(expr: str) -> tuple[ast.Node, str]:
+    """The tree and cache signature of a query text, remembered per text.
+
+    Dashboards repeat the same texts, and the trees are immutable, so a cache
+    hit costs neither parsing nor normalising. Parse errors are not remembered.
+    """
+    node = parse(expr)
+    return node, signature(node)
+
+
+# --- parameters shared by both front ends --------------------------------------------------
+
+
+def parse_duration_param(text: str) -> int:
+    """A ``step``/``timeout``-style duration in ms: float seconds or a PromQL duration."""
+    s = text.strip()
+    try:
+        seconds = float(s)
+    except ValueError:
+        return parse_duration_ms(s)
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise BadDataError(f"cannot parse {text!r} to a valid duration")
+    ms = seconds * 1000
+    if abs(ms) > 2**63 / 1e6:
+        raise BadDataError(f"cannot parse {text!r} to a valid duration. It overflows int64")
+    return round(ms)
+
+
+def time_ms(value: TimeLike | None, tz: tzinfo | None, rule: DstRule) -> int:
+    """A Python API time: aware datetime, naive datetime (local in ``tz``), API string,
+    or Unix seconds as a number (the HTTP API's unit, not the store's milliseconds)."""
+    if value is None:
+        return time.time_ns() // 1_000_000
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            return to_ms(value)
+        if tz is None:
+            raise BadDataError("a naive datetime needs a time zone (tz=...)")
+        return resolve_local(value, tz, rule)
+    if isinstance(value, str):
+        try:
+            return parse_time(value, tz, rule)
+        except ValueError as exc:
+            raise BadDataError(f"cannot parse {value!r} to a valid timestamp: {exc}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"unsupported time value {value!r}")
+    return round(value * 1000)
+
+
+def step_ms(value: StepLike) -> int:
+    if isinstance(value, timedelta):
+        return round(value.total_seconds() * 1000)
+    if isinstance(value, str):
+        return parse_duration_param(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"unsupported step value {value!r}")
+    return round(value * 1000)
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+class QueryService:
+    """Evaluates queries against ``queryable`` with limits, timeout and the result cache."""
+
+    def __init__(
+        self,
+        queryable: Queryable,
+        options: QueryOptions | None = None,
+        *,
+        name_of: Callable[[int], str] | None = None,
+    ) -> None:
+        self.queryable = queryable
+        self.options = options or QueryOptions()
+        self.cache = QueryCache(name_of=name_of)
+        self.configure(self.options)
+
+    def configure(self, options: QueryOptions) -> None:
+        """Apply (re)loaded settings; cached results survive unless caching was turned off."""
+        self.options = options
+        self.cache.configure(
+            enabled=options.cache_enabled,
+            max_bytes=options.cache_max_bytes,
+            ttl_s=options.cache_ttl_s,
+        )
+
+    def zone(self, name: str | None = None) -> tzinfo:
+        """``name``, else ``query.default_timezone``, else the machine's zone."""
+        return resolve_zone(name, self.options.default_timezone)
+
+    def cache_query(self, query: str, ttl: float | str | timedelta | None) -> str:
+        """Set the cache TTL of one query (any spelling); returns its normalised signature.
+
+        ``ttl`` in seconds (or a duration string / timedelta); ``0`` never
+        caches the query, ``None`` returns it to the default policy. A query
+        with a TTL of its own is cached even when ``query.cache.enabled`` is off.
+        """
+        sig = parsed(query)[1]
+        seconds: float | None
+        if ttl is None:
+            seconds = None
+        elif isinstance(ttl, timedelta):
+            seconds = ttl.total_seconds()
+        elif isinstance(ttl, str):
+            seconds = parse_duration_param(ttl) / 1000
+        else:
+            seconds = float(ttl)
+        self.cache.pin(sig, seconds)
+        return sig
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    async def instant(
+        self,
+        expr: str,
+        time_ms_: int,
+        *,
+        timeout_s: float | None = None,
+        lookback_ms: int | None = None,
+        cache: CacheMode = "use",
+    ) -> QueryAnswer:
+        node, sig = parsed(expr)
+        lookback = lookback_ms or self.options.lookback_ms
+        key = CacheKey(sig, time_ms_, time_ms_, 0, "", lookback)
+
+        async def run(engine: Engine) -> Result:
+            return await engine.instant(expr, time_ms_)
+
+        return await self._run(node, key, run, timeout_s, lookback, cache)
+
+    async def range(
+        self,
+        expr: str,
+        start_ms: int,
+        end_ms: int,
+        step_ms_: int,
+        *,
+        align_tz: tzinfo | None = None,
+        timeout_s: float | None = None,
+        lookback_ms: int | None = None,
+        cache: CacheMode = "use",
+    ) -> QueryAnswer:
+        """A range query; with ``align_tz`` its steps follow that zone's calendar."""
+        if step_ms_ <= 0:
+            raise BadDataError(
+                "zero or negative query resolution step widths are not accepted. "
+                "Try a positive integer"
+            )
+        if end_ms < start_ms:
+            raise BadDataError("end timestamp must not be before start time")
+        times: np.ndarray | None = None
+        align = ""
+        if align_tz is not None:
+            times = calendar_steps(start_ms, end_ms, step_ms_, align_tz, MAX_POINTS)
+            align = f"calendar:{getattr(align_tz, 'key', align_tz)}"
+        elif (end_ms - start_ms) // step_ms_ > MAX_POINTS:
+            raise BadDataError(
+                "exceeded maximum resolution of 11,000 points per timeseries. "
+                "Try decreasing the query resolution (?step=XX)"
+            )
+        node, sig = parsed(expr)
+        lookback = lookback_ms or self.options.lookback_ms
+        key = CacheKey(sig, start_ms, end_ms, step_ms_, align, lookback)
+
+        async def run(engine: Engine) -> Result:
+            if times is not None and len(times) == 0:
+                return Matrix([])
+            return await engine.range(expr, start_ms, end_ms, step_ms_, times=times)
+
+        return await self._run(node, key, run, timeout_s, lookback, cache)
+
+    async def _run(
+        self,
+        node: ast.Node,
+        key: CacheKey,
+        run: Callable[[Engine], Any],
+        timeout_s: float | None,
+        lookback: int,
+        mode: CacheMode,
+    ) -> QueryAnswer:
+        cache = self.cache
+        ttl = cache.ttl_for(key.signature) if mode != "off" else None
+        if ttl is not None and mode == "use":
+            entry = cache.get(key)
+            if entry is not None:
+                return QueryAnswer(entry.result, "hit", entry, cache)
+        limit = self.options.timeout_s
+        timeout = limit if timeout_s is None or timeout_s <= 0 else min(timeout_s, limit)
+        counting = _CountingQueryable(self.queryable, self.options.max_samples)
+        engine = Engine(
+            counting, lookback_ms=lookback, subquery_step_ms=self.options.subquery_step_ms
+        )
+        token = cache.begin()
+        try:
+            try:
+                async with asyncio.timeout(timeout if timeout > 0 else None):
+                    result: Result = await run(engine)
+            except TimeoutError:
+                raise QueryTimeout("query timed out in expression evaluation") from None
+            if result_points(result) > self.options.max_samples:
+                raise ExecutionError(TOO_MANY_SAMPLES)
+            entry = None
+            if ttl is not None:
+                deps = dependencies(
+                    node, key.start, key.end, lookback, self.options.subquery_step_ms
+                )
+                entry = cache.put(key, result, deps, token, ttl)
+        finally:
+            cache.finish()
+        state = "off" if ttl is None else ("miss" if mode == "use" else "bypass")
+        return QueryAnswer(result, state, entry, cache)
+
+    # --- the Python API -------------------------------------------------------------------
+
+    async def query(
+        self,
+        expr: str,
+        time: TimeLike | None = None,
+        *,
+        tz: str | None = None,
+        dst: str = "reject",
+        timeout: float | None = None,
+        typed: bool = False,
+        cache: CacheMode = "use",
+    ) -> dict[str, Any] | Result:
+        """Instant query; see ``Store.query``."""
+        rule = _rule(dst)
+        zone = self.zone(tz)
+        answer = await self.instant(expr, time_ms(time, zone, rule), timeout_s=timeout, cache=cache)
+        return answer.result if typed else answer.data()
+
+    async def query_range(
+        self,
+        expr: str,
+        start: TimeLike,
+        end: TimeLike,
+        step: StepLike,
+        *,
+        tz: str | None = None,
+        dst: str = "reject",
+        align: str | None = None,
+        timeout: float | None = None,
+        typed: bool = False,
+        cache: CacheMode = "use",
+    ) -> dict[str, Any] | Result:
+        """Range query; see ``Store.query_range``."""
+        rule = _rule(dst)
+        zone = self.zone(tz)
+        if align not in (None, "", "calendar"):
+            raise BadDataError(f"align must be 'calendar' or absent, not {align!r}")
+        answer = await self.range(
+            expr,
+            time_ms(start, zone, rule),
+            time_ms(end, zone, rule),
+            step_ms(step),
+            align_tz=zone if align == "calendar" else None,
+            timeout_s=timeout,
+            cache=cache,
+        )
+        return answer.result if typed else answer.data()
+
+
+def _rule(text: str) -> DstRule:
+    try:
+        return DstRule(text or "reject")
+    except ValueError:
+        raise BadDataError(f"dst must be one of reject, earlier, later; not {text!r}") from None
+
+
+__all__ = [
+    "CacheMode",
+    "QueryAnswer",
+    "QueryCanceled",
+    "QueryOptions",
+    "QueryService",
+    "QueryTimeout",
+    "convert_timezone",
+    "parse_duration_param",
+]

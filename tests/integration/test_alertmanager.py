@@ -1,0 +1,235 @@
+"""Our ``alertmanager`` notifier against a real Alertmanager (Debian package
+``prometheus-alertmanager``, 0.25 in CI).
+
+Alertmanager runs as a subprocess with a temporary config whose only receiver
+is a webhook pointing at a server in this test. Alerts go through our
+dispatcher, so what is checked is the whole path: Alertmanager's API lists
+the pushed alerts with the ``endsAt`` we set, its own webhook arrives (so
+Alertmanager accepted and grouped them), a resolve reaches it, and an alert
+matching a silence created through its API is kept but never delivered.
+
+Skipped, with the reason, when ``/usr/bin/prometheus-alertmanager`` is absent;
+``.ci/run`` installs the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from agent.alerting.dispatch import Dispatcher
+from agent.alerting.model import Alert
+from plugins.notifiers.alertmanager import AlertmanagerNotifier
+from tests.conftest import free_port
+
+ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not ALERTMANAGER.exists(),
+        reason=f"{ALERTMANAGER} not installed (Debian package 'prometheus-alertmanager'; "
+        ".ci/run installs it)",
+    ),
+]
+
+
+async def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+async def webhook(aiohttp_server: Any) -> tuple[str, list[dict[str, Any]]]:
+    """Where Alertmanager delivers: records each webhook payload."""
+    received: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/am", handle)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/am")), received
+
+
+@pytest.fixture
+async def alertmanager(
+    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> AsyncIterator[str]:
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "route": {
+                    "receiver": "hook",
+                    "group_by": ["alertname"],
+                    "group_wait": "1s",
+                    "group_interval": "1s",
+                    "repeat_interval": "1h",
+                },
+                "receivers": [
+                    {
+                        "name": "hook",
+                        "webhook_configs": [{"url": webhook[0], "send_resolved": True}],
+                    }
+                ],
+            }
+        )
+    )
+    log = (tmp_path / "alertmanager.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(ALERTMANAGER),
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=debug",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    async def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(
+                "alertmanager exited: " + (tmp_path / "alertmanager.log").read_text()[-2000:]
+            )
+        try:
+            async with aiohttp.ClientSession() as s, s.get(url + "/-/ready") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        await wait_for("alertmanager to be ready", ready)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def am_alerts(url: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as s, s.get(url + "/api/v2/alerts") as r:
+        assert r.status == 200
+        found: list[dict[str, Any]] = await r.json()
+        return found
+
+
+def alert(name: str, status: str = "firing") -> Alert:
+    now = time.time()
+    return Alert(
+        labels={"alertname": name, "job": "api", "severity": "page"},
+        annotations={"summary": f"{name} summary"},
+        status=status,  # type: ignore[arg-type]
+        starts_at=now - 60,
+        ends_at=now if status == "resolved" else None,
+        generator_url="http://tsagent:9201/graph",
+    )
+
+
+async def test_alerts_pushed_grouped_resolved_and_silenced(
+    alertmanager: str, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    received = webhook[1]
+    now = datetime.now(UTC)
+    silence = {
+        "matchers": [{"name": "alertname", "value": "Silenced", "isRegex": False, "isEqual": True}],
+        "startsAt": now.isoformat(),
+        "endsAt": (now + timedelta(hours=1)).isoformat(),
+        "createdBy": "tsagent tests",
+        "comment": "must not be delivered",
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(alertmanager + "/api/v2/silences", json=silence) as r,
+    ):
+        assert r.status == 200, await r.text()
+        silence_id = (await r.json())["silenceID"]
+
+    cfg = {
+        "resend_delay": "1m",
+        "receivers": [{"name": "am", "alertmanager_configs": [{"url": alertmanager + "/"}]}],
+        "route": {"receiver": "am"},
+    }
+    d = Dispatcher(cfg, {"alertmanager": AlertmanagerNotifier()})
+    await d.start(background=False)
+    loud, quiet = alert("DiskFull"), alert("Silenced")
+    await d.submit([loud, quiet])
+    await d.tick()
+    assert d.pending == []
+
+    async def both_listed() -> list[dict[str, Any]] | None:
+        listed = await am_alerts(alertmanager)
+        return listed if len(listed) == 2 else None
+
+    listed = {a["labels"]["alertname"]: a for a in await wait_for("alerts in AM", both_listed)}
+    assert listed["DiskFull"]["status"]["state"] == "active"
+    assert listed["DiskFull"]["annotations"] == {"summary": "DiskFull summary"}
+    assert listed["DiskFull"]["generatorURL"] == "http://tsagent:9201/graph"
+    ends = datetime.fromisoformat(listed["DiskFull"]["endsAt"].replace("Z", "+00:00"))
+    assert timedelta(minutes=3) < ends - now < timedelta(minutes=5)  # 4 x resend_delay
+    assert listed["Silenced"]["status"]["state"] == "suppressed"
+    assert listed["Silenced"]["status"]["silencedBy"] == [silence_id]
+
+    async def fired() -> bool:
+        return any(p["status"] == "firing" for p in received)
+
+    await wait_for("Alertmanager's webhook", fired)
+    first = next(p for p in received if p["status"] == "firing")
+    assert first["version"] == "4" and first["receiver"] == "hook"
+    assert first["groupLabels"] == {"alertname": "DiskFull"}
+    assert [a["labels"]["alertname"] for a in first["alerts"]] == ["DiskFull"]
+
+    await d.submit([alert("DiskFull", "resolved"), alert("Silenced", "resolved")])
+    await d.tick()
+
+    async def resolved() -> bool:
+        return any(p["status"] == "resolved" for p in received)
+
+    await wait_for("the resolve through Alertmanager", resolved)
+    await asyncio.sleep(2.5)  # a few more group_intervals: nothing about the silenced one
+    names = {a["labels"]["alertname"] for p in received for a in p["alerts"]}
+    assert names == {"DiskFull"}
+    assert [p["status"] for p in received].count("firing") == 1
+    await d.stop()
+
+
+async def test_unreachable_alertmanager_is_retried(tmp_path: Path) -> None:
+    cfg = {
+        "receivers": [
+            {"name": "am", "alertmanager_configs": [{"url": f"http://127.0.0.1:{free_port()}"}]}
+        ],
+        "route": {"receiver": "am"},
+    }
+    d = Dispatcher(cfg, {"alertmanager": AlertmanagerNotifier()})
+    await d.start(background=False)
+    await d.submit([alert("DiskFull")])
+    await d.tick()
+    assert [p.attempts for p in d.pending] == [1]
+    assert "alertmanager http://127.0.0.1" in d.pending[0].last_error
+    await d.stop()
