@@ -21,9 +21,11 @@ from agent import __version__
 from agent.alerting import outbox as _outbox  # noqa: F401 - registers its migration before open
 from agent.config import Config, ConfigError
 from agent.context import AgentContext
+from agent.exporting import ExportHub, batch_exporters  # registers the export-log migration
 from agent.metrics import AgentMetrics
 from agent.plugin_api import Route
 from agent.plugins import PluginFailure, PluginHost, await_maybe
+from agent.query import extensions as query_extensions
 from agent.security import Authenticator, forbidden, unauthorized
 
 log = logging.getLogger("tsagent.app")
@@ -198,14 +200,22 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CONTEXT_KEY]
-    for _plugin, functions in _call_each(ctx, "register_query_functions"):
+    for plugin, functions in _call_each(ctx, "register_query_functions"):
         ctx.query_functions.update(functions or {})
+        try:  # PromQL-callable ones (agent.query.extensions.RangeFunction) reach the parser
+            query_extensions.register_all(functions or {})
+        except ValueError as exc:
+            _plugin_failed(ctx, plugin, "register_query_functions", exc)
     started: list[tuple[str, Any]] = []
     started_hooks = False
     try:
         exporters = _collect(ctx, "register_exporters", ctx=ctx)
         ingestors = _collect(ctx, "register_ingestors", ctx=ctx)
         for kind, batch in (("exporter", exporters), ("ingestor", ingestors)):
+            if kind == "ingestor":
+                hub = await _start_export_hub(ctx)
+                if hub is not None:  # stopped after the ingestors, before the exporters
+                    started.append(("export", hub))
             for plugin, objs in batch:
                 for obj in objs:
                     try:
@@ -238,6 +248,24 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.error("plugin %s failed to stop: %s", plugin, exc)
         ctx.ingestors.clear()
         ctx.exporters.clear()
+
+
+async def _start_export_hub(ctx: AgentContext) -> ExportHub | None:
+    """Feed the started batch exporters from the export log, before any ingestor starts.
+
+    Installing the log's transaction hook before the first ingestor runs is
+    what guarantees that every batch acknowledged from then on reaches them.
+    """
+    batch = batch_exporters(ctx.exporters)
+    if not batch:
+        return None
+    hub = ExportHub(ctx.require_store(), ctx.metrics.registry)
+    try:
+        await hub.open(batch)
+    except Exception as exc:
+        raise StartupError(f"export log: {exc}") from exc
+    hub.start()
+    return hub
 
 
 async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent import __version__
+from agent.analytics.generate_cli import add_generate_parser
 from agent.audit_cli import add_audit_parser
 from agent.config import ConfigError, check_duration, check_listen
+from agent.export_cli import add_export_parser
 from agent.import_cli import add_import_parser
 from agent.plugins import PluginError, get_plugin_manager
 
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parser(sub, _add_common)
     add_import_parser(sub, _add_common)
+    add_export_parser(sub, _add_common)
+    add_generate_parser(sub, _add_common)
     return parser
 
 
@@ -192,12 +196,28 @@ def cmd_import_csv(args: argparse.Namespace) -> int:
     return run_import(args, _overrides(args))
 
 
+def cmd_export_csv(args: argparse.Namespace) -> int:
+    from agent.export_cli import run_export
+
+    return run_export(args, _overrides(args))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from agent.analytics.generate_cli import run_generate
+
+    return run_generate(args, _overrides(args))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from agent.alerting.rules import load_configured_rules
     from agent.daemon import load
+    from agent.query import extensions as query_extensions
 
     try:
-        config, _host = load(args.file)
+        config, host = load(args.file)
+        # Plugins' PromQL functions (e.g. zscore_over_time) must parse in rule files too.
+        for functions in host.pm.hook.register_query_functions():
+            query_extensions.register_all(functions or {})
         # Rule files too: a broken expression names its file, group and rule.
         groups = load_configured_rules(config)
     except (ConfigError, PluginError) as exc:
@@ -283,6 +303,8 @@ COMMANDS = {
     "retention": cmd_retention,
     "audit": cmd_audit,
     "import-csv": cmd_import_csv,
+    "export-csv": cmd_export_csv,
+    "generate": cmd_generate,
     "example-config": cmd_example_config,
 }
 

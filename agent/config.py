@@ -313,6 +313,16 @@ def _check_interval(value: Any) -> str | None:
     return None if seconds > 0 else "expected a duration greater than 0"
 
 
+def _check_resolution(value: Any) -> str | None:
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        return "expected a duration such as 1m, 5m or 1h"
+    if seconds < 1 or seconds != int(seconds) or seconds > 2**31 / 1000:
+        return "expected whole seconds from 1s to 24d"
+    return None
+
+
 # The rule half of ``alerting`` (agent.alerting.rules / engine).
 ALERTING_RULE_FIELDS: dict[str, Field | Schema] = {
     "rule_files": Field(
@@ -535,6 +545,46 @@ CORE_SCHEMA = Schema(
                     "Above this, ingestion answers back-off (HTTP 429) instead of growing.",
                     check=check_positive,
                 ),
+                "rollups": Schema(
+                    {
+                        "enabled": Field(
+                            bool,
+                            True,
+                            "Compute rollups (min/max/sum/count/first/last per bucket) in the\n"
+                            "background; PromQL *_over_time uses them when provably exact.",
+                        ),
+                        "resolutions": Field(
+                            list,
+                            ["1m", "5m", "1h"],
+                            "Bucket widths (whole seconds); buckets are [t, t+res), t a multiple.",
+                            item=Field((str, int), "1m", check=_check_resolution),
+                        ),
+                        "retention": Schema(
+                            {
+                                "1m": Field((str, int), "30d", check=check_duration),
+                                "5m": Field((str, int), "365d", check=check_duration),
+                                "1h": Field((str, int), "0", check=check_duration),
+                            },
+                            "Retention per resolution (key: a resolution); 0 keeps forever.\n"
+                            "Independent of storage.retention, which never deletes rollups.",
+                            open=True,
+                            value=Field((str, int), "0", check=check_duration),
+                        ),
+                        "interval": Field(
+                            (str, int, float),
+                            "1m",
+                            "How often a pass rolls up closed blocks and recomputes late data.",
+                            check=_check_interval,
+                        ),
+                        "delay": Field(
+                            (str, int, float),
+                            "1m",
+                            "A block is rolled up once it ended this long ago.",
+                            check=check_duration,
+                        ),
+                    },
+                    "Rollups (downsampling); see README, Rollups.",
+                ),
                 "codec": Field(str, "", "Default codec; empty picks the built-in default."),
                 "codec_rules": Field(
                     list,
@@ -737,7 +787,14 @@ def build_schema(extra: Mapping[str, Schema]) -> Schema:
     def graft(fields: dict[str, Any], parts: list[str], schema: Schema) -> dict[str, Any]:
         head, rest = parts[0], parts[1:]
         if not rest:
-            fields[head] = schema
+            existing = fields.get(head)
+            if isinstance(existing, Schema) and isinstance(schema, Schema) and existing.fields:
+                # Several plugins may contribute to one section ("export" itself and
+                # "export.remote_write"): merge instead of letting the last one win.
+                merged = {**existing.fields, **schema.fields}
+                fields[head] = Schema(merged, schema.help or existing.help)
+            else:
+                fields[head] = schema
             return fields
         existing = fields.get(head)
         sub = dict(existing.fields) if isinstance(existing, Schema) else {}

@@ -89,8 +89,15 @@ def register_exporters(ctx: AgentContext) -> list[Exporter] | None:
     """Create the sinks that receive written data or expose it elsewhere.
 
     Called once at startup, after the ingestors were created and before they
-    start, so an exporter never misses a batch. Started and stopped like
-    ingestors.
+    start, so an exporter never misses a batch. Exporters start before the
+    ingestors and stop after them.
+
+    An exporter that implements :class:`agent.plugin_api.BatchExporter`
+    (an ``export(batches, progress)`` coroutine) receives every accepted
+    batch (appends and backfills) from the durable export log, in order and
+    at least once, after it was committed: the same path the built-in
+    remote-write forwarder uses (see :mod:`agent.exporting`). Its ``name``
+    keys its durable position, so it must not change between restarts.
 
     :return: exporter objects (see :class:`agent.plugin_api.Exporter`).
     """

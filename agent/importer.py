@@ -53,6 +53,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.model import metric_name as metric_name_of
 from agent.storage.backfill import ON_ERROR_CHOICES, OnError
 
 if TYPE_CHECKING:
@@ -424,6 +425,8 @@ class CsvMapping:
             timestamp: {column: time, format: rfc3339}   # or unix_s/ms/ns, '%d.%m.%Y %H:%M'
             #           timezone: Europe/Berlin, ambiguous: reject|earlier|later
             labels: [host, {dc: datacenter}]   # label = column, or label: column
+            #       a __name__ column holds each row's metric name (one value column then;
+            #       the layout of `tsagent export-csv`)
             values: [cpu, mem]                 # or {cpu: node_cpu_ratio}
             metric: "node_{column}"
             extra_labels: {job: import}
@@ -471,7 +474,8 @@ class CsvMapping:
             else:
                 raise MappingError(f"labels[{i}]: expected a column name or {{label: column}}")
         for name, _ in labels:
-            if not valid_label_name(name) or name == METRIC_NAME:
+            # __name__ is allowed: a column of metric names (see _Resolved.name_column).
+            if not valid_label_name(name):
                 raise MappingError(f"labels: {name!r} is not a valid label name")
         raw_values = data.get("values")
         values: list[tuple[Column, str | None]] = []
@@ -636,6 +640,14 @@ class _Resolved:
         )
         self.labels = [(name, idx(c, f"labels.{name}")) for name, c in mapping.label_columns]
         self.values = [idx(c, "values") for c, _ in mapping.value_columns]
+        # A label column named __name__ holds each row's metric name (the long layout
+        # that `tsagent export-csv` writes); then one value column, whose name is unused.
+        self.name_column = any(name == METRIC_NAME for name, _ in self.labels)
+        if self.name_column and len(self.values) != 1:
+            raise MappingError(
+                "labels: a __name__ column takes each row's metric name from the cell,"
+                " so exactly one value column is allowed with it"
+            )
         self.value_names: list[str] = []
         self.metrics: list[str] = []
         for (col, explicit), i in zip(mapping.value_columns, self.values, strict=True):
@@ -644,7 +656,7 @@ class _Resolved:
             metric = (
                 explicit if explicit is not None else mapping.metric.replace("{column}", colname)
             )
-            if not valid_metric_name(metric):
+            if not self.name_column and not valid_metric_name(metric):
                 raise MappingError(
                     f"values: column {col!r} gives metric name {metric!r}, which is not valid"
                     f" (template {mapping.metric!r})"
@@ -809,9 +821,12 @@ def parse_csv(
     for kl in key_labels:
         for metric in res.metrics:
             pairs = dict(kl)
-            pairs[METRIC_NAME] = metric
+            if not res.name_column:
+                pairs[METRIC_NAME] = metric
             label_sets.append(tuple(sorted((k, v) for k, v in pairs.items() if v != "")))
     parsed = ParsedCsv(label_sets, series_idx, s_ts, s_vals, s_rows, cc, res.value_names, report)
+    if res.name_column:
+        _drop_bad_names(parsed, _name(header, dict(res.labels)[METRIC_NAME]))
     _drop_conflicts(parsed)
     report.problems.sort(key=_row_order)
     report.samples = int(parsed.series_idx.size)
@@ -825,6 +840,28 @@ def _row_order(p: Problem) -> int:
 
 def _name(header: list[str] | None, i: int) -> str:
     return header[i] if header is not None and i < len(header) else str(i + 1)
+
+
+def _drop_bad_names(parsed: ParsedCsv, column: str) -> None:
+    """Report and drop rows whose ``__name__`` cell is not a valid metric name."""
+    bad = np.array(
+        [not valid_metric_name(metric_name_of(lab)) for lab in parsed.label_sets], dtype=bool
+    )
+    if not bad.any():
+        return
+    hit = bad[parsed.series_idx] if parsed.series_idx.size else bad[:0]
+    for i in np.flatnonzero(hit).tolist():
+        name = metric_name_of(parsed.label_sets[int(parsed.series_idx[i])])
+        parsed.report.add(
+            Problem(int(parsed.rows[i]), column, f"{name!r} is not a valid metric name")
+        )
+    parsed.report.rejected += int(hit.sum())
+    keep = ~hit
+    parsed.series_idx = parsed.series_idx[keep]
+    parsed.timestamps = parsed.timestamps[keep]
+    parsed.values = parsed.values[keep]
+    parsed.rows = parsed.rows[keep]
+    parsed.columns = parsed.columns[keep]
 
 
 def _drop_conflicts(parsed: ParsedCsv) -> None:

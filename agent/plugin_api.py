@@ -6,7 +6,7 @@ directly, so nothing on the per-sample path goes through pluggy.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from agent.context import AgentContext
+    from agent.exporting import ExportBatch, ExportProgress
 
 RouteGroup = Literal["write", "read", "admin", "public"]
 
@@ -48,13 +49,44 @@ class Ingestor(Protocol):
 
 @runtime_checkable
 class Exporter(Protocol):
-    """Receives every accepted batch after it is durable, or exposes data elsewhere."""
+    """Receives every accepted batch after it is durable, or exposes data elsewhere.
+
+    An exporter that only exposes data (an HTTP endpoint, say) needs just
+    these; one that wants the batches also implements :class:`BatchExporter`.
+    """
 
     name: str
 
     async def start(self, ctx: AgentContext) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class BatchExporter(Exporter, Protocol):
+    """An exporter fed from the durable export log (see :mod:`agent.exporting`).
+
+    The built-in remote-write forwarder is one; a third-party exporter gets
+    exactly the same batches the same way. ``name`` must be stable: it keys
+    the exporter's durable position.
+
+    ``export(batches, progress)`` is called by the core, one call at a time,
+    with committed batches (appends and backfills, as stored) in log order,
+    only after ``start`` and never after ``stop``. Returning means
+    "delivered": the position then moves past them in one SQLite commit.
+    Raising means "not delivered": the same batches come again after a
+    back-off, so delivery is at-least-once and in order, and nothing is ever
+    skipped, across restarts and SIGKILL too. ``progress`` offers durable
+    sub-positions (lanes) for exporters that deliver a call in parts, backlog
+    checks, and drop accounting; raising :class:`agent.exporting.ExportStopped`
+    when ``progress.stopping`` ends the call without a retry at shutdown.
+
+    Optional attribute ``export_options`` (:class:`agent.exporting.ExportOptions`):
+    samples per call, how long to let a call fill up, and backlog bounds
+    (drop-oldest, counted in ``tsagent_export_dropped_samples_total``).
+    """
+
+    async def export(self, batches: Sequence[ExportBatch], progress: ExportProgress) -> None: ...
 
 
 @runtime_checkable

@@ -101,6 +101,8 @@ class BackfillPlan:
     # (series id, newest stored timestamp, its value bits) per series that got samples
     newest: list[tuple[int, int, int]] = field(default_factory=list)
     segments_delta: int = 0
+    # The samples stored (series ids, timestamps, value bits), for the store's sample listeners.
+    stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 class BackfillAborted(Exception):
@@ -296,6 +298,7 @@ def backfill_sql(
         b_all = np.zeros(0, dtype=np.uint64)
     stored = int(s_all.size)
     result.stored = stored
+    plan.stored = (s_all, t_all, b_all)
     result.series = len(plan.newest)
     result.accepted = stored + duplicates
     blob = encode_batch(s_all, t_all, b_all) if stored else b""

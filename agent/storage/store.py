@@ -27,7 +27,7 @@ import numpy as np
 
 from agent.model import Labels, Matcher, metric_name
 from agent.plugin_api import Codec
-from agent.storage import audit, backfill, db, recompress, retention, versions
+from agent.storage import audit, backfill, db, recompress, retention, rollup, versions
 from agent.storage.cardinality import (
     CardinalityOptions,
     CardinalityStats,
@@ -54,14 +54,24 @@ from agent.storage.options import (
     StoreStats,
 )
 from agent.storage.segments import CodecChooser, decode_merge, fetch_segments, probe_segments
-from agent.storage.wal import TxnHook, decode_batch, iter_log, unsigned64
-from agent.storage.writer import Counters, Writer, now_ms
+from agent.storage.wal import (
+    BatchRecord,
+    TxnHook,
+    decode_batch,
+    encode_batch,
+    iter_log,
+    unsigned64,
+)
+from agent.storage.writer import Counters, SampleListener, Writer, notify_samples, now_ms
 
 if TYPE_CHECKING:
-    from datetime import timedelta
+    from collections.abc import AsyncIterator
+    from datetime import datetime, timedelta
 
+    from agent.join import JoinResult
     from agent.query.service import CacheMode, QueryService, StepLike, TimeLike
     from agent.query.values import Result
+    from agent.stream import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +119,10 @@ class Store:
         self._closed = False
         self._lock: DatabaseLock | None = None
         self._write_listeners: list[WriteListener] = []
+        self._sample_listeners: list[SampleListener] = []
+        self._backfill_hooks: list[TxnHook] = []
         self._queries: QueryService | None = None
+        self.rollups: rollup.RollupManager | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -153,6 +166,7 @@ class Store:
             next_seq=next_seq,
             next_series_id=next_id,
         )
+        store._writer.sample_listeners = store._sample_listeners  # one list, shared
         # Always on: every appended batch gets its chained audit row in its own commit.
         store._writer.hooks.append(audit.append_hook)
         store._writer.start()
@@ -219,6 +233,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self.rollups is not None:
+            await self.rollups.stop()
         for task in (self._flusher, self._retainer):
             if task is not None:
                 task.cancel()
@@ -255,6 +271,35 @@ class Store:
             except Exception:
                 log.exception("periodic flush failed")
 
+    async def start_rollups(
+        self, options: rollup.RollupOptions, *, background: bool = True
+    ) -> rollup.RollupManager:
+        """Keep rollups of this store (see :mod:`agent.storage.rollup`); returns the manager.
+
+        Registers the manager's write listener (late data marks buckets for
+        recomputation), replays audited writes the last process may not have
+        rolled up, hands the manager to the query service (PromQL may then
+        answer ``*_over_time`` from rollups) and, with ``background``, starts
+        a pass every ``options.interval_s``.
+        """
+        if self.rollups is not None:
+            raise StorageError("rollups are already started")
+        index = self._index
+        manager = rollup.RollupManager(
+            self,
+            options,
+            all_ids=index.all_ids,
+            raw_cutoffs=lambda now: self._retention.cutoffs(index, now),
+        )
+        await manager.load()
+        self.add_write_listener(manager.on_write)
+        self.rollups = manager
+        if self._queries is not None:
+            self._queries.rollups = manager
+        if background:
+            manager.start()
+        return manager
+
     def add_write_listener(self, listener: WriteListener) -> None:
         """Call ``listener(series_ids, min_t, max_t)`` on the event loop after each change.
 
@@ -277,9 +322,60 @@ class Store:
             except Exception:
                 log.exception("write listener failed")
 
-    def add_transaction_hook(self, hook: TxnHook) -> None:
-        """Run ``hook`` inside every group-commit transaction (e.g. an audit insert)."""
+    def add_sample_listener(self, listener: SampleListener) -> None:
+        """Call ``listener(series_ids, timestamps, values)`` with the samples of each commit.
+
+        Called on the event loop right after each group commit (appends) and
+        each backfill or ``record_write`` commit, in commit order, with
+        exactly the samples stored: duplicates and rejected samples are left
+        out. Arrays are int64/int64/float64 (values as stored, NaN payloads
+        intact) and must not be modified. Costs nothing while no listener is
+        registered; a listener must be cheap (live streaming filters with one
+        numpy gather, see :mod:`agent.stream`). Rollbacks and retention
+        remove data and are reported only to write listeners.
+        """
+        self._sample_listeners.append(listener)
+
+    def remove_sample_listener(self, listener: SampleListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._sample_listeners.remove(listener)
+
+    @property
+    def sample_listener_count(self) -> int:
+        """Registered sample listeners (tests check that disconnects clean up)."""
+        return len(self._sample_listeners)
+
+    def add_transaction_hook(self, hook: TxnHook, *, backfills: bool = False) -> None:
+        """Run ``hook`` inside every group-commit transaction (e.g. an audit insert).
+
+        With ``backfills`` it also runs inside each backfill's transaction, with
+        one record (``op="backfill"``, ``seq`` None) holding the stored samples:
+        the export log needs every accepted batch, while the audit hook must
+        not see backfills (they write their own audit row).
+        """
         self._w.hooks.append(hook)
+        if backfills:
+            self._backfill_hooks.append(hook)
+
+    async def run_in_transaction(
+        self,
+        sql: Callable[[sqlite3.Connection], Any],
+        after: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Run ``sql(conn)`` in its own write transaction, serialised with appends.
+
+        For plugins' own tables (their migrations go into ``db.MIGRATIONS``);
+        see :meth:`agent.storage.writer.Writer.job`. Returns after the commit.
+        """
+        return await self._w.job(sql, after)
+
+    async def run_read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` on a reader thread with a read-only connection (a snapshot)."""
+        if self._closed:
+            raise StorageError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._readers, lambda: fn(self._reader_conn())
+        )
 
     @property
     def _w(self) -> Writer:
@@ -423,6 +519,7 @@ class Store:
             index = self._index
             service = QueryService(self, name_of=lambda sid: metric_name(index.labels(sid)))
             self.add_write_listener(service.cache.on_write)
+            service.rollups = self.rollups
             self._queries = service
         return self._queries
 
@@ -487,6 +584,59 @@ class Store:
             typed=typed,
             cache=cache,
         )
+
+    # --- exports, live streams and joins (thin doors to agent.export/stream/join) ---------
+
+    def export_csv(
+        self,
+        series_ids: Sequence[int] | None = None,
+        start: int | datetime | str | None = None,
+        end: int | datetime | str | None = None,
+        tags_filter: Any = None,
+        **options: Any,
+    ) -> AsyncIterator[str]:
+        """CSV export as an async iterator of text pieces; see :func:`agent.export.export_csv`.
+
+        ``start``/``end`` in ms (or aware datetimes / RFC 3339); ``tags_filter``
+        matchers, ``{label: value}`` or selector strings. The output imports back
+        through ``import_csv`` unchanged (staleness markers are left out).
+        """
+        from agent.export import export_csv
+
+        return export_csv(self, series_ids, start, end, tags_filter, **options)
+
+    def stream_updates(
+        self,
+        series: int | Sequence[int] | None = None,
+        matchers: Any = None,
+        *,
+        max_buffer: int = 10_000,
+    ) -> Subscription:
+        """Samples as they are committed, for ids and/or matchers; see :mod:`agent.stream`.
+
+        ``async with store.stream_updates(matchers='cpu') as s: async for x in s: ...``
+        yields ``StreamedSample``s and, when the consumer fell more than
+        ``max_buffer`` samples behind, ``Lagged(dropped)`` notices.
+        """
+        from agent.stream import stream_updates
+
+        return stream_updates(self, series, matchers, max_buffer=max_buffer)
+
+    async def join_series(
+        self,
+        primary_id: int,
+        other_ids: Sequence[int],
+        join_type: str | Callable[..., Any] = "inner",
+        **options: Any,
+    ) -> JoinResult:
+        """Align series by timestamp into rows; see :func:`agent.join.join_series`.
+
+        ``join_type`` ``inner``/``left``/``outer``/``asof`` or a callable;
+        options ``start``, ``end``, ``tolerance``, ``step`` (all ms) and ``fill``.
+        """
+        from agent.join import join_series
+
+        return await join_series(self, primary_id, other_ids, join_type, **options)
 
     def cache_query(self, query_signature: str, ttl: float | str | timedelta | None) -> str:
         """Give one query (any spelling of it) its own cache TTL; returns the signature.
@@ -569,13 +719,35 @@ class Store:
         # Copies: the job runs later, on another thread, and the caller may reuse its arrays.
         s, t, b = sids.copy(), ts.copy(), vals.view(np.uint64).copy()
 
+        hooks = list(self._backfill_hooks)
+
         def sql(conn: sqlite3.Connection) -> backfill.BackfillPlan:
-            return backfill.backfill_sql(
+            plan = backfill.backfill_sql(
                 conn, ctx, s, t, b, source=source, client=client, on_error=on_error, at_ms=at
             )
+            if hooks and plan.stored is not None and plan.stored[0].size:
+                res, stored = plan.result, int(plan.stored[0].size)
+                record = BatchRecord(
+                    None,
+                    source,
+                    client,
+                    at,
+                    res.accepted,
+                    stored,
+                    res.duplicates,
+                    len(res.rejected),
+                    encode_batch(*plan.stored),
+                    op="backfill",
+                )
+                for hook in hooks:  # same transaction: committed together or not at all
+                    hook(conn, [record])
+            return plan
 
         def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
-            return backfill.apply_plan(ctx, plan)
+            result = backfill.apply_plan(ctx, plan)
+            if plan.stored is not None and plan.stored[0].size and self._sample_listeners:
+                notify_samples(self._sample_listeners, *plan.stored)
+            return result
 
         try:
             result: backfill.BackfillResult = await self._w.job(sql, after)
@@ -709,6 +881,19 @@ class Store:
         np.cumsum(counts, out=offsets[1:])
         return SelectedArrays(labs, offsets, t, v)
 
+    async def read_many(
+        self, series_ids: Sequence[int], start_ms: int, end_ms: int
+    ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(id, timestamps, values) in [start_ms, end_ms] of each given series that has any.
+
+        In the order given; one reader-thread round trip for all of them, so
+        exports and joins read a chunk of series at the cost of one.
+        """
+        ids = [int(s) for s in series_ids if self._index.exists(int(s))]
+        if not ids:
+            return []
+        return await self._read(ids, start_ms, end_ms)
+
     async def read_series(
         self, series_id: int, start_ms: int, end_ms: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -817,6 +1002,13 @@ class Store:
 
         def after(res: tuple[int, versions.SeriesEdit]) -> int:
             versions.apply_edits(ctx, [res[1]])
+            if self._sample_listeners:
+                notify_samples(
+                    self._sample_listeners,
+                    np.array([sid], dtype=np.int64),
+                    np.array([t], dtype=np.int64),
+                    np.array([bits], dtype=np.uint64),
+                )
             return res[0]
 
         result: int = await self._w.job(sql, after)

@@ -65,6 +65,8 @@ class BatchRecord:
     rejected: int
     # The log blob of the stored samples (encode_batch format), for content hashes.
     data: bytes | None = None
+    # "append" from a group commit; "backfill" for hooks registered with backfills=True.
+    op: str = "append"
 
 
 # Runs inside the group-commit transaction, in the writer thread; raising aborts the commit.

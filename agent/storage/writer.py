@@ -57,8 +57,41 @@ T = TypeVar("T")
 GROUP_SAMPLE_BUDGET = 250_000
 
 
+SampleListener = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+"""``fn(series_ids int64, timestamps int64 ms, values float64)``: samples just committed."""
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def notify_samples(
+    listeners: Sequence[SampleListener], sids: np.ndarray, ts: np.ndarray, bits: np.ndarray
+) -> None:
+    """Hand committed samples to every listener; one failing listener never hurts the rest.
+
+    Runs on the event loop, inline on the write path, so listeners must be
+    cheap and must not keep the arrays past the call without copying (they
+    are read-only views the writer does not reuse, but may be large).
+    """
+    values = bits.view(np.float64)
+    for listener in list(listeners):
+        try:
+            listener(sids, ts, values)
+        except Exception:
+            log.exception("sample listener failed")
+
+
+def _concat(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+    )
 
 
 @dataclass(slots=True)
@@ -142,6 +175,9 @@ class Writer:
         self.next_seq = next_seq
         self.next_series_id = next_series_id
         self.hooks: list[TxnHook] = []
+        # Called as fn(series_ids, timestamps, values) after each group commit with the
+        # samples it stored (duplicates and rejections left out); shared with the Store.
+        self.sample_listeners: list[SampleListener] = []
         self.failed: BaseException | None = None
         self.queued_samples = 0
         self._queued_flushes = 0
@@ -320,9 +356,13 @@ class Writer:
         records: list[BatchRecord] = []
         results: list[AppendResult] = []
         touched: list[np.ndarray] = []
+        # What was stored, for the sample listeners; collected only when someone listens.
+        stored: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = (
+            [] if self.sample_listeners else None
+        )
         head = self.head
         try:
-            self._apply_appends(appends, ts_now, wal_rows, records, results, touched)
+            self._apply_appends(appends, ts_now, wal_rows, records, results, touched, stored)
             await loop.run_in_executor(
                 self.executor,
                 write_group,
@@ -369,6 +409,8 @@ class Writer:
         for t in touched:
             for sid in head.over_block_size(t, block).tolist():
                 self._backlog[sid] = None
+        if stored and self.sample_listeners:
+            notify_samples(self.sample_listeners, *_concat(stored))
 
     def _apply_appends(
         self,
@@ -378,6 +420,7 @@ class Writer:
         records: list[BatchRecord],
         results: list[AppendResult],
         touched: list[np.ndarray],
+        stored_out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         head = self.head
         for a in appends:
@@ -385,6 +428,8 @@ class Writer:
             out = head.apply(a.sids, a.ts, a.bits, seq, ts_now, probe=self.probe)
             stored = int(out.stored_sids.size)
             blob: bytes | None = None
+            if stored and stored_out is not None:
+                stored_out.append((out.stored_sids, out.stored_ts, out.stored_bits))
             if stored:
                 blob = encode_batch(out.stored_sids, out.stored_ts, out.stored_bits)
                 wal_rows.append((seq, ts_now, stored, blob))

@@ -1,14 +1,22 @@
-"""A heartbeat ingestor: proves the daemon (and its store) are alive from the inside."""
+"""An example third-party plugin: a heartbeat ingestor and a JSON-lines exporter.
+
+The ingestor proves the daemon (and its store) are alive from the inside; the
+exporter (:mod:`tsagent_heartbeat.jsonl_export`) receives every accepted batch
+through the same durable export log as the built-in remote-write forwarder.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 from agent import hookimpl
 from agent.config import Field, Schema, check_duration, parse_duration
+from tsagent_heartbeat.jsonl_export import SECTION as EXPORT_SECTION
+from tsagent_heartbeat.jsonl_export import JsonLinesExporter
 
 SECTION = "ingest.heartbeat"
 
@@ -22,7 +30,14 @@ def config_schema() -> dict[str, Schema]:
                 "interval": Field((str, int), "10s", check=check_duration),
                 "job": Field(str, "tsagent"),
             }
-        )
+        ),
+        EXPORT_SECTION: Schema(
+            {
+                "enabled": Field(bool, False, "Append every accepted sample to a JSON-lines file."),
+                "path": Field(str, "", "The file; default: export.jsonl in the data directory."),
+                "fsync": Field(bool, True, "fsync after each batch before acknowledging it."),
+            }
+        ),
     }
 
 
@@ -67,3 +82,12 @@ def register_ingestors(ctx: Any) -> list[Heartbeat]:
     if not cfg.get("enabled"):
         return []
     return [Heartbeat(parse_duration(cfg["interval"]), cfg["job"])]
+
+
+@hookimpl
+def register_exporters(ctx: Any) -> list[JsonLinesExporter]:
+    cfg = ctx.plugin_config(EXPORT_SECTION)
+    if not cfg.get("enabled"):
+        return []
+    path = Path(cfg["path"]) if cfg.get("path") else ctx.config.data_dir / "export.jsonl"
+    return [JsonLinesExporter(path, fsync=cfg["fsync"])]
