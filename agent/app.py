@@ -180,6 +180,11 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     for _plugin, made in _collect(ctx, "register_notifiers", ctx=ctx):
         for notifier in made:
             ctx.notifiers[notifier.name] = notifier
+    from agent.alerting.routing import unknown_notifier_types
+
+    problems = unknown_notifier_types(ctx.config.section("alerting"), set(ctx.notifiers))
+    if problems:
+        raise StartupError("; ".join(problems))
     try:
         dispatcher = Dispatcher(
             lambda: ctx.config.section("alerting"),

@@ -7,7 +7,7 @@ stands in for the channels (those have their own tests against real servers).
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +379,67 @@ async def test_callbacks_sync_and_async_by_name_and_label(
     assert got_sync[1][0].ends_at == T0 + 1
 
 
+async def test_route_reaches_a_registered_callback_through_callback_configs(
+    clock: ManualClock, rec: Recorder
+) -> None:
+    """A receiver's ``callback_configs`` entry: the route tree (not a direct submit)
+    delivers the group to a registered callback, grouped and timed like the receiver's
+    other notifiers, once when it fires and once when it resolves."""
+    cfg = section(routes=[{"matchers": ['team="py"'], "receiver": "py-team"}])
+    cfg["receivers"].append(
+        {"name": "py-team", "rec_configs": [{}], "callback_configs": [{"name": "py"}]}
+    )
+    d = await make(clock, rec, cfg)
+    got: list[list[Alert]] = []
+
+    async def cb(alerts: list[Alert]) -> None:
+        got.append(alerts)
+
+    d.register_callback("py", cb)
+    a, b = alert("Hot", team="py", room="lab"), alert("Hot", team="py", room="office")
+    other = alert("Elsewhere")
+    for _ in range(20):  # 5 minutes of 15s evaluations
+        await d.submit([a, b, other])
+        await step(d, clock, 15)
+    assert [sorted(x.labels["room"] for x in call) for call in got] == [["lab", "office"]]
+    assert all(x.status == "firing" and x.starts_at == T0 for x in got[0])
+    assert len([c for c in rec.calls if c[1]["name"] == "py-team"]) == 1  # same timing
+    for _ in range(20):
+        await d.submit([resolved(a, clock.now()), resolved(b, clock.now()), other])
+        await step(d, clock, 15)
+    assert [[x.status for x in call] for call in got] == [
+        ["firing", "firing"],
+        ["resolved", "resolved"],
+    ]
+    assert {x.labels["alertname"] for call in got for x in call} == {"Hot"}
+    assert d.pending == []
+
+
+async def test_callback_configs_unregistered_is_retried_and_checked(
+    clock: ManualClock, rec: Recorder
+) -> None:
+    cfg = section()
+    cfg["receivers"][0]["callback_configs"] = [{"name": "later"}]
+    d = await make(clock, rec, cfg)
+    await d.submit([alert()])
+    await step(d, clock, 30)
+    assert [(p.notifier, p.attempts) for p in d.pending] == [("callback", 1)]
+    assert "no callback registered as 'later'" in d.pending[0].last_error
+    got: list[list[Alert]] = []
+    d.register_callback("later", got.append)
+    await step(d, clock, 1)  # the retry after the first backoff
+    assert len(got) == 1 and d.pending == []
+    bad = section()
+    bad["receivers"][0]["callback_configs"] = [{"nme": "x"}, {"name": "y", "send_resolved": 1}]
+    assert check_alerting(bad) == [
+        "alerting.receivers[0].callback_configs[0].nme: unknown key; "
+        "known keys here: name, send_resolved",
+        "alerting.receivers[0].callback_configs[0].name: required: "
+        "the name a callback is registered under",
+        "alerting.receivers[0].callback_configs[1].send_resolved: expected a boolean",
+    ]
+
+
 async def test_direct_notifiers_get_alerts_without_grouping_and_resend(
     clock: ManualClock, rec: Recorder
 ) -> None:
@@ -634,3 +695,21 @@ async def test_long_downtime_neither_resolves_nor_renotifies_a_firing_group(
     assert len(rec.calls) == 1
     await d.stop()
     await store.close()
+
+
+async def test_misspelt_notifier_type_stops_startup(make_config: Callable[..., Any]) -> None:
+    from agent.app import StartupError, make_app
+
+    config, host = make_config(
+        "alerting:\n  route: {receiver: ops}\n  receivers:\n    - name: ops\n"
+        "      webhok_configs: [{url: 'http://127.0.0.1:1/'}]\n"
+    )
+    app = make_app(config, host)
+    app.freeze()
+    with pytest.raises(StartupError) as info:
+        await app.startup()
+    await app.cleanup()
+    assert (
+        "alerting.receivers[0].webhok_configs: no notifier 'webhok' is loaded "
+        "(did you mean 'webhook_configs'?)" in str(info.value)
+    )

@@ -1,6 +1,8 @@
 """The issue's "done when", in-process and on the real clock: a rule fires on data that
 arrived by remote-write, and every channel hears exactly one notification per group
-and exactly one resolve (webhook and Slack at local HTTP servers, a Python callback)."""
+and exactly one resolve (webhook and Slack at local HTTP servers, a Python callback).
+The full version, with email through a real SMTP server, a callback reached through
+the route tree and a real Alertmanager, is tests/integration/test_alerting_e2e.py."""
 
 from __future__ import annotations
 

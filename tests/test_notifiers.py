@@ -330,6 +330,24 @@ async def test_email_arrives_over_tls_with_auth_and_both_parts(
     assert "<script>" not in page and "&lt;script&gt;" in page
 
 
+async def test_email_headers_override_ours_and_envelope_follows_to(
+    smtp: Callable[..., tuple[int, Mailbox]], cert: tuple[Path, Path]
+) -> None:
+    """Regression: a ``headers`` entry naming one of our headers (Subject, To) made
+    every delivery fail with ValueError (at most one Subject header), retried for an
+    hour and dropped. Like Alertmanager's, it now replaces ours; the envelope still
+    goes to ``to``."""
+    port, box = smtp("starttls")
+    headers = {"Subject": "custom subject", "To": "Ops <ops-list@example.com>"}
+    cfg = mail_cfg(port, cert[0], headers=headers)
+    await EmailNotifier().notify([alert().to_dict()], receiver_ctx(cfg))
+    [(sender, rcpts, msg, _secure)] = box.messages
+    assert msg.get_all("Subject") == ["custom subject"]
+    assert msg.get_all("To") == ["Ops <ops-list@example.com>"]
+    assert sender == "tsagent@example.com"
+    assert rcpts == ["oncall@example.com", "lead@example.com"]
+
+
 async def test_email_wrong_password_is_permanent_and_plain_is_refused(
     smtp: Callable[..., tuple[int, Mailbox]], cert: tuple[Path, Path]
 ) -> None:

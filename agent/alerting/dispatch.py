@@ -40,7 +40,11 @@ Python callbacks are receivers too: ``register_callback(name, fn)``; ``fn``
 receives a ``list[Alert]`` (the group's alerts, firing and just resolved) and
 may be a plain function (run on the event loop, so keep it short) or a
 coroutine function. Alerts reach it through ``submit(..., receiver=name)`` or
-the ``__receiver__`` label; a configured receiver of the same name wins.
+the ``__receiver__`` label (a configured receiver of the same name wins), or
+through the route tree: a configured receiver's ``callback_configs: [{name:
+NAME}]`` entry delivers that receiver's groups to the callback registered as
+NAME, with the same grouping, timing, dedup and retries as its other notifiers
+(a callback not registered (yet) fails the delivery, which is retried).
 """
 
 from __future__ import annotations
@@ -691,9 +695,10 @@ class Dispatcher:
 
     async def _call(self, item: OutboxItem, s: Settings) -> None:
         if item.notifier == CALLBACK:
-            fn = self._callbacks.get(item.receiver)
+            name = self._callback_name(item, s)
+            fn = self._callbacks.get(name)
             if fn is None:
-                raise NotifyError(f"no callback registered as {item.receiver!r}")
+                raise NotifyError(f"no callback registered as {name!r}")
             outcome = fn([_unraw(a) for a in item.payload.get("raw", [])])
             if inspect.isawaitable(outcome):
                 await outcome
@@ -718,6 +723,21 @@ class Dispatcher:
         }
         result: Awaitable[None] = notifier.notify(item.payload["alerts"], context)
         await result
+
+    def _callback_name(self, item: OutboxItem, s: Settings) -> str:
+        """The registered callback an item goes to: the receiver's own name when it
+        is a callback addressed directly, else its ``callback_configs[i].name``."""
+        rcv = s.receivers.get(item.receiver)
+        if rcv is None:
+            return item.receiver
+        entries = rcv.get(f"{CALLBACK}_configs") or []
+        if item.index >= len(entries):
+            raise NotifyError(
+                f"receiver {item.receiver!r} has no {CALLBACK}_configs[{item.index}] "
+                "any more (config changed)",
+                permanent=True,
+            )
+        return str(entries[item.index].get("name", ""))
 
     async def _failed(self, item: OutboxItem, exc: BaseException, s: Settings) -> None:
         kind = item.notifier

@@ -57,7 +57,19 @@ log = logging.getLogger("tsagent.rules")
 
 PYTHON_GROUP = "define_alert"
 PYTHON_FILE = "<python>"
-CONDITIONS = (">", ">=", "<", "<=", "==", "!=", "absent", "rate_of_change")
+CONDITIONS = (
+    ">",
+    ">=",
+    "<",
+    "<=",
+    "==",
+    "!=",
+    "absent",
+    "rate_of_change",
+    "anomaly",
+    "anomaly_robust",
+)
+ANOMALY_FUNCTIONS = {"anomaly": "zscore_over_time", "anomaly_robust": "robust_zscore_over_time"}
 CALLBACK_TIMEOUT_S = 30.0
 
 
@@ -461,7 +473,12 @@ class RuleEngine:
         ``>=``, ``<``, ``<=``, ``==``, ``!=`` (compared with ``threshold``),
         ``absent`` (no sample for ``threshold`` as a duration, default
         ``window``) or ``rate_of_change`` (per-second slope over ``window``
-        above ``threshold``, or below it when ``threshold`` is negative).
+        above ``threshold``, or below it when ``threshold`` is negative),
+        ``anomaly`` (the newest sample's z-score against the rest of the last
+        ``window`` beyond ``threshold``, default 3, either way:
+        ``abs(zscore_over_time(sel[window])) > 3``; the alert's value is the
+        score) or ``anomaly_robust`` (the same with median and MAD,
+        ``robust_zscore_over_time``, unmoved by earlier outliers in the window).
 
         ``callback`` is a function or coroutine function called with the
         :class:`Alert` once when it fires and once when it resolves; with
@@ -891,6 +908,18 @@ def threshold_expr(
         if ms <= 0:
             raise ValueError("absent needs a positive duration")
         return f"absent_over_time({selector}[{ms}ms])"
+    if condition in ANOMALY_FUNCTIONS:
+        from agent.analytics.promql import ensure_registered
+
+        ensure_registered()  # the functions parse even without the daemon's plugins
+        if isinstance(threshold, str):
+            raise ValueError(f"condition {condition!r} needs a numeric threshold")
+        limit = 3.0 if threshold is None else float(threshold)
+        if not limit > 0:
+            raise ValueError(f"condition {condition!r} needs a positive threshold")
+        ms = round(_seconds(window, "window") * 1000)
+        fn = ANOMALY_FUNCTIONS[condition]
+        return f"abs({fn}({selector}[{ms}ms])) > {_number(limit)}"
     if threshold is None or isinstance(threshold, str):
         raise ValueError(f"condition {condition!r} needs a numeric threshold")
     value = float(threshold)

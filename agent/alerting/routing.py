@@ -299,10 +299,29 @@ def check_receivers(receivers: Any) -> list[str]:
                 errors.append(
                     f"{path}.{key}: unknown key; a receiver has a name and "
                     "<type>_configs lists (webhook_configs, email_configs, slack_configs, "
-                    "alertmanager_configs, or a plugin's type)"
+                    "alertmanager_configs, callback_configs, or a plugin's type)"
                 )
             elif not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
                 errors.append(f"{path}.{key}: expected a list of mappings")
+            elif key == "callback_configs":
+                errors.extend(_callback_errors(value, f"{path}.{key}"))
+    return errors
+
+
+def _callback_errors(entries: list[Mapping[str, Any]], path: str) -> list[str]:
+    """``callback_configs`` entries name a Python callback registered with
+    ``Dispatcher.register_callback`` (registered at run time, so only the shape is
+    checked here)."""
+    errors: list[str] = []
+    for j, entry in enumerate(entries):
+        where = f"{path}[{j}]"
+        for key in sorted(set(entry) - {"name", "send_resolved"}):
+            errors.append(f"{where}.{key}: unknown key; known keys here: name, send_resolved")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            errors.append(f"{where}.name: required: the name a callback is registered under")
+        if not isinstance(entry.get("send_resolved", True), bool):
+            errors.append(f"{where}.send_resolved: expected a boolean")
     return errors
 
 
@@ -325,3 +344,29 @@ def check_alerting(section: Mapping[str, Any]) -> list[str]:
             known = ", ".join(sorted(names)) or "none"
             errors.append(f"{route.path}.receiver: unknown receiver {rcv!r}; configured: {known}")
     return errors
+
+
+def unknown_notifier_types(section: Mapping[str, Any], loaded: set[str]) -> list[str]:
+    """``<type>_configs`` keys naming no loaded notifier (a typo, or a plugin not installed).
+
+    Only known once plugins are loaded, so the daemon checks this at startup;
+    otherwise the mistake would first show as deliveries failing for an hour.
+    """
+    import difflib
+
+    known = loaded | {"callback"}
+    problems: list[str] = []
+    for i, rcv in enumerate(section.get("receivers") or []):
+        if not isinstance(rcv, Mapping):
+            continue
+        for key in rcv:
+            kind = str(key).removesuffix("_configs")
+            if key == "name" or kind in known:
+                continue
+            close = difflib.get_close_matches(kind, sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}_configs'?)" if close else ""
+            problems.append(
+                f"alerting.receivers[{i}].{key}: no notifier {kind!r} is loaded{hint}; "
+                f"loaded: {', '.join(sorted(known))}"
+            )
+    return problems

@@ -63,7 +63,7 @@ SCHEMA = Schema(
         "auth_password": Field(str, "", "Use ${ENV}; never commit it."),
         "subject": Field(str, DEFAULT_SUBJECT, "Subject template.", check=template_error),
         "html": Field(bool, True, "Add an HTML part next to the plain text."),
-        "headers": headers_field("Extra mail headers."),
+        "headers": headers_field("Extra mail headers; they replace ours of the same name."),
         "send_resolved": SEND_RESOLVED,
         "timeout": Field((str, int, float), "30s", "Give one attempt up after this long."),
     }
@@ -138,6 +138,7 @@ def build_message(payload: Mapping[str, Any], cfg: Mapping[str, Any]) -> EmailMe
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(domain=cfg["from"].rpartition("@")[2] or None)
     for key, value in cfg["headers"].items():
+        del msg[key]  # an extra header may override ours (Alertmanager's semantics)
         msg[key] = value
     msg.set_content(text_body(payload))
     if cfg["html"]:
@@ -165,6 +166,8 @@ class EmailNotifier:
         try:
             await aiosmtplib.send(
                 message,
+                sender=cfg["from"],  # the envelope follows `from` and `to`, not headers
+                recipients=_recipients(cfg["to"]),
                 hostname=host,
                 port=int(port),
                 username=cfg["auth_username"] or None,
