@@ -673,7 +673,7 @@ CORE_SCHEMA = Schema(
                         ),
                         "max_bytes": Field(
                             int,
-                            64 * 1024 * 1024,
+                            128 * 1024 * 1024,
                             "Memory for cached results; least recently used go first.",
                             check=check_non_negative,
                         ),

@@ -13,6 +13,7 @@ from agent.config import parse_duration
 from agent.context import AgentContext
 from agent.metrics import CardinalityCollector, StatsCollector
 from agent.storage import StorageOptions, Store
+from agent.storage.rollup import RollupOptions
 
 DB_FILE = "tsagent.db"
 
@@ -67,6 +68,27 @@ def storage_options(ctx: AgentContext) -> StorageOptions:
     )
 
 
+def rollup_options(ctx: AgentContext) -> RollupOptions | None:
+    """``storage.rollups`` typed; None when disabled."""
+    cfg = ctx.config.section("storage.rollups")
+    if not cfg.get("enabled", True):
+        return None
+    resolutions = tuple(int(parse_duration(r) * 1000) for r in cfg["resolutions"])
+    retention: dict[int, int] = {}
+    for key, value in cfg["retention"].items():
+        try:
+            res = int(parse_duration(key) * 1000)
+            retention[res] = int(parse_duration(value) * 1000)
+        except ValueError as exc:
+            raise ValueError(f"storage.rollups.retention.{key}: {exc}") from None
+    return RollupOptions(
+        resolutions_ms=resolutions,
+        retention_ms=retention,
+        interval_s=ctx.config.duration("storage.rollups.interval"),
+        delay_ms=int(ctx.config.duration("storage.rollups.delay") * 1000),
+    )
+
+
 def limit_options(ctx: AgentContext) -> dict[str, Any]:
     limits = ctx.config.section("limits")
     rules: list[tuple[str, str, int]] = []
@@ -94,7 +116,8 @@ def _builtin_default(ctx: AgentContext) -> str:
     return DEFAULT_CODEC if DEFAULT_CODEC in ctx.codecs else "raw"
 
 
-async def open_store(ctx: AgentContext) -> Store:
+async def open_store(ctx: AgentContext, *, background_rollups: bool = True) -> Store:
+    """The configured store, rollups started (passes in the background unless told not to)."""
     for codecs in ctx.plugins.pm.hook.register_codecs():
         for codec in codecs or []:
             ctx.codecs[codec.name] = codec
@@ -102,6 +125,13 @@ async def open_store(ctx: AgentContext) -> Store:
     data_dir = ctx.config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(data_dir / DB_FILE, options, ctx.codecs)
+    rollups = rollup_options(ctx)
+    if rollups is not None:
+        try:
+            await store.start_rollups(rollups, background=background_rollups)
+        except BaseException:
+            await store.close()
+            raise
     ctx.metrics.add_collector(CardinalityCollector(lambda: ctx.store))
     ctx.metrics.add_collector(
         StatsCollector(lambda: ctx.store and ctx.store.stats(), STORE_METRICS, STORE_SUMMARIES)

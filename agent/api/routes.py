@@ -158,7 +158,7 @@ async def _evaluate(pending: Awaitable[QueryAnswer]) -> QueryAnswer:
 
 
 def _answer(answer: QueryAnswer, params: MultiDictProxy[str], zone: tzinfo) -> web.Response:
-    annos = answer.result.annotations
+    annos = answer.annotations
     headers = {"X-Tsagent-Cache": answer.cache}
     if bool_param(params, "localtime"):
         data = add_local_times(answer.data(), zone)
@@ -183,6 +183,7 @@ async def query(request: web.Request) -> web.StreamResponse:
             timeout_s=None if timeout is None else timeout / 1000,
             lookback_ms=lookback,
             cache=cache_mode(request),
+            resolution_ms=duration_param(params, "resolution") or 0,
         )
     )
     return _answer(answer, params, zone)
@@ -227,6 +228,7 @@ async def query_range(request: web.Request) -> web.StreamResponse:
             timeout_s=None if timeout is None else timeout / 1000,
             lookback_ms=lookback,
             cache=cache_mode(request),
+            resolution_ms=duration_param(params, "resolution") or 0,
         )
     )
     return _answer(answer, params, zone)
@@ -503,6 +505,12 @@ class CacheCollector(Collector):
         )
 
 
+def _rollup_routes() -> list[Route]:
+    from .rollup_routes import ROUTES  # imports this module: only once it is loaded
+
+    return ROUTES
+
+
 def install(app: web.Application, ctx: AgentContext) -> list[Route]:
     """Prepare ``app`` for the API and return its routes (all in the ``read`` group)."""
     app[API_STATE] = ApiState(ctx)
@@ -519,5 +527,6 @@ def install(app: web.Application, ctx: AgentContext) -> list[Route]:
         Route("GET", "/api/v1/status/tsdb", tsdb_status),
         *(Route(m, "/api/v1/query_exemplars", query_exemplars) for m in both),
         *(Route(m, "/api/v1/format_query", format_query) for m in both),
+        *_rollup_routes(),
     ]
     return routes

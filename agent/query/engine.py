@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.model import METRIC_NAME, metric_name
-from agent.query import aggregation, ast, binops, functions, rangefuncs
+from agent.query import (
+    aggregation,
+    ast,
+    binops,
+    extensions,
+    functions,
+    rangefuncs,
+    rollup_select,
+)
 from agent.query.blocks import (
     DUPLICATE_LABELSET,
     Block,
@@ -30,6 +39,9 @@ from agent.query.errors import BadDataError, ExecutionError
 from agent.query.parser import parse
 from agent.query.queryable import Queryable, SelectedArraysLike, select_arrays
 from agent.query.values import Annotations, Matrix, Result, Sample, Scalar, Series, String, Vector
+
+if TYPE_CHECKING:
+    from agent.query.rollup_select import RollupSource
 
 MAX_POINTS = 11_000
 Value = np.ndarray | str | Block
@@ -93,6 +105,10 @@ class Engine:
     lookback_ms: int = 300_000
     subquery_step_ms: int = 60_000
     delayed_name_removal: bool = False
+    # Rollups to answer *_over_time from when provably exact (agent.query.rollup_select);
+    # with rollup_resolution_ms set, from that resolution regardless (approximate).
+    rollups: RollupSource | None = None
+    rollup_resolution_ms: int = 0
 
     def parse(self, expr: str) -> ast.Node:
         return parse(expr)
@@ -359,6 +375,9 @@ class _Evaluator:
         name = node.name
         if name in RANGE_FUNCS:
             return await self.range_call(node, steps)
+        plugin_fn = extensions.lookup(name)
+        if plugin_fn is not None:
+            return await self.plugin_range_call(node, steps, plugin_fn)
         n = len(steps)
         if name == "time":
             return steps / 1000.0
@@ -495,8 +514,15 @@ class _Evaluator:
             np.concatenate([p.drop for p in parts]),
         )
 
-    async def range_call(self, node: ast.Call, steps: np.ndarray) -> Block:
+    async def range_call(
+        self, node: ast.Call, steps: np.ndarray, *, keep_names: bool = False
+    ) -> Block:
+        """A range function's block; ``keep_names`` skips name dropping and rollups."""
         name = node.name
+        if not keep_names and self.engine.rollups is not None:
+            rolled = await rollup_select.range_call(self, node, steps)
+            if rolled is not None:
+                return self._names_dropped(rolled)
         midx = next(i for i, a in enumerate(node.args) if a.type == ast.ValueType.MATRIX)
         others = [
             _scalar(await self.eval(a, steps)) if i != midx else None
@@ -581,6 +607,18 @@ class _Evaluator:
         else:  # pragma: no cover - RANGE_FUNCS and this chain list the same names
             raise ExecutionError(f"function {name}() is not supported")
         drop = data.drop.copy() if name in KEEP_NAME else np.ones(len(data), dtype=bool)
+        block = Block(data.labels, np.asarray(v, dtype=np.float64), present, drop).compact()
+        return block if keep_names else self._names_dropped(block)
+
+    async def plugin_range_call(
+        self, node: ast.Call, steps: np.ndarray, fn: extensions.RangeFunction
+    ) -> Block:
+        """A plugin's range function (see :mod:`agent.query.extensions`)."""
+        scalars = [_scalar(await self.eval(a, steps)) for a in node.args[1:]]
+        data, ends, rng = await self.range_arg(node.args[0], steps)
+        lo, hi = search_windows(data, ends - rng, ends)
+        v, present = fn(data, lo, hi, ends, scalars)
+        drop = np.ones(len(data), dtype=bool)
         block = Block(data.labels, np.asarray(v, dtype=np.float64), present, drop).compact()
         return self._names_dropped(block)
 

@@ -37,10 +37,20 @@ from agent.query.timezone import (
     resolve_zone,
     to_ms,
 )
-from agent.query.values import Matrix, Result, Vector
+from agent.query.values import (
+    Annotations,
+    Matrix,
+    Result,
+    Sample,
+    Scalar,
+    Series,
+    String,
+    Vector,
+)
 
 if TYPE_CHECKING:
     from agent.query.queryable import Queryable, SelectedArraysLike, SeriesLike
+    from agent.query.rollup_select import RollupSource
 
 CacheMode = Literal["use", "refresh", "off"]
 """``use``: read and store; ``refresh`` (``Cache-Control: no-cache``): skip the
@@ -75,7 +85,7 @@ class QueryOptions:
     default_timezone: str = ""  # empty: the machine's zone (tzlocal)
     subquery_step_ms: int = 60_000
     cache_enabled: bool = True
-    cache_max_bytes: int = 64 * 1024 * 1024
+    cache_max_bytes: int = 128 * 1024 * 1024
     cache_ttl_s: float = 300.0
 
     @classmethod
@@ -89,7 +99,7 @@ class QueryOptions:
             max_samples=int(section.get("max_samples", 50_000_000)),
             default_timezone=str(section.get("default_timezone", "")),
             cache_enabled=bool(cache.get("enabled", True)),
-            cache_max_bytes=int(cache.get("max_bytes", 64 * 1024 * 1024)),
+            cache_max_bytes=int(cache.get("max_bytes", 128 * 1024 * 1024)),
             cache_ttl_s=parse_duration(cache.get("ttl", "5m")),
         )
 
@@ -135,30 +145,86 @@ def result_points(result: Result) -> int:
     return 1
 
 
-@dataclass
-class QueryAnswer:
-    """One query's result and how the cache took part (``hit``, ``miss``, ``bypass``, ``off``)."""
+def encode_data(result: Result) -> bytes:
+    """The API ``data`` object of ``result``, JSON-encoded."""
+    if isinstance(result, Matrix | Vector):
+        return result.to_json_bytes()  # the same bytes, without the dict detour
+    return json.dumps(result.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
 
-    result: Result
-    cache: str
-    entry: CacheEntry | None
-    _cache: QueryCache | None = None
+
+class QueryAnswer:
+    """One query's result and how the cache took part (``hit``, ``miss``, ``bypass``, ``off``).
+
+    A hit on an entry kept as encoded JSON only has no result objects; they are
+    decoded from the JSON if someone asks for :attr:`result`.
+    """
+
+    def __init__(
+        self,
+        result: Result | None,
+        cache: str,
+        entry: CacheEntry | None,
+        _cache: QueryCache | None = None,
+    ) -> None:
+        self._result = result
+        self.cache = cache
+        self.entry = entry
+        self._cache = _cache
+
+    @property
+    def result(self) -> Result:
+        if self._result is None:
+            assert self.entry is not None and self.entry.data_json is not None
+            self._result = result_from_data(
+                json.loads(self.entry.data_json), self.annotations
+            )
+        return self._result
+
+    @property
+    def annotations(self) -> Annotations:
+        if self._result is None and self.entry is not None and self.entry.annotations:
+            return self.entry.annotations
+        return self.result.annotations
 
     def data(self) -> dict[str, Any]:
         """The API ``data`` object as Python values."""
+        if self._result is None and self.entry is not None and self.entry.data_json is not None:
+            data: dict[str, Any] = json.loads(self.entry.data_json)
+            return data
         return self.result.to_json()
 
     def data_json(self) -> bytes:
         """The API ``data`` object encoded; kept with a cache entry so hits skip encoding."""
         if self.entry is not None and self.entry.data_json is not None:
             return self.entry.data_json
-        if isinstance(self.result, Matrix | Vector):
-            body = self.result.to_json_bytes()  # the same bytes, without the dict detour
-        else:
-            body = json.dumps(self.data(), separators=(",", ":"), ensure_ascii=False).encode()
+        body = encode_data(self.result)
         if self.entry is not None and self._cache is not None:
             self._cache.attach_json(self.entry, body)
         return body
+
+
+def result_from_data(data: dict[str, Any], annotations: Annotations) -> Result:
+    """The result objects behind an API ``data`` object (the inverse of ``to_json``)."""
+    kind, rows = data["resultType"], data["result"]
+    if kind == "matrix":
+        series = [
+            Series(
+                tuple(row["metric"].items()),
+                np.array([round(t * 1000) for t, _ in row["values"]], dtype=np.int64),
+                np.array([float(v) for _, v in row["values"]], dtype=np.float64),
+            )
+            for row in rows
+        ]
+        return Matrix(series, annotations)
+    if kind == "vector":
+        samples = [
+            Sample(tuple(row["metric"].items()), round(row["value"][0] * 1000), float(row["value"][1]))
+            for row in rows
+        ]
+        return Vector(samples, annotations)
+    if kind == "scalar":
+        return Scalar(round(rows[0] * 1000), float(rows[1]), annotations)
+    return String(round(rows[0] * 1000), rows[1], annotations)
 
 
 @lru_cache(maxsize=1024)
@@ -237,6 +303,8 @@ class QueryService:
         self.queryable = queryable
         self.options = options or QueryOptions()
         self.cache = QueryCache(name_of=name_of)
+        # Set by Store.start_rollups: *_over_time may then read rollups (see rollup_select).
+        self.rollups: RollupSource | None = None
         self.configure(self.options)
 
     def configure(self, options: QueryOptions) -> None:
@@ -282,7 +350,9 @@ class QueryService:
         timeout_s: float | None = None,
         lookback_ms: int | None = None,
         cache: CacheMode = "use",
+        resolution_ms: int = 0,
     ) -> QueryAnswer:
+        """An instant query; ``resolution_ms`` answers ``*_over_time`` from that rollup."""
         node, sig = parsed(expr)
         lookback = lookback_ms or self.options.lookback_ms
         key = CacheKey(sig, time_ms_, time_ms_, 0, "", lookback)
@@ -290,7 +360,7 @@ class QueryService:
         async def run(engine: Engine) -> Result:
             return await engine.instant(expr, time_ms_)
 
-        return await self._run(node, key, run, timeout_s, lookback, cache)
+        return await self._run(node, key, run, timeout_s, lookback, cache, resolution_ms)
 
     async def range(
         self,
@@ -303,8 +373,13 @@ class QueryService:
         timeout_s: float | None = None,
         lookback_ms: int | None = None,
         cache: CacheMode = "use",
+        resolution_ms: int = 0,
     ) -> QueryAnswer:
-        """A range query; with ``align_tz`` its steps follow that zone's calendar."""
+        """A range query; with ``align_tz`` its steps follow that zone's calendar.
+
+        ``resolution_ms`` (a configured rollup resolution) answers ``*_over_time``
+        from that rollup even where the result is only approximate.
+        """
         if step_ms_ <= 0:
             raise BadDataError(
                 "zero or negative query resolution step widths are not accepted. "
@@ -331,7 +406,7 @@ class QueryService:
                 return Matrix([])
             return await engine.range(expr, start_ms, end_ms, step_ms_, times=times)
 
-        return await self._run(node, key, run, timeout_s, lookback, cache)
+        return await self._run(node, key, run, timeout_s, lookback, cache, resolution_ms)
 
     async def _run(
         self,
@@ -341,7 +416,13 @@ class QueryService:
         timeout_s: float | None,
         lookback: int,
         mode: CacheMode,
+        resolution_ms: int = 0,
     ) -> QueryAnswer:
+        if resolution_ms:
+            self.check_resolution(resolution_ms)
+            # Approximate answers change when a pass rewrites buckets, which no write
+            # listener reports: never cache them.
+            mode = "off"
         cache = self.cache
         ttl = cache.ttl_for(key.signature) if mode != "off" else None
         if ttl is not None and mode == "use":
@@ -352,7 +433,11 @@ class QueryService:
         timeout = limit if timeout_s is None or timeout_s <= 0 else min(timeout_s, limit)
         counting = _CountingQueryable(self.queryable, self.options.max_samples)
         engine = Engine(
-            counting, lookback_ms=lookback, subquery_step_ms=self.options.subquery_step_ms
+            counting,
+            lookback_ms=lookback,
+            subquery_step_ms=self.options.subquery_step_ms,
+            rollups=self.rollups,
+            rollup_resolution_ms=resolution_ms,
         )
         token = cache.begin()
         try:
@@ -368,11 +453,24 @@ class QueryService:
                 deps = dependencies(
                     node, key.start, key.end, lookback, self.options.subquery_step_ms
                 )
-                entry = cache.put(key, result, deps, token, ttl)
+                entry = cache.put(key, result, deps, token, ttl, encode_data)
         finally:
             cache.finish()
         state = "off" if ttl is None else ("miss" if mode == "use" else "bypass")
         return QueryAnswer(result, state, entry, cache)
+
+    def check_resolution(self, resolution_ms: int) -> None:
+        """Refuse a ``resolution`` that is not a configured rollup (400 ``bad_data``)."""
+        if self.rollups is None:
+            raise BadDataError("resolution: rollups are not enabled (storage.rollups.enabled)")
+        if resolution_ms not in self.rollups.resolutions:
+            from agent.query.rollup_select import format_resolution
+
+            known = ", ".join(format_resolution(r) for r in self.rollups.resolutions)
+            raise BadDataError(
+                f"resolution: {format_resolution(resolution_ms)} is not a rollup resolution"
+                f" (configured: {known})"
+            )
 
     # --- the Python API -------------------------------------------------------------------
 
