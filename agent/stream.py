@@ -393,7 +393,7 @@ async def live_query(
         except QueryError as exc:
             return {"status": "error", "errorType": exc.error_type, "error": str(exc)}
         out: dict[str, Any] = {"status": "success", "data": answer.data()}
-        annos = answer.result.annotations
+        annos = answer.annotations
         if annos.warnings:
             out["warnings"] = list(annos.warnings)
         return out

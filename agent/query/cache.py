@@ -34,11 +34,12 @@ import numpy as np
 
 from agent.model import METRIC_NAME, MatchOp
 from agent.query import ast
-from agent.query.values import Matrix, Result, Scalar, String, Vector
+from agent.query.values import Annotations, Matrix, Result, Scalar, String, Vector
 
 T_MIN = -(2**63)
 T_MAX = 2**63 - 1
 _RECENT_WRITES = 4096
+LARGE_FRACTION = 8  # results above max_bytes / 8 are kept as encoded JSON only
 
 
 def signature(node: ast.Node) -> str:
@@ -151,18 +152,17 @@ def dependencies(
 
 
 def result_size(result: Result) -> int:
-    """Rough bytes a result keeps alive (arrays exactly, Python objects estimated)."""
+    """Bytes a result keeps alive: arrays exactly, Python objects estimated.
 
-    def labels_size(labels: tuple[tuple[str, str], ...]) -> int:
-        return 56 + sum(120 + len(k) + len(v) for k, v in labels)
-
+    Label pairs are shared with the store's index (a result only adds its own
+    tuple of them); each series adds its object and two array headers.
+    """
     if isinstance(result, Matrix):
         return 200 + sum(
-            160 + s.timestamps.nbytes + s.values.nbytes + labels_size(s.labels)
-            for s in result.series
+            400 + 8 * len(s.labels) + s.timestamps.nbytes + s.values.nbytes for s in result.series
         )
     if isinstance(result, Vector):
-        return 200 + sum(120 + labels_size(s.labels) for s in result.samples)
+        return 200 + sum(150 + 8 * len(s.labels) for s in result.samples)
     if isinstance(result, String):
         return 200 + len(result.v)
     assert isinstance(result, Scalar)
@@ -179,13 +179,20 @@ def _freeze(result: Result) -> None:
 
 @dataclass
 class CacheEntry:
+    """A cached answer: the result objects, its encoded API ``data``, or both.
+
+    A large result is kept as its encoded JSON only (``result`` None): that is
+    what a repeated HTTP request sends, and it is smaller than the objects.
+    """
+
     key: CacheKey
-    result: Result
+    result: Result | None
     deps: Dependencies
     stored_at: float
     expires_at: float
     size: int
     data_json: bytes | None = None
+    annotations: Annotations | None = None
 
 
 @dataclass
@@ -206,7 +213,7 @@ class QueryCache:
     a written batch costs one vectorised lookup.
     """
 
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = 128 * 1024 * 1024
     ttl_s: float = 300.0
     enabled: bool = True
     name_of: Callable[[int], str] | None = None
@@ -294,9 +301,19 @@ class QueryCache:
             self._recent.clear()
 
     def put(
-        self, key: CacheKey, result: Result, deps: Dependencies, token: int, ttl_s: float
+        self,
+        key: CacheKey,
+        result: Result,
+        deps: Dependencies,
+        token: int,
+        ttl_s: float,
+        encode: Callable[[Result], bytes] | None = None,
     ) -> CacheEntry | None:
-        """Store ``result`` unless a write since ``token`` may have changed it."""
+        """Store ``result`` unless a write since ``token`` may have changed it.
+
+        With ``encode`` (result -> API ``data`` JSON), a result larger than
+        ``max_bytes / LARGE_FRACTION`` is stored as its encoding alone.
+        """
         if self._write_seq != token:
             if not self._recent or self._recent[0][0] > token + 1:
                 return None  # lost track of what was written meanwhile: be safe
@@ -304,12 +321,18 @@ class QueryCache:
                 if seq > token and deps.touched_by(names, lo, hi):
                     return None
         size = result_size(result)
+        kept: Result | None = result
+        body: bytes | None = None
+        if encode is not None and size > self.max_bytes // LARGE_FRACTION:
+            body = encode(result)
+            kept, size = None, 300 + len(body)
         if size > self.max_bytes:
             return None
-        _freeze(result)
+        if kept is not None:
+            _freeze(kept)
         now = self.clock()
         self._remove(key)
-        entry = CacheEntry(key, result, deps, now, now + ttl_s, size)
+        entry = CacheEntry(key, kept, deps, now, now + ttl_s, size, body, result.annotations)
         self._entries[key] = entry
         self.stats.bytes += size
         if deps.names is None:

@@ -175,9 +175,7 @@ class QueryAnswer:
     def result(self) -> Result:
         if self._result is None:
             assert self.entry is not None and self.entry.data_json is not None
-            self._result = result_from_data(
-                json.loads(self.entry.data_json), self.annotations
-            )
+            self._result = result_from_data(json.loads(self.entry.data_json), self.annotations)
         return self._result
 
     @property
@@ -218,7 +216,9 @@ def result_from_data(data: dict[str, Any], annotations: Annotations) -> Result:
         return Matrix(series, annotations)
     if kind == "vector":
         samples = [
-            Sample(tuple(row["metric"].items()), round(row["value"][0] * 1000), float(row["value"][1]))
+            Sample(
+                tuple(row["metric"].items()), round(row["value"][0] * 1000), float(row["value"][1])
+            )
             for row in rows
         ]
         return Vector(samples, annotations)

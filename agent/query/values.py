@@ -64,6 +64,47 @@ def labels_json(labels: Labels) -> dict[str, str]:
     return dict(labels)
 
 
+_PAIR_JSON: dict[tuple[str, str], str] = {}
+_PAIR_JSON_MAX = 500_000
+
+
+def labels_json_text(labels: Labels) -> str:
+    """``_dumps(labels_json(labels))`` from cached per-pair fragments.
+
+    Label pairs repeat across series and queries, so each is escaped once.
+    """
+    cache = _PAIR_JSON
+    parts = []
+    for pair in labels:
+        frag = cache.get(pair)
+        if frag is None:
+            if len(cache) >= _PAIR_JSON_MAX:
+                cache.clear()
+            frag = cache[pair] = _dumps(pair[0]) + ":" + _dumps(pair[1])
+        parts.append(frag)
+    return "{" + ",".join(parts) + "}"
+
+
+def _points_json(times: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """All ``[t,"v"]`` points comma-joined, and each point's end offset in the bytes."""
+    from agent.query.numfmt import format_cells
+
+    if len(values) == 0:
+        return b"", np.zeros(0, dtype=np.int64)
+    uniq, inverse = np.unique(times, return_inverse=True)
+    heads = [f',[{_dumps(format_time(int(t)))},"'.encode() for t in uniq.tolist()]
+    width = max(len(h) for h in heads)
+    head_cells = np.array(heads, dtype=f"S{width}").view(np.uint8).reshape(len(heads), width)
+    vals = format_cells(values, format_value)
+    cells = np.empty((len(values), width + vals.shape[1] + 2), dtype=np.uint8)
+    cells[:, :width] = head_cells[inverse.ravel()]
+    cells[:, width : width + vals.shape[1]] = vals
+    cells[:, -2:] = np.frombuffer(b'"]', dtype=np.uint8)
+    ends = np.cumsum(np.count_nonzero(cells, axis=1))
+    flat = cells.ravel()
+    return flat[flat != 0].tobytes(), ends
+
+
 @dataclass
 class Annotations:
     """Warnings and infos collected during evaluation, deduplicated in order."""
@@ -130,12 +171,21 @@ class Vector:
 
     def to_json_bytes(self) -> bytes:
         """``json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)``, faster."""
-        values = format_values(np.array([s.v for s in self.samples], dtype=np.float64))
-        parts = [
-            f'{{"metric":{_dumps(labels_json(s.labels))},"value":[{_dumps(format_time(s.t))},"{v}"]}}'
-            for s, v in zip(self.samples, values, strict=True)
-        ]
-        return ('{"resultType":"vector","result":[' + ",".join(parts) + "]}").encode()
+        samples = self.samples
+        body, ends = _points_json(
+            np.array([s.t for s in samples], dtype=np.int64),
+            np.array([s.v for s in samples], dtype=np.float64),
+        )
+        view = memoryview(body)
+        parts: list[bytes | memoryview] = []
+        start = 0
+        for s, end in zip(samples, ends.tolist(), strict=True):
+            metric = labels_json_text(s.labels).encode()
+            parts += [b',{"metric":', metric, b',"value":', view[start + 1 : end], b"}"]
+            start = end
+        if parts:
+            parts[0] = b'{"metric":'
+        return b'{"resultType":"vector","result":[' + b"".join(parts) + b"]}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -159,18 +209,25 @@ class Matrix:
         Range results share their step timestamps, so each distinct timestamp
         is formatted once, and values go through :func:`format_values`.
         """
-        times: dict[int, str] = {}
-        parts = []
-        for s in self.series:
-            ts = s.timestamps.tolist()
-            for t in ts:
-                if t not in times:
-                    times[t] = _dumps(format_time(int(t)))
-            points = ",".join(
-                f'[{times[t]},"{v}"]' for t, v in zip(ts, format_values(s.values), strict=True)
-            )
-            parts.append(f'{{"metric":{_dumps(labels_json(s.labels))},"values":[{points}]}}')
-        return ('{"resultType":"matrix","result":[' + ",".join(parts) + "]}").encode()
+        series = self.series
+        if not series:
+            return b'{"resultType":"matrix","result":[]}'
+        body, ends = _points_json(
+            np.concatenate([s.timestamps for s in series]),
+            np.concatenate([s.values for s in series]),
+        )
+        view = memoryview(body)
+        parts: list[bytes | memoryview] = []
+        start = 0
+        point = 0
+        for s in series:
+            point += len(s.timestamps)
+            end = int(ends[point - 1]) if point else 0
+            metric = labels_json_text(s.labels).encode()
+            parts += [b',{"metric":', metric, b',"values":[', view[start + 1 : end], b"]}"]
+            start = end
+        parts[0] = b'{"metric":'
+        return b'{"resultType":"matrix","result":[' + b"".join(parts) + b"]}"
 
     def to_json(self) -> dict[str, Any]:
         return {
