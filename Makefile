@@ -1,4 +1,4 @@
-.PHONY: install test lint format bench serve
+.PHONY: install test lint format bench bench-query serve
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test]' -e ./contrib/tsagent-heartbeat
@@ -12,8 +12,14 @@ lint:
 format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
+# Each script prints a Markdown table; the README quotes them.
 bench:
-	.venv/bin/python benchmarks/bench_codecs.py && .venv/bin/python benchmarks/bench_storage.py
+	for b in codecs storage remote_write statsd csv_import join rollup anomaly; do \
+		.venv/bin/python benchmarks/bench_$$b.py || exit 1; done
+
+# Needs a real Prometheus (Debian package `prometheus`) to compare against.
+bench-query:
+	.venv/bin/python benchmarks/bench_query.py
 
 serve:
 	.venv/bin/tsagent run
