@@ -179,8 +179,7 @@ def write_audit(
     row_id = last_id + 1
     detail_text = _encode_detail(detail)
     content_hash = bytes(content_hash)
-    h = row_hash(
-        prev,
+    fields = (
         row_id,
         at_ms,
         op,
@@ -193,23 +192,10 @@ def write_audit(
         content_hash,
         detail_text,
     )
+    h = row_hash(prev, *fields)
     conn.execute(
         f"INSERT INTO audit({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            row_id,
-            at_ms,
-            op,
-            source,
-            user,
-            sample_count,
-            series_count,
-            min_t,
-            max_t,
-            content_hash,
-            detail_text,
-            prev,
-            h,
-        ),
+        (*fields, prev, h),
     )
     return row_id
 
