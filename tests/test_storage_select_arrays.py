@@ -74,3 +74,31 @@ async def test_select_arrays_equals_select(tmp_path: Path) -> None:
         assert await check_equal(store, [Matcher.of("__name__", MatchOp.EQ, "nope")], 0, 9) == 0
     finally:
         await store.close()
+
+
+async def test_many_series_use_the_cached_label_order_and_bulk_head_read(tmp_path: Path) -> None:
+    """Over 256 series the label order comes from a cached rank and head reads are
+    one masked join; series created after the rank was built must slot in correctly."""
+    rng = np.random.default_rng(7)
+    store = await open_store(tmp_path)
+    try:
+
+        def many(i: int) -> tuple[tuple[str, str], ...]:
+            return (("__name__", "big"), ("h", f"{rng.integers(0, 10**6):07d}"), ("n", str(i)))
+
+        first = await store.get_or_create_series([many(i) for i in range(600)])
+        ts = np.repeat(np.arange(10, dtype=np.int64) * 1000, len(first))
+        ids = np.tile(np.array(first, dtype=np.int64), 10)
+        await store.append(ids, ts, rng.normal(size=ids.size))
+        selector = [Matcher.of("__name__", MatchOp.EQ, "big")]
+        assert await check_equal(store, selector, 2000, 7500) == 600
+        # New series after the rank exists (fewer than the rebuild threshold, then more).
+        for batch in (50, 1500):
+            more = await store.get_or_create_series(
+                [many(10_000 + batch + i) for i in range(batch)]
+            )
+            await store.append(more, [9000] * len(more), [1.0] * len(more))
+            await check_equal(store, selector, 0, 20_000)
+            await check_equal(store, selector, 8500, 9000)
+    finally:
+        await store.close()

@@ -30,6 +30,10 @@ class Block:
     present: np.ndarray  # bool (n, steps)
     drop: np.ndarray  # bool (n,): the metric name is to be dropped at the end
     sample_ts: np.ndarray | None = None  # int64 (n, steps): original sample times
+    # Known: no two rows share (labels, drop), nor would after the names of the rows
+    # marked ``drop`` were dropped, so merge_same_labels has nothing to do.  Only
+    # set where provable (a plain selector's series); kept by take/compact only.
+    distinct: bool = False
 
     @classmethod
     def empty(cls, steps: int) -> Block:
@@ -48,6 +52,7 @@ class Block:
             self.present[idx],
             self.drop[idx],
             None if self.sample_ts is None else self.sample_ts[idx],
+            self.distinct,
         )
 
     def compact(self) -> Block:
@@ -97,6 +102,14 @@ def search_windows(
     if span * (n + 1) < 2**62:
         keys = data.series_index.astype(np.int64) * span + (data.t - base)
         rows = (np.arange(n, dtype=np.int64) * span)[:, None]
+        # A window's start is often an earlier step's end (range a multiple of the
+        # step): search each distinct bound once.
+        edges, inv = np.unique(np.concatenate([lows, highs]), return_inverse=True)
+        if len(edges) < 2 * steps:
+            pos = np.searchsorted(keys, (rows + (edges - base)[None, :]).ravel(), "right")
+            pos = pos.reshape(n, len(edges))
+            inv = inv.ravel()
+            return pos[:, inv[:steps]], pos[:, inv[steps:]]
         lo = np.searchsorted(keys, (rows + (lows - base)[None, :]).ravel(), "right")
         hi = np.searchsorted(keys, (rows + (highs - base)[None, :]).ravel(), "right")
         return lo.reshape(n, steps), hi.reshape(n, steps)
@@ -123,7 +136,7 @@ def merge_same_labels(block: Block, *, check: bool = True) -> Block:
     series may be produced by different inputs at different steps, but two
     samples for one label set at one step cannot be told apart.
     """
-    if len(set(block.labels)) == len(block.labels):
+    if block.distinct or len(set(block.labels)) == len(block.labels):
         return block  # the common case, decided by one set of tuples
     first: dict[tuple[Labels, bool], int] = {}
     groups: list[list[int]] = []

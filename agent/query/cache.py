@@ -158,6 +158,10 @@ def result_size(result: Result) -> int:
     tuple of them); each series adds its object and two array headers.
     """
     if isinstance(result, Matrix):
+        cols = result.columns
+        if cols is not None:  # the Series the flat form stands for, as if made
+            size = 200 + cols.t.nbytes + cols.v.nbytes
+            return size + sum(400 + 8 * len(lab) for lab in cols.labels)
         return 200 + sum(
             400 + 8 * len(s.labels) + s.timestamps.nbytes + s.values.nbytes for s in result.series
         )
@@ -172,6 +176,11 @@ def result_size(result: Result) -> int:
 def _freeze(result: Result) -> None:
     """Cached arrays are shared between callers: make accidental mutation an error."""
     if isinstance(result, Matrix):
+        cols = result.columns
+        if cols is not None:  # Series made later are views of these: read-only too
+            cols.t.flags.writeable = False
+            cols.v.flags.writeable = False
+            return
         for s in result.series:
             s.timestamps.flags.writeable = False
             s.values.flags.writeable = False

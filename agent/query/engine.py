@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.model import METRIC_NAME, metric_name
+from agent.model import METRIC_NAME, MatchOp, metric_name
 from agent.query import (
     aggregation,
     ast,
@@ -38,7 +38,17 @@ from agent.query.blocks import (
 from agent.query.errors import BadDataError, ExecutionError
 from agent.query.parser import parse
 from agent.query.queryable import Queryable, SelectedArraysLike, select_arrays
-from agent.query.values import Annotations, Matrix, Result, Sample, Scalar, Series, String, Vector
+from agent.query.values import (
+    Annotations,
+    Matrix,
+    MatrixColumns,
+    Result,
+    Sample,
+    Scalar,
+    Series,
+    String,
+    Vector,
+)
 
 if TYPE_CHECKING:
     from agent.query.rollup_select import RollupSource
@@ -194,17 +204,22 @@ class _Evaluator:
                 Sample(block.labels[i], self.start, float(block.values[i, 0]))
                 for i in np.flatnonzero(block.present[:, 0]).tolist()
             ]
-            seen = {s.labels for s in samples}
-            if len(seen) != len(samples):
+            if not block.distinct and len({s.labels for s in samples}) != len(samples):
                 raise ExecutionError(DUPLICATE_LABELSET)
             return Vector(samples, self.annos)
         block = merge_same_labels(block.compact())
-        series = [
-            Series(block.labels[i], steps[block.present[i]], block.values[i][block.present[i]])
-            for i in range(len(block))
-        ]
-        series.sort(key=lambda s: s.labels)
-        return Matrix(series, self.annos)
+        labels = block.labels
+        order = sorted(range(len(labels)), key=labels.__getitem__)
+        if order != list(range(len(labels))):
+            block = block.take(order)
+        # All rows' present points as two flat arrays: no Python object per series
+        # until someone asks the Matrix for its Series.
+        pres = block.present
+        ends = np.cumsum(pres.sum(axis=1)).tolist()
+        columns = MatrixColumns(
+            block.labels, ends, np.broadcast_to(steps, pres.shape)[pres], block.values[pres]
+        )
+        return Matrix(annotations=self.annos, columns=columns)
 
     def _cleanup(self, block: Block) -> Block:
         if not block.drop.any():
@@ -212,7 +227,13 @@ class _Evaluator:
         labels = [
             drop_name(lab) if d else lab for lab, d in zip(block.labels, block.drop, strict=True)
         ]
-        return Block(labels, block.values, block.present, np.zeros(len(labels), dtype=bool))
+        return Block(
+            labels,
+            block.values,
+            block.present,
+            np.zeros(len(labels), dtype=bool),
+            distinct=block.distinct,
+        )
 
     async def _matrix_result(self, node: ast.Node, steps: np.ndarray) -> Matrix:
         data, ends, rng = await self.range_arg(node, steps)
@@ -332,7 +353,10 @@ class _Evaluator:
         idx = np.where(has, hi - 1, 0)
         values = data.v[idx]
         present = has & ~is_stale(values)
-        block = Block(data.labels, values, present, np.zeros(len(data), dtype=bool), data.t[idx])
+        # A selector's series have distinct label sets and keep their names.
+        block = Block(
+            data.labels, values, present, np.zeros(len(data), dtype=bool), data.t[idx], True
+        )
         return block.compact()
 
     async def binary(self, node: ast.Binary, steps: np.ndarray) -> Value:
@@ -607,7 +631,13 @@ class _Evaluator:
         else:  # pragma: no cover - RANGE_FUNCS and this chain list the same names
             raise ExecutionError(f"function {name}() is not supported")
         drop = data.drop.copy() if name in KEEP_NAME else np.ones(len(data), dtype=bool)
-        block = Block(data.labels, np.asarray(v, dtype=np.float64), present, drop).compact()
+        block = Block(
+            data.labels,
+            np.asarray(v, dtype=np.float64),
+            present,
+            drop,
+            distinct=_distinct_after_drop(node.args[midx], drop),
+        ).compact()
         return block if keep_names else self._names_dropped(block)
 
     async def plugin_range_call(
@@ -659,6 +689,21 @@ def _range_data(sel: SelectedArraysLike, keep_stale: bool) -> RangeData:
             offsets = np.zeros(len(labels) + 1, dtype=np.int64)
             np.cumsum(counts, out=offsets[1:])
     return RangeData(labels, np.zeros(len(labels), dtype=bool), offsets, t, v)
+
+
+def _distinct_after_drop(arg: ast.Node, drop: np.ndarray) -> bool:
+    """Whether a range function's rows over ``arg`` stay distinct once names are dropped.
+
+    The series of a plain matrix selector have distinct label sets; dropping
+    their names can make two equal only when they differ in name alone, which
+    a selector fixing ``__name__`` rules out (as does dropping no names).
+    """
+    arg = ast.unwrap(arg)
+    if not isinstance(arg, ast.MatrixSelector):
+        return False
+    if not drop.any():
+        return True
+    return any(m.name == METRIC_NAME and m.op is MatchOp.EQ for m in arg.selector.matchers)
 
 
 def _block(v: Value) -> Block:

@@ -93,8 +93,10 @@ def extrapolated_rate(
                 resets[1:] = np.where(v[1:] < v[:-1], v[:-1], 0.0)
                 starts = data.offsets[:-1]
                 resets[starts[starts < len(v)]] = 0.0
-            corr = _reduceat(np.add, resets, np.minimum(lo + 1, hi), hi, 0.0)
-            result = result + corr
+            if resets.any():
+                result = result + _reduceat(np.add, resets, np.minimum(lo + 1, hi), hi, 0.0)
+            else:
+                result = result + 0.0  # what adding no corrections gives (-0.0 -> 0.0)
         range_start = ends - range_ms
         to_start = (first_t - range_start[None, :]) / 1000.0
         to_end = (ends[None, :] - last_t) / 1000.0

@@ -139,7 +139,7 @@ class _CountingQueryable:
 
 def result_points(result: Result) -> int:
     if isinstance(result, Matrix):
-        return sum(len(s.timestamps) for s in result.series)
+        return result.point_count()
     if isinstance(result, Vector):
         return len(result.samples)
     return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -85,8 +86,30 @@ def labels_json_text(labels: Labels) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+_PARALLEL_POINTS = 400_000  # from this many points, two halves are encoded at once
+_pool: ThreadPoolExecutor | None = None
+
+
 def _points_json(times: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """All ``[t,"v"]`` points comma-joined, and each point's end offset in the bytes."""
+    """All ``[t,"v"]`` points comma-joined, and each point's end offset in the bytes.
+
+    Large inputs are cut in two and encoded on two threads (the work is numpy
+    passes, which release the GIL); the halves' bytes simply concatenate.
+    """
+    global _pool
+    n = len(values)
+    if n < _PARALLEL_POINTS:
+        return _points_json_serial(times, values)
+    if _pool is None:
+        _pool = ThreadPoolExecutor(1, thread_name_prefix="tsagent-json")
+    half = n // 2
+    second = _pool.submit(_points_json_serial, times[half:], values[half:])
+    body1, ends1 = _points_json_serial(times[:half], values[:half])
+    body2, ends2 = second.result()
+    return body1 + body2, np.concatenate([ends1, ends2 + len(body1)])
+
+
+def _points_json_serial(times: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
     from agent.query.numfmt import format_cells
 
     if len(values) == 0:
@@ -198,10 +221,80 @@ class Vector:
 
 
 @dataclass
+class MatrixColumns:
+    """A matrix as flat arrays: series ``i`` owns points ``ends[i-1]:ends[i]``."""
+
+    labels: list[Labels]
+    ends: list[int]
+    t: np.ndarray  # int64
+    v: np.ndarray  # float64
+
+    def series(self) -> list[Series]:
+        t, v = self.t, self.v
+        starts = [0, *self.ends[:-1]] if self.ends else []
+        return [
+            Series(lab, t[a:b], v[a:b])
+            for lab, a, b in zip(self.labels, starts, self.ends, strict=True)
+        ]
+
+
 class Matrix:
-    series: list[Series]
-    annotations: Annotations = field(default_factory=Annotations)
+    """A range result: ``series`` in label order.
+
+    The engine may build one from :class:`MatrixColumns` instead; then the
+    ``Series`` objects are made only when ``series`` is first read, and
+    encoding, point counts and the cache work on the flat arrays.
+    """
+
     result_type = "matrix"
+
+    def __init__(
+        self,
+        series: list[Series] | None = None,
+        annotations: Annotations | None = None,
+        *,
+        columns: MatrixColumns | None = None,
+    ) -> None:
+        self._series = series if series is not None or columns is not None else []
+        self._columns = columns if series is None else None
+        self.annotations = annotations if annotations is not None else Annotations()
+
+    @property
+    def series(self) -> list[Series]:
+        if self._series is None:
+            assert self._columns is not None
+            self._series = self._columns.series()
+            self._columns = None  # from now on the list is the truth (callers may edit it)
+        return self._series
+
+    @series.setter
+    def series(self, value: list[Series]) -> None:
+        self._series, self._columns = value, None
+
+    @property
+    def columns(self) -> MatrixColumns | None:
+        """The flat form, while ``series`` has not been materialised."""
+        return self._columns
+
+    def point_count(self) -> int:
+        cols = self._columns
+        if cols is not None:
+            return int(cols.t.size)
+        return sum(len(s.timestamps) for s in self.series)
+
+    def __len__(self) -> int:
+        cols = self._columns
+        return len(cols.labels) if cols is not None else len(self.series)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Matrix):
+            return NotImplemented
+        return (self.series, self.annotations) == (other.series, other.annotations)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Matrix(series={self.series!r}, annotations={self.annotations!r})"
 
     def to_json_bytes(self) -> bytes:
         """``json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)``, faster.
@@ -209,21 +302,28 @@ class Matrix:
         Range results share their step timestamps, so each distinct timestamp
         is formatted once, and values go through :func:`format_values`.
         """
-        series = self.series
-        if not series:
+        cols = self._columns
+        if cols is None:
+            series = self.series
+            if not series:
+                return b'{"resultType":"matrix","result":[]}'
+            cols = MatrixColumns(
+                [s.labels for s in series],
+                np.cumsum([len(s.timestamps) for s in series]).tolist(),
+                np.concatenate([s.timestamps for s in series]),
+                np.concatenate([s.values for s in series]),
+            )
+        labels, point_ends, t, v = cols.labels, cols.ends, cols.t, cols.v
+        if not labels:
             return b'{"resultType":"matrix","result":[]}'
-        body, ends = _points_json(
-            np.concatenate([s.timestamps for s in series]),
-            np.concatenate([s.values for s in series]),
-        )
+        body, ends = _points_json(t, v)
+        byte_ends = ends.tolist()
         view = memoryview(body)
         parts: list[bytes | memoryview] = []
         start = 0
-        point = 0
-        for s in series:
-            point += len(s.timestamps)
-            end = int(ends[point - 1]) if point else 0
-            metric = labels_json_text(s.labels).encode()
+        for lab, point in zip(labels, point_ends, strict=True):
+            end = byte_ends[point - 1] if point else 0
+            metric = labels_json_text(lab).encode()
             parts += [b',{"metric":', metric, b',"values":[', view[start + 1 : end], b"]}"]
             start = end
         parts[0] = b'{"metric":'

@@ -14,6 +14,7 @@ import json
 import re
 import sys
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -131,7 +132,7 @@ def _size(p: array[int] | int | None) -> int:
 
 
 class SeriesIndex:
-    __slots__ = ("_all", "_by_labels", "_labels", "_postings", "_strings")
+    __slots__ = ("_all", "_by_labels", "_labels", "_postings", "_rank", "_strings")
 
     def __init__(self) -> None:
         self._by_labels: dict[Labels, int] = {}
@@ -139,6 +140,9 @@ class SeriesIndex:
         self._postings: SortedDict = SortedDict()  # name -> SortedDict(value -> postings)
         self._all: array[int] = array("q")
         self._strings: dict[str, str] = {}
+        # rank[sid]: position of series sid in label order among ids < len(rank);
+        # label sets never change, so later additions leave it valid for older ids.
+        self._rank: np.ndarray = _EMPTY
 
     def __len__(self) -> int:
         return len(self._by_labels)
@@ -189,6 +193,50 @@ class SeriesIndex:
             else:
                 cur.append(series_id)
         return labels
+
+    # --- label order ------------------------------------------------------------
+
+    def in_label_order(self, ids: np.ndarray) -> list[int]:
+        """``ids`` (existing series) sorted by their label sets.
+
+        Answered from a cached rank of every series in label order, so a select
+        over tens of thousands of series does not compare that many label tuples
+        per query.  Series added since the rank was built are merged in by
+        bisection; the rank is rebuilt once they are more than a few percent.
+        """
+        labels = self._labels
+        if ids.size < 256:
+            return sorted(ids.tolist(), key=labels.__getitem__)
+        self._refresh_rank()
+        rank = self._rank
+        known = ids < rank.size
+        old = ids[known] if not known.all() else ids
+        out: list[int] = old[np.argsort(rank[old], kind="stable")].tolist()
+        if old.size == ids.size:
+            return out
+        new = sorted(ids[~known].tolist(), key=labels.__getitem__)
+        keys = [labels[s] for s in out]
+        merged: list[int] = []
+        prev = 0
+        for sid in new:
+            at = bisect_left(keys, labels[sid], prev)
+            merged += out[prev:at]
+            merged.append(sid)
+            prev = at
+        merged += out[prev:]
+        return merged
+
+    def _refresh_rank(self) -> None:
+        top = len(self._labels)
+        pending = top - self._rank.size
+        if pending <= 0 or (self._rank.size and pending <= max(1024, len(self._all) // 32)):
+            return
+        labels = self._labels
+        ids = self.all_ids()
+        order = np.array(sorted(ids.tolist(), key=labels.__getitem__), dtype=np.int64)
+        rank = np.zeros(top, dtype=np.int64)
+        rank[order] = np.arange(order.size, dtype=np.int64)
+        self._rank = rank
 
     # --- label listings -------------------------------------------------------
 

@@ -831,12 +831,10 @@ class Store:
         """
         if self._closed:
             raise StorageError("store is closed")
-        ids = self.match_series(matchers)
-        labels_of = self._index.labels
+        index = self._index
+        ids = index.in_label_order(index.match(matchers))
+        labels_of = index.labels
         labs = [labels_of(sid) for sid in ids]
-        order = sorted(range(len(ids)), key=labs.__getitem__)
-        ids = [ids[i] for i in order]
-        labs = [labs[i] for i in order]
         # Head first, segments second, as in _read.
         counts, t, v = self._head.snapshot_many(ids, start_ms, end_ms)
         id_arr = np.array(ids, dtype=np.int64)
