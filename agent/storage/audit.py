@@ -219,23 +219,11 @@ def verify_chain(conn: sqlite3.Connection) -> VerifyResult:
     checked = 0
     cur = conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
     for row in cur:
-        (rid, at_ms, op, source, user, samples, series, mn, mx, chash, detail, prev, h) = row
+        rid, chash, detail, prev, h = row[0], row[9], row[10], row[11], row[12]
         problem = _check_row(row, expected_id, expected_prev)
         if problem is None:
-            computed = row_hash(
-                bytes(prev),
-                rid,
-                at_ms,
-                op,
-                source,
-                user,
-                samples,
-                series,
-                mn,
-                mx,
-                bytes(chash),
-                detail,
-            )
+            # The stored columns, in the order write_audit hashed them.
+            computed = row_hash(bytes(prev), *[*row[:9], bytes(chash), detail])
             if computed != bytes(h):
                 problem = "row hash does not match its contents (row was modified)"
         if problem is not None:

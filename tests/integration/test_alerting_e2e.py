@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,11 +39,10 @@ from aiohttp import web
 
 from agent.alerting.model import Alert
 from agent.app import CONTEXT_KEY, make_app
-from tests.conftest import free_port
+from tests.integration.alertmanager_harness import ALERTMANAGER, running_alertmanager
 from tests.test_notifiers import Mailbox, cert, mail_cfg, smtp  # noqa: F401 - fixtures
 from tests.test_remote_write import V1_HEADERS, series, v1_body
 
-ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
 NO_ALERTMANAGER = (
     f"Alertmanager part not run: {ALERTMANAGER} is not installed (Debian package "
     "'prometheus-alertmanager'; .ci/run installs it); every other channel passed"
@@ -115,61 +113,8 @@ async def alertmanager(tmp_path: Path, posts: Posts) -> AsyncIterator[str | None
     if not ALERTMANAGER.exists():
         yield None
         return
-    port = free_port()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(
-        json.dumps(  # JSON is YAML
-            {
-                "route": {
-                    "receiver": "hook",
-                    "group_by": ["alertname"],
-                    "group_wait": "1s",
-                    "group_interval": "1s",
-                    "repeat_interval": "1h",
-                },
-                "receivers": [
-                    {
-                        "name": "hook",
-                        "webhook_configs": [{"url": posts.url + "/am", "send_resolved": True}],
-                    }
-                ],
-            }
-        )
-    )
-    logfile = tmp_path / "alertmanager.log"
-    with logfile.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(ALERTMANAGER),
-                f"--config.file={config}",
-                f"--storage.path={tmp_path / 'am-data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    async def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError("alertmanager exited: " + logfile.read_text()[-2000:])
-        try:
-            async with aiohttp.ClientSession() as s, s.get(url + "/-/ready") as r:
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    try:
-        await until("Alertmanager to be ready", ready, 20)
+    async with running_alertmanager(tmp_path, posts.url + "/am") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def am_listed(url: str) -> dict[str, dict[str, Any]]:

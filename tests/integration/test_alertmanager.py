@@ -15,8 +15,6 @@ Skipped, with the reason, when ``/usr/bin/prometheus-alertmanager`` is absent;
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -31,8 +29,7 @@ from agent.alerting.dispatch import Dispatcher
 from agent.alerting.model import Alert
 from plugins.notifiers.alertmanager import AlertmanagerNotifier
 from tests.conftest import free_port
-
-ALERTMANAGER = Path("/usr/bin/prometheus-alertmanager")
+from tests.integration.alertmanager_harness import ALERTMANAGER, running_alertmanager
 
 pytestmark = [
     pytest.mark.integration,
@@ -73,64 +70,8 @@ async def webhook(aiohttp_server: Any) -> tuple[str, list[dict[str, Any]]]:
 async def alertmanager(
     tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
 ) -> AsyncIterator[str]:
-    port = free_port()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(
-        json.dumps(  # JSON is YAML
-            {
-                "route": {
-                    "receiver": "hook",
-                    "group_by": ["alertname"],
-                    "group_wait": "1s",
-                    "group_interval": "1s",
-                    "repeat_interval": "1h",
-                },
-                "receivers": [
-                    {
-                        "name": "hook",
-                        "webhook_configs": [{"url": webhook[0], "send_resolved": True}],
-                    }
-                ],
-            }
-        )
-    )
-    log = (tmp_path / "alertmanager.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(ALERTMANAGER),
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=debug",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    async def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(
-                "alertmanager exited: " + (tmp_path / "alertmanager.log").read_text()[-2000:]
-            )
-        try:
-            async with aiohttp.ClientSession() as s, s.get(url + "/-/ready") as r:
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    try:
-        await wait_for("alertmanager to be ready", ready)
+    async with running_alertmanager(tmp_path, webhook[0]) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 async def am_alerts(url: str) -> list[dict[str, Any]]:
