@@ -201,6 +201,12 @@ def check_port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "expected a port number from 0 to 65535"
 
 
+def _check_share(value: Any) -> str | None:
+    if not 0 <= float(value) <= 1:
+        return "must be between 0 and 1"
+    return None
+
+
 def check_positive(value: Any) -> str | None:
     return None if value > 0 else "expected a positive number"
 
@@ -544,6 +550,13 @@ CORE_SCHEMA = Schema(
                     512 * 1024 * 1024,
                     "Above this, ingestion answers back-off (HTTP 429) instead of growing.",
                     check=check_positive,
+                ),
+                "free_pages_warn_share": Field(
+                    (float, int),
+                    0.5,
+                    "Log a warning when free pages are this share of the database file\n"
+                    "(tsagent_storage_free_bytes); 0 never warns.",
+                    check=_check_share,
                 ),
                 "rollups": Schema(
                     {

@@ -305,7 +305,7 @@ class ExportHub:
             cur = conn.execute(
                 "INSERT INTO export_log(created_ms, op, source, count, cum, data)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (rec.created_ms, rec.op, rec.source, rec.stored, cum, rec.data),
+                (rec.created_ms, rec.op, rec.source, rec.stored, cum, rec.compact()),
             )
             tail_id = int(cur.lastrowid or 0)
         # Published before the commit; if the commit fails the store refuses all

@@ -25,6 +25,27 @@ STORE_METRICS = {
     "wal_rows": ("tsagent_wal_batches", "Batches in the write-ahead log.", "gauge"),
     "segments": ("tsagent_segments", "Compressed segments stored.", "gauge"),
     "commits": ("tsagent_wal_commits_total", "Group commits of the log.", "counter"),
+    "file_bytes": ("tsagent_storage_file_bytes", "Size of the database file.", "gauge"),
+    "sqlite_wal_bytes": (
+        "tsagent_storage_sqlite_wal_bytes",
+        "Size of SQLite's -wal journal beside the database file.",
+        "gauge",
+    ),
+    "free_bytes": (
+        "tsagent_storage_free_bytes",
+        "Free pages inside the database file, not yet given back to the file system.",
+        "gauge",
+    ),
+    "log_bytes": (
+        "tsagent_storage_log_bytes",
+        "Bytes of the write-ahead log table (samples not yet in segments).",
+        "gauge",
+    ),
+    "series_bytes": (
+        "tsagent_storage_series_index_bytes",
+        "Bytes of the series and label-pair tables on disk.",
+        "gauge",
+    ),
     "cardinality_rejected": (
         "tsagent_cardinality_rejected_series_total",
         "New series refused by a cardinality limit, by the rule that refused them.",
@@ -64,6 +85,7 @@ def storage_options(ctx: AgentContext) -> StorageOptions:
             (r["match"], int(parse_duration(r["retention"]) * 1000)) for r in cfg["retention_rules"]
         ],
         retention_interval_s=ctx.config.duration("storage.retention_interval"),
+        free_pages_warn_share=cfg["free_pages_warn_share"],
         **limit_options(ctx),
     )
 

@@ -21,7 +21,7 @@ from agent.storage.audit import (
     write_audit,
 )
 from agent.storage.db import connect, transaction
-from agent.storage.wal import decode_batch
+from agent.storage.wal import decode_batch, encode_batch
 from tests.storage_helpers.raw_codec import codecs
 
 T0 = 1_700_000_000_000
@@ -86,7 +86,12 @@ async def test_one_chained_row_per_batch_with_counts_and_hash(store: Store, tmp_
     # An exact re-send stores nothing but is still an audited write attempt.
     await store.append([ids[0]], [T0 + 30], [5.0])
     conn = sqlite3.connect(db_path(tmp_path))
-    wal_blobs = [bytes(r[0]) for r in conn.execute("SELECT data FROM wal ORDER BY seq")]
+    # The content hash covers the samples in their canonical (raw) encoding, whatever
+    # compact form the log keeps them in.
+    wal_blobs = [
+        encode_batch(*decode_batch(bytes(r[0]), r[1]))
+        for r in conn.execute("SELECT data, count FROM wal ORDER BY seq")
+    ]
     conn.close()
     rows = audit_rows(db_path(tmp_path))
     assert [r[:8] for r in rows] == [

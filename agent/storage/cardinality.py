@@ -230,12 +230,20 @@ class Limiter:
         self._recent.append((now, labels))
 
     def created(self, ids: Iterable[int]) -> None:
-        """Series reserved by :meth:`admit` now exist; they count through the index now."""
+        """Series reserved by :meth:`admit` now exist; they count through the index now.
+
+        Only the active-series cap needs to know when each series was created
+        (until its first sample counts it); without one, nothing is kept per series.
+        """
+        track = bool(self.options.max_active_series)
+        if not self._recent and not track:
+            return
         now = int(time.time() * 1000)
         for sid in ids:
             if self._recent:
                 self._recent.popleft()
-            self._recent_ids.append((now, sid))
+            if track:
+                self._recent_ids.append((now, sid))
 
     def forget_reservations(self, count: int) -> None:
         """Creation failed: release what :meth:`admit` reserved (counts may over-estimate)."""

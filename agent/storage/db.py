@@ -14,12 +14,19 @@ own functions to :data:`MIGRATIONS` instead of editing earlier ones.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import sys
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+# Bytes of SQLite's -wal journal kept after a checkpoint resets it.
+JOURNAL_SIZE_LIMIT = 8 << 20
 
 MigrationFn = Callable[[sqlite3.Connection], None]
 
@@ -51,6 +58,7 @@ class Migrations:
         return iter(self._items)
 
     def pending(self, conn: sqlite3.Connection) -> list[Migration]:
+        """What is not applied yet, in name order (names carry their order: m001, m002...)."""
         _ensure_migrations_table(conn)
         done = {
             row[0]
@@ -58,7 +66,7 @@ class Migrations:
                 "SELECT name FROM _migrations WHERE migration_set = ?", (self.name,)
             )
         }
-        return [m for m in self._items if m.name not in done]
+        return sorted((m for m in self._items if m.name not in done), key=lambda m: m.name)
 
     def apply(self, conn: sqlite3.Connection) -> list[str]:
         """Apply what is missing; returns the names applied, for logging."""
@@ -149,6 +157,59 @@ def m003_segments(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX segments_by_series ON segments(series_id, max_t, min_t)")
 
 
+@MIGRATIONS()
+def m006_series_label_pairs(conn: sqlite3.Connection) -> None:
+    """Label sets as lists of pair ids instead of JSON text with a UNIQUE index.
+
+    The old table stored every label set twice (the row and its UNIQUE index),
+    about 300 bytes for a node-exporter-like series. Uniqueness is the
+    in-memory index's job (one writing process per database, see
+    ``agent.storage.lock``), so the row keeps only little-endian uint32 ids
+    into ``label_pairs``, where each distinct name/value pair is stored once.
+    """
+    conn.execute(
+        "CREATE TABLE label_pairs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value TEXT NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE series_v2 ("
+        " id INTEGER PRIMARY KEY,"
+        " labels BLOB NOT NULL,"
+        " created_ms INTEGER NOT NULL,"
+        " flushed_seq INTEGER NOT NULL DEFAULT 0,"
+        " max_t INTEGER,"
+        " last_bits INTEGER)"
+    )
+    pair_ids: dict[tuple[str, str], int] = {}
+    pair_rows: list[tuple[int, str, str]] = []
+    rows = []
+    for sid, text, created, fseq, max_t, last_bits in conn.execute(
+        "SELECT id, labels, created_ms, flushed_seq, max_t, last_bits FROM series ORDER BY id"
+    ):
+        ids = array("I")
+        for name, value in json.loads(text):
+            pair = (str(name), str(value))
+            pid = pair_ids.get(pair)
+            if pid is None:
+                pid = pair_ids[pair] = len(pair_ids) + 1
+                pair_rows.append((pid, pair[0], pair[1]))
+            ids.append(pid)
+        if sys.byteorder == "big":
+            ids.byteswap()
+        rows.append((sid, ids.tobytes(), created, fseq, max_t, last_bits))
+        if len(rows) >= 10_000:
+            _copy_series(conn, pair_rows, rows)
+    _copy_series(conn, pair_rows, rows)
+    conn.execute("DROP TABLE series")
+    conn.execute("ALTER TABLE series_v2 RENAME TO series")
+
+
+def _copy_series(conn: sqlite3.Connection, pair_rows: list[Any], rows: list[Any]) -> None:
+    conn.executemany("INSERT INTO label_pairs(id, name, value) VALUES (?, ?, ?)", pair_rows)
+    conn.executemany("INSERT INTO series_v2 VALUES (?, ?, ?, ?, ?, ?)", rows)
+    pair_rows.clear()
+    rows.clear()
+
+
 def connect(
     path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False
 ) -> sqlite3.Connection:
@@ -169,6 +230,12 @@ def connect(
         if str(mode).lower() != "wal":
             conn.close()
             raise sqlite3.OperationalError(f"could not enable WAL journal (got {mode!r})")
+        # A complete checkpoint resets the -wal; this cuts the file back when it does,
+        # so one large flush does not leave a large -wal behind for good.
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        # Some builds (Debian's among them) default to overwriting deleted content with
+        # zeros: every trimmed log page would be written twice. Nothing secret lives here.
+        conn.execute("PRAGMA secure_delete = OFF")
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA cache_size = -16384")

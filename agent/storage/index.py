@@ -15,7 +15,8 @@ import re
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
 
 import numpy as np
 from sortedcontainers import SortedDict
@@ -23,6 +24,7 @@ from sortedcontainers import SortedDict
 from agent.model import Labels, Matcher, MatchOp
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_BIG_ENDIAN = sys.byteorder == "big"
 _META = set(".^$*+?{}[]\\|()")
 _CLASS_ESCAPES = set("dDwWsSbBAZzfnrtv0123456789xuUN")
 
@@ -32,12 +34,26 @@ def encode_labels(labels: Labels) -> str:
     return json.dumps(labels, ensure_ascii=False, separators=(",", ":"))
 
 
-def decode_labels(text: str) -> Labels:
-    return tuple((str(k), str(v)) for k, v in json.loads(text))
-
-
 def canonical_labels(labels: Iterable[tuple[str, str]]) -> Labels:
-    """Sorted by name, empty values dropped, as ``agent.model.make_labels``."""
+    """Sorted by name, empty values dropped, as ``agent.model.make_labels``.
+
+    Decoders hand over label sets that are canonical already; recognising
+    that with C-level calls only (a sort and a scan) keeps series creation
+    from rebuilding every pair in Python.
+    """
+    if type(labels) is tuple and (not labels or set(map(type, labels)) == {tuple}):
+        try:
+            "".join(chain.from_iterable(labels))  # every element is a str ...
+            names = dict(labels)  # ... in pairs
+        except (TypeError, ValueError):
+            pass
+        else:
+            if (
+                len(names) == len(labels)
+                and "" not in names.values()
+                and list(labels) == sorted(labels)
+            ):
+                return labels
     return tuple(sorted((str(k), str(v)) for k, v in labels if v != ""))
 
 
@@ -131,15 +147,24 @@ def _size(p: array[int] | int | None) -> int:
     return 1 if isinstance(p, int) else len(p)
 
 
+Pair = tuple[str, str]
+
+
 class SeriesIndex:
-    __slots__ = ("_all", "_by_labels", "_labels", "_postings", "_rank", "_strings")
+    __slots__ = ("_all", "_by_labels", "_labels", "_pair_ids", "_pairs", "_postings", "_rank")
 
     def __init__(self) -> None:
         self._by_labels: dict[Labels, int] = {}
         self._labels: list[Labels | None] = [None]  # index 0 unused: ids start at 1
         self._postings: SortedDict = SortedDict()  # name -> SortedDict(value -> postings)
         self._all: array[int] = array("q")
-        self._strings: dict[str, str] = {}
+        # Every distinct label pair once, with its id in the ``label_pairs`` table.
+        # Label sets are tuples of these shared pair objects: a node-exporter-like
+        # series then costs one tuple of pointers (~130 bytes) instead of a tuple
+        # of its own pairs and strings (~500 bytes), and the same ids make the
+        # series row a short list of integers on disk.
+        self._pair_ids: dict[Pair, int] = {}
+        self._pairs: list[Pair | None] = [None]  # index 0 unused: pair ids start at 1
         # rank[sid]: position of series sid in label order among ids < len(rank);
         # label sets never change, so later additions leave it valid for older ids.
         self._rank: np.ndarray = _EMPTY
@@ -150,6 +175,10 @@ class SeriesIndex:
     @property
     def max_id(self) -> int:
         return len(self._labels) - 1
+
+    @property
+    def pair_count(self) -> int:
+        return len(self._pairs) - 1
 
     def lookup(self, labels: Labels) -> int | None:
         return self._by_labels.get(labels)
@@ -164,35 +193,113 @@ class SeriesIndex:
     def exists(self, series_id: int) -> bool:
         return 0 < series_id < len(self._labels) and self._labels[series_id] is not None
 
-    def _intern(self, s: str) -> str:
-        return self._strings.setdefault(s, s)
+    # --- label pairs and their stored form ----------------------------------------
+
+    def load_pairs(self, rows: Iterable[tuple[int, str, str]]) -> None:
+        """Pairs as stored (id, name, value), before any series is loaded."""
+        pairs, ids = self._pairs, self._pair_ids
+        for pid, name, value in rows:
+            while len(pairs) <= pid:
+                pairs.append(None)
+            pair = (sys.intern(name), value)
+            pairs[pid] = pair
+            ids[pair] = pid
+
+    def decode_stored(self, blob: bytes) -> Labels:
+        """A ``series.labels`` blob (little-endian uint32 pair ids) as a label set."""
+        ids = array("I")
+        ids.frombytes(blob)
+        if _BIG_ENDIAN:
+            ids.byteswap()
+        pairs = self._pairs
+        try:
+            lab = tuple([pairs[i] for i in ids])
+        except IndexError:
+            lab = (None,)
+        if None in lab:
+            raise ValueError("series row names a label pair missing from label_pairs")
+        return lab  # type: ignore[return-value]
+
+    def encode_new(
+        self, labels_list: Sequence[Labels]
+    ) -> tuple[list[Labels], list[bytes], list[tuple[int, str, str]]]:
+        """Interned label sets, their stored blobs and the pair rows they add, for new series.
+
+        Pair ids are handed out here, before the commit that stores them; a
+        failed commit fails the store (see the writer), so an id can never be
+        reused for another pair within one process, and a reopen reloads from
+        the table.
+        """
+        ids, pairs = self._pair_ids, self._pairs
+        get = ids.get
+        new_rows: list[tuple[int, str, str]] = []
+        interned: list[Labels] = []
+        blobs: list[bytes] = []
+        for lab in labels_list:
+            pids = array("I")
+            out = []
+            for pair in lab:
+                pid = get(pair)
+                if pid is None:
+                    pair = (sys.intern(pair[0]), pair[1])
+                    pid = ids[pair] = len(pairs)
+                    pairs.append(pair)
+                    new_rows.append((pid, pair[0], pair[1]))
+                else:
+                    pair = pairs[pid]  # type: ignore[assignment]
+                pids.append(pid)
+                out.append(pair)
+            if _BIG_ENDIAN:
+                pids.byteswap()
+            interned.append(tuple(out))
+            blobs.append(pids.tobytes())
+        return interned, blobs, new_rows
+
+    # --- adding series ------------------------------------------------------------
 
     def add(self, series_id: int, labels: Labels) -> Labels:
-        """Register a series; ids must arrive in increasing order (postings stay sorted)."""
+        """Register one series (ids in increasing order); see :meth:`add_many`."""
         if series_id <= self.max_id and self._labels[series_id] is not None:
             raise ValueError(f"series id {series_id} already registered")
         if series_id < self.max_id:
             raise ValueError("series ids must be added in increasing order")
-        names = self._strings
-        labels = tuple((sys.intern(k), names.setdefault(v, v)) for k, v in labels)
-        while len(self._labels) <= series_id:
-            self._labels.append(None)
-        self._labels[series_id] = labels
-        self._by_labels[labels] = series_id
-        self._all.append(series_id)
-        post = self._postings
-        for k, v in labels:
+        interned = self.encode_new([labels])[0][0]
+        self.add_many([series_id], [interned])
+        return interned
+
+    def add_many(self, series_ids: Sequence[int], labels_list: Sequence[Labels]) -> None:
+        """Register series whose labels are already interned (from :meth:`encode_new` or
+        :meth:`decode_stored`), ids increasing and above every registered id, so every
+        postings list stays sorted by appending.
+        """
+        if not series_ids:
+            return
+        if series_ids[0] <= self.max_id:
+            raise ValueError("series ids must be added in increasing order")
+        all_labels, by_labels, post = self._labels, self._by_labels, self._postings
+        top = series_ids[-1]
+        all_labels.extend([None] * (top + 1 - len(all_labels)))
+        self._all.extend(series_ids)
+        # Gather each pair's new ids first: the postings of one pair then grow once
+        # per batch, and a pair shared by every new series costs one update.
+        grouped: dict[Pair, list[int]] = {}
+        setdefault = grouped.setdefault
+        for sid, lab in zip(series_ids, labels_list, strict=True):
+            all_labels[sid] = lab
+            by_labels[lab] = sid
+            for pair in lab:
+                setdefault(pair, []).append(sid)
+        for (k, v), new in grouped.items():
             values = post.get(k)
             if values is None:
                 values = post[k] = SortedDict()
             cur = values.get(v)
             if cur is None:
-                values[v] = series_id
+                values[v] = new[0] if len(new) == 1 else array("q", new)
             elif isinstance(cur, int):
-                values[v] = array("q", (cur, series_id))
+                values[v] = array("q", [cur, *new])
             else:
-                cur.append(series_id)
-        return labels
+                cur.extend(new)
 
     # --- label order ------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.model import Labels
+from agent.storage.space import DiskUsage
 
 REJECT_OUT_OF_ORDER = "out_of_order"
 REJECT_DUPLICATE_TIMESTAMP = "duplicate_timestamp"
@@ -50,6 +51,8 @@ class StorageOptions:
     active_window_ms: int = 3600_000
     # (metric-name regex, label or "" for series per metric, max values or series)
     cardinality_rules: list[tuple[str, str, int]] = field(default_factory=list)
+    # Log a warning when free pages are at least this share of the file (0: never).
+    free_pages_warn_share: float = 0.5
 
     def validate(self) -> None:
         from agent.storage.errors import StorageError
@@ -166,3 +169,25 @@ class StoreStats:
     rejected: dict[str, int]
     # New series refused by a cardinality limit, by the rule that refused them.
     cardinality_rejected: dict[str, int] = field(default_factory=dict)
+    # Where the file's bytes are, as of the last flush interval (agent.storage.space).
+    disk: DiskUsage = field(default_factory=DiskUsage)
+
+    @property
+    def file_bytes(self) -> int:
+        return self.disk.file_bytes
+
+    @property
+    def sqlite_wal_bytes(self) -> int:
+        return self.disk.wal_file_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        return self.disk.free_bytes
+
+    @property
+    def log_bytes(self) -> int | None:
+        return self.disk.log_bytes if self.disk.log_bytes >= 0 else None
+
+    @property
+    def series_bytes(self) -> int | None:
+        return self.disk.series_bytes if self.disk.series_bytes >= 0 else None

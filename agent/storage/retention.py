@@ -45,7 +45,7 @@ from agent.model import METRIC_NAME, Matcher, metric_name
 from agent.storage.audit import prune_points, write_audit
 from agent.storage.errors import StorageError, StoreClosed, StoreFailed
 from agent.storage.head import INT64_MIN
-from agent.storage.wal import decode_batch, encode_batch
+from agent.storage.wal import decode_batch, pack_batch
 
 if TYPE_CHECKING:
     from agent.storage.head import Head
@@ -301,7 +301,7 @@ def _rewrite_log(
         if not keep.any():
             deletes.append((seq,))
         else:
-            updates.append((int(keep.sum()), encode_batch(ids[keep], ts[keep], bits[keep]), seq))
+            updates.append((int(keep.sum()), pack_batch(ids[keep], ts[keep], bits[keep]), seq))
     if updates:
         conn.executemany("UPDATE wal SET count = ?, data = ? WHERE seq = ?", updates)
     if deletes:

@@ -27,7 +27,7 @@ import numpy as np
 
 from agent.model import Labels, Matcher, metric_name
 from agent.plugin_api import Codec
-from agent.storage import audit, backfill, db, recompress, retention, rollup, versions
+from agent.storage import audit, backfill, db, recompress, retention, rollup, space, versions
 from agent.storage.cardinality import (
     CardinalityOptions,
     CardinalityStats,
@@ -42,7 +42,7 @@ from agent.storage.errors import (
     UnknownSeries,
 )
 from agent.storage.head import INT64_MIN, Head
-from agent.storage.index import SeriesIndex, canonical_labels, decode_labels
+from agent.storage.index import SeriesIndex, canonical_labels
 from agent.storage.lock import DatabaseLock
 from agent.storage.options import (
     REJECT_REASONS,
@@ -123,6 +123,8 @@ class Store:
         self._backfill_hooks: list[TxnHook] = []
         self._queries: QueryService | None = None
         self.rollups: rollup.RollupManager | None = None
+        self._disk = space.DiskUsage()
+        self._free_warned = False
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class Store:
         # Always on: every appended batch gets its chained audit row in its own commit.
         store._writer.hooks.append(audit.append_hook)
         store._writer.start()
+        await store.refresh_disk_usage()
         store._flusher = loop.create_task(store._periodic_flush(), name="tsagent-flusher")
         if store._retention.enabled:
             store._retainer = loop.create_task(
@@ -189,14 +192,24 @@ class Store:
         flushed: list[int] = []
         max_t: list[int] = []
         last_bits: list[int] = []
-        for sid, text, fseq, mt, lb in conn.execute(
+        index = self._index
+        index.load_pairs(conn.execute("SELECT id, name, value FROM label_pairs ORDER BY id"))
+        decode = index.decode_stored
+        batch_ids: list[int] = []
+        batch_labels: list[Labels] = []
+        for sid, blob, fseq, mt, lb in conn.execute(
             "SELECT id, labels, flushed_seq, max_t, last_bits FROM series ORDER BY id"
         ):
-            self._index.add(sid, decode_labels(text))
+            batch_ids.append(sid)
+            batch_labels.append(decode(blob))
+            if len(batch_ids) >= 10_000:
+                index.add_many(batch_ids, batch_labels)
+                batch_ids, batch_labels = [], []
             ids.append(sid)
             flushed.append(fseq)
             max_t.append(INT64_MIN if mt is None else mt)
             last_bits.append(0 if lb is None else unsigned64(lb))
+        index.add_many(batch_ids, batch_labels)
         head = self._head
         max_id = self._index.max_id
         head.ensure(max_id)
@@ -242,12 +255,20 @@ class Store:
                     await task
         if self._writer is not None:
             await self._writer.stop()
-        self._shutdown_threads()
-        conns = [self._conn, *self._read_conns]
+        # Readers first: an open read snapshot would keep the -wal from being cut.
+        self._readers.shutdown(wait=True)
+        readers = [*self._read_conns]
         if self._probe_conn is not None:
-            conns.append(self._probe_conn)
-        for conn in conns:
+            readers.append(self._probe_conn)
+        for conn in readers:
             conn.close()
+        if self._writer is not None and self._writer.failed is None:
+            try:
+                await self.reclaim(final=True)
+            except Exception:
+                log.exception("giving free pages back at shutdown failed")
+        self._shutdown_threads()
+        self._conn.close()
         if self._lock is not None:
             self._lock.release()
 
@@ -266,10 +287,52 @@ class Store:
             await asyncio.sleep(self.options.flush_interval_s)
             try:
                 await self.flush()
+                await self.reclaim()
             except StorageError:
                 return  # closed or failed: nothing left to flush into
             except Exception:
                 log.exception("periodic flush failed")
+
+    async def reclaim(self, *, final: bool = False) -> space.DiskUsage:
+        """Give free pages back and reset the ``-wal`` (see :mod:`agent.storage.space`).
+
+        Each step is its own short job on the SQL thread, so appends are served
+        between steps. ``final`` (at shutdown, writer stopped) frees every page
+        and truncates the ``-wal`` to zero.
+        """
+        loop = asyncio.get_running_loop()
+        conn, sql = self._conn, self._sql_thread
+        if final or await loop.run_in_executor(sql, space.worth_reclaiming, conn):
+            while await loop.run_in_executor(sql, space.reclaim_step, conn):
+                if self._closed and not final:
+                    break
+        if final:
+            await loop.run_in_executor(sql, space.truncate_wal, conn)
+        else:
+            await loop.run_in_executor(sql, space.checkpoint, conn)
+            await self.refresh_disk_usage()
+        return self._disk
+
+    async def refresh_disk_usage(self) -> space.DiskUsage:
+        """Measure the file (on a reader) for ``stats()``; warn once when free pages pile up."""
+        usage: space.DiskUsage = await self.run_read(lambda c: space.measure(c, self.path))
+        self._disk = usage
+        share = self.options.free_pages_warn_share
+        if 0 < share <= usage.free_share and usage.free_bytes >= space.RECLAIM_MIN_BYTES:
+            if not self._free_warned:
+                self._free_warned = True
+                log.warning(
+                    "%.0f%% of %s is free pages (%d bytes); storage.free_pages_warn_share is"
+                    " %.2f. A database created before auto_vacuum=INCREMENTAL needs one"
+                    " `tsagent retention --once --vacuum` with the daemon stopped.",
+                    100 * usage.free_share,
+                    self.path,
+                    usage.free_bytes,
+                    share,
+                )
+        else:
+            self._free_warned = False
+        return usage
 
     async def start_rollups(
         self, options: rollup.RollupOptions, *, background: bool = True
@@ -1101,4 +1164,5 @@ class Store:
             replayed_samples=c.replayed_samples,
             rejected=dict(c.rejected),
             cardinality_rejected=dict(self._limiter.rejected),
+            disk=self._disk,
         )

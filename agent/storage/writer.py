@@ -28,7 +28,6 @@ import numpy as np
 from agent.model import Labels
 from agent.storage.db import transaction
 from agent.storage.errors import StoreClosed, StoreFailed
-from agent.storage.index import encode_labels
 from agent.storage.options import AppendResult, FlushResult, Rejection, StorageOptions
 from agent.storage.segments import CodecChooser, FlushItem, SegmentRow, encode_series
 from agent.storage.wal import (
@@ -38,6 +37,7 @@ from agent.storage.wal import (
     TxnHook,
     WalRow,
     encode_batch,
+    pack_batch,
     signed64,
     write_flush,
     write_group,
@@ -337,20 +337,24 @@ class Writer:
             return
         ts_now = now_ms()
         pending: dict[Labels, int] = {}
-        series_rows: list[SeriesRow] = []
         create_ids: list[list[int]] = []
+        lookup = self.index.lookup
         for cr in creates:
             ids = []
             for lab in cr.labels:
-                sid = self.index.lookup(lab)
+                sid = lookup(lab)
                 if sid is None:
                     sid = pending.get(lab)
-                if sid is None:
-                    sid = pending[lab] = self.next_series_id
-                    self.next_series_id += 1
-                    series_rows.append((sid, encode_labels(lab), ts_now))
+                    if sid is None:
+                        sid = pending[lab] = self.next_series_id
+                        self.next_series_id += 1
                 ids.append(sid)
             create_ids.append(ids)
+        new_ids = list(pending.values())  # insertion order == increasing ids
+        interned, blobs, pair_rows = self.index.encode_new(list(pending))
+        series_rows: list[SeriesRow] = list(
+            zip(new_ids, blobs, [ts_now] * len(new_ids), strict=True)
+        )
 
         wal_rows: list[WalRow] = []
         records: list[BatchRecord] = []
@@ -367,6 +371,7 @@ class Writer:
                 self.executor,
                 write_group,
                 self.conn,
+                pair_rows,
                 series_rows,
                 wal_rows,
                 records,
@@ -390,9 +395,8 @@ class Writer:
         c = self.counters
         c.commits += 1
         c.wal_rows += len(wal_rows)
-        if pending:
-            for lab, sid in pending.items():  # insertion order == increasing ids
-                self.index.add(sid, lab)
+        if new_ids:
+            self.index.add_many(new_ids, interned)
             head.ensure(self.index.max_id)
         for cr, ids in zip(creates, create_ids, strict=True):
             if not cr.future.done():
@@ -428,11 +432,15 @@ class Writer:
             out = head.apply(a.sids, a.ts, a.bits, seq, ts_now, probe=self.probe)
             stored = int(out.stored_sids.size)
             blob: bytes | None = None
+            packed: bytes | None = None
             if stored and stored_out is not None:
                 stored_out.append((out.stored_sids, out.stored_ts, out.stored_bits))
             if stored:
+                # The raw form is what the audit trail hashes (its content hashes stay
+                # comparable across log formats); the log keeps the compact form.
                 blob = encode_batch(out.stored_sids, out.stored_ts, out.stored_bits)
-                wal_rows.append((seq, ts_now, stored, blob))
+                packed = pack_batch(out.stored_sids, out.stored_ts, out.stored_bits)
+                wal_rows.append((seq, ts_now, stored, packed))
                 self.next_seq += 1
                 touched.append(out.touched)
             records.append(
@@ -446,6 +454,7 @@ class Writer:
                     out.duplicates,
                     len(out.rejected),
                     blob,
+                    packed=packed,
                 )
             )
             results.append(
