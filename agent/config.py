@@ -568,8 +568,11 @@ CORE_SCHEMA = Schema(
                         ),
                         "resolutions": Field(
                             list,
-                            ["1m", "5m", "1h"],
-                            "Bucket widths (whole seconds); buckets are [t, t+res), t a multiple.",
+                            ["1h"],
+                            "Bucket widths (whole seconds); buckets are [t, t+res), t a multiple.\n"
+                            "A bucket takes ~23 bytes: at a 15 s scrape interval 1m buckets\n"
+                            "cost more than the raw samples they summarise, so add 1m or 5m\n"
+                            "only where raw retention is shorter than the range you query.",
                             item=Field((str, int), "1m", check=_check_resolution),
                         ),
                         "retention": Schema(

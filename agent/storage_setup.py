@@ -25,6 +25,11 @@ STORE_METRICS = {
     "wal_rows": ("tsagent_wal_batches", "Batches in the write-ahead log.", "gauge"),
     "segments": ("tsagent_segments", "Compressed segments stored.", "gauge"),
     "commits": ("tsagent_wal_commits_total", "Group commits of the log.", "counter"),
+    "checkpoints": (
+        "tsagent_wal_checkpoints_total",
+        "Times the log was rewritten as a compact copy of the head.",
+        "counter",
+    ),
     "file_bytes": ("tsagent_storage_file_bytes", "Size of the database file.", "gauge"),
     "sqlite_wal_bytes": (
         "tsagent_storage_sqlite_wal_bytes",

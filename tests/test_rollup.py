@@ -139,7 +139,7 @@ async def test_rollups_equal_reference_and_survive_restart(tmp_path: Path) -> No
     t, values = sample_data()
     store = await open_store(tmp_path)
     ids = await load_store(store, t, values)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     result = await manager.run_once(now_ms=NOW)
     assert result.blocks_rolled > 0 and result.buckets_written > 0
     await check_against_raw(store, ids)
@@ -147,7 +147,7 @@ async def test_rollups_equal_reference_and_survive_restart(tmp_path: Path) -> No
     assert again.blocks_rolled == 0 and again.buckets_written == 0  # nothing new
     await store.close()
     store = await open_store(tmp_path)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     assert manager.done_to == result.done_to
     assert not manager.dirty_spans(ids)
     await check_against_raw(store, ids)
@@ -158,7 +158,7 @@ async def test_late_data_backfill_record_write_and_rollback_recompute(tmp_path: 
     t, values = sample_data(hours=3)
     store = await open_store(tmp_path)
     ids = await load_store(store, t, values)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     await manager.run_once(now_ms=NOW)
 
     # Backfill between existing samples (and a new, older series), then edit and roll back.
@@ -187,7 +187,9 @@ async def test_out_of_order_window_appends_are_recomputed(tmp_path: Path) -> Non
     [sid] = await store.get_or_create_series([lab("ooo")])
     t = T0 + np.arange(0, 2 * H, 30_000, dtype=np.int64)
     await store.append(np.full(t.size, sid), t, np.ones(t.size))
-    manager = await store.start_rollups(RollupOptions(delay_ms=0), background=False)
+    manager = await store.start_rollups(
+        RollupOptions(resolutions_ms=RES, delay_ms=0), background=False
+    )
     await manager.run_once(now_ms=T0 + 2 * H)  # the 1m rollup covers the first 2 hours
     assert manager.done_to[MIN] == T0 + 2 * H
     res = await store.append([sid], [T0 + 90 * MIN + 1], [7.0])  # out of order, inside the window
@@ -203,7 +205,7 @@ async def test_crash_before_recompute_is_recovered_from_the_audit(tmp_path: Path
     t, values = sample_data(hours=2)
     store = await open_store(tmp_path)
     ids = await load_store(store, t, values)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     await manager.run_once(now_ms=NOW)
     await manager.run_once(now_ms=NOW)  # the audit cursor lags one pass
     late = T0 + 30 * MIN + 7
@@ -211,7 +213,7 @@ async def test_crash_before_recompute_is_recovered_from_the_audit(tmp_path: Path
     await store.close()  # no pass: only the audit knows
 
     store = await open_store(tmp_path)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     assert manager.dirty_spans([ids[2]])
     await manager.run_once(now_ms=NOW)
     await check_against_raw(store, ids)
@@ -224,7 +226,9 @@ async def test_retention_tiers(tmp_path: Path) -> None:
     t, values = sample_data(hours=6)
     store = await open_store(tmp_path, retention_ms=2 * DAY)
     ids = await load_store(store, t, values)
-    opts = RollupOptions(retention_ms={MIN: 9 * DAY + 21 * H})  # 1m keeps the newest 3 hours
+    opts = RollupOptions(
+        resolutions_ms=RES, retention_ms={MIN: 9 * DAY + 21 * H}
+    )  # 1m keeps the newest 3 hours
     manager = await store.start_rollups(opts, background=False)
     raw = {sid: await store.read_series(sid, 0, NOW) for sid in ids}
     await manager.run_once(now_ms=NOW)
@@ -282,7 +286,7 @@ async def test_promql_uses_rollups_only_when_identical(
     t, values = sample_data(hours=8)
     store = await open_store(tmp_path)
     await load_store(store, t, values)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     await manager.run_once(now_ms=T0 + 6 * H + 2 * MIN)  # 1m/5m done to +6h/+5h, not 1h
     calls: list[int] = []
     real = manager.stored
@@ -307,7 +311,7 @@ async def test_promql_dirty_buckets_go_to_raw(tmp_path: Path) -> None:
     t, values = sample_data(hours=3)
     store = await open_store(tmp_path)
     ids = await load_store(store, t, values)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     await manager.run_once(now_ms=NOW)
     await store.backfill([ids[0]], [T0 + 90 * MIN + 3], [1e9])  # not recomputed yet
     expr = "max_over_time(gauge[1h])"
@@ -323,7 +327,7 @@ async def test_instant_query_at_aligned_time_uses_rollup(tmp_path: Path) -> None
     t, values = sample_data(hours=3)
     store = await open_store(tmp_path)
     await load_store(store, t, values)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     await manager.run_once(now_ms=NOW)
     for expr in ("max_over_time(gauge[1h])", "count_over_time(requests_total[2h])"):
         got = await store.queries.instant(expr, T0 + 2 * H, cache="off")
@@ -341,7 +345,9 @@ async def test_instant_query_at_aligned_time_uses_rollup(tmp_path: Path) -> None
 
 
 async def http_client(aiohttp_client: Any, make_config: Callable[..., Any]) -> tuple[Any, Store]:
-    config, host = make_config("storage:\n  rollups:\n    interval: 1h\n")
+    config, host = make_config(
+        "storage:\n  rollups:\n    interval: 1h\n    resolutions: [1m, 5m, 1h]\n"
+    )
     client = await aiohttp_client(make_app(config, host))
     store: Store = client.app[CONTEXT_KEY].require_store()
     return client, store
@@ -463,10 +469,11 @@ async def test_cli_rollup_once(tmp_path: Path, subprocess_env: dict[str, Any]) -
     done = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["blocks_rolled"] > 0 and report["buckets_written"] >= 3 * 2 * 60
+    # The default config rolls up 1h buckets only: 3 series x 2 hours.
+    assert report["blocks_rolled"] > 0 and report["buckets_written"] >= 3 * 2
     store = await open_store(data)
-    manager = await store.start_rollups(RollupOptions(), background=False)
-    # The default config keeps 1m rollups 30 days and 5m a year: only 1h is left of 2023.
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
+    # The default config builds 1h buckets only (1m and 5m are opt-in).
     assert manager.done_to[H] is not None
     for labels in SERIES:
         sid = store.series_id(labels) or 0

@@ -169,6 +169,8 @@ class StoreStats:
     rejected: dict[str, int]
     # New series refused by a cardinality limit, by the rule that refused them.
     cardinality_rejected: dict[str, int] = field(default_factory=dict)
+    # Head checkpoints written (the log rewritten as a compact copy of the head).
+    checkpoints: int = 0
     # Where the file's bytes are, as of the last flush interval (agent.storage.space).
     disk: DiskUsage = field(default_factory=DiskUsage)
 

@@ -316,7 +316,9 @@ def expire_blocks(conn: sqlite3.Connection, res: int, cutoff: int) -> tuple[int,
 
 @dataclass(frozen=True)
 class RollupOptions:
-    resolutions_ms: tuple[int, ...] = (60_000, 300_000, 3_600_000)
+    # Only 1h by default: a bucket costs ~23 bytes, which at a 15 s scrape interval is
+    # more than the compressed raw samples of a 1m or 5m bucket (see the config's help).
+    resolutions_ms: tuple[int, ...] = (3_600_000,)
     # Per resolution; 0 or absent keeps that resolution's buckets forever.
     retention_ms: dict[int, int] = field(default_factory=dict)
     interval_s: float = 60.0

@@ -37,7 +37,12 @@ SERIES_TABLES = ("series", "label_pairs")
 
 @dataclass(frozen=True, slots=True)
 class DiskUsage:
-    """Where a database's bytes are (``tsagent_storage_*_bytes`` in ``/metrics``)."""
+    """Where a database's bytes are (``tsagent_storage_*_bytes`` in ``/metrics``).
+
+    ``file_bytes`` is the database's own size (pages times page size, including
+    pages not yet checkpointed from the ``-wal``); ``wal_file_bytes`` is the
+    ``-wal`` file beside it; both are on disk at the same time.
+    """
 
     file_bytes: int = 0
     wal_file_bytes: int = 0  # SQLite's -wal journal, not tsagent's log
@@ -88,12 +93,9 @@ def measure(conn: sqlite3.Connection, path: Path) -> DiskUsage:
         wal_file = os.stat(f"{path}-wal").st_size
     except OSError:
         wal_file = 0
-    try:
-        file_bytes = os.stat(path).st_size
-    except OSError:
-        file_bytes = page_size * count
     return DiskUsage(
-        file_bytes=file_bytes,
+        # The file as SQLite sees it: pages still in the -wal count where they will land.
+        file_bytes=page_size * count,
         wal_file_bytes=wal_file,
         free_bytes=free * page_size,
         log_bytes=_table_bytes(conn, LOG_TABLES),

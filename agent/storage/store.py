@@ -125,6 +125,7 @@ class Store:
         self.rollups: rollup.RollupManager | None = None
         self._disk = space.DiskUsage()
         self._free_warned = False
+        self._loaded_log_bytes = 0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class Store:
             next_series_id=next_id,
         )
         store._writer.sample_listeners = store._sample_listeners  # one list, shared
+        store._writer.log_since_checkpoint = store._loaded_log_bytes
         # Always on: every appended batch gets its chained audit row in its own commit.
         store._writer.hooks.append(audit.append_hook)
         store._writer.start()
@@ -239,6 +241,9 @@ class Store:
                 head.apply(sids, ts, bits, seq, created, replay=True)
                 c.replayed_samples += int(sids.size)
         c.segments = conn.execute("SELECT count(*) FROM segments").fetchone()[0]
+        self._loaded_log_bytes = int(
+            conn.execute("SELECT coalesce(sum(length(data)), 0) FROM wal").fetchone()[0]
+        )
         return last_seq + 1, max_id + 1
 
     async def close(self) -> None:
@@ -292,6 +297,11 @@ class Store:
                 return  # closed or failed: nothing left to flush into
             except Exception:
                 log.exception("periodic flush failed")
+
+    async def checkpoint(self) -> int:
+        """Rewrite the log as a compact copy of the head now (the writer also does this by
+        itself as the log grows); returns the checkpoint's bytes."""
+        return await self._w.checkpoint()
 
     async def reclaim(self, *, final: bool = False) -> space.DiskUsage:
         """Give free pages back and reset the ``-wal`` (see :mod:`agent.storage.space`).
@@ -1164,5 +1174,6 @@ class Store:
             replayed_samples=c.replayed_samples,
             rejected=dict(c.rejected),
             cardinality_rejected=dict(self._limiter.rejected),
+            checkpoints=c.checkpoints,
             disk=self._disk,
         )

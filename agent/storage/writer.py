@@ -56,6 +56,13 @@ T = TypeVar("T")
 # Bound on samples per group transaction, so one commit's latency stays bounded.
 GROUP_SAMPLE_BUDGET = 250_000
 
+# Head checkpoints (see Writer.checkpoint): rewritten once the log rows written since the
+# last one exceed both this and the last checkpoint's own size, so the work stays in
+# proportion to what was appended, and the log stays within about twice the head's
+# compact size.
+CHECKPOINT_MIN_BYTES = 4 << 20
+CHECKPOINT_CHUNK_SERIES = 4000
+
 
 SampleListener = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 """``fn(series_ids int64, timestamps int64 ms, values float64)``: samples just committed."""
@@ -106,6 +113,7 @@ class Counters:
     flush_seconds: float = 0.0
     wal_rows: int = 0
     segments: int = 0
+    checkpoints: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
 
 
@@ -142,11 +150,16 @@ class _Job:
     future: asyncio.Future[Any]
 
 
+@dataclass(slots=True)
+class _Checkpoint:
+    future: asyncio.Future[int] | None
+
+
 class _Stop:
     pass
 
 
-_Item = _Append | _Create | _Flush | _Job | _Stop
+_Item = _Append | _Create | _Flush | _Job | _Checkpoint | _Stop
 
 
 class Writer:
@@ -186,6 +199,9 @@ class Writer:
         self._flush_waiters: list[_Flush] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Log bytes written since the last head checkpoint, and that checkpoint's size.
+        self.log_since_checkpoint = 0
+        self.last_checkpoint_bytes = 0
 
     # --- requests (event loop side) ------------------------------------------------
 
@@ -239,6 +255,82 @@ class Writer:
         self._queue.put_nowait(_Job(sql, after, fut))
         return fut
 
+    def checkpoint(self) -> asyncio.Future[int]:
+        """Rewrite the log as a compact copy of the head now; resolves to its bytes."""
+        self._check_open()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Checkpoint(fut))
+        return fut
+
+    def _checkpoint_due(self) -> bool:
+        return self.log_since_checkpoint > max(CHECKPOINT_MIN_BYTES, self.last_checkpoint_bytes)
+
+    async def _run_checkpoint(self, req: _Checkpoint) -> None:
+        """Replace every log row by the head's samples, grouped by series.
+
+        The log's rows are written per batch, so a value can only be compared
+        with the previous value of its series inside the same batch; a live
+        remote-write round (one sample per series) then costs ~6-8 bytes a
+        sample for noisy values. Grouped by series, the same samples pack like
+        segments. The head is exactly the samples not yet in segments, so the
+        checkpoint rows (new sequence numbers, after every existing row) hold
+        everything the old rows would replay, and the old rows go in the same
+        transaction. Each series' first and last sequence become its
+        checkpoint row's, so a later flush marks it flushed past that row and
+        replay stays exactly-once. Runs inside the writer task: nothing
+        changes the head while the SQL thread reads its buffers.
+        """
+        if self.failed is not None:
+            if req.future is not None and not req.future.done():
+                req.future.set_exception(StoreFailed(f"store failed earlier: {self.failed!r}"))
+            return
+        head = self.head
+        sids = head.series_with_data()
+        chunks = [
+            sids[i : i + CHECKPOINT_CHUNK_SERIES]
+            for i in range(0, sids.size, CHECKPOINT_CHUNK_SERIES)
+        ]
+        first = self.next_seq
+        ts_now = now_ms()
+
+        def build_and_write() -> tuple[int, int]:
+            rows: list[WalRow] = []
+            size = 0
+            for k, chunk in enumerate(chunks):
+                bufs = [head.buffers(int(sid)) for sid in chunk.tolist()]
+                counts = np.array([len(b[0]) if b else 0 for b in bufs], dtype=np.int64)
+                ts = np.frombuffer(b"".join(b[0] for b in bufs if b), dtype=np.int64)
+                vb = np.frombuffer(b"".join(b[1] for b in bufs if b), dtype=np.uint64)
+                blob = pack_batch(np.repeat(chunk, counts), ts, vb)
+                rows.append((first + k, ts_now, int(counts.sum()), blob))
+                size += len(blob)
+            with transaction(self.conn):
+                deleted = self.conn.execute("DELETE FROM wal WHERE seq < ?", (first,)).rowcount
+                self.conn.executemany(
+                    "INSERT INTO wal(seq, created_ms, count, data) VALUES (?, ?, ?, ?)", rows
+                )
+            return size, int(deleted)
+
+        try:
+            size, _ = await asyncio.get_running_loop().run_in_executor(
+                self.executor, build_and_write
+            )
+        except Exception as exc:  # noqa: BLE001 - the old rows are intact; report and go on
+            log.exception("log checkpoint failed")
+            if req.future is not None and not req.future.done():
+                req.future.set_exception(exc)
+            return
+        for k, chunk in enumerate(chunks):
+            head.first_seq[chunk] = first + k
+            head.last_seq[chunk] = first + k
+        self.next_seq = first + len(chunks)
+        self.counters.wal_rows = len(chunks)
+        self.counters.checkpoints += 1
+        self.log_since_checkpoint = 0
+        self.last_checkpoint_bytes = size
+        if req.future is not None and not req.future.done():
+            req.future.set_result(size)
+
     async def _run_job(self, job: _Job) -> None:
         def run() -> Any:
             with transaction(self.conn):
@@ -280,8 +372,9 @@ class Writer:
             err = StoreFailed(f"storage writer crashed: {exc!r}")
             while not self._queue.empty():
                 item = self._queue.get_nowait()
-                if not isinstance(item, _Stop) and not item.future.done():
-                    item.future.set_exception(err)
+                fut = getattr(item, "future", None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(err)
             for w in self._flush_waiters:
                 if not w.future.done():
                     w.future.set_exception(err)
@@ -316,6 +409,8 @@ class Writer:
                     self._schedule_flush(req)
                 elif isinstance(req, _Job):
                     await self._run_job(req)
+                elif isinstance(req, _Checkpoint):
+                    await self._run_checkpoint(req)
             if self._backlog:
                 try:
                     await self._flush_chunk()
@@ -323,6 +418,8 @@ class Writer:
                     log.exception("flush failed")
                     self._fail_flush_waiters(exc)
             self._resolve_flush_waiters()
+            if self._checkpoint_due() and not self._backlog and not stop:
+                await self._run_checkpoint(_Checkpoint(None))
 
     async def _commit_group(self, creates: list[_Create], appends: list[_Append]) -> None:
         loop = asyncio.get_running_loop()
@@ -441,6 +538,7 @@ class Writer:
                 blob = encode_batch(out.stored_sids, out.stored_ts, out.stored_bits)
                 packed = pack_batch(out.stored_sids, out.stored_ts, out.stored_bits)
                 wal_rows.append((seq, ts_now, stored, packed))
+                self.log_since_checkpoint += len(packed)
                 self.next_seq += 1
                 touched.append(out.touched)
             records.append(
