@@ -315,7 +315,7 @@ class Writer:
             size, _ = await asyncio.get_running_loop().run_in_executor(
                 self.executor, build_and_write
             )
-        except Exception as exc:  # noqa: BLE001 - the old rows are intact; report and go on
+        except Exception as exc:  # the old rows are intact: report and go on
             log.exception("log checkpoint failed")
             if req.future is not None and not req.future.done():
                 req.future.set_exception(exc)
