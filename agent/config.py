@@ -551,6 +551,20 @@ CORE_SCHEMA = Schema(
                     "Above this, ingestion answers back-off (HTTP 429) instead of growing.",
                     check=check_positive,
                 ),
+                "reclaim_min_bytes": Field(
+                    int,
+                    1 << 20,
+                    "Give free pages back to the file system (after a flush) once they\n"
+                    "are at least this many bytes and 2% of the file; 0: whenever any.",
+                    check=check_non_negative,
+                ),
+                "checkpoint_min_bytes": Field(
+                    int,
+                    4 << 20,
+                    "Rewrite the log as a compact copy of the head once the log rows\n"
+                    "written since the last rewrite exceed this and its size.",
+                    check=check_non_negative,
+                ),
                 "free_pages_warn_share": Field(
                     (float, int),
                     0.5,

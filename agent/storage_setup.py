@@ -91,6 +91,8 @@ def storage_options(ctx: AgentContext) -> StorageOptions:
         ],
         retention_interval_s=ctx.config.duration("storage.retention_interval"),
         free_pages_warn_share=cfg["free_pages_warn_share"],
+        reclaim_min_bytes=cfg["reclaim_min_bytes"],
+        checkpoint_min_bytes=cfg["checkpoint_min_bytes"],
         **limit_options(ctx),
     )
 

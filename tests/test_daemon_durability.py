@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import cramjam
 import numpy as np
+import pytest
 
 from agent.model import Matcher
 from agent.storage import StorageOptions, Store
@@ -33,6 +34,17 @@ storage:
   block_size: 16
   flush_interval: 0.2
   flush_age: 1s
+"""
+# The same, with the log rewritten as a head checkpoint after every commit and free pages
+# given back after every flush interval: the kill lands among flushes, log trims,
+# checkpoints and incremental vacuums.
+MAINTENANCE_CONFIG = """
+storage:
+  block_size: 64
+  flush_interval: 0.05
+  flush_age: 1s
+  checkpoint_min_bytes: 0
+  reclaim_min_bytes: 0
 """
 
 
@@ -72,6 +84,18 @@ async def send_until_dead(url: str, sender: int, acked: list[tuple[int, int]]) -
             batch += 1
 
 
+async def checkpoints_so_far(port: int) -> float:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith("tsagent_wal_checkpoints_total "):
+            return float(line.split()[1])
+    raise AssertionError("tsagent_wal_checkpoints_total missing from /metrics")
+
+
 def start(data: Path, cfg: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)]
     cmd += ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data)]
@@ -94,10 +118,12 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("daemon never became ready")
 
 
-async def test_sigkill_during_remote_write_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [CONFIG, MAINTENANCE_CONFIG], ids=["plain", "maintenance"])
+async def test_sigkill_during_remote_write_loses_nothing(tmp_path: Path, config: str) -> None:
     data, cfg, log = tmp_path / "data", tmp_path / "c.yaml", tmp_path / "daemon.log"
-    cfg.write_text(CONFIG)
+    cfg.write_text(config)
     acked: list[tuple[int, int]] = []
+    checkpoints: list[float] = []
     for _round in range(2):  # kill, restart, keep writing, kill again
         port = free_port()
         proc = start(data, cfg, port, log)
@@ -109,6 +135,8 @@ async def test_sigkill_during_remote_write_loses_nothing(tmp_path: Path) -> None
                 asyncio.create_task(send_until_dead(url, s + offset, acked)) for s in range(3)
             ]
             await asyncio.sleep(1.5)
+            if config is MAINTENANCE_CONFIG:
+                checkpoints.append(await checkpoints_so_far(port))
             os.kill(proc.pid, signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*senders), 30)
         finally:
@@ -116,6 +144,8 @@ async def test_sigkill_during_remote_write_loses_nothing(tmp_path: Path) -> None
                 proc.kill()
             proc.wait()
     assert len(acked) > 30, f"too little traffic to prove anything:\n{log.read_text()}"
+    if config is MAINTENANCE_CONFIG:
+        assert all(n > 0 for n in checkpoints), "no checkpoint ran before the kill"
 
     codecs = {c.name: c for c in all_codecs()}
     store = await Store.open(data / "tsagent.db", StorageOptions(), codecs)

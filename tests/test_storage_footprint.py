@@ -238,8 +238,11 @@ async def test_a_burst_is_given_back_after_it_is_flushed(tmp_path: Path) -> None
         assert flushed.log_bytes < 1 << 16
         assert flushed.free_bytes > grown.log_bytes // 2  # the trimmed log, not yet given back
         usage = await s.reclaim()
-        assert usage.free_bytes < space.RECLAIM_MIN_BYTES
-        assert usage.file_bytes <= flushed.file_bytes - flushed.free_bytes + space.RECLAIM_MIN_BYTES
+        assert usage.free_bytes < StorageOptions().reclaim_min_bytes
+        assert (
+            usage.file_bytes
+            <= flushed.file_bytes - flushed.free_bytes + StorageOptions().reclaim_min_bytes
+        )
         assert s.stats().disk == usage
     finally:
         await s.close()
@@ -257,7 +260,7 @@ async def test_free_pages_warning(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         await s.refresh_disk_usage()  # measured before anything is given back
         assert any("free pages" in r.getMessage() for r in caplog.records)
         await s.reclaim()
-        assert s.stats().free_bytes < space.RECLAIM_MIN_BYTES
+        assert s.stats().free_bytes < StorageOptions().reclaim_min_bytes
     finally:
         await s.close()
 
@@ -314,8 +317,6 @@ async def test_a_checkpoint_compacts_the_log_and_replays_exactly_once(tmp_path: 
 
 
 async def test_the_writer_checkpoints_by_itself_as_the_log_grows(tmp_path: Path) -> None:
-    from agent.storage import writer
-
     s = await Store.open(tmp_path / "a.db", StorageOptions(flush_interval_s=3600), codecs())
     try:
         ids = await s.get_or_create_series([node_labels(i) for i in range(4000)])
@@ -325,6 +326,6 @@ async def test_the_writer_checkpoints_by_itself_as_the_log_grows(tmp_path: Path)
             await s.append(ids, np.full(len(ids), T0 + 15_000 * k), rng.random(len(ids)))
             k += 1
         assert s.stats().checkpoints >= 1
-        assert (await s.refresh_disk_usage()).log_bytes < 3 * writer.CHECKPOINT_MIN_BYTES
+        assert (await s.refresh_disk_usage()).log_bytes < 3 * StorageOptions().checkpoint_min_bytes
     finally:
         await s.close()

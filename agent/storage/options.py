@@ -53,6 +53,11 @@ class StorageOptions:
     cardinality_rules: list[tuple[str, str, int]] = field(default_factory=list)
     # Log a warning when free pages are at least this share of the file (0: never).
     free_pages_warn_share: float = 0.5
+    # Free pages are given back once they are at least this many bytes (and 2 % of the file).
+    reclaim_min_bytes: int = 1 << 20
+    # The log is rewritten as a compact copy of the head once the rows written since the
+    # last checkpoint exceed this and that checkpoint's size (see Writer.checkpoint).
+    checkpoint_min_bytes: int = 4 << 20
 
     def validate(self) -> None:
         from agent.storage.errors import StorageError

@@ -23,10 +23,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-# Free pages below this are left for SQLite to reuse: vacuuming a file that is about
-# to grow again costs I/O for nothing.
-RECLAIM_MIN_BYTES = 1 << 20
-# ... and below this share of the file.
+# Free pages below StorageOptions.reclaim_min_bytes, or below this share of the file,
+# are left for SQLite to reuse: vacuuming a file that is about to grow again costs I/O
+# for nothing.
 RECLAIM_MIN_SHARE = 0.02
 # Pages moved per incremental_vacuum step: ~16 MiB, tens of milliseconds.
 RECLAIM_STEP_PAGES = 4096
@@ -103,11 +102,13 @@ def measure(conn: sqlite3.Connection, path: Path) -> DiskUsage:
     )
 
 
-def worth_reclaiming(conn: sqlite3.Connection) -> bool:
+def worth_reclaiming(conn: sqlite3.Connection, min_bytes: int) -> bool:
     page_size, count, free = _pages(conn)
-    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
-        return False  # created before INCREMENTAL: only a full VACUUM helps
-    return free * page_size >= RECLAIM_MIN_BYTES and free >= RECLAIM_MIN_SHARE * count
+    if not free or int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+        return False  # nothing free, or created before INCREMENTAL (only VACUUM helps)
+    if min_bytes <= 0:
+        return True
+    return free * page_size >= min_bytes and free >= RECLAIM_MIN_SHARE * count
 
 
 def reclaim_step(conn: sqlite3.Connection, pages: int = RECLAIM_STEP_PAGES) -> int:

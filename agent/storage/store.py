@@ -312,7 +312,8 @@ class Store:
         """
         loop = asyncio.get_running_loop()
         conn, sql = self._conn, self._sql_thread
-        if final or await loop.run_in_executor(sql, space.worth_reclaiming, conn):
+        min_bytes = self.options.reclaim_min_bytes
+        if final or await loop.run_in_executor(sql, space.worth_reclaiming, conn, min_bytes):
             while await loop.run_in_executor(sql, space.reclaim_step, conn):
                 if self._closed and not final:
                     break
@@ -328,7 +329,7 @@ class Store:
         usage: space.DiskUsage = await self.run_read(lambda c: space.measure(c, self.path))
         self._disk = usage
         share = self.options.free_pages_warn_share
-        if 0 < share <= usage.free_share and usage.free_bytes >= space.RECLAIM_MIN_BYTES:
+        if 0 < share <= usage.free_share and usage.free_bytes >= self.options.reclaim_min_bytes:
             if not self._free_warned:
                 self._free_warned = True
                 log.warning(

@@ -56,11 +56,7 @@ T = TypeVar("T")
 # Bound on samples per group transaction, so one commit's latency stays bounded.
 GROUP_SAMPLE_BUDGET = 250_000
 
-# Head checkpoints (see Writer.checkpoint): rewritten once the log rows written since the
-# last one exceed both this and the last checkpoint's own size, so the work stays in
-# proportion to what was appended, and the log stays within about twice the head's
-# compact size.
-CHECKPOINT_MIN_BYTES = 4 << 20
+# Series per checkpoint row (see Writer.checkpoint).
 CHECKPOINT_CHUNK_SERIES = 4000
 
 
@@ -263,7 +259,11 @@ class Writer:
         return fut
 
     def _checkpoint_due(self) -> bool:
-        return self.log_since_checkpoint > max(CHECKPOINT_MIN_BYTES, self.last_checkpoint_bytes)
+        """Once the rows written since the last checkpoint outweigh both the option and that
+        checkpoint: the work stays in proportion to what was appended, and the log within
+        about twice the head's compact size."""
+        floor = max(self.options.checkpoint_min_bytes, self.last_checkpoint_bytes)
+        return self.log_since_checkpoint > floor
 
     async def _run_checkpoint(self, req: _Checkpoint) -> None:
         """Replace every log row by the head's samples, grouped by series.
