@@ -196,6 +196,7 @@ def start_victoria(tmp: Path) -> Daemon | None:
     """VictoriaMetrics single-node with its defaults; None when not installed."""
     if not VICTORIA.exists():
         return None
+    tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / "victoria"
     port = free_port()
     proc = _spawn(
@@ -224,10 +225,11 @@ def start_victoria(tmp: Path) -> Daemon | None:
     return d
 
 
-def start_prometheus(tmp: Path) -> Daemon | None:
+def start_prometheus(tmp: Path, extra_args: tuple[str, ...] = ()) -> Daemon | None:
     """Prometheus 2.42 as a remote-write receiver with its defaults; None when not installed."""
     if not PROMETHEUS.exists():
         return None
+    tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / "prometheus"
     port = free_port()
     cfg = tmp / "prometheus.yml"
@@ -240,6 +242,7 @@ def start_prometheus(tmp: Path) -> Daemon | None:
             f"--web.listen-address=127.0.0.1:{port}",
             "--web.enable-remote-write-receiver",
             "--log.level=warn",
+            *extra_args,
         ],
         tmp / "prometheus.log",
     )
