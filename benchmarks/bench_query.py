@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,10 +41,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import harness  # noqa: E402
 import loadgen  # noqa: E402
-from bench_remote_write import free_port, wait_ready  # noqa: E402
 
-PROMETHEUS = Path("/usr/bin/prometheus")
+PROMETHEUS = harness.PROMETHEUS
 INTERVAL_MS = 15_000
 
 # (name, expression): each runs as an instant and as a range query.
@@ -135,21 +134,6 @@ def best_of(
     return best, count
 
 
-def start_process(argv: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def wait_for_query_api(base: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -181,37 +165,20 @@ def load(url: str, args: argparse.Namespace, start_ms: int) -> loadgen.LoadResul
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="tsagent-bench-query-"))
-    agent_port, prom_port = free_port(), free_port()
-    (tmp / "data").mkdir()
-    cfg = tmp / "tsagent.yaml"
-    cfg.write_text(
-        f"listen: 127.0.0.1:{agent_port}\n"
-        f"data_dir: {tmp / 'data'}\n"
-        "log:\n  level: warning\n"
-        f"server:\n  max_body_bytes: {64 * 1024 * 1024}\n"
-    )
-    prom_cfg = tmp / "prometheus.yml"
-    prom_cfg.write_text(json.dumps({"global": {"evaluation_interval": "1m"}}))
-    agent = start_process(
-        [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)], tmp / "tsagent.log", ROOT
-    )
-    prom = start_process(
-        [
-            str(PROMETHEUS),
-            f"--config.file={prom_cfg}",
-            f"--storage.tsdb.path={tmp / 'prom'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-            "--web.enable-remote-write-receiver",
-            "--query.max-samples=500000000",
-        ],
-        tmp / "prometheus.log",
-    )
+    agent = harness.start("tsagent", tmp)
+    assert agent is not None
+    try:
+        prom = harness.start_prometheus(
+            tmp / "prometheus", extra_args=("--query.max-samples=500000000",)
+        )
+    except BaseException:
+        agent.stop(30)
+        raise
+    assert prom is not None
     spy: subprocess.Popen[bytes] | None = None
     out: dict[str, Any] = {"tmp_dir": str(tmp)}
     try:
-        agent_url, prom_url = f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{prom_port}"
-        wait_ready(agent_url, agent)
-        wait_ready(prom_url, prom)
+        agent_url, prom_url = agent.base, prom.base
         now = int(time.time() * 1000)
         start_ms = (now - args.rounds * INTERVAL_MS) // INTERVAL_MS * INTERVAL_MS
         t0 = time.perf_counter()
@@ -231,23 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["instant_at"] = at
         out["range"] = rng
         if args.profile:
-            spy = subprocess.Popen(
-                [
-                    shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                    "record",
-                    "-o",
-                    args.profile,
-                    "-p",
-                    str(agent.pid),
-                    "-r",
-                    "100",
-                    "-f",
-                    args.profile_format,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            time.sleep(1.0)
+            spy = harness.start_py_spy(agent.pid, args.profile, args.profile_format, rate=100)
         timings: list[Timing] = []
         no_cache = {"Cache-Control": "no-cache"}
         for name, expr in QUERIES:
@@ -283,10 +234,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["timings"] = [asdict(t) | {"ratio": t.ratio} for t in timings]
     finally:
         if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
-        stop(agent)
-        stop(prom)
+            harness.stop_py_spy(spy)
+        agent.stop(120)
+        prom.stop(120)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -1,21 +1,27 @@
-"""Remote-write ingestion benchmark: the real daemon, end to end.
+"""Remote-write ingestion benchmark: the real daemons, end to end, side by side.
 
-Run: ``python benchmarks/bench_remote_write.py`` (about a minute).
+Run: ``python benchmarks/bench_remote_write.py`` (a few minutes with the
+comparisons; ``--systems tsagent`` for tsagent alone).
 
 1. Decoder micro-benchmark, in this process: one 2,000-series request
    decoded by the hand-written decoder (``plugins.remote_write.wire``) and by
    the upb-generated classes doing the same job (label tuple per series as
    cache key), each with a warm series cache, as in steady state.
-2. Starts ``tsagent run`` as a subprocess on a free loopback port with a
-   temporary data directory, runs ``benchmarks/loadgen.py`` against it
-   (default 100,000 series, 4 senders, 20 rounds, 2,000 series a request),
-   and reports accepted samples/s, the daemon's samples per CPU-second (utime
-   + stime from /proc/PID/stat around the load), its peak RSS (VmHWM), then
-   stops it with SIGTERM (which flushes the head) and reports the on-disk
-   bytes per sample (database + SQLite WAL files).
+2. Starts ``tsagent run``, then VictoriaMetrics and Prometheus 2.42 when
+   their Debian packages are installed, one after the other, each fresh with
+   a temporary data directory (``benchmarks/harness.py``), and sends each the
+   same load with ``benchmarks/loadgen.py`` (default 100,000 series, 4
+   senders, 20 rounds, 2,000 series a request; identical timestamps and
+   values, the last round shortly before now). Reports per daemon: accepted
+   samples/s, the whole run's samples per CPU-second (utime + stime from
+   /proc/PID/stat around the load, so the first round, which creates the
+   series, is included), its peak RSS (VmHWM), then stops it with SIGTERM
+   (tsagent flushes its head) and reports the on-disk bytes per sample of the
+   whole data directory; and the ratio tsagent / VictoriaMetrics.
 
-``--json`` prints the figures as JSON; ``--profile`` runs py-spy on the
-daemon during the load and writes a flame graph (needs py-spy installed).
+``--json`` prints the figures as JSON; ``--profile`` runs py-spy on tsagent
+during its load and writes a flame graph (needs py-spy installed; sampling
+slows the daemon, so its CPU figures are then not comparable).
 """
 
 from __future__ import annotations
@@ -23,15 +29,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,42 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import harness  # noqa: E402
 import loadgen  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(base + "/-/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("daemon not ready in time")
+# Kept importable from here for scripts written against the old module.
+free_port = harness.free_port
+wait_ready = harness.wait_ready
 
 
 # --- decoder micro-benchmark -----------------------------------------------------------
@@ -145,96 +116,106 @@ def decoder_figures(batch: int = 2_000, repeat: int = 30) -> dict[str, float]:
 # --- end to end ---------------------------------------------------------------------------
 
 
-def run_daemon_bench(args: argparse.Namespace) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="tsagent-bench-rw-"))
-    data = tmp / "data"
-    data.mkdir()
-    port = free_port()
-    cfg = tmp / "tsagent.yaml"
-    cfg.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f"data_dir: {data}\n"
-        "log:\n  level: warning\n"
-        f"server:\n  max_body_bytes: {64 * 1024 * 1024}\n"
-    )
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("NOTIFY_SOCKET", None)
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    spy: subprocess.Popen[bytes] | None = None
-    out: dict[str, Any] = {}
+def run_one(d: harness.Daemon, args: argparse.Namespace, start_ms: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"machine": harness.machine_load()}
+    cpu0 = d.cpu_seconds()
+    spy = None
+    if args.profile and d.name == "tsagent":
+        spy = harness.start_py_spy(d.pid, args.profile, args.profile_format)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, proc)
-        cpu0 = cpu_seconds(proc.pid)
-        if args.profile:
-            spy = subprocess.Popen(
-                [
-                    shutil.which("py-spy") or "py-spy",
-                    "record",
-                    "-o",
-                    args.profile,
-                    "-p",
-                    str(proc.pid),
-                    "-r",
-                    "200",
-                    "-f",
-                    args.profile_format,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            time.sleep(1.0)
         res = asyncio.run(
             loadgen.run_load(
-                base + "/api/v1/write",
+                d.write_url,
                 series=args.series,
                 senders=args.senders,
                 rounds=args.rounds,
                 batch=args.batch,
+                start_ms=start_ms,
             )
         )
-        cpu1 = cpu_seconds(proc.pid)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=60)
-        out["load"] = {
-            k: v for k, v in vars(res).items() if k not in ("series", "senders", "rounds", "batch")
-        }
-        daemon_cpu = cpu1 - cpu0
-        out["daemon_cpu_seconds"] = round(daemon_cpu, 2)
-        out["samples_per_cpu_second"] = round(res.samples_accepted / daemon_cpu, 0)
-        out["accepted_samples_per_second"] = round(res.samples_per_second, 0)
-        out["peak_rss_mib"] = round(status_kb(proc.pid, "VmHWM") / 1024, 1)
-        t0 = time.perf_counter()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=300)
-        out["shutdown_seconds"] = round(time.perf_counter() - t0, 2)
-        files = {p.name: p.stat().st_size for p in data.rglob("*") if p.is_file()}
-        total = sum(files.values())
-        out["disk_files"] = files
-        out["disk_bytes"] = total
-        out["disk_bytes_per_sample"] = (
-            round(total / res.samples_accepted, 2) if res.samples_accepted else None
-        )
+        cpu = d.cpu_seconds() - cpu0
     finally:
-        if spy is not None and spy.poll() is None:
-            spy.kill()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            out["tmp_dir"] = str(tmp)
+        if spy is not None:
+            harness.stop_py_spy(spy)
+    out["load"] = {
+        k: v for k, v in vars(res).items() if k not in ("series", "senders", "rounds", "batch")
+    }
+    out["daemon_cpu_seconds"] = round(cpu, 2)
+    out["samples_per_cpu_second"] = round(res.samples_accepted / cpu, 0) if cpu > 0 else None
+    out["accepted_samples_per_second"] = round(res.samples_per_second, 0)
+    out["peak_rss_mib"] = round(d.peak_rss_bytes() / 2**20, 1)
+    out["shutdown_seconds"] = round(d.stop(), 2)
+    files = harness.dir_files(d.data_dir)
+    total = sum(files.values())
+    out["disk_files"] = harness.group_files(files)
+    out["disk_bytes"] = total
+    out["disk_bytes_per_sample"] = (
+        round(total / res.samples_accepted, 2) if res.samples_accepted else None
+    )
+    out["notes"] = d.notes
     return out
+
+
+def run_daemon_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Each system in turn, fresh, same samples; (figures per system name, notes)."""
+    interval = 15_000
+    start_ms = (int(time.time() * 1000) - args.rounds * interval) // interval * interval
+    results: dict[str, Any] = {}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="tsagent-bench-rw-") as d:
+        tmp = Path(d)
+        for which in args.systems:
+            daemon = harness.start(which, tmp)
+            if daemon is None:
+                notes.append(harness.missing_note(which))
+                continue
+            try:
+                results[daemon.name] = run_one(daemon, args, start_ms)
+            finally:
+                daemon.stop(30)
+            r = results[daemon.name]
+            print(
+                f"  {daemon.name}: {r['samples_per_cpu_second']:,.0f} samples per CPU-second",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.keep:
+                keep = Path(tempfile.mkdtemp(prefix=f"tsagent-bench-rw-{which}-"))
+                shutil.copytree(daemon.data_dir, keep / "data")
+                r["kept_data"] = str(keep)
+    return results, notes
+
+
+def markdown(result: dict[str, Any]) -> str:
+    c = result["config"]
+    lines = [
+        f"remote write: {c['series']:,} series, {c['senders']} senders, {c['rounds']} rounds, "
+        f"{c['batch']:,} series a request ({c['series'] * c['rounds']:,} samples)",
+        "",
+        "| system | samples per CPU-s (whole run) | daemon CPU s | accepted samples/s | wall s | "
+        "p50 / p99 ms | peak RSS MiB | B/sample on disk after shutdown | failed | machine |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in result["daemons"].items():
+        load = r["load"]
+        lines.append(
+            f"| {name} | {r['samples_per_cpu_second'] or 0:,.0f} | {r['daemon_cpu_seconds']:.1f} | "
+            f"{r['accepted_samples_per_second']:,.0f} | {load['seconds']:.1f} | "
+            f"{load['latency_p50_ms']:.0f} / {load['latency_p99_ms']:.0f} | "
+            f"{r['peak_rss_mib']:,.0f} | {r['disk_bytes_per_sample']} | "
+            f"{load['samples_failed']:,} | {r['machine']} |"
+        )
+    ts = result["daemons"].get("tsagent")
+    vm = result["daemons"].get("VictoriaMetrics")
+    if ts and vm and ts["samples_per_cpu_second"] and vm["samples_per_cpu_second"]:
+        ratio = ts["samples_per_cpu_second"] / vm["samples_per_cpu_second"]
+        lines.append(f"\ntsagent / VictoriaMetrics samples per CPU-second: **{ratio:.2f}**")
+    for note in result["notes"]:
+        lines.append(f"\nnote: {note}")
+    for name, r in result["daemons"].items():
+        if r["load"]["errors"] or r["notes"]:
+            lines.append(f"\n{name}: {r['load']['errors']} {r['notes']}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--senders", type=int, default=4)
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--batch", type=int, default=2_000)
+    p.add_argument(
+        "--systems", nargs="+", choices=tuple(harness.STARTERS), default=list(harness.STARTERS)
+    )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--skip-decoder", action="store_true", help="only the end-to-end run")
-    p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
-    p.add_argument("--profile", metavar="FILE", help="py-spy the daemon during the load")
+    p.add_argument("--skip-decoder", action="store_true", help="only the end-to-end runs")
+    p.add_argument("--keep", action="store_true", help="keep a copy of each data directory")
+    p.add_argument("--profile", metavar="FILE", help="py-spy tsagent during its load")
     p.add_argument("--profile-format", default="flamegraph", help="py-spy format (speedscope, raw)")
     args = p.parse_args(argv)
 
@@ -255,48 +239,25 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.skip_decoder:
         result["decoder"] = decoder_figures(args.batch)
-    result["daemon"] = run_daemon_bench(args)
+    result["daemons"], result["notes"] = run_daemon_bench(args)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    c = result["config"]
-    print(
-        f"remote-write benchmark: {c['series']:,} series, {c['senders']} senders, "
-        f"{c['rounds']} rounds, {c['batch']:,} series a request"
-    )
     if "decoder" in result:
         d = result["decoder"]
-        print("\ndecoder, one request, warm series cache (samples/s, best of 30):")
+        print("decoder, one request, warm series cache (samples/s, best of 30):\n")
+        print("| decoder | samples/s |\n|---|---:|")
         for k in (
             "hand_decoder_samples_per_s",
             "upb_with_label_tuples_samples_per_s",
             "upb_parse_only_samples_per_s",
             "snappy_decompress_samples_per_s",
         ):
-            print(f"  {k:<40} {d[k]:>14,.0f}")
-    r = result["daemon"]
-    load = r["load"]
-    print("\ndaemon, end to end:")
-    print(
-        f"  accepted samples          {load['samples_accepted']:>14,} "
-        f"(failed {load['samples_failed']}, retries {load['retries']})"
-    )
-    print(f"  statuses                  {load['statuses']}")
-    print(f"  wall time                 {load['seconds']:>14.2f} s")
-    print(f"  accepted samples/s        {r['accepted_samples_per_second']:>14,.0f}")
-    print(f"  daemon CPU                {r['daemon_cpu_seconds']:>14.2f} s")
-    print(f"  samples per CPU-second    {r['samples_per_cpu_second']:>14,.0f}")
-    print(
-        f"  request latency p50/p99   {load['latency_p50_ms']:>8.1f} / "
-        f"{load['latency_p99_ms']:.1f} ms"
-    )
-    print(f"  peak RSS (VmHWM)          {r['peak_rss_mib']:>14.1f} MiB")
-    print(f"  shutdown (SIGTERM flush)  {r['shutdown_seconds']:>14.2f} s")
-    print(f"  on disk after flush       {r['disk_bytes']:>14,} bytes  {r['disk_files']}")
-    print(f"  bytes per sample on disk  {r['disk_bytes_per_sample']:>14}")
-    if load["errors"]:
-        print("  errors:", *load["errors"], sep="\n    ")
-    return 0
+            print(f"| {k} | {d[k]:,.0f} |")
+        print()
+    print(markdown(result))
+    failed = any(r["load"]["samples_failed"] for r in result["daemons"].values())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,30 @@
-"""Storage engine benchmark: append rate, head memory per series, segment read time.
+"""Storage benchmark: the engine in process, and the whole data directory of the daemon.
 
-Run: ``python benchmarks/bench_storage.py`` (prints a Markdown table).
-Each figure is measured end to end through the public ``Store`` API, so the
-append rate includes validation, the log blob, the group commit and fsync
-policy (``synchronous=NORMAL``), not just the in-memory head.
+Run: ``python benchmarks/bench_storage.py`` (both parts, several minutes;
+``--part engine`` or ``--part footprint`` for one; ``--small`` for a quick
+footprint run). Each part prints Markdown tables.
+
+Engine part: append rate, head memory per series, segment read time, each
+measured end to end through the public ``Store`` API, so the append rate
+includes validation, the log blob, the group commit and fsync policy
+(``synchronous=NORMAL``), not just the in-memory head.
+
+Footprint part (issue 12, "whole data directory"): the same remote-write
+load into tsagent, VictoriaMetrics and Prometheus 2.42 (each started by
+``benchmarks/harness.py`` with a temporary data directory; the last two when
+their Debian packages are installed): 10,000 node-exporter-like series x
+1,440 samples at 15 s (6 h, 14.4 M samples; ``--small``: 1,000 x 240), sent
+by ``benchmarks/loadgen.py`` in time order with the last timestamp shortly
+before now, every daemon getting identical samples. Time order ending now is
+what keeps it fair to Prometheus, which refuses samples older than its head
+window (an hour behind its newest sample): the senders advance round by
+round, so every sample lands in every system, and tsagent's and
+Prometheus' own 2 h flush/compaction rules see the same data ages. The
+directory is sized while running, one tsagent flush interval (60 s, the
+default) plus 5 s after each daemon's load ended, and again after a clean
+shutdown (SIGTERM, waited for). tsagent's directory is then broken down:
+the SQLite file, its ``-wal``, and per table/index bytes and free pages from
+``dbstat``.
 """
 
 from __future__ import annotations
@@ -24,6 +45,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import footprint
 
 from agent.model import Matcher
 from agent.storage import StorageOptions, Store
@@ -196,7 +220,7 @@ async def bench_read(
         await store.close()
 
 
-async def main(n_mem: int) -> None:
+async def engine_main(n_mem: int) -> None:
     codecs, default = load_codecs()
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as d:
@@ -245,8 +269,20 @@ async def main(n_mem: int) -> None:
         print(f"| {k} | {v} |")
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--part", choices=("all", "engine", "footprint"), default="all")
     ap.add_argument("--series", type=int, default=100_000, help="series for the memory figure")
-    args = ap.parse_args()
-    asyncio.run(main(args.series))
+    footprint.add_arguments(ap)
+    args = ap.parse_args(argv)
+    if args.part in ("all", "engine"):
+        asyncio.run(engine_main(args.series))
+    if args.part in ("all", "footprint"):
+        if args.part == "all":
+            print()
+        return footprint.run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
