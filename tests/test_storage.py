@@ -416,7 +416,7 @@ async def test_codec_rules(tmp_path: Path) -> None:
 
 
 async def test_back_pressure(tmp_path: Path) -> None:
-    s = await open_store(tmp_path, head_memory_limit_bytes=64 * 1024)
+    s = await open_store(tmp_path, head_memory_limit_bytes=60 * 1024)
     ids = await s.get_or_create_series([lab("m", i=str(i)) for i in range(100)])
     sids = np.repeat(ids, 30)
     ts = T0 + np.tile(np.arange(30), 100)

@@ -2,9 +2,11 @@
 
 Layout, chosen for memory and for a vectorised append path:
 
-* per series, two typed buffers: ``array('q')`` timestamps and ``array('Q')``
-  value *bits* (never Python floats, so NaN payloads such as the staleness
-  marker cannot be altered by a float round trip);
+* per series, one typed buffer: an ``array('q')`` of (timestamp, value bits)
+  pairs, interleaved (bits, never Python floats, so NaN payloads such as the
+  staleness marker cannot be altered by a float round trip). One object per
+  series rather than one per column saves ~90 bytes a series, and an append
+  extends one buffer;
 * every other per-series field lives in one numpy array indexed by series id
   (newest timestamp, its value bits, head count, first/last log sequence,
   arrival time), so a batch updates them with fancy indexing instead of
@@ -18,7 +20,6 @@ out-of-order samples inside the window, which are rare by nature.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,8 +32,8 @@ from agent.storage.options import (
 )
 
 INT64_MIN = int(np.iinfo(np.int64).min)
-# Two array objects plus their over-allocation, per series that holds head data.
-SERIES_BUFFER_OVERHEAD = 2 * 80 + 32
+# The array object plus its over-allocation, per series that holds head data.
+SERIES_BUFFER_OVERHEAD = 80 + 16
 SAMPLE_BYTES = 16
 
 # (series_id, timestamp) -> value bits stored in segments, or None.
@@ -61,6 +62,7 @@ def _grow(a: np.ndarray, size: int, fill: int) -> np.ndarray:
 class Head:
     __slots__ = (
         "active",
+        "buf",
         "count",
         "first_arrival",
         "first_seq",
@@ -69,15 +71,13 @@ class Head:
         "max_t",
         "samples",
         "seg_max_t",
-        "ts",
-        "vb",
         "window_ms",
     )
 
     def __init__(self, window_ms: int = 0) -> None:
         self.window_ms = window_ms
-        self.ts: list[array[int] | None] = []
-        self.vb: list[array[int] | None] = []
+        # buf[sid]: t0, b0, t1, b1, ... (bits as signed int64), sorted by timestamp.
+        self.buf: list[array[int] | None] = []
         self.max_t = np.zeros(0, dtype=np.int64)
         self.last_bits = np.zeros(0, dtype=np.uint64)
         self.count = np.zeros(0, dtype=np.int64)
@@ -90,7 +90,7 @@ class Head:
 
     @property
     def capacity(self) -> int:
-        return len(self.ts)
+        return len(self.buf)
 
     def ensure(self, max_id: int) -> None:
         """Make room for ids up to ``max_id``, doubling so growth stays amortised."""
@@ -98,8 +98,7 @@ class Head:
             return
         size = max(16, self.capacity * 2, max_id + 1)
         extra = size - self.capacity
-        self.ts.extend([None] * extra)
-        self.vb.extend([None] * extra)
+        self.buf.extend([None] * extra)
         self.max_t = _grow(self.max_t, size, INT64_MIN)
         self.last_bits = _grow(self.last_bits, size, 0)
         self.count = _grow(self.count, size, 0)
@@ -229,18 +228,18 @@ class Head:
         self, sids: np.ndarray, ts: np.ndarray, bits: np.ndarray, seq: int, now_ms: int
     ) -> None:
         uniq, starts, ends = _runs(sids)
-        tsb = memoryview(ts.tobytes())
-        vbb = memoryview(bits.tobytes())
-        tl, vl = self.ts, self.vb
+        pairs = np.empty((sids.size, 2), dtype=np.int64)
+        pairs[:, 0] = ts
+        pairs[:, 1] = bits.view(np.int64)
+        mem = memoryview(pairs.tobytes())
+        bl = self.buf
         for sid, s, e in zip(
-            uniq.tolist(), (starts * 8).tolist(), (ends * 8).tolist(), strict=True
+            uniq.tolist(), (starts * 16).tolist(), (ends * 16).tolist(), strict=True
         ):
-            a = tl[sid]
+            a = bl[sid]
             if a is None:
-                a = tl[sid] = array("q")
-                vl[sid] = array("Q")
-            a.frombytes(tsb[s:e])
-            vl[sid].frombytes(vbb[s:e])
+                a = bl[sid] = array("q")
+            a.frombytes(mem[s:e])
         last = ends - 1
         self.max_t[uniq] = ts[last]
         self.last_bits[uniq] = bits[last]
@@ -271,14 +270,14 @@ class Head:
         rejected: list[tuple[int, int, str]] = []
         seg_max = self.seg_max_t
         for i, (sid, t, b) in enumerate(
-            zip(sids.tolist(), ts.tolist(), bits.tolist(), strict=True)
+            zip(sids.tolist(), ts.tolist(), bits.view(np.int64).tolist(), strict=True)
         ):
-            a = self.ts[sid]
+            a = self.buf[sid]
             pos = 0
             if a is not None:
-                pos = bisect_left(a, t)
-                if pos < len(a) and a[pos] == t:
-                    if self.vb[sid][pos] == b or replay:
+                pos = _bisect_t(a, t, "left")
+                if pos < len(a) // 2 and a[2 * pos] == t:
+                    if a[2 * pos + 1] == b or replay:
                         dups += 1
                     else:
                         rejected.append((sid, t, REJECT_DUPLICATE_TIMESTAMP))
@@ -286,16 +285,14 @@ class Head:
             if not replay and probe is not None and t <= int(seg_max[sid]):
                 existing = probe(sid, t)
                 if existing is not None:
-                    if existing == b:
+                    if existing == (b & _U64):
                         dups += 1
                     else:
                         rejected.append((sid, t, REJECT_DUPLICATE_TIMESTAMP))
                     continue
             if a is None:
-                a = self.ts[sid] = array("q")
-                self.vb[sid] = array("Q")
-            a.insert(pos, t)
-            self.vb[sid].insert(pos, b)
+                a = self.buf[sid] = array("q")
+            a[2 * pos : 2 * pos] = array("q", (t, b))
             if self.count[sid] == 0:
                 self.first_seq[sid] = seq
                 self.first_arrival[sid] = now_ms
@@ -318,11 +315,12 @@ class Head:
     def older_than(self, cutoff_ms: int) -> np.ndarray:
         return np.flatnonzero((self.count > 0) & (self.first_arrival <= cutoff_ms))
 
-    def buffers(self, sid: int) -> tuple[array[int], array[int]] | None:
-        a, v = self.ts[sid], self.vb[sid]
-        if a is None or v is None or len(a) == 0:
+    def buffers(self, sid: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Copies of the series' timestamps (int64) and value bits (uint64), or None."""
+        a = self.buf[sid]
+        if a is None or len(a) == 0:
             return None
-        return a, v
+        return _columns(a)
 
     def trim_bound(self, flushing: np.ndarray, next_seq: int) -> int:
         """Smallest log sequence still needed once ``flushing`` is in segments."""
@@ -340,8 +338,7 @@ class Head:
             if n:
                 self.samples -= n
                 self.active -= 1
-            self.ts[sid] = None
-            self.vb[sid] = None
+            self.buf[sid] = None
             self.count[sid] = 0
             self.first_seq[sid] = 0
             self.first_arrival[sid] = 0
@@ -356,15 +353,14 @@ class Head:
         ``first_seq`` stays too when samples remain; it then only bounds the log
         trim more conservatively than needed.
         """
-        a, v = self.ts[sid], self.vb[sid]
-        if a is None or v is None or len(a) == 0 or a[0] >= cutoff:
+        a = self.buf[sid]
+        if a is None or len(a) == 0 or a[0] >= cutoff:
             return 0
-        k = bisect_left(a, cutoff)
-        if k == len(a):
+        k = _bisect_t(a, cutoff, "left")
+        if 2 * k == len(a):
             self.release([sid], [INT64_MIN])
             return k
-        del a[:k]
-        del v[:k]
+        del a[: 2 * k]
         self.count[sid] -= k
         self.samples -= k
         return k
@@ -381,51 +377,39 @@ class Head:
         queries over tens of thousands of series the per-series numpy calls of
         :meth:`snapshot` cost more than the copying.  Never a view of a live buffer.
         """
-        cap = len(self.ts)
+        cap = len(self.buf)
         if len(sids) >= 64 and max(sids) < cap:
-            found = self._snapshot_whole(sids, start, end)
-            if found is not None:
-                return found
+            return self._snapshot_whole(sids, start, end)
         counts: list[int] = []
-        tparts: list[array[int]] = []
-        vparts: list[array[int]] = []
-        tl, vl = self.ts, self.vb
+        parts: list[array[int]] = []
+        bl = self.buf
         for sid in sids:
-            a = tl[sid] if sid < cap else None
-            v = vl[sid] if sid < cap else None
-            if a is None or v is None or not a or a[0] > end or a[-1] < start:
+            a = bl[sid] if sid < cap else None
+            if a is None or not a or a[0] > end or a[-2] < start:
                 counts.append(0)
-            elif a[0] >= start and a[-1] <= end:
-                counts.append(len(a))
-                tparts.append(a)
-                vparts.append(v)
+            elif a[0] >= start and a[-2] <= end:
+                counts.append(len(a) // 2)
+                parts.append(a)
             else:
-                lo, hi = bisect_left(a, start), bisect_right(a, end)
+                lo, hi = _bisect_t(a, start, "left"), _bisect_t(a, end, "right")
                 counts.append(hi - lo)
-                tparts.append(a[lo:hi])
-                vparts.append(v[lo:hi])
-        t = np.frombuffer(bytearray().join(tparts), dtype=np.int64)
-        vals = np.frombuffer(bytearray().join(vparts), dtype=np.float64)
+                parts.append(a[2 * lo : 2 * hi])
+        t, vals = _split(bytearray().join(parts))
         return np.array(counts, dtype=np.int64), t, vals
 
     def _snapshot_whole(
         self, sids: Sequence[int], start: int, end: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`snapshot_many` by joining whole buffers and cutting with one mask.
 
-        No Python step per series beyond fetching its buffers: each buffer is
+        No Python step per series beyond fetching its buffer: each buffer is
         sorted, so the samples of a series inside [start, end] are one run of
-        the mask.  None when a series' buffers disagree in length (let the
-        per-series path decide what to take).
+        the mask.
         """
-        tl, vl = self.ts, self.vb
-        tbufs = [tl[sid] or _NO_SAMPLES for sid in sids]
-        vbufs = [vl[sid] or _NO_SAMPLES for sid in sids]
-        lens = np.fromiter(map(len, tbufs), dtype=np.int64, count=len(tbufs))
-        if not np.array_equal(lens, np.fromiter(map(len, vbufs), np.int64, len(vbufs))):
-            return None
-        t = np.frombuffer(bytearray().join(tbufs), dtype=np.int64)
-        vals = np.frombuffer(bytearray().join(vbufs), dtype=np.float64)
+        bl = self.buf
+        bufs = [bl[sid] or _NO_SAMPLES for sid in sids]
+        lens = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
+        t, vals = _split(bytearray().join(bufs))
         keep = (t >= start) & (t <= end)
         if keep.all():
             return lens, t, vals
@@ -439,21 +423,49 @@ class Head:
         """Copy of the head samples of ``sid`` in [start, end]; never a view of a live buffer."""
         if sid >= self.capacity:
             return None
-        a, v = self.ts[sid], self.vb[sid]
-        if a is None or v is None or len(a) == 0:
+        a = self.buf[sid]
+        if a is None or len(a) == 0:
             return None
-        if a[0] > end or a[-1] < start:
+        if a[0] > end or a[-2] < start:
             return None
-        t = np.frombuffer(a, dtype=np.int64)
-        lo = int(np.searchsorted(t, start, "left"))
-        hi = int(np.searchsorted(t, end, "right"))
-        out_t = t[lo:hi].copy()
-        del t
-        out_v = np.frombuffer(v, dtype=np.float64)[lo:hi].copy()
-        return out_t, out_v
+        lo, hi = _bisect_t(a, start, "left"), _bisect_t(a, end, "right")
+        t, vals = _split(a[2 * lo : 2 * hi].tobytes())
+        return t, vals
 
 
 _NO_SAMPLES: array[int] = array("q")
+_U64 = (1 << 64) - 1
+
+
+def _bisect_t(a: array[int], t: int, side: str) -> int:
+    """Position of ``t`` among the timestamps (even slots) of an interleaved buffer."""
+    lo, hi = 0, len(a) // 2
+    if side == "left":
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if a[2 * mid] < t:
+                lo = mid + 1
+            else:
+                hi = mid
+    else:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if t < a[2 * mid]:
+                hi = mid
+            else:
+                lo = mid + 1
+    return lo
+
+
+def _split(raw: bytes | bytearray) -> tuple[np.ndarray, np.ndarray]:
+    """Interleaved (t, bits) bytes -> contiguous int64 timestamps and float64 values."""
+    pairs = np.frombuffer(raw, dtype=np.int64).reshape(-1, 2)
+    return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]).view(np.float64)
+
+
+def _columns(a: array[int]) -> tuple[np.ndarray, np.ndarray]:
+    t, vals = _split(a.tobytes())
+    return t, vals.view(np.uint64)
 
 
 def _reject(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import re
 import sqlite3
-from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -71,8 +70,8 @@ class FlushItem:
 
     series_id: int
     codec: str
-    ts: array[int]
-    vb: array[int]
+    ts: np.ndarray  # int64
+    vb: np.ndarray  # uint64 value bits
 
 
 def encode_series(

@@ -492,7 +492,8 @@ class Store:
                 canon = canonical_labels(lab)
                 if not canon:
                     raise ValueError("a series needs at least one non-empty label")
-                sid = lookup(canon)
+                if canon is not lab:
+                    sid = lookup(canon)
                 if sid is None:
                     missing.append(len(out))
                     wanted.append(canon)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import struct
-from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -249,10 +248,8 @@ def edit_series(
         )
     rest = present & ~placed
     if rest.any():
-        at = array("q")
-        at.frombytes(ts[rest].astype(np.int64).tobytes())
-        ab = array("Q")
-        ab.frombytes(new_bits[rest].astype(np.uint64).tobytes())
+        at = np.ascontiguousarray(ts[rest], dtype=np.int64)
+        ab = np.ascontiguousarray(new_bits[rest], dtype=np.uint64)
         item = FlushItem(sid, ctx.chooser.name_for(ctx.index.labels(sid)), at, ab)
         rows, _, _ = encode_series(item, ctx.chooser, ctx.block_size)
         _insert_segments(conn, rows)

@@ -299,8 +299,8 @@ class Writer:
             for k, chunk in enumerate(chunks):
                 bufs = [head.buffers(int(sid)) for sid in chunk.tolist()]
                 counts = np.array([len(b[0]) if b else 0 for b in bufs], dtype=np.int64)
-                ts = np.frombuffer(b"".join(b[0] for b in bufs if b), dtype=np.int64)
-                vb = np.frombuffer(b"".join(b[1] for b in bufs if b), dtype=np.uint64)
+                ts = np.concatenate([b[0] for b in bufs if b])
+                vb = np.concatenate([b[1] for b in bufs if b])
                 blob = pack_batch(np.repeat(chunk, counts), ts, vb)
                 rows.append((first + k, ts_now, int(counts.sum()), blob))
                 size += len(blob)

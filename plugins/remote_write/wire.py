@@ -30,6 +30,7 @@ unknown fields skipped) and computes the same key.
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -457,11 +458,14 @@ def _decode_write_request(buf: bytes, cache: dict[Hashable, int]) -> Decoded:
                     if t is not None:
                         tcache[tb] = t
                 if t is not None:
-                    sid = cache_get(buf[s : e - 18])
+                    key = buf[s : e - 18]
+                    sid = cache_get(key)
                     if sid is not None:
                         ids_append(sid)
                         ts_append(t)
                         val_append(unpack(buf, e - 15)[0])
+                        continue
+                    if _plain_miss(buf, s, e - 18, key, t, unpack(buf, e - 15)[0], out):
                         continue
             elif e - s >= 4 and buf[e - 1] < 0x80:
                 # Find the tag of the trailing timestamp varint, walking back over
@@ -488,11 +492,14 @@ def _decode_write_request(buf: bytes, cache: dict[Hashable, int]) -> Decoded:
                         t = tcache_get(tb)
                         if t is None:
                             t = tcache[tb] = _signed64(read_varint(tb, 0)[0])
-                        sid = cache_get(buf[s:tail])
+                        key = buf[s:tail]
+                        sid = cache_get(key)
                         if sid is not None:
                             ids_append(sid)
                             ts_append(t)
                             val_append(val)
+                            continue
+                        if _plain_miss(buf, s, tail, key, t, val, out):
                             continue
             _general_series(buf, s, e, out, cache)
         elif tag == 0x1A:
@@ -503,6 +510,79 @@ def _decode_write_request(buf: bytes, cache: dict[Hashable, int]) -> Decoded:
             p = skip_field(buf, p, fkey & 7, n)
     out.series = series
     return out
+
+
+# Label fields seen before (their raw ``0a <n> name 12 <m> value`` payload) -> the valid,
+# non-empty (name, value) pair. Series churn (a redeploy, new pods) brings new label
+# sets made mostly of pairs already seen (job, env, metric names), so a new series'
+# labels cost a slice and a dict lookup each instead of a field-by-field parse.
+_PAIRS: dict[bytes, tuple[str, str]] = {}
+_PAIRS_MAX = 100_000
+
+
+def _plain_pair(raw: bytes) -> tuple[str, str] | None:
+    """The pair of a label payload in plain form, when valid and non-empty; else None."""
+    if len(raw) < 4 or raw[0] != 0x0A:
+        return None
+    nl = raw[1]
+    b = 2 + nl
+    if nl >= 0x80 or b + 2 > len(raw) or raw[b] != 0x12 or raw[b + 1] != len(raw) - b - 2:
+        return None
+    try:
+        name = raw[2:b].decode("utf-8")
+        value = raw[b + 2 :].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not value or not valid_label_name(name):
+        return None
+    if name == METRIC_NAME and not valid_metric_name(value):
+        return None
+    if len(_PAIRS) >= _PAIRS_MAX:
+        _PAIRS.clear()
+    pair = _PAIRS[raw] = (sys.intern(name), value)
+    return pair
+
+
+def _plain_miss(
+    buf: bytes, s: int, tail: int, key: bytes, t: int, val: float, out: Decoded
+) -> bool:
+    """A cache miss of a series that is labels then one sample: record it, or return
+    False to leave it to :func:`_general_series` (anything unusual, invalid labels
+    included, so that refusals are explained in one place)."""
+    verdict = out.miss_labels.get(key)
+    if verdict is None:
+        pairs = []
+        get = _PAIRS.get
+        pos = s
+        while pos < tail:
+            if buf[pos] != 0x0A:
+                return False
+            ln = buf[pos + 1]
+            a = pos + 2
+            pos = a + ln
+            if ln >= 0x80 or pos > tail:
+                return False
+            raw = buf[a:pos]
+            pair = get(raw)
+            if pair is None:
+                pair = _plain_pair(raw)
+                if pair is None:
+                    return False
+            pairs.append(pair)
+        names = dict(pairs)
+        if len(names) != len(pairs) or METRIC_NAME not in names or pairs != sorted(pairs):
+            return False
+        verdict = out.miss_labels[key] = tuple(pairs)
+    elif isinstance(verdict, SeriesIssue):
+        return False
+    positions = out.misses.get(key)
+    if positions is None:
+        positions = out.misses[key] = []
+    positions.append(len(out.ids))
+    out.ids.append(0)
+    out.ts.append(t)
+    out.vals.append(val)
+    return True
 
 
 def _general_series(buf: bytes, s: int, e: int, out: Decoded, cache: dict[Hashable, int]) -> None:
