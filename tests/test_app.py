@@ -66,6 +66,14 @@ async def test_health_ready_and_metrics(
     metrics = samples(await (await client.get("/metrics")).text())
     assert metrics[("tsagent_flush_duration_seconds_count", ())] >= 1
     assert metrics[("tsagent_segments", ())] == 1
+    # Where the disk goes: the file, SQLite's -wal, free pages, the log, the series tables.
+    await client.app[CONTEXT_KEY].require_store().refresh_disk_usage()
+    metrics = samples(await (await client.get("/metrics")).text())
+    assert metrics[("tsagent_storage_file_bytes", ())] > 0
+    assert metrics[("tsagent_storage_series_index_bytes", ())] > 0
+    for name in ("sqlite_wal", "free", "log"):
+        assert metrics[(f"tsagent_storage_{name}_bytes", ())] >= 0
+    assert ("tsagent_wal_checkpoints_total", ()) in metrics
 
 
 async def test_openmetrics_negotiation(aiohttp_client: Any, make_config: Any) -> None:

@@ -18,6 +18,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,6 +77,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READER_THREADS = 2
+# Longest a clean shutdown spends giving free pages back (see Store.reclaim).
+FINAL_RECLAIM_SECONDS = 10.0
 
 WriteListener = Callable[[np.ndarray | None, int, int], None]
 """Called as ``listener(series_ids or None for any, min_t, max_t)`` after data changed."""
@@ -313,9 +316,11 @@ class Store:
         loop = asyncio.get_running_loop()
         conn, sql = self._conn, self._sql_thread
         min_bytes = self.options.reclaim_min_bytes
+        # At shutdown, within a budget: a stop must stay well inside systemd's timeout.
+        deadline = time.monotonic() + FINAL_RECLAIM_SECONDS
         if final or await loop.run_in_executor(sql, space.worth_reclaiming, conn, min_bytes):
             while await loop.run_in_executor(sql, space.reclaim_step, conn):
-                if self._closed and not final:
+                if (self._closed and not final) or (final and time.monotonic() > deadline):
                     break
         if final:
             await loop.run_in_executor(sql, space.truncate_wal, conn)
