@@ -231,8 +231,25 @@ def cmd_rollup(args: argparse.Namespace) -> int:
         f" ({report['seconds']} s)"
     )
     for res, done in sorted(report["done_to"].items(), key=lambda kv: int(kv[0])):
-        print(f"  {int(res) // 1000}s rolled up to {done}")
+        print(f"  {_resolution(int(res))} rolled up to {_utc(done)}")
     return 0
+
+
+def _resolution(ms: int) -> str:
+    """``3600000`` -> ``1h``: rollup resolutions as the config spells them."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def _utc(ms: int | None) -> str:
+    """Epoch milliseconds as RFC 3339 UTC for people; ``--json`` keeps the raw number."""
+    if ms is None:
+        return "nothing yet"
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _rollup_once(config: Any, host: Any) -> dict[str, Any] | None:
@@ -351,10 +368,15 @@ def example_config() -> str:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from agent.security import hash_password
 
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass("password: ")
+    try:
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass("password: ")
+    except (EOFError, KeyboardInterrupt):
+        # getpass on a closed or empty stdin (``</dev/null``) raises EOFError.
+        print("no password given", file=sys.stderr)
+        return 1
     if not password:
         print("empty password", file=sys.stderr)
         return 1
@@ -382,7 +404,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["run", *(argv or sys.argv[1:])])
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # ``tsagent plugins --json | head``: the reader left; that is not an error
+        # worth a traceback. Point stdout at /dev/null so the interpreter's final
+        # flush does not raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 
 if __name__ == "__main__":

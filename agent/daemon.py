@@ -61,7 +61,13 @@ class Daemon:
     async def run(self) -> int:
         try:
             config, host = load(self.path, self.overrides)
-        except (ConfigError, PluginError) as exc:
+        except ConfigError as exc:
+            # One log line per problem, as check-config prints them: a multi-line
+            # message would reach journald as one line with literal "\\n"s.
+            for problem in exc.errors:
+                log.error("cannot start: %s: %s", exc.source, problem)
+            return 2
+        except PluginError as exc:
             log.error("cannot start: %s", exc)
             return 2
         setup_logging(config.raw["log"]["level"], config.raw["log"]["format"])
