@@ -43,7 +43,12 @@ def _duration_arg(value: str) -> str:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="YAML configuration file (default: built-in defaults)")
+    p.add_argument(
+        "-c",
+        "--config",
+        help="YAML configuration file (default: $CONFIGURATION_DIRECTORY/tsagent.yaml"
+        " when that exists, as under systemd or in the container image; else built-in defaults)",
+    )
     p.add_argument("--data-dir", help="directory of the SQLite database (overrides data_dir)")
 
 

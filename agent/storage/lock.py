@@ -51,10 +51,8 @@ class DatabaseLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            try:
-                self.path.unlink()  # before unlocking: see the module docstring
-            except FileNotFoundError:
-                pass
+            # Before unlocking: see the module docstring.
+            self.path.unlink(missing_ok=True)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
