@@ -17,9 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +29,7 @@ from tests.deploy_helpers import (
     private_net_unavailable,
     unit_directives,
     unprivileged_ids,
+    unprivileged_unavailable,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,49 +43,21 @@ def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def installed() -> Iterator[Path]:
-    """``contrib/install.sh`` into a scratch root that ``nobody`` can read."""
-    root = Path(tempfile.mkdtemp(prefix="tsagent-install-"))
-    open_tree(root)
-    try:
-        proc = subprocess.run(
-            [
-                str(ROOT / "contrib" / "install.sh"),
-                "--prefix",
-                str(root / "opt" / "tsagent"),
-                "--bin-dir",
-                str(root / "usr" / "local" / "bin"),
-                "--unit-dir",
-                str(root / "etc" / "systemd" / "system"),
-                "--config-dir",
-                str(root / "etc" / "tsagent"),
-                "--python",
-                sys.executable,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "tsagent 0." in proc.stdout and "systemctl enable --now tsagent" in proc.stdout
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def test_install_has_runtime_dependencies_only(installed: Path) -> None:
-    pip = installed / "opt" / "tsagent" / "bin" / "pip"
+def test_install_has_runtime_dependencies_only(production_install: Path) -> None:
+    pip = production_install / "opt" / "tsagent" / "bin" / "pip"
     listed = subprocess.run(
         [str(pip), "list", "--format=freeze"], capture_output=True, text=True, check=True
     ).stdout
     names = {line.split("==")[0].lower() for line in listed.splitlines()}
     assert {"tsagent", "aiohttp", "numpy", "pluggy"} <= names
     assert not names & TEST_TOOLS, names & TEST_TOOLS
-    link = installed / "usr" / "local" / "bin" / "tsagent"
-    assert link.is_symlink() and link.resolve() == (installed / "opt/tsagent/bin/tsagent").resolve()
+    link = production_install / "usr" / "local" / "bin" / "tsagent"
+    assert (
+        link.is_symlink()
+        and link.resolve() == (production_install / "opt/tsagent/bin/tsagent").resolve()
+    )
     # Not the checkout: the installed package is what runs (the dashboard's files included).
-    py = installed / "opt" / "tsagent" / "bin" / "python"
+    py = production_install / "opt" / "tsagent" / "bin" / "python"
     where = subprocess.run(
         [str(py), "-c", "import agent, plugins.dashboard as d; print(agent.__file__, d.__file__)"],
         capture_output=True,
@@ -108,8 +78,8 @@ def test_install_refuses_a_prefix_under_home(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is absent")
-def test_installed_unit_passes_systemd_analyze_verify(installed: Path) -> None:
-    unit = installed / "etc" / "systemd" / "system" / "tsagent.service"
+def test_installed_unit_passes_systemd_analyze_verify(production_install: Path) -> None:
+    unit = production_install / "etc" / "systemd" / "system" / "tsagent.service"
     proc = _verify(unit)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
@@ -142,19 +112,22 @@ def test_unit_keeps_its_hardening_and_needs_no_config_file() -> None:
 
 
 @pytest.mark.skipif(private_net_unavailable() is not None, reason=str(private_net_unavailable()))
-def test_exec_start_serves_on_a_fresh_machine_without_config(installed: Path) -> None:
+def test_exec_start_serves_on_a_fresh_machine_without_config(production_install: Path) -> None:
     """The Done-when: install, then the unit's ExecStart, answers /-/ready with no config."""
-    unit = (installed / "etc" / "systemd" / "system" / "tsagent.service").read_text()
+    unit = (production_install / "etc" / "systemd" / "system" / "tsagent.service").read_text()
     argv = exec_start(unit)
-    assert argv[0] == str(installed / "usr" / "local" / "bin" / "tsagent")
-    state = installed / "var" / "lib" / "tsagent"
+    assert argv[0] == str(production_install / "usr" / "local" / "bin" / "tsagent")
+    state = production_install / "var" / "lib" / "tsagent"
     state.mkdir(parents=True)
+    reason = unprivileged_unavailable(Path(argv[0]))
+    if reason:
+        pytest.skip(reason)
     uid, gid = unprivileged_ids()
     os.chown(state, uid, gid)
     state.chmod(0o750)
-    etc = installed / "etc" / "tsagent"
+    etc = production_install / "etc" / "tsagent"
     assert list(etc.iterdir()) == []  # the install left no config behind
-    run = installed / "run"
+    run = production_install / "run"
     run.mkdir()
     open_tree(run)
     notify = NotifySocket(run / "notify")
@@ -165,11 +138,11 @@ def test_exec_start_serves_on_a_fresh_machine_without_config(installed: Path) ->
             "CONFIGURATION_DIRECTORY": str(etc),
             "NOTIFY_SOCKET": str(notify.path),
         },
-        installed / "daemon.log",
+        production_install / "daemon.log",
         user=(uid, gid),
     )
     try:
-        notify.wait_for("READY=1", service.proc)
+        notify.wait_for("READY=1", service)
         assert service.get("/-/ready") == (200, "tsagent is Ready.\n")
         db = state / "tsagent.db"
         assert db.exists() and db.stat().st_uid == uid
@@ -178,8 +151,8 @@ def test_exec_start_serves_on_a_fresh_machine_without_config(installed: Path) ->
         # A config written later is read on reload (systemctl reload = SIGHUP).
         (etc / "tsagent.yaml").write_text("storage:\n  retention: 30d\n")
         service.proc.send_signal(signal.SIGHUP)
-        notify.wait_for("RELOADING=1", service.proc)
-        notify.wait_for("READY=1", service.proc)
+        notify.wait_for("RELOADING=1", service)
+        notify.wait_for("READY=1", service)
         status, metrics = service.get("/metrics")
         assert status == 200
         assert 'tsagent_config_reloads_total{result="success"} 1.0' in metrics, service.log()
@@ -193,9 +166,9 @@ def test_exec_start_serves_on_a_fresh_machine_without_config(installed: Path) ->
 
 @pytest.mark.skipif(private_net_unavailable() is not None, reason=str(private_net_unavailable()))
 def test_exec_start_with_a_bad_config_exits_2_which_the_unit_does_not_restart(
-    installed: Path, tmp_path: Path
+    production_install: Path, tmp_path: Path
 ) -> None:
-    unit = (installed / "etc" / "systemd" / "system" / "tsagent.service").read_text()
+    unit = (production_install / "etc" / "systemd" / "system" / "tsagent.service").read_text()
     assert unit_directives(unit)["RestartPreventExitStatus"] == "2"
     etc = tmp_path / "etc"
     etc.mkdir()

@@ -54,6 +54,36 @@ def unprivileged_ids() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def install_python() -> str:
+    """The interpreter a production install would use: the system's python3 if >= 3.11.
+
+    Falls back to the one running the tests (which may live where ``nobody``
+    cannot read it; :func:`unprivileged_unavailable` then says so).
+    """
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        ok = Path(candidate).exists() and subprocess.run(
+            [candidate, "-c", "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"],
+            capture_output=True,
+        )
+        if ok and ok.returncode == 0:
+            return candidate
+    return sys.executable
+
+
+def unprivileged_unavailable(program: Path) -> str | None:
+    """Why ``nobody`` cannot run ``program`` (a script whose interpreter must be readable)."""
+    uid, gid = unprivileged_ids()
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    probe = subprocess.run(
+        [*drop, "sh", "-c", 'exec "$0" --version', str(program)],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        return f"nobody cannot run {program}: {probe.stderr.strip()}"
+    return None
+
+
 def open_tree(path: Path) -> None:
     """Let an unprivileged user traverse ``path`` (pytest's tmp dirs are 0700)."""
     path.chmod(0o755)
@@ -68,7 +98,8 @@ class NotifySocket:
         self.sock.bind(str(path))
         path.chmod(0o777)  # the service may run as another user
 
-    def wait_for(self, expected: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    def wait_for(self, expected: str, service: ServiceProcess, timeout: float = 60) -> str:
+        proc = service.proc
         deadline = time.monotonic() + timeout
         self.sock.settimeout(0.2)
         while time.monotonic() < deadline:
@@ -76,7 +107,9 @@ class NotifySocket:
                 msg = self.sock.recv(4096).decode()
             except TimeoutError:
                 if proc.poll() is not None:
-                    raise AssertionError(f"exited {proc.returncode} before {expected}") from None
+                    raise AssertionError(
+                        f"exited {proc.returncode} before {expected}: {service.log()}"
+                    ) from None
                 continue
             if expected in msg.split("\n"):
                 return msg
