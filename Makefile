@@ -1,4 +1,4 @@
-.PHONY: install test lint format bench bench-query serve
+.PHONY: install test lint format bench bench-query serve docs
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test]' -e ./contrib/tsagent-heartbeat
@@ -23,3 +23,7 @@ bench-query:
 
 serve:
 	.venv/bin/tsagent run
+
+# The documentation site (docs/, mkdocs.yml) into site/; tests/test_docs.py builds it too.
+docs:
+	.venv/bin/mkdocs build --strict
