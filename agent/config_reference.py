@@ -45,9 +45,8 @@ def _rows(schema: Schema, prefix: str, out: list[str], sections: list[tuple[str,
         if isinstance(spec, Schema):
             if spec.fields:
                 sections.append((path, spec))
-            else:
-                kind = "a mapping" if spec.open or not spec.fields else "a section"
-                out.append(f"| `{path}` | {kind} | `{{}}` | {_cell(spec.help)} |")
+            else:  # an open mapping (any key), documented by its help text
+                out.append(f"| `{path}` | a mapping | `{{}}` | {_cell(spec.help)} |")
             continue
         _field_row(path, spec, out)
         item = spec.item
@@ -67,8 +66,8 @@ def render_reference(schema: Schema) -> str:
     """Markdown: one table per section, in schema order, nested sections after their parent."""
     parts = [HEADER]
     top: list[str] = []
-    pending: list[tuple[str, Schema]] = []
-    _rows(Schema({k: v for k, v in schema.fields.items() if not isinstance(v, Schema)}), "", top, [])
+    leaves = {k: v for k, v in schema.fields.items() if not isinstance(v, Schema)}
+    _rows(Schema(leaves), "", top, [])
     if top:
         parts.append("## Top-level keys\n")
         parts.append("| key | type | default | meaning |\n| --- | --- | --- | --- |")
@@ -78,8 +77,7 @@ def render_reference(schema: Schema) -> str:
         path, section = pending.pop(0)
         rows: list[str] = []
         nested: list[tuple[str, Schema]] = []
-        leaves = {k: v for k, v in section.fields.items()}
-        _rows(Schema(leaves), f"{path}.", rows, nested)
+        _rows(section, f"{path}.", rows, nested)
         parts.append(f"## `{path}`\n")
         if section.help:
             parts.append(_cell(section.help) + "\n")
