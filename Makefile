@@ -12,7 +12,7 @@ lint:
 format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
-# Each script prints a Markdown table; the README quotes them.
+# Each script prints a Markdown table; docs/benchmarks.md quotes them.
 bench:
 	for b in codecs storage remote_write statsd csv_import join rollup anomaly; do \
 		.venv/bin/python benchmarks/bench_$$b.py || exit 1; done

@@ -36,7 +36,17 @@ def _default(value: object) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    """One table cell: wrapped prose joined, indented lines (YAML examples) kept as code."""
+    out = ""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith(" "):
+            indent = len(line) - len(line.lstrip())
+            out += "<br>" + "&nbsp;" * indent + f"`{line.strip()}`"
+        else:
+            out += (" " if out and not out.endswith("`") else "<br>" if out else "") + line.strip()
+    return out.replace("|", "\\|")
 
 
 def _rows(schema: Schema, prefix: str, out: list[str], sections: list[tuple[str, Schema]]) -> None:
