@@ -66,6 +66,8 @@ def test_install_has_runtime_dependencies_only(production_install: Path) -> None
         check=True,
     ).stdout
     assert str(ROOT) not in where and "site-packages" in where
+    dashboard = Path(where.split()[1]).parent / "static"
+    assert (dashboard / "index.html").is_file() and (dashboard / "vendor").is_dir()
 
 
 def test_install_refuses_a_prefix_under_home(tmp_path: Path) -> None:
