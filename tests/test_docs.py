@@ -350,3 +350,15 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "deployment" / "index.html").exists()
+
+
+def test_readme_links_point_at_files_that_exist() -> None:
+    """The README is not part of the MkDocs site, so its links get their own check."""
+    text = (ROOT / "README.md").read_text()
+    missing = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://", "mailto:", "#")):
+            continue
+        if not (ROOT / target.split("#")[0]).exists():
+            missing.append(target)
+    assert not missing, missing
