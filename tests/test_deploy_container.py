@@ -271,6 +271,15 @@ def _docker_unavailable() -> str | None:
     info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
     if info.returncode != 0:
         return "no container daemon answers `docker info`: " + info.stderr.strip()[-200:]
+    base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    image = base.group(1) if base else "python:3.11-slim"
+    have = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
+    if have.returncode != 0:
+        pull = subprocess.run(
+            ["docker", "pull", image], capture_output=True, text=True, timeout=600
+        )
+        if pull.returncode != 0:
+            return f"the base image {image} is not here and cannot be pulled (no registry)"
     return None
 
 
