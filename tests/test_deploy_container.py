@@ -271,21 +271,26 @@ def _docker_unavailable() -> str | None:
     info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
     if info.returncode != 0:
         return "no container daemon answers `docker info`: " + info.stderr.strip()[-200:]
-    base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M)
-    image = base.group(1) if base else "python:3.11-slim"
-    have = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
-    if have.returncode != 0:
-        pull = subprocess.run(
-            ["docker", "pull", image], capture_output=True, text=True, timeout=600
-        )
-        if pull.returncode != 0:
-            return f"the base image {image} is not here and cannot be pulled (no registry)"
     return None
 
 
+NO_DOCKER = _docker_unavailable()
+
+
+def _need_base_image() -> None:
+    """CI reaches package registries only: without the base image there is nothing to build."""
+    base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    image = base.group(1) if base else "python:3.11-slim"
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+        pull = subprocess.run(["docker", "pull", image], capture_output=True, timeout=600)
+        if pull.returncode:
+            pytest.skip(f"the base image {image} is not here and cannot be pulled (no registry)")
+
+
 @pytest.mark.integration
-@pytest.mark.skipif(_docker_unavailable() is not None, reason=str(_docker_unavailable()))
+@pytest.mark.skipif(NO_DOCKER is not None, reason=str(NO_DOCKER))
 def test_image_builds_and_becomes_healthy() -> None:
+    _need_base_image()
     tag = "tsagent-test:ci"
     build = subprocess.run(
         ["docker", "build", "-t", tag, str(ROOT)], capture_output=True, text=True, timeout=1800
