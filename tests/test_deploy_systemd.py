@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,33 @@ def test_exec_start_with_a_bad_config_exits_2_which_the_unit_does_not_restart(
     )
     assert service.wait() == 2
     assert "storage.retension: unknown key" in service.log()
+
+
+def test_install_from_a_wheel_built_elsewhere(tmp_path: Path) -> None:
+    """The wheel route (docs/deployment.md, and the Dockerfile's build stage)."""
+    from tests.deploy_helpers import install_python
+
+    dist = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = dist.glob("tsagent-*.whl")
+    prefix = tmp_path / "opt" / "tsagent"
+    where = ["--prefix", str(prefix), "--bin-dir", str(tmp_path / "bin")]
+    where += ["--config-dir", str(tmp_path / "etc"), "--python", install_python()]
+    done = subprocess.run(
+        [str(ROOT / "contrib" / "install.sh"), "--source", str(wheel), "--no-systemd", *where],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (tmp_path / "etc" / "systemd").exists()
+    version = subprocess.run(
+        [str(tmp_path / "bin" / "tsagent"), "--version"], capture_output=True, text=True, cwd="/"
+    )
+    assert version.stdout.startswith("tsagent 0.")
