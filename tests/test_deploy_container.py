@@ -261,6 +261,15 @@ def test_kubernetes_sidecar_example_config_is_valid(
     assert sidecar["securityContext"]["runAsUser"] != 0
     mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
     assert mounts["/etc/tsagent"] == "tsagent-config" and "/data" in mounts
+    # docs/deployment.md shows the same config
+    from tests.test_docs import blocks
+
+    shown = [
+        yaml.safe_load(b.text)
+        for b in blocks(ROOT / "docs" / "deployment.md")
+        if b.lang == "yaml" and "victoria-metrics.monitoring.svc" in b.text
+    ]
+    assert shown == [yaml.safe_load(config_map["data"]["tsagent.yaml"])]
     app = next(c for c in spec["containers"] if c["name"] == "app")
     assert any("localhost:9201/api/v1/write" in str(e.get("value")) for e in app["env"])
 
