@@ -1,4 +1,4 @@
-.PHONY: install test lint format bench bench-query serve
+.PHONY: install test lint format bench bench-query serve docs
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test]' -e ./contrib/tsagent-heartbeat
@@ -12,7 +12,7 @@ lint:
 format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
-# Each script prints a Markdown table; the README quotes them.
+# Each script prints a Markdown table; docs/benchmarks.md quotes them.
 bench:
 	for b in codecs storage remote_write churn statsd csv_import join rollup anomaly; do \
 		.venv/bin/python benchmarks/bench_$$b.py || exit 1; done
@@ -23,3 +23,7 @@ bench-query:
 
 serve:
 	.venv/bin/tsagent run
+
+# The documentation site (docs/, mkdocs.yml) into site/; tests/test_docs.py builds it too.
+docs:
+	.venv/bin/mkdocs build --strict

@@ -370,7 +370,7 @@ ALERTING_NOTIFY_FIELDS: dict[str, Field | Schema] = {
         [],
         "List of {name: NAME, <type>_configs: [...]}, type being webhook, email, slack,\n"
         "alertmanager or a plugin's notifier; every entry takes send_resolved (default\n"
-        "true). See README, Notifiers.",
+        "true). See docs/notifiers.md.",
         item=Field(dict, {}),
         check=_check_receivers,
     ),
@@ -613,7 +613,7 @@ CORE_SCHEMA = Schema(
                             check=check_duration,
                         ),
                     },
-                    "Rollups (downsampling); see README, Rollups.",
+                    "Rollups (downsampling); see docs/rollups.md.",
                 ),
                 "codec": Field(str, "", "Default codec; empty picks the built-in default."),
                 "codec_rules": Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,10 +30,31 @@ from agent.security import Authenticator, make_ssl_context
 log = logging.getLogger("tsagent")
 
 
+CONFIG_FILE = "tsagent.yaml"
+
+
+def default_config_path() -> Path | None:
+    """``$CONFIGURATION_DIRECTORY/tsagent.yaml`` if it exists, else None (built-in defaults).
+
+    systemd sets ``CONFIGURATION_DIRECTORY`` from the unit's
+    ``ConfigurationDirectory=tsagent`` (``/etc/tsagent``) and the container image
+    sets it too, so one ``ExecStart``/``CMD`` serves both a fresh machine with no
+    file and one with a config, and a file added later is picked up by a reload.
+    An explicit ``-c FILE`` that is missing stays an error: that is a typo.
+    """
+    directory = os.environ.get("CONFIGURATION_DIRECTORY")
+    if not directory:
+        return None
+    candidate = Path(directory.split(":")[0]) / CONFIG_FILE
+    return candidate if candidate.is_file() else None
+
+
 def load(
     path: str | Path | None, overrides: Mapping[str, Any] | None = None
 ) -> tuple[Config, PluginHost]:
     """Load plugins first (they add config sections), then the validated config."""
+    if path is None:
+        path = default_config_path()
     peek = peek_plugins_section(path)
     host = get_plugin_manager(enabled=peek["enabled"], disabled=peek["disabled"])
     return reload_config(path, host, overrides), host
@@ -41,6 +63,8 @@ def load(
 def reload_config(
     path: str | Path | None, host: PluginHost, overrides: Mapping[str, Any] | None = None
 ) -> Config:
+    if path is None:
+        path = default_config_path()
     schemas: dict[str, Any] = {}
     for contributed in host.pm.hook.config_schema():
         schemas.update(contributed or {})
@@ -61,7 +85,13 @@ class Daemon:
     async def run(self) -> int:
         try:
             config, host = load(self.path, self.overrides)
-        except (ConfigError, PluginError) as exc:
+        except ConfigError as exc:
+            # One log line per problem, as check-config prints them: a multi-line
+            # message would reach journald as one line with literal "\\n"s.
+            for problem in exc.errors:
+                log.error("cannot start: %s: %s", exc.source, problem)
+            return 2
+        except PluginError as exc:
             log.error("cannot start: %s", exc)
             return 2
         setup_logging(config.raw["log"]["level"], config.raw["log"]["format"])
@@ -94,6 +124,7 @@ class Daemon:
                 "version": __version__,
                 "listen": f"{scheme}://{host_addr}:{port}",
                 "data_dir": str(config.data_dir),
+                "config": config.source,
             },
         )
         notify("READY=1", f"STATUS=serving on {host_addr}:{port}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,3 +60,41 @@ def subprocess_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     env.pop("NOTIFY_SOCKET", None)
     env["PYTHONUNBUFFERED"] = "1"
     yield env
+
+
+@pytest.fixture(scope="session")
+def production_install() -> Iterator[Path]:
+    """``contrib/install.sh`` into a scratch root that ``nobody`` can read (deployment tests).
+
+    The venv is built from the system's Python when it is recent enough, as on a
+    production machine: a Python under /root (pyenv) would be unreadable to the
+    unprivileged user the service runs as.
+    """
+    from tests.deploy_helpers import install_python, open_tree
+
+    root = Path(tempfile.mkdtemp(prefix="tsagent-install-"))
+    open_tree(root)
+    try:
+        proc = subprocess.run(
+            [
+                str(ROOT / "contrib" / "install.sh"),
+                "--prefix",
+                str(root / "opt" / "tsagent"),
+                "--bin-dir",
+                str(root / "usr" / "local" / "bin"),
+                "--unit-dir",
+                str(root / "etc" / "systemd" / "system"),
+                "--config-dir",
+                str(root / "etc" / "tsagent"),
+                "--python",
+                install_python(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "tsagent 0." in proc.stdout and "systemctl enable --now tsagent" in proc.stdout
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

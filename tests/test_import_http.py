@@ -111,7 +111,9 @@ async def test_json_ingest_single(aiohttp_client: Any, make_config: Any) -> None
     }
     resp = await client.post("/metrics/ingest", json=sample)
     assert resp.status == 200, await resp.text()
-    assert (await resp.json())["stored"] == 1
+    first = await resp.json()
+    assert first["stored"] == 1
+    assert first["series"] == 1  # a brand-new series counts, as in the text push
     assert (await everything(client))[lab("room_temp", room="lab")] == [(T0, 21.5)]
     # Same again: an idempotent duplicate; older: refused with a pointer to backfill.
     assert (await (await client.post("/metrics/ingest", json=sample)).json())["duplicates"] == 1

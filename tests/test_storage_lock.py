@@ -64,3 +64,31 @@ async def test_lock_released_when_holder_is_killed(tmp_path: Path) -> None:
                 raise
             time.sleep(0.05)
     await store.close()
+
+
+async def test_clean_close_removes_the_lock_file(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    store = await Store.open(db, StorageOptions(), codecs())
+    lock = tmp_path / "t.db.lock"
+    assert lock.read_text().strip() == str(os.getpid())
+    await store.close()
+    assert not lock.exists()
+    again = await Store.open(db, StorageOptions(), codecs())  # and the next owner recreates it
+    assert lock.exists()
+    await again.close()
+
+
+def test_a_lock_file_unlinked_under_a_waiter_is_not_trusted(tmp_path: Path) -> None:
+    """A contender that opened the old file must not believe it holds the lock."""
+    from agent.storage.lock import DatabaseLock
+
+    first = DatabaseLock(tmp_path / "t.db")
+    first.acquire()
+    stale = os.open(first.path, os.O_RDWR)  # what a contender holds when the owner leaves
+    first.release()
+    second = DatabaseLock(tmp_path / "t.db")
+    assert not second._still_linked(stale)
+    second.acquire()
+    assert second._fd is not None and second._still_linked(second._fd)
+    os.close(stale)
+    second.release()

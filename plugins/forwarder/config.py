@@ -175,7 +175,7 @@ UPSTREAMS_FIELD = Field(
     "queue keys and defaults: "
     + ", ".join(f"{k}: {_show(f)}" for k, f in QUEUE_SCHEMA.fields.items())
     + ".\n"
-    "Guarantees, metrics and examples: README, section Forwarding.",
+    "Guarantees, metrics and examples: docs/forwarding.md.",
     item=UPSTREAM_SCHEMA,
 )
 

@@ -184,6 +184,7 @@ class JsonEndpoints:
         except (StorageError, RuntimeError) as exc:
             return unavailable(str(exc))
         report.samples = 1
+        report.series = 1  # as the text push: the series this request wrote to, new or not
         _apply(report, result, [None])
         return report_response(report, cfg["max_errors"])
 

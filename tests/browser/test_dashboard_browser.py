@@ -165,6 +165,12 @@ if (!c) return null;
 return {labels: c.series.slice(1).map(s => s.label), data: c.data};
 """
 
+HEALTH_AXES = """
+const c = window.tsagentDashboard && window.tsagentDashboard.healthChart();
+if (!c || !c.axes[0]._values) return null;
+return {x: c.axes[0]._values.map(String), yMin: c.scales.y.min, yMax: c.scales.y.max};
+"""
+
 CANVAS_PIXELS = """
 const canvas = document.querySelector('#chart canvas');
 const ctx = canvas.getContext('2d');
@@ -211,6 +217,10 @@ def test_pick_a_metric_see_real_points_switch_zone_and_screenshot(
         lambda d: d.find_elements(By.CSS_SELECTOR, '#metric option[value="demo_requests_total"]'),
         "the metric list",
     )
+    # before anything is picked: a hint where the chart will be, not an empty frame
+    hint = driver.find_element(By.ID, "chart-empty")
+    assert hint.is_displayed() and "Pick a metric" in hint.text
+    assert not driver.find_element(By.ID, "chart").is_displayed()
     Select(driver.find_element(By.ID, "tz")).select_by_value("UTC")
     search = driver.find_element(By.ID, "metric-search")
     search.send_keys("temperat")
@@ -335,6 +345,15 @@ def test_alerts_and_health_pages_and_a_phone_screen(
     cards = driver.find_element(By.ID, "health-cards").text
     assert "Active series" in cards and "963 ingested since start" in cards, cards
     assert "demo_temperature_celsius" in driver.find_element(By.ID, "health-top").text
+    # the rate chart: whole-second ticks (never ":04.250") and a y axis from zero
+    axes = wait_for(
+        driver,
+        lambda d: d.execute_script(HEALTH_AXES),
+        "the ingest-rate chart (three reads of /metrics)",
+        timeout=40,
+    )
+    assert axes["x"] and not any("." in label for label in axes["x"]), axes
+    assert axes["yMin"] == 0 and axes["yMax"] >= 1, axes
 
     driver.find_element(By.CSS_SELECTOR, 'nav a[data-page="alerts"]').send_keys(Keys.ENTER)
     wait_for(
@@ -361,10 +380,32 @@ def test_alerts_and_health_pages_and_a_phone_screen(
     )
     assert live[-1][1] == 2.0
 
+    # a query with nothing in range says so where the chart would be
+    driver.get(f"http://127.0.0.1:{port}/dashboard#/explore?expr=no_such_metric_anywhere&res=raw")
+    driver.refresh()
+    hint = wait_for(
+        driver,
+        lambda d: (
+            (h := d.find_element(By.ID, "chart-empty")).is_displayed()
+            and "No data in this range" in h.text
+            and h
+        ),
+        "the no-data hint",
+    )
+    panel = driver.execute_script(
+        "return arguments[0].parentElement.contains(document.querySelector('#chart'))", hint
+    )
+    assert panel, "the hint belongs to the chart's panel"
+    assert not driver.find_element(By.ID, "chart").is_displayed()
+    assert driver.find_element(By.ID, "status").text == ""
+
     # a phone: nothing wider than the screen
     driver.set_window_size(390, 844)
     driver.get(f"http://127.0.0.1:{port}/dashboard#/explore?metric=demo_temperature_celsius")
-    wait_for(driver, lambda d: chart_points(d), "the chart on a phone")
+    driver.refresh()  # a hash change alone does not reload the Explore state
+    wait_for(
+        driver, lambda d: chart_points(d).get('{room="office", site="lab"}'), "the chart on a phone"
+    )
     overflow = driver.execute_script(
         "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )

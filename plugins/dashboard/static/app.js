@@ -83,6 +83,10 @@ async function main() {
 }
 
 // For tests and the curious: the chart and state behind the Explore page.
-window.tsagentDashboard = { chart: explore.chartHandle, state: explore.exploreState };
+window.tsagentDashboard = {
+  chart: explore.chartHandle,
+  state: explore.exploreState,
+  healthChart: health.healthChart,
+};
 
 main();

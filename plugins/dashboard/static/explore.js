@@ -320,6 +320,7 @@ function chartOptions(series, overlay, width) {
 
 function draw(result) {
   const host = $("#chart");
+  host.hidden = false; // measured below: a hidden element has no width
   const data = align(result);
   const key = JSON.stringify([state.tz, result.series.map((s) => s.labels), !!result.overlay]);
   const width = host.clientWidth || 800;
@@ -375,6 +376,14 @@ function renderTable(result) {
 
 // --- running ----------------------------------------------------------------------------------
 
+// The hint shown in place of the chart: what to do first, or why nothing is drawn.
+function showEmpty(text) {
+  const hint = $("#chart-empty");
+  if (text) hint.textContent = text;
+  hint.hidden = !text;
+  $("#chart").hidden = !chart || Boolean(text); // the hint replaces an empty frame
+}
+
 export async function run() {
   writeHash();
   if (!state.expr.trim()) return;
@@ -403,7 +412,10 @@ export async function run() {
       anomalies = "; anomaly detection needs a metric picked above, not a PromQL expression";
     }
     $("#chart-note").textContent = `${note}${more}${anomalies}`;
-    setStatus(series.length ? "" : "No data in this range.");
+    // Said where the chart is, not in the status line at the top of the page.
+    showEmpty(series.length ? "" : "No data in this range. Try a longer range, another"
+      + " resolution or other label filters.");
+    setStatus("");
   } catch (err) {
     if (seq === runSeq) setStatus(`Query failed: ${err.message || err}`, true);
   }

@@ -18,6 +18,19 @@ let chart = null;
 const history = [[], []];
 
 const number = new Intl.NumberFormat("en", { maximumFractionDigits: 1 });
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });
+
+// Reads are seconds apart: ticks on whole seconds (never ":04.250"), coarser as history grows.
+const X_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
+
+// A rate's axis starts at zero, so 100/s with jitter reads as a flat line near 100, not as a
+// swing between 101 and 103; the top is rounded up to a 1-2-5 step above the highest point.
+export function rateRange(max) {
+  if (!(max > 0)) return [0, 1];
+  const step = 10 ** Math.floor(Math.log10(max));
+  const top = [1, 2, 5, 10].map((m) => m * step).find((v) => v >= max * 1.1) ?? 10 * step;
+  return [0, top];
+}
 const bytes = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 1 });
 
 function sum(samples, name, where) {
@@ -67,14 +80,22 @@ function drawChart() {
         width: host.clientWidth || 600,
         height: 180,
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), zone),
-        scales: { x: { time: true } },
+        scales: {
+          x: { time: true },
+          y: { range: (u, min, max) => rateRange(max) },
+        },
         series: [
           { label: "Time", value: (u, v) => (v == null ? "—" : formatTime(v, zone)) },
           { label: "samples/s", stroke: "#1f77b4", width: 1.5, fill: "rgba(31,119,180,0.1)" },
         ],
         axes: [
-          { stroke: "#333", grid: { stroke: "#e6e6e6" }, values: X_VALUES },
-          { stroke: "#333", grid: { stroke: "#e6e6e6" }, size: 60 },
+          { stroke: "#333", grid: { stroke: "#e6e6e6" }, values: X_VALUES, incrs: X_INCRS },
+          {
+            stroke: "#333",
+            grid: { stroke: "#e6e6e6" },
+            size: 60,
+            values: (u, vals) => vals.map((v) => compact.format(v)),
+          },
         ],
       },
       history,
@@ -92,6 +113,10 @@ function rows(tbody, list, empty, cols) {
     tbody.append(el("tr", {}, cells.map((c, i) => el(i === 0 ? "th" : "td", i === 0 ? { scope: "row" } : {}, c))));
   }
   if (!list.length) tbody.append(el("tr", {}, el("td", { colspan: cols }, empty)));
+}
+
+export function healthChart() {
+  return chart;
 }
 
 async function poll() {
