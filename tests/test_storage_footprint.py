@@ -329,3 +329,58 @@ async def test_the_writer_checkpoints_by_itself_as_the_log_grows(tmp_path: Path)
         assert (await s.refresh_disk_usage()).log_bytes < 3 * StorageOptions().checkpoint_min_bytes
     finally:
         await s.close()
+
+
+# --- the head's queued in-order appends --------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["append", "read", "release", "drop"]),
+            st.lists(st.tuples(st.integers(1, 6), st.integers(0, 60)), max_size=12),
+        ),
+        max_size=30,
+    )
+)
+def test_head_reads_see_every_queued_append(ops: list[tuple[str, list[tuple[int, int]]]]) -> None:
+    """Appends queue in-order samples; every read, release and retention cut must see them."""
+    from agent.storage import head as head_mod
+
+    h = head_mod.Head(window_ms=30)
+    h.ensure(8)
+    model: dict[int, dict[int, int]] = {sid: {} for sid in range(1, 7)}
+    seq = 0
+    for op, points in ops:
+        seq += 1
+        if op == "append" and points:
+            sids = np.array([p[0] for p in points], dtype=np.int64)
+            ts = np.array([p[1] for p in points], dtype=np.int64)
+            bits = (ts * 7 + sids).astype(np.uint64)
+            out = h.apply(sids, ts, bits, seq, 0)
+            for s, t, b in zip(
+                out.stored_sids.tolist(),
+                out.stored_ts.tolist(),
+                out.stored_bits.tolist(),
+                strict=True,
+            ):
+                model[s][t] = b
+        elif op == "release" and points:
+            sid = points[0][0]
+            h.release([sid], [0])
+            model[sid] = {}
+        elif op == "drop" and points:
+            sid, cut = points[0]
+            h.drop_before(sid, cut)
+            model[sid] = {t: b for t, b in model[sid].items() if t >= cut}
+        for sid in range(1, 7):
+            want = sorted(model[sid].items())
+            snap = h.snapshot(sid, -(2**62), 2**62) if op == "read" or sid == 1 else None
+            if snap is not None or (op == "read" and want):
+                assert snap is not None
+                assert snap[0].tolist() == [t for t, _ in want]
+                assert snap[1].view(np.uint64).tolist() == [b for _, b in want]
+    counts, t, v = h.snapshot_many(list(range(1, 7)), -(2**62), 2**62)
+    assert counts.tolist() == [len(model[s]) for s in range(1, 7)]
+    assert int(h.count[1:7].sum()) == sum(len(m) for m in model.values())

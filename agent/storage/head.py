@@ -12,9 +12,18 @@ Layout, chosen for memory and for a vectorised append path:
   arrival time), so a batch updates them with fancy indexing instead of
   touching a Python object per series.
 
-The only Python loop on the in-order path runs once per (batch, series) to
-extend that series' two buffers; per-sample Python work happens only for
-out-of-order samples inside the window, which are rare by nature.
+In-order samples are not copied into the per-series buffers at once: a
+batch's (series, timestamp, bits) arrays are queued, and the queue is moved
+into the buffers (one stable sort, then one ``frombytes`` per series for all
+its queued samples) when anything reads a buffer or the queue grows past
+``PENDING_MAX``. A live remote-write round brings one sample per series, so
+moving them per batch was one Python step per sample; now it is one per
+series per read or per ~250k samples. Everything else per series (newest
+timestamp and bits, counts, log sequences) is updated at append time with
+numpy, so validation never needs the buffers. Per-sample Python work happens
+only for out-of-order samples inside the window, which are rare by nature.
+Only the event loop touches the head (query threads read through it), so the
+queue needs no lock.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ INT64_MIN = int(np.iinfo(np.int64).min)
 # The array object plus its over-allocation, per series that holds head data.
 SERIES_BUFFER_OVERHEAD = 80 + 16
 SAMPLE_BYTES = 16
+
+# Queued in-order samples moved into the buffers at the latest at this many.
+PENDING_MAX = 1 << 18
 
 # (series_id, timestamp) -> value bits stored in segments, or None.
 SegmentProbe = Callable[[int, int], "int | None"]
@@ -61,6 +73,8 @@ def _grow(a: np.ndarray, size: int, fill: int) -> np.ndarray:
 
 class Head:
     __slots__ = (
+        "_pending",
+        "_pending_n",
         "active",
         "buf",
         "count",
@@ -78,6 +92,9 @@ class Head:
         self.window_ms = window_ms
         # buf[sid]: t0, b0, t1, b1, ... (bits as signed int64), sorted by timestamp.
         self.buf: list[array[int] | None] = []
+        # In-order (series ids, (n, 2) timestamp/bits pairs) not yet in ``buf``.
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
         self.max_t = np.zeros(0, dtype=np.int64)
         self.last_bits = np.zeros(0, dtype=np.uint64)
         self.count = np.zeros(0, dtype=np.int64)
@@ -231,6 +248,29 @@ class Head:
         pairs = np.empty((sids.size, 2), dtype=np.int64)
         pairs[:, 0] = ts
         pairs[:, 1] = bits.view(np.int64)
+        self._pending.append((sids, pairs))
+        self._pending_n += int(sids.size)
+        if self._pending_n >= PENDING_MAX:
+            self.materialize()
+        last = ends - 1
+        self.max_t[uniq] = ts[last]
+        self.last_bits[uniq] = bits[last]
+        self._note_added(uniq, ends - starts, seq, now_ms)
+
+    def materialize(self) -> None:
+        """Move the queued in-order samples into the per-series buffers."""
+        if not self._pending:
+            return
+        parts, self._pending, self._pending_n = self._pending, [], 0
+        if len(parts) == 1:
+            sids, pairs = parts[0]
+        else:
+            sids = np.concatenate([p[0] for p in parts])
+            pairs = np.concatenate([p[1] for p in parts])
+            # Stable: a series' samples keep their batch order, which is time order.
+            order = np.argsort(sids, kind="stable")
+            sids, pairs = sids[order], pairs[order]
+        uniq, starts, ends = _runs(sids)
         mem = memoryview(pairs.tobytes())
         bl = self.buf
         for sid, s, e in zip(
@@ -240,10 +280,6 @@ class Head:
             if a is None:
                 a = bl[sid] = array("q")
             a.frombytes(mem[s:e])
-        last = ends - 1
-        self.max_t[uniq] = ts[last]
-        self.last_bits[uniq] = bits[last]
-        self._note_added(uniq, ends - starts, seq, now_ms)
 
     def _note_added(self, uniq: np.ndarray, counts: np.ndarray, seq: int, now_ms: int) -> None:
         fresh = uniq[self.count[uniq] == 0]
@@ -265,6 +301,7 @@ class Head:
         replay: bool,
         probe: SegmentProbe | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[tuple[int, int, str]]]:
+        self.materialize()
         keep: list[int] = []
         dups = 0
         rejected: list[tuple[int, int, str]] = []
@@ -317,10 +354,20 @@ class Head:
 
     def buffers(self, sid: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Copies of the series' timestamps (int64) and value bits (uint64), or None."""
+        self.materialize()
         a = self.buf[sid]
         if a is None or len(a) == 0:
             return None
         return _columns(a)
+
+    def joined(self, sids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(counts, timestamps, value bits) of these series' whole buffers, concatenated."""
+        self.materialize()
+        bl = self.buf
+        bufs = [bl[sid] or _NO_SAMPLES for sid in sids]
+        counts = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
+        t, vals = _split(bytearray().join(bufs))
+        return counts, t, vals.view(np.uint64)
 
     def trim_bound(self, flushing: np.ndarray, next_seq: int) -> int:
         """Smallest log sequence still needed once ``flushing`` is in segments."""
@@ -333,6 +380,7 @@ class Head:
 
     def release(self, sids: Sequence[int], seg_max: Sequence[int]) -> None:
         """Drop head data that is now durable in segments."""
+        self.materialize()  # queued samples of these series are part of what was flushed
         for sid, smax in zip(sids, seg_max, strict=True):
             n = int(self.count[sid])
             if n:
@@ -353,6 +401,7 @@ class Head:
         ``first_seq`` stays too when samples remain; it then only bounds the log
         trim more conservatively than needed.
         """
+        self.materialize()
         a = self.buf[sid]
         if a is None or len(a) == 0 or a[0] >= cutoff:
             return 0
@@ -377,6 +426,7 @@ class Head:
         queries over tens of thousands of series the per-series numpy calls of
         :meth:`snapshot` cost more than the copying.  Never a view of a live buffer.
         """
+        self.materialize()
         cap = len(self.buf)
         if len(sids) >= 64 and max(sids) < cap:
             return self._snapshot_whole(sids, start, end)
@@ -423,6 +473,7 @@ class Head:
         """Copy of the head samples of ``sid`` in [start, end]; never a view of a live buffer."""
         if sid >= self.capacity:
             return None
+        self.materialize()
         a = self.buf[sid]
         if a is None or len(a) == 0:
             return None

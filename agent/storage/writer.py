@@ -297,10 +297,7 @@ class Writer:
             rows: list[WalRow] = []
             size = 0
             for k, chunk in enumerate(chunks):
-                bufs = [head.buffers(int(sid)) for sid in chunk.tolist()]
-                counts = np.array([len(b[0]) if b else 0 for b in bufs], dtype=np.int64)
-                ts = np.concatenate([b[0] for b in bufs if b])
-                vb = np.concatenate([b[1] for b in bufs if b])
+                counts, ts, vb = head.joined(chunk.tolist())
                 blob = pack_batch(np.repeat(chunk, counts), ts, vb)
                 rows.append((first + k, ts_now, int(counts.sum()), blob))
                 size += len(blob)
