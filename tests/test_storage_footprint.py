@@ -351,9 +351,7 @@ def test_head_reads_see_every_queued_append(ops: list[tuple[str, list[tuple[int,
     h = head_mod.Head(window_ms=30)
     h.ensure(8)
     model: dict[int, dict[int, int]] = {sid: {} for sid in range(1, 7)}
-    seq = 0
-    for op, points in ops:
-        seq += 1
+    for seq, (op, points) in enumerate(ops, start=1):
         if op == "append" and points:
             sids = np.array([p[0] for p in points], dtype=np.int64)
             ts = np.array([p[1] for p in points], dtype=np.int64)
@@ -381,6 +379,6 @@ def test_head_reads_see_every_queued_append(ops: list[tuple[str, list[tuple[int,
                 assert snap is not None
                 assert snap[0].tolist() == [t for t, _ in want]
                 assert snap[1].view(np.uint64).tolist() == [b for _, b in want]
-    counts, t, v = h.snapshot_many(list(range(1, 7)), -(2**62), 2**62)
+    counts, _, _ = h.snapshot_many(list(range(1, 7)), -(2**62), 2**62)
     assert counts.tolist() == [len(model[s]) for s in range(1, 7)]
     assert int(h.count[1:7].sum()) == sum(len(m) for m in model.values())
