@@ -20,7 +20,7 @@ from prometheus_client import exposition
 from agent import __version__
 from agent.alerting import outbox as _outbox  # noqa: F401 - registers its migration before open
 from agent.config import Config, ConfigError
-from agent.context import AgentContext
+from agent.context import CONTEXT_KEY, AgentContext
 from agent.exporting import ExportHub, batch_exporters  # registers the export-log migration
 from agent.metrics import AgentMetrics
 from agent.plugin_api import Route
@@ -30,7 +30,6 @@ from agent.security import Authenticator, forbidden, unauthorized
 
 log = logging.getLogger("tsagent.app")
 
-CONTEXT_KEY = web.AppKey("context", AgentContext)
 AUTH_KEY = web.AppKey("authenticator", Authenticator)
 ROUTE_GROUPS_KEY = web.AppKey("route_groups", dict)
 
@@ -336,9 +335,10 @@ def make_app(
     app[AUTH_KEY] = Authenticator(config.raw["auth"])
     groups: dict[str, str] = {}
     from agent.alerting.api import ROUTES as alerting_routes  # registers the state migration
+    from agent.api.rollup_routes import ROUTES as rollup_routes
     from agent.api.routes import install as install_query_api  # imports the engine: lazily
 
-    routes = [*CORE_ROUTES, *install_query_api(app, ctx), *alerting_routes]
+    routes = [*CORE_ROUTES, *install_query_api(app, ctx), *rollup_routes, *alerting_routes]
     for _plugin, made in _collect(ctx, "register_routes", ctx=ctx):
         routes.extend(made)
     for route in routes:
@@ -350,7 +350,3 @@ def make_app(
     app.cleanup_ctx.append(_plugins_ctx)
     app.cleanup_ctx.append(_rules_ctx)
     return app
-
-
-def context_of(app: web.Application) -> AgentContext:
-    return app[CONTEXT_KEY]

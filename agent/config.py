@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from agent.durations import parse_duration
+
 
 class ConfigError(Exception):
     """One or more configuration errors; ``str()`` lists them all."""
@@ -158,35 +160,6 @@ def _validate_value(value: Any, spec: Field | Schema, path: str, errors: list[st
 
 
 # --- reusable checks --------------------------------------------------------
-
-_DURATION_RE = re.compile(
-    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
-)
-_DURATION_MS = (365 * 86400_000, 7 * 86400_000, 86400_000, 3600_000, 60_000, 1000, 1)
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Prometheus-style duration (``1h30m``, ``15s``, ``0``) or seconds, in seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError("negative duration")
-        return float(text)
-    s = str(text).strip()
-    if s == "0":
-        return 0.0
-    try:
-        f = float(s)
-    except ValueError:
-        pass
-    else:
-        if f < 0:
-            raise ValueError("negative duration")
-        return f
-    m = _DURATION_RE.match(s)
-    if not s or not m or not any(m.groups()):
-        raise ValueError(f"not a duration: {text!r} (expected e.g. 15s, 5m, 1h30m, 7d)")
-    ms = sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_MS, strict=True) if g)
-    return ms / 1000.0
 
 
 def check_duration(value: Any) -> str | None:

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from agent.api.metadata import MetadataTable
 from agent.config import Config
 from agent.metrics import AgentMetrics
@@ -128,3 +130,11 @@ class AgentContext:
         for reason, count in Counter(r.reason for r in result.rejected).items():
             self.metrics.samples_rejected.labels(source, reason).inc(count)
         return result
+
+
+CONTEXT_KEY = web.AppKey("context", AgentContext)
+
+
+def context_of(app: web.Application) -> AgentContext:
+    """The application's context (what the app factory stored under ``CONTEXT_KEY``)."""
+    return app[CONTEXT_KEY]

@@ -24,8 +24,9 @@ from agent.alerting.template import (
     humanize,
     parse_template,
 )
-from agent.app import context_of, make_app
+from agent.app import make_app
 from agent.cli import main
+from agent.context import context_of
 from agent.model import Labels, Matcher, is_stale_nan
 from agent.storage import StorageOptions, Store
 from tests.conftest import FIXTURES

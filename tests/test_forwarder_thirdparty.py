@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.app import context_of, make_app
+from agent.app import make_app
+from agent.context import context_of
 from agent.exporting import ExportBatch
 from agent.plugin_api import BatchExporter
 from agent.plugins import get_plugin_manager

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.app import context_of, make_app
+from agent.app import make_app
+from agent.context import context_of
 from agent.model import Matcher, MatchOp
 from agent.storage import StoreFailed
 from plugins.prompb import remote_pb2, types_pb2, write_v2_pb2

@@ -144,7 +144,7 @@ def _bad(message: str) -> web.Response:
 
 
 def _engine(request: web.Request) -> RuleEngine | None:
-    from agent.app import context_of
+    from agent.context import context_of
 
     return getattr(context_of(request.app), "rules", None)
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import parse_duration
+from agent.durations import parse_duration
 from agent.model import Matcher
 
 GROUP_BY_ALL = "..."

@@ -505,14 +505,12 @@ class CacheCollector(Collector):
         )
 
 
-def _rollup_routes() -> list[Route]:
-    from .rollup_routes import ROUTES  # imports this module: only once it is loaded
-
-    return ROUTES
-
-
 def install(app: web.Application, ctx: AgentContext) -> list[Route]:
-    """Prepare ``app`` for the API and return its routes (all in the ``read`` group)."""
+    """Prepare ``app`` for the API and return its routes (all in the ``read`` group).
+
+    The rollup endpoints (``agent.api.rollup_routes``) use the state set up
+    here and are added beside these by the app factory.
+    """
     app[API_STATE] = ApiState(ctx)
     ctx.metrics.add_collector(CacheCollector(ctx))
     both = ("GET", "POST")
@@ -527,6 +525,5 @@ def install(app: web.Application, ctx: AgentContext) -> list[Route]:
         Route("GET", "/api/v1/status/tsdb", tsdb_status),
         *(Route(m, "/api/v1/query_exemplars", query_exemplars) for m in both),
         *(Route(m, "/api/v1/format_query", format_query) for m in both),
-        *_rollup_routes(),
     ]
     return routes
