@@ -18,10 +18,9 @@ from aiohttp import web
 from prometheus_client import exposition
 
 from agent import __version__
-from agent.alerting import outbox as _outbox  # noqa: F401 - registers its migration before open
 from agent.config import Config, ConfigError
 from agent.context import CONTEXT_KEY, AgentContext
-from agent.exporting import ExportHub, batch_exporters  # registers the export-log migration
+from agent.exporting import ExportHub, batch_exporters
 from agent.metrics import AgentMetrics
 from agent.plugin_api import Route
 from agent.plugins import PluginFailure, PluginHost, await_maybe
@@ -334,7 +333,7 @@ def make_app(
     app[CONTEXT_KEY] = ctx
     app[AUTH_KEY] = Authenticator(config.raw["auth"])
     groups: dict[str, str] = {}
-    from agent.alerting.api import ROUTES as alerting_routes  # registers the state migration
+    from agent.alerting.api import ROUTES as alerting_routes
     from agent.api.rollup_routes import ROUTES as rollup_routes
     from agent.api.routes import install as install_query_api  # imports the engine: lazily
 

@@ -52,7 +52,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.model import Labels
-from agent.storage.db import MIGRATIONS
+from agent.storage.db import LEGACY_SET, Migrations
 from agent.storage.wal import BatchRecord, decode_batch
 
 if TYPE_CHECKING:
@@ -72,6 +72,9 @@ DROP_BACKLOG_AGE = "backlog_age"
 IDLE_POLL_S = 1.0
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 30.0
+
+
+MIGRATIONS = Migrations("tsagent.export_log", formerly=LEGACY_SET)
 
 
 @MIGRATIONS(name="m040_export_log")
@@ -322,6 +325,7 @@ class ExportHub:
     async def open(self, exporters: Sequence[BatchExporter]) -> None:
         """Install the hook and load (or create) each exporter's position, before any ingest."""
         if not self._installed:
+            await self.store.attach(MIGRATIONS)
             self.store.add_transaction_hook(self._hook, backfills=True)
             self.store.add_write_listener(self._on_written)
             self._installed = True

@@ -7,6 +7,7 @@ stands in for the channels (those have their own tests against real servers).
 from __future__ import annotations
 
 import copy
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -636,16 +637,21 @@ async def test_resolve_submitted_before_restart_is_notified_after_it(
     await store.close()
 
 
-async def test_outbox_table_exists_even_when_the_store_opened_first(
-    clock: ManualClock, db: Path
+async def test_the_outbox_migrates_when_the_dispatcher_attaches(
+    clock: ManualClock, db: Path, rec: Recorder
 ) -> None:
+    """Its tables come with the dispatcher, not with whichever modules were imported."""
     store = await open_store(db)
-    rows = await store._w.job(
-        lambda conn: conn.execute(
-            "SELECT name FROM _migrations WHERE name = 'm030_notifications'"
+
+    def migrations(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        return conn.execute(
+            "SELECT migration_set, name FROM _migrations WHERE name = 'm030_notifications'"
         ).fetchall()
-    )
-    assert rows == [("m030_notifications",)]
+
+    assert await store._w.job(migrations) == []
+    d = await make(clock, rec, store=store)
+    assert await store._w.job(migrations) == [("tsagent.alerting.outbox", "m030_notifications")]
+    await d.stop()
     await store.close()
 
 

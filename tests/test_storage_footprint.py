@@ -382,3 +382,18 @@ def test_head_reads_see_every_queued_append(ops: list[tuple[str, list[tuple[int,
     counts, _, _ = h.snapshot_many(list(range(1, 7)), -(2**62), 2**62)
     assert counts.tolist() == [len(model[s]) for s in range(1, 7)]
     assert int(h.count[1:7].sum()) == sum(len(m) for m in model.values())
+
+
+def test_a_subsystem_set_skips_what_was_recorded_before_it_had_a_set(tmp_path: Path) -> None:
+    """Databases of earlier releases recorded every subsystem's migrations in the storage set."""
+    from agent.storage.db import LEGACY_SET, Migrations, connect
+
+    conn = connect(tmp_path / "m.db")
+    old = Migrations(LEGACY_SET)
+    old(name="m040_thing")(lambda c: c.execute("CREATE TABLE thing (x)"))
+    assert old.apply(conn) == ["m040_thing"]
+    new = Migrations("tsagent.things", formerly=LEGACY_SET)
+    new(name="m040_thing")(lambda c: c.execute("CREATE TABLE thing (x)"))  # would fail twice
+    new(name="m041_more")(lambda c: c.execute("CREATE TABLE more (y)"))
+    assert new.apply(conn) == ["m041_more"]
+    conn.close()

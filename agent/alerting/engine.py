@@ -341,6 +341,7 @@ class RuleEngine:
         """Restore saved alert state; with ``run``, start evaluating on schedule."""
         if self._started:
             return
+        await self.store.attach(st.MIGRATIONS)
         loaded: dict[str, dict[str, st.ActiveAlert]] = await self.store._w.job(_load_state)
         self._restored = loaded
         for group in self.groups:
@@ -848,7 +849,6 @@ def _render(tmpl: Template, data: TemplateData) -> str:
 
 
 def _load_state(conn: Any) -> dict[str, dict[str, st.ActiveAlert]]:
-    st.ensure_schema(conn)
     return st.load_all(conn)
 
 

@@ -33,15 +33,15 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.alerting.model import Alert
-from agent.storage.db import MIGRATIONS
+from agent.storage.db import LEGACY_SET, Migrations
 
 if TYPE_CHECKING:
     from agent.storage import Store
 
-MIGRATION_NAME = "m030_notifications"
+MIGRATIONS = Migrations("tsagent.alerting.outbox", formerly=LEGACY_SET)
 
 
-@MIGRATIONS(name=MIGRATION_NAME)
+@MIGRATIONS(name="m030_notifications")
 def m030_notifications(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS notification_outbox ("
@@ -73,22 +73,6 @@ def m030_notifications(conn: sqlite3.Connection) -> None:
         " receiver TEXT NOT NULL,"
         " alert TEXT NOT NULL,"
         " PRIMARY KEY (fingerprint, receiver))"
-    )
-
-
-def _ensure_schema(conn: sqlite3.Connection) -> None:
-    """Apply the migration inside a writer job when the store opened before this
-    module was imported (migrations are applied at open time only)."""
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'notification_outbox'"
-    ).fetchone()
-    if row is not None:
-        return
-    m030_notifications(conn)
-    conn.execute(
-        "INSERT OR IGNORE INTO _migrations(migration_set, name, applied_at)"
-        " VALUES (?, ?, strftime('%s','now'))",
-        (MIGRATIONS.name, MIGRATION_NAME),
     )
 
 
@@ -171,8 +155,9 @@ class Outbox:
         if self._store is None:
             return Loaded([], {}, {})
 
+        await self._store.attach(MIGRATIONS)
+
         def sql(conn: sqlite3.Connection) -> Loaded:
-            _ensure_schema(conn)
             items = [
                 OutboxItem(
                     receiver=r[1],

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from agent.alerting.model import Alert, fingerprint
-from agent.storage.db import MIGRATIONS
+from agent.storage.db import LEGACY_SET, Migrations
 
 RESOLVED_RETENTION_S = 15 * 60.0
 """Prometheus's ``resolvedRetention``: how long a resolved alert is kept and re-sent."""
@@ -165,15 +165,12 @@ _SCHEMA = (
 )
 
 
+MIGRATIONS = Migrations("tsagent.alerting.state", formerly=LEGACY_SET)
+
+
 @MIGRATIONS(name="m020_alert_state")
 def m020_alert_state(conn: sqlite3.Connection) -> None:
-    # IF NOT EXISTS: a store opened before this module was imported gets the
-    # table from ensure_schema() instead, and the migration then finds it.
-    conn.execute(_SCHEMA)
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the table when the store was opened before the migration was registered."""
+    # IF NOT EXISTS: databases of releases that created the table outside migrations.
     conn.execute(_SCHEMA)
 
 

@@ -5,11 +5,12 @@ engine states its transactions explicitly: ``BEGIN IMMEDIATE`` takes the write
 lock up front, which turns a would-be mid-transaction ``SQLITE_BUSY`` into a
 wait at the start, where nothing has to be undone.
 
-Migrations follow sqlite-utils/sqlite-migrate: named functions registered in
-order, each applied in its own transaction and recorded in ``_migrations``,
-so a crash between two migrations leaves a database that the next start simply
-continues migrating.  Later features (audit, versions, retention) add their
-own functions to :data:`MIGRATIONS` instead of editing earlier ones.
+Migrations follow sqlite-utils/sqlite-migrate: named functions in named sets,
+applied in name order, each in its own transaction and recorded in
+``_migrations``, so a crash between two migrations leaves a database that the
+next start simply continues migrating.  :data:`MIGRATIONS` is the storage
+engine's set (series, log, segments, audit, versions, cardinality limits);
+other subsystems own theirs (see :class:`Migrations`).
 """
 
 from __future__ import annotations
@@ -38,10 +39,19 @@ class Migration:
 
 
 class Migrations:
-    """An ordered, named set of schema changes."""
+    """An ordered, named set of schema changes, one per subsystem.
 
-    def __init__(self, name: str) -> None:
+    The storage engine's own set is applied when the store opens; every other
+    subsystem (alert state, notification outbox, export log, rollups) owns a
+    set and applies it when it attaches to the store (:meth:`Store.attach`),
+    so no table depends on which modules happened to be imported.
+    ``formerly`` names the set a migration was recorded under before it had a
+    set of its own, so existing databases do not run it twice.
+    """
+
+    def __init__(self, name: str, *, formerly: str | None = None) -> None:
         self.name = name
+        self.formerly = formerly
         self._items: list[Migration] = []
 
     def __call__(self, *, name: str | None = None) -> Callable[[MigrationFn], MigrationFn]:
@@ -63,7 +73,8 @@ class Migrations:
         done = {
             row[0]
             for row in conn.execute(
-                "SELECT name FROM _migrations WHERE migration_set = ?", (self.name,)
+                "SELECT name FROM _migrations WHERE migration_set IN (?, ?)",
+                (self.name, self.formerly or self.name),
             )
         }
         return sorted((m for m in self._items if m.name not in done), key=lambda m: m.name)
@@ -75,8 +86,8 @@ class Migrations:
             with transaction(conn):
                 # Re-check under the write lock: another process may have won the race.
                 row = conn.execute(
-                    "SELECT 1 FROM _migrations WHERE migration_set = ? AND name = ?",
-                    (self.name, m.name),
+                    "SELECT 1 FROM _migrations WHERE migration_set IN (?, ?) AND name = ?",
+                    (self.name, self.formerly or self.name, m.name),
                 ).fetchone()
                 if row is not None:
                     continue
@@ -111,6 +122,8 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 MIGRATIONS = Migrations("tsagent.storage")
+# Where subsystems' migrations were recorded before each had a set of its own.
+LEGACY_SET = MIGRATIONS.name
 
 
 @MIGRATIONS()

@@ -54,7 +54,7 @@ import zstandard
 
 from agent.model import STALE_NAN_BITS, Labels, Matcher
 from agent.storage.audit import decode_points
-from agent.storage.db import MIGRATIONS
+from agent.storage.db import LEGACY_SET, Migrations
 from agent.storage.errors import StorageError, StoreClosed, StoreFailed
 
 if TYPE_CHECKING:
@@ -71,6 +71,9 @@ _HEADER = struct.Struct("<BI")
 _SERIES_CHUNK = 1000
 # Audit operations that change samples (retention and re-encoding do not need recomputing).
 _DATA_OPS = ("append", "backfill", "write", "rollback")
+
+
+MIGRATIONS = Migrations("tsagent.rollups", formerly=LEGACY_SET)
 
 
 @MIGRATIONS(name="m050_rollups")

@@ -370,6 +370,7 @@ class Store:
             all_ids=index.all_ids,
             raw_cutoffs=lambda now: self._retention.cutoffs(index, now),
         )
+        await self.attach(rollup.MIGRATIONS)
         await manager.load()
         self.add_write_listener(manager.on_write)
         self.rollups = manager
@@ -443,10 +444,21 @@ class Store:
     ) -> Any:
         """Run ``sql(conn)`` in its own write transaction, serialised with appends.
 
-        For plugins' own tables (their migrations go into ``db.MIGRATIONS``);
+        For plugins' own tables (their migrations: a ``db.Migrations`` set of their own,
+        applied with :meth:`attach`);
         see :meth:`agent.storage.writer.Writer.job`. Returns after the commit.
         """
         return await self._w.job(sql, after)
+
+    async def attach(self, migrations: db.Migrations) -> list[str]:
+        """Apply a subsystem's migration set (what is pending, in name order); returns the
+        names applied. Runs on the SQL thread, between writer transactions."""
+        applied: list[str] = await asyncio.get_running_loop().run_in_executor(
+            self._sql_thread, migrations.apply, self._conn
+        )
+        if applied:
+            log.info("%s migrations applied: %s", migrations.name, ", ".join(applied))
+        return applied
 
     async def run_read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn(conn)`` on a reader thread with a read-only connection (a snapshot)."""
