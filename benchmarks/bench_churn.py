@@ -17,6 +17,11 @@ request. For each daemon:
   (and 10 s later) minus before it (after startup and a 3 s settle), divided
   by the series.
 
+``--memory`` adds a separate tsagent run under tracemalloc
+(``benchmarks/traced_daemon.py``) and lists the Python memory each new
+series costs, per file and per line of ``agent/`` and ``plugins/`` that
+allocated it, next to the RSS growth of that run.
+
 ``--profile FILE`` adds a separate tsagent run under ``py-spy record``
 (sampling slows the daemon, so the measured runs are never profiled),
 writes the profile to FILE (``--profile-format``, default ``raw``: collapsed
@@ -29,10 +34,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import linecache
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +137,106 @@ def profile_tsagent(
     return info, lines
 
 
+def _owner(trace: Any) -> tuple[str, int]:
+    """The innermost frame of an allocation inside agent/ or plugins/ (else the innermost)."""
+    frames = list(trace.traceback)  # oldest first
+    for f in reversed(frames):
+        rel = _relative(f.filename)
+        if rel.startswith(("agent/", "plugins/")):
+            return rel, f.lineno
+    f = frames[-1]
+    return _relative(f.filename), f.lineno
+
+
+def _relative(filename: str) -> str:
+    try:
+        return str(Path(filename).resolve().relative_to(harness.ROOT))
+    except ValueError:
+        return "/".join(Path(filename).parts[-2:])
+
+
+def _by_owner(snapshot: Any) -> Counter[tuple[str, int]]:
+    out: Counter[tuple[str, int]] = Counter()
+    for trace in snapshot.traces:
+        out[_owner(trace)] += trace.size
+    return out
+
+
+def memory_breakdown(
+    tmp: Path, args: argparse.Namespace, start_ms: int, untraced_rss_per_series: float | None
+) -> tuple[dict[str, Any], list[str]]:
+    """Python allocations per new series, by the agent/plugins line that made them.
+
+    A separate tsagent run from ``traced_daemon.py`` (tracemalloc, 30 frames,
+    started after startup): a snapshot before and after the churn load; the
+    difference, per owning line, divided by the new series. RSS growth minus the traced
+    growth is what tracemalloc cannot see: SQLite's page cache and
+    allocations, allocator slack, freed-but-kept arenas.
+    """
+    snap_file = tmp / "tracemalloc.snapshot"
+    d = harness.start_tsagent(
+        tmp / "traced",
+        entry=(str(Path(__file__).resolve().parent / "traced_daemon.py"),),
+        env_extra={"TSAGENT_TRACEMALLOC_OUT": str(snap_file)},
+    )
+    try:
+        time.sleep(SETTLE_S)
+        before = _by_owner(harness.tracemalloc_snapshot(d, snap_file))
+        rss0 = d.rss_bytes()
+        res = asyncio.run(
+            loadgen.run_load(
+                d.write_url,
+                series=args.series,
+                senders=args.senders,
+                rounds=1,
+                batch=args.batch,
+                start_ms=start_ms,
+            )
+        )
+        rss1 = d.rss_bytes()  # before the snapshot, which allocates on its own
+        after = _by_owner(harness.tracemalloc_snapshot(d, snap_file))
+    finally:
+        d.stop()
+    n = res.samples_accepted
+    growth = Counter(after)
+    growth.subtract(before)
+    traced = sum(growth.values())
+    files: Counter[str] = Counter()
+    for (file, _), size in growth.items():
+        files[file] += size
+    info = {"accepted": n, "rss_growth": rss1 - rss0, "traced_growth": traced}
+    if not n:
+        return info, [f"memory breakdown: no series accepted {res.errors}"]
+    if untraced_rss_per_series:
+        rest = (
+            f"of the {untraced_rss_per_series:,.0f} B RSS growth per series of the untraced "
+            f"tsagent run above; the other {untraced_rss_per_series - traced / n:,.0f} B are "
+            "what tracemalloc cannot see (SQLite's page cache and allocations, allocator "
+            "slack)"
+        )
+    else:
+        rest = "(run with tsagent in --systems for the untraced RSS growth to compare)"
+    lines = [
+        f"Python memory per new series (tracemalloc in the daemon, {n:,} series): "
+        f"{traced / n:,.0f} B traced {rest}. This traced run's own RSS grew "
+        f"{(rss1 - rss0) / n:,.0f} B per series, tracemalloc's bookkeeping included.",
+        "",
+        "| file | B per new series |",
+        "|---|---:|",
+    ]
+    for file, size in files.most_common(args.profile_top):
+        if size / n >= 1:
+            lines.append(f"| `{file}` | {size / n:,.0f} |")
+    lines += ["", "| line (innermost agent/plugins frame) | B per new series | code |"]
+    lines.append("|---|---:|---|")
+    for (file, lineno), size in growth.most_common(args.profile_top):
+        if size / n < 1:
+            break
+        code = linecache.getline(str(harness.ROOT / file), lineno).strip().replace("|", "\\|")
+        lines.append(f"| `{file}:{lineno}` | {size / n:,.0f} | `{code[:90]}` |")
+    return info, lines
+
+
 def markdown(out: dict[str, Any]) -> str:
     c = out["config"]
     lines = [
@@ -162,6 +269,8 @@ def markdown(out: dict[str, Any]) -> str:
             lines.append(f"\n{name} errors: {r['errors']}")
     if out.get("profile"):
         lines += ["", *out["profile"]]
+    if out.get("memory"):
+        lines += ["", *out["memory"]]
     return "\n".join(lines)
 
 
@@ -179,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--profile", metavar="FILE", help="also profile a tsagent run with py-spy")
     p.add_argument("--profile-format", default="raw", help="py-spy format (raw, speedscope...)")
-    p.add_argument("--profile-top", type=int, default=20, help="functions listed from the profile")
+    p.add_argument(
+        "--profile-top", type=int, default=20, help="rows listed from the profile and --memory"
+    )
+    p.add_argument(
+        "--memory", action="store_true", help="also a traced tsagent run: memory per line"
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary data directories")
     args = p.parse_args(argv)
@@ -206,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             info, lines = profile_tsagent(tmp, args, start_ms)
             out["profiled_run"] = info
             out["profile"] = lines
+        if args.memory:
+            untraced = out["systems"].get("tsagent", {}).get("rss_per_series")
+            info, lines = memory_breakdown(tmp, args, start_ms, untraced)
+            out["traced_run"] = info
+            out["memory"] = lines
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -160,15 +160,27 @@ class Daemon:
             return ""
 
 
-def _spawn(argv: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _spawn(
+    argv: list[str], log: Path, cwd: Path | None = None, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     env.pop("NOTIFY_SOCKET", None)
     with open(log, "wb") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
 
 
-def start_tsagent(tmp: Path, *, extra_config: str = "") -> Daemon:
-    """``tsagent run`` on a free port; data in ``tmp/tsagent``; default storage settings."""
+def start_tsagent(
+    tmp: Path,
+    *,
+    extra_config: str = "",
+    entry: tuple[str, ...] = ("-m", "agent.cli"),
+    env_extra: dict[str, str] | None = None,
+) -> Daemon:
+    """``tsagent run`` on a free port; data in ``tmp/tsagent``; default storage settings.
+
+    ``entry`` replaces ``-m agent.cli`` (``benchmarks/traced_daemon.py`` runs
+    the same CLI with tracemalloc on); ``env_extra`` adds environment variables.
+    """
     data = tmp / "tsagent"
     data.mkdir(parents=True)
     port = free_port()
@@ -180,7 +192,7 @@ def start_tsagent(tmp: Path, *, extra_config: str = "") -> Daemon:
         f"server:\n  max_body_bytes: {64 * 1024 * 1024}\n" + extra_config
     )
     proc = _spawn(
-        [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)], tmp / "tsagent.log", ROOT
+        [sys.executable, *entry, "run", "-c", str(cfg)], tmp / "tsagent.log", ROOT, env_extra
     )
     base = f"http://127.0.0.1:{port}"
     d = Daemon("tsagent", proc, base, "/api/v1/write", data, tmp / "tsagent.log")
@@ -260,6 +272,20 @@ def start_prometheus(tmp: Path, extra_args: tuple[str, ...] = ()) -> Daemon | No
         d.stop(10)
         raise
     return d
+
+
+def tracemalloc_snapshot(d: Daemon, out: Path, timeout: float = 300.0) -> Any:
+    """Ask a daemon started from ``traced_daemon.py`` for a snapshot (SIGUSR1) and load it."""
+    import tracemalloc
+
+    out.unlink(missing_ok=True)
+    d.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while not out.exists():
+        if d.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"no tracemalloc snapshot from {d.name}: {d.log_tail()}")
+        time.sleep(0.2)
+    return tracemalloc.Snapshot.load(str(out))
 
 
 STARTERS = {"tsagent": start_tsagent, "victoria": start_victoria, "prometheus": start_prometheus}
