@@ -36,6 +36,7 @@ from agent.query.blocks import (
     search_windows,
 )
 from agent.query.errors import BadDataError, ExecutionError
+from agent.query.limits import QueryBudget
 from agent.query.parser import parse
 from agent.query.queryable import Queryable, SelectedArraysLike, select_arrays
 from agent.query.values import (
@@ -119,12 +120,20 @@ class Engine:
     # with rollup_resolution_ms set, from that resolution regardless (approximate).
     rollups: RollupSource | None = None
     rollup_resolution_ms: int = 0
+    # Deadline, point and memory limits checked during evaluation (agent.query.limits);
+    # None: unbounded, for tests and the conformance runner.
+    budget: QueryBudget | None = None
 
     def parse(self, expr: str) -> ast.Node:
         return parse(expr)
 
-    async def instant(self, expr: str | ast.Node, time_ms: int) -> Result:
-        node = parse(expr) if isinstance(expr, str) else expr
+    async def instant(
+        self, expr: str | ast.Node, time_ms: int, *, node: ast.Node | None = None
+    ) -> Result:
+        """Evaluate at ``time_ms``; ``node``: ``expr`` already parsed (``expr`` still
+        gives annotation positions)."""
+        if node is None:
+            node = parse(expr) if isinstance(expr, str) else expr
         return await _Evaluator(self, expr, time_ms, time_ms, 0).run(node)
 
     async def range(
@@ -134,6 +143,8 @@ class Engine:
         end_ms: int,
         step_ms: int,
         times: np.ndarray | None = None,
+        *,
+        node: ast.Node | None = None,
     ) -> Result:
         """Evaluate at start, start + step, ... <= end, or at ``times`` when given.
 
@@ -141,7 +152,8 @@ class Engine:
         steps, which are not evenly spaced across DST changes; ``step()`` then
         still answers the nominal ``step_ms``.
         """
-        node = parse(expr) if isinstance(expr, str) else expr
+        if node is None:
+            node = parse(expr) if isinstance(expr, str) else expr
         if step_ms <= 0:
             raise BadDataError(
                 "zero or negative query resolution step widths are not accepted. "
@@ -177,6 +189,12 @@ class _Evaluator:
         self.positions = ast.Positions(self.text if isinstance(self.text, str) else "")
         self.delayed = self.engine.delayed_name_removal
         self.range_query = self.start != self.end
+        self.budget = self.engine.budget
+
+    def points(self, n: int, what: str) -> None:
+        """Refuse, before allocating it, an array of ``n`` points past the query's budget."""
+        if self.budget is not None:
+            self.budget.points(n, what)
 
     def pos(self, node: ast.Node | int) -> str:
         p = node if isinstance(node, int) else getattr(node, "pos", -1)
@@ -290,6 +308,9 @@ class _Evaluator:
             step = node.step_ms or self.engine.subquery_step_ms
             first = int(ends.min()) - node.range_ms
             inner_start = (first // step + 1) * step
+            # Steps of the inner query, counted before np.arange allocates them: a
+            # [30d:1ms] subquery is 2.6e9 steps, refused here rather than allocated.
+            self.points(max(0, (int(ends.max()) - inner_start) // step + 1), "subquery steps")
             inner = np.arange(inner_start, int(ends.max()) + 1, step, dtype=np.int64)
             if len(inner) == 0:
                 empty = RangeData(
@@ -316,6 +337,8 @@ class _Evaluator:
     # --- evaluation --------------------------------------------------------------------
 
     async def eval(self, node: ast.Node, steps: np.ndarray) -> Value:
+        if self.budget is not None:
+            self.budget.check()
         if isinstance(node, ast.Paren):
             return await self.eval(node.expr, steps)
         if isinstance(node, ast.NumberLiteral):
@@ -348,6 +371,7 @@ class _Evaluator:
         data = await self.fetch(sel, int(when.min()) - lookback + 1, int(when.max()), True)
         if len(data) == 0:
             return Block.empty(len(steps))
+        self.points(len(data) * len(steps), "series x steps of a selector")
         lo, hi = search_windows(data, when - lookback, when)
         has = hi > lo
         idx = np.where(has, hi - 1, 0)
@@ -553,6 +577,7 @@ class _Evaluator:
             for i, a in enumerate(node.args)
         ]
         data, ends, rng = await self.range_arg(node.args[midx], steps)
+        self.points(len(data) * len(steps), f"series x steps of {name}()")
         lo, hi = search_windows(data, ends - rng, ends)
         nonempty = hi > lo
         present = nonempty
@@ -646,6 +671,7 @@ class _Evaluator:
         """A plugin's range function (see :mod:`agent.query.extensions`)."""
         scalars = [_scalar(await self.eval(a, steps)) for a in node.args[1:]]
         data, ends, rng = await self.range_arg(node.args[0], steps)
+        self.points(len(data) * len(steps), f"series x steps of {node.name}()")
         lo, hi = search_windows(data, ends - rng, ends)
         v, present = fn(data, lo, hi, ends, scalars)
         drop = np.ones(len(data), dtype=bool)

@@ -17,6 +17,7 @@ import numpy as np
 
 from agent.query.blocks import RangeData
 from agent.query.errors import ExecutionError
+from agent.query.limits import checkpoint
 
 Arr = np.ndarray
 
@@ -35,6 +36,8 @@ def _positions(lo: Arr, hi: Arr, start: int = 0) -> Iterator[tuple[int, Arr, Arr
     cnt = hi - lo
     top = int(cnt.max()) if cnt.size else 0
     for j in range(start, top):
+        if j & 63 == 0:
+            checkpoint()  # a window of millions of samples loops as long: stay interruptible
         mask = cnt > j
         yield j, mask, np.where(mask, lo + j, 0)
 

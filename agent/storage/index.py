@@ -11,7 +11,6 @@ object costs ~80 bytes more than the id it holds.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from array import array
 from bisect import bisect_left
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 from sortedcontainers import SortedDict
 
-from agent.model import Labels, Matcher, MatchOp
+from agent.model import Labels, Matcher, MatchOp, compile_anchored
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _META = set(".^$*+?{}[]\\|()")
@@ -362,5 +361,5 @@ def _prefix_keys(values: SortedDict, prefix: str) -> Iterator[str]:
 
 
 def _regex_of(m: Matcher) -> Callable[[str], bool]:
-    rx = m._regex if m._regex is not None else re.compile(f"^(?:{m.value})$", re.DOTALL)
+    rx = m._regex if m._regex is not None else compile_anchored(m.value)
     return lambda v: rx.match(v) is not None

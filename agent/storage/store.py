@@ -233,6 +233,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._queries is not None:
+            self._queries.close()  # query worker threads; running ones stop at their next check
         if self.rollups is not None:
             await self.rollups.stop()
         for task in (self._flusher, self._retainer):
