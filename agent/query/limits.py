@@ -170,11 +170,11 @@ class QueryBudget:
             self.charge(n * 17, what)
 
     def charge(self, nbytes: int, what: str) -> None:
-        """Add ``nbytes`` of intermediate results; refuse past ``query.max_memory``."""
+        """Add ``nbytes`` of intermediate results; refuse past ``query.max_memory_bytes``."""
         self.bytes_used += nbytes
         if self.bytes_used > self.max_bytes:
             raise TooManySamples(
-                f"query would use more than query.max_memory ({self.max_bytes} bytes)"
+                f"query would use more than query.max_memory_bytes ({self.max_bytes} bytes)"
                 f" for its intermediate results ({what})"
             )
 

@@ -100,7 +100,7 @@ class QueryOptions:
             cache_ttl_s=parse_duration(cache.get("ttl", "5m")),
             max_concurrency=int(section.get("max_concurrency", 20)),
             max_queued=int(section.get("max_queued", 200)),
-            max_memory_bytes=int(section.get("max_memory", 1024 * 1024 * 1024)),
+            max_memory_bytes=int(section.get("max_memory_bytes", 1024 * 1024 * 1024)),
             parse_limits=ParseLimits(
                 max_length=int(section.get("max_query_length", DEFAULT_PARSE_LIMITS.max_length)),
                 max_depth=int(section.get("max_query_depth", DEFAULT_PARSE_LIMITS.max_depth)),
