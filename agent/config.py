@@ -671,6 +671,12 @@ CORE_SCHEMA = Schema(
                     "Queries evaluated at once, each in a worker thread.",
                     check=check_positive,
                 ),
+                "cpu_workers": Field(
+                    int,
+                    0,
+                    "Admitted queries evaluated at the same time; 0: CPU cores - 1, at least 1.",
+                    check=check_non_negative,
+                ),
                 "max_queued": Field(
                     int,
                     200,

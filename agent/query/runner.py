@@ -9,9 +9,13 @@ the store are sent back to the main loop (:class:`LoopBridge`), where the
 index and the head are only ever touched by one thread, and wait there as
 reads did before.
 
-At most ``query.max_concurrency`` evaluations run at once (Prometheus'
+At most ``query.max_concurrency`` queries are admitted at once (Prometheus'
 default, 20); up to ``query.max_queued`` more wait for a slot, and beyond that
-a query is refused at once with 503 ``unavailable``. Time spent waiting counts
+a query is refused at once with 503 ``unavailable``. Of the admitted ones,
+``query.cpu_workers`` evaluate at the same time (default: one fewer than the
+CPU cores, at least one), the others wait for a worker: Python code holds the
+GIL, and every extra runnable thread takes GIL time from the event loop, which
+is what made remote-write latency grow under query load. Time spent waiting counts
 towards the query's timeout. A query that times out answers 503 immediately;
 its worker stops at the next budget check (see :mod:`agent.query.limits`) and
 only then frees its slot, so abandoned work can never pile up past the limit.
@@ -20,6 +24,7 @@ only then frees its slot, so abandoned work can never pile up past the limit.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,22 +106,23 @@ async def _arrays(
 class QueryRunner:
     """Runs evaluations in up to ``max_concurrency`` threads with a bounded queue."""
 
-    def __init__(self, max_concurrency: int = 20, max_queued: int = 200) -> None:
+    def __init__(self, max_concurrency: int = 20, max_queued: int = 200, workers: int = 0) -> None:
         self.max_concurrency = max(1, max_concurrency)
         self.max_queued = max(0, max_queued)
+        self.workers = workers if workers > 0 else default_workers()
         self._pool: ThreadPoolExecutor | None = None
         self._sem: asyncio.Semaphore | None = None
         self._sem_loop: asyncio.AbstractEventLoop | None = None
         self.queued = 0
         self.running = 0
 
-    def configure(self, max_concurrency: int, max_queued: int) -> None:
+    def configure(self, max_concurrency: int, max_queued: int, workers: int = 0) -> None:
         """Apply new limits; running queries finish in their old pool."""
-        if (max(1, max_concurrency), max(0, max_queued)) == (self.max_concurrency, self.max_queued):
+        new = (max(1, max_concurrency), max(0, max_queued), workers or default_workers())
+        if new == (self.max_concurrency, self.max_queued, self.workers):
             return
         self.close()
-        self.max_concurrency = max(1, max_concurrency)
-        self.max_queued = max(0, max_queued)
+        self.max_concurrency, self.max_queued, self.workers = new
 
     def close(self) -> None:
         """Stop taking work; running evaluations end at their next budget check."""
@@ -150,7 +156,7 @@ class QueryRunner:
         finally:
             self.queued -= 1
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="query")
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="query")
         self.running += 1
         try:
             fut = loop.run_in_executor(self._pool, _work, make, budget)
@@ -183,8 +189,18 @@ def _remaining(budget: QueryBudget) -> float | None:
     return max(0.0, budget.deadline - time.monotonic())
 
 
+def default_workers() -> int:
+    """One fewer than the CPU cores this process may use, at least one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def _work(make: Callable[[], Awaitable[T]], budget: QueryBudget) -> T:
     """Thread body: a private event loop for the evaluator's coroutines."""
+    budget.check()  # timed out or abandoned while waiting for a worker: do nothing
     loop = asyncio.new_event_loop()
     try:
         with budget_scope(budget):

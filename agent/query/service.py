@@ -82,6 +82,7 @@ class QueryOptions:
     cache_ttl_s: float = 300.0
     max_concurrency: int = 20
     max_queued: int = 200
+    cpu_workers: int = 0  # 0: one fewer than the CPU cores, at least one
     max_memory_bytes: int = 1024 * 1024 * 1024
     parse_limits: ParseLimits = DEFAULT_PARSE_LIMITS
 
@@ -100,6 +101,7 @@ class QueryOptions:
             cache_ttl_s=parse_duration(cache.get("ttl", "5m")),
             max_concurrency=int(section.get("max_concurrency", 20)),
             max_queued=int(section.get("max_queued", 200)),
+            cpu_workers=int(section.get("cpu_workers", 0)),
             max_memory_bytes=int(section.get("max_memory_bytes", 1024 * 1024 * 1024)),
             parse_limits=ParseLimits(
                 max_length=int(section.get("max_query_length", DEFAULT_PARSE_LIMITS.max_length)),
@@ -139,11 +141,13 @@ class QueryAnswer:
         cache: str,
         entry: CacheEntry | None,
         _cache: QueryCache | None = None,
+        body: bytes | None = None,
     ) -> None:
         self._result = result
         self.cache = cache
         self.entry = entry
         self._cache = _cache
+        self._body = body  # the data JSON, when the worker encoded it already
 
     @property
     def result(self) -> Result:
@@ -169,7 +173,7 @@ class QueryAnswer:
         """The API ``data`` object encoded; kept with a cache entry so hits skip encoding."""
         if self.entry is not None and self.entry.data_json is not None:
             return self.entry.data_json
-        body = encode_data(self.result)
+        body = self._body if self._body is not None else encode_data(self.result)
         if self.entry is not None and self._cache is not None:
             self._cache.attach_json(self.entry, body)
         return body
@@ -277,7 +281,9 @@ class QueryService:
         self.queryable = queryable
         self.options = options or QueryOptions()
         self.cache = QueryCache(name_of=name_of)
-        self.runner = QueryRunner(self.options.max_concurrency, self.options.max_queued)
+        self.runner = QueryRunner(
+            self.options.max_concurrency, self.options.max_queued, self.options.cpu_workers
+        )
         # Set by Store.start_rollups: *_over_time may then read rollups (see rollup_select).
         self.rollups: RollupSource | None = None
         self.configure(self.options)
@@ -285,7 +291,7 @@ class QueryService:
     def configure(self, options: QueryOptions) -> None:
         """Apply (re)loaded settings; cached results survive unless caching was turned off."""
         self.options = options
-        self.runner.configure(options.max_concurrency, options.max_queued)
+        self.runner.configure(options.max_concurrency, options.max_queued, options.cpu_workers)
         self.cache.configure(
             enabled=options.cache_enabled,
             max_bytes=options.cache_max_bytes,
@@ -327,8 +333,13 @@ class QueryService:
         lookback_ms: int | None = None,
         cache: CacheMode = "use",
         resolution_ms: int = 0,
+        encode_json: bool = False,
     ) -> QueryAnswer:
-        """An instant query; ``resolution_ms`` answers ``*_over_time`` from that rollup."""
+        """An instant query; ``resolution_ms`` answers ``*_over_time`` from that rollup.
+
+        ``encode_json``: encode the API ``data`` in the worker thread too (the HTTP
+        API always sends it), so a large result is not encoded on the event loop.
+        """
         node, sig = self.parse(expr)
         lookback = lookback_ms or self.options.lookback_ms
         key = CacheKey(sig, time_ms_, time_ms_, 0, "", lookback)
@@ -336,7 +347,9 @@ class QueryService:
         async def run(engine: Engine) -> Result:
             return await engine.instant(expr, time_ms_, node=node)
 
-        return await self._run(node, key, run, timeout_s, lookback, cache, resolution_ms)
+        return await self._run(
+            node, key, run, timeout_s, lookback, cache, resolution_ms, encode_json
+        )
 
     async def range(
         self,
@@ -350,6 +363,7 @@ class QueryService:
         lookback_ms: int | None = None,
         cache: CacheMode = "use",
         resolution_ms: int = 0,
+        encode_json: bool = False,
     ) -> QueryAnswer:
         """A range query; with ``align_tz`` its steps follow that zone's calendar.
 
@@ -382,7 +396,9 @@ class QueryService:
                 return Matrix([])
             return await engine.range(expr, start_ms, end_ms, step_ms_, times=times, node=node)
 
-        return await self._run(node, key, run, timeout_s, lookback, cache, resolution_ms)
+        return await self._run(
+            node, key, run, timeout_s, lookback, cache, resolution_ms, encode_json
+        )
 
     async def _run(
         self,
@@ -393,6 +409,7 @@ class QueryService:
         lookback: int,
         mode: CacheMode,
         resolution_ms: int = 0,
+        encode_json: bool = False,
     ) -> QueryAnswer:
         if resolution_ms:
             self.check_resolution(resolution_ms)
@@ -417,21 +434,29 @@ class QueryService:
             rollup_resolution_ms=resolution_ms,
             budget=budget,
         )
+        max_samples = self.options.max_samples
+
+        async def work() -> tuple[Result, bytes | None]:
+            """In the worker: evaluate, check the result's size, encode it if asked."""
+            result: Result = await run(engine)
+            if result_points(result) > max_samples:
+                raise ExecutionError(TOO_MANY_SAMPLES)
+            return result, encode_data(result) if encode_json else None
+
         token = cache.begin()
         try:
-            result: Result = await self.runner.run(lambda: run(engine), budget)
-            if result_points(result) > self.options.max_samples:
-                raise ExecutionError(TOO_MANY_SAMPLES)
+            result, body = await self.runner.run(work, budget)
             entry = None
             if ttl is not None:
                 deps = dependencies(
                     node, key.start, key.end, lookback, self.options.subquery_step_ms
                 )
-                entry = cache.put(key, result, deps, token, ttl, encode_data)
+                encode = encode_data if body is None else (lambda _r: body)
+                entry = cache.put(key, result, deps, token, ttl, encode)
         finally:
             cache.finish()
         state = "off" if ttl is None else ("miss" if mode == "use" else "bypass")
-        return QueryAnswer(result, state, entry, cache)
+        return QueryAnswer(result, state, entry, cache, body)
 
     def parse(self, expr: str) -> tuple[ast.Node, str]:
         """Tree and signature of ``expr``, after the text limits (400 naming the limit)."""
