@@ -1,10 +1,12 @@
 """Remote-write latency with and without heavy queries running (issue 15).
 
-Run: ``python benchmarks/bench_ingest_under_query.py`` (about two minutes).
+Run: ``python benchmarks/bench_ingest_under_query.py`` (about four minutes).
 
 1. Starts ``tsagent run`` on a free loopback port with a temporary data directory
    and loads ``benchmarks/loadgen.py``'s ``dashboard`` mix (100,000 series,
    ``--history`` samples each at 15 s) so the queries have data to read.
+   It then waits until the daemon is idle (the head flush and the first rollup
+   pass after a 2-million-sample load would otherwise land in the first phase).
 2. Phase ``idle``: remote write at a steady ``--rate`` samples/s (default 50,000)
    into the same 100,000 series for ``--seconds``, open loop: request ``k`` is
    sent at ``t0 + k * batch / rate`` whether or not earlier ones have answered,
@@ -12,6 +14,9 @@ Run: ``python benchmarks/bench_ingest_under_query.py`` (about two minutes).
    bodies are encoded before the phase starts.
 3. Phase ``queries``: the same write load while ``--clients`` (4) clients loop
    issue 15's six heavy queries with ``Cache-Control: no-cache``.
+   The two phases alternate ``--cycles`` times (idle, queries, idle, ...) and
+   the latencies of each kind are pooled, so a background pass of the daemon
+   (rollups, flush) cannot land in one kind only.
 4. Prints a Markdown table: remote-write requests, p50/p99/max latency, answers
    that were not 2xx (refused), and the queries answered per status. The
    target: p99 with queries <= 2 x p99 without, and no request refused.
@@ -23,7 +28,9 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import loadgen  # noqa: E402
 from bench_query import load, start_process, stop, wait_for_query_api  # noqa: E402
-from bench_remote_write import free_port, wait_ready  # noqa: E402
+from bench_remote_write import cpu_seconds, free_port, wait_ready  # noqa: E402
 
 INTERVAL_MS = 15_000
 
@@ -168,7 +175,7 @@ async def run_phase(
     clients: int,
     at: float,
     rng: dict[str, str],
-) -> Phase:
+) -> tuple[Phase, list[float]]:
     phase = Phase(name)
     done = asyncio.Event()
     query_times: list[float] = []
@@ -181,11 +188,45 @@ async def run_phase(
     latencies = await write_phase(base + "/api/v1/write", requests, interval_s, phase)
     done.set()
     await asyncio.gather(*loops)
+    summarise(phase, latencies, query_times)
+    return phase, latencies + [-q for q in query_times]  # queries kept as negatives
+
+
+def summarise(phase: Phase, latencies: list[float], query_times: list[float]) -> None:
     phase.p50_ms = round(percentile(latencies, 0.50) * 1000, 2)
     phase.p99_ms = round(percentile(latencies, 0.99) * 1000, 2)
     phase.max_ms = round(max(latencies, default=0.0) * 1000, 2)
     phase.query_median_ms = round(statistics.median(query_times) * 1000, 1) if query_times else 0
-    return phase
+
+
+def pooled(name: str, runs: list[tuple[Phase, list[float]]]) -> Phase:
+    """One phase of ``name`` from several runs: counts added, percentiles over all requests."""
+    out = Phase(name)
+    writes: list[float] = []
+    queries: list[float] = []
+    for phase, times in runs:
+        out.requests += phase.requests
+        out.refused += phase.refused
+        out.late_starts += phase.late_starts
+        for table, into in ((phase.statuses, out.statuses), (phase.queries, out.queries)):
+            for k, v in table.items():
+                into[k] = into.get(k, 0) + v
+        writes += [t for t in times if t >= 0]
+        queries += [-t for t in times if t < 0]
+    summarise(out, writes, queries)
+    return out
+
+
+def settle(pid: int, limit_s: float) -> None:
+    """Wait (at most ``limit_s``) until the daemon used under 10% of a core for 3 s."""
+    deadline = time.monotonic() + limit_s
+    quiet = 0
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline and quiet < 3:
+        time.sleep(1.0)
+        now = cpu_seconds(pid)
+        quiet = quiet + 1 if now - last < 0.1 else 0
+        last = now
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -203,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)], tmp / "tsagent.log", ROOT
     )
     out: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "clients": args.clients}
+    spy: subprocess.Popen[bytes] | None = None
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, agent)
@@ -221,18 +263,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "step": "15",
         }
         interval_s = args.batch / args.rate
-        phases = []
-        for k, (name, clients) in enumerate((("idle", 0), ("queries", args.clients))):
+        settle(agent.pid, args.settle)
+        if args.profile:
+            spy = subprocess.Popen(
+                [
+                    shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "-o",
+                    args.profile,
+                    "-p",
+                    str(agent.pid),
+                    "-r",
+                    "100",
+                    "-f",
+                    "raw",
+                    "--threads",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
+        runs: dict[str, list[tuple[Phase, list[float]]]] = {"idle": [], "queries": []}
+        plan = [("idle", 0), ("queries", args.clients)] * args.cycles
+        for k, (name, clients) in enumerate(plan):
             first = last + INTERVAL_MS + k * int(args.seconds * 1000 + 60_000)
             reqs = bodies(args.series, args.rate, args.seconds, args.batch, first, k)
-            phase = asyncio.run(run_phase(name, base, reqs, interval_s, clients, at, rng))
-            phases.append(phase)
-            print(f"  {name}: {asdict(phase)}", file=sys.stderr)
+            got = asyncio.run(run_phase(name, base, reqs, interval_s, clients, at, rng))
+            runs[name].append(got)
+            print(f"  {name}: {asdict(got[0])}", file=sys.stderr)
+        phases = [pooled(name, runs[name]) for name in ("idle", "queries")]
         out["phases"] = [asdict(p) for p in phases]
         idle, busy = phases
         out["p99_ratio"] = round(busy.p99_ms / idle.p99_ms, 2) if idle.p99_ms else None
         out["alive"] = agent.poll() is None
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         stop(agent)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -261,9 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--series", type=int, default=100_000)
     p.add_argument("--history", type=int, default=20, help="samples per series before phases")
     p.add_argument("--rate", type=int, default=50_000, help="remote-write samples/s")
-    p.add_argument("--seconds", type=float, default=30.0, help="length of each phase")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--batch", type=int, default=2_000, help="samples per remote-write request")
     p.add_argument("--clients", type=int, default=4, help="concurrent query clients")
+    p.add_argument("--cycles", type=int, default=2, help="idle/queries phase pairs")
+    p.add_argument("--settle", type=float, default=90.0, help="longest wait for an idle daemon")
+    p.add_argument("--profile", metavar="FILE", help="py-spy the daemon (raw, per thread)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = p.parse_args(argv)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from agent.storage.rollup import SeriesBuckets
 
 T = TypeVar("T")
+SWITCH_INTERVAL_S = 0.0005
 
 
 class QueryUnavailable(QueryError):
@@ -157,6 +159,11 @@ class QueryRunner:
             self.queued -= 1
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="query")
+            # A thread waiting for the GIL waits up to the switch interval (5 ms by
+            # default) each time; the event loop waits once per wake-up, so with a
+            # worker computing it answers a remote write several intervals late.
+            if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+                sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.running += 1
         try:
             fut = loop.run_in_executor(self._pool, _work, make, budget)
