@@ -124,6 +124,40 @@ def _union(postings: list[array[int] | int]) -> np.ndarray:
     return np.unique(np.concatenate(arrays))
 
 
+def _contains(big: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """For each id of ``small``, whether sorted ``big`` holds it: |small| log |big| work."""
+    at = np.searchsorted(big, small)
+    at[at == big.size] = 0
+    return big[at] == small if big.size else np.zeros(small.size, dtype=bool)
+
+
+def intersect_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Ids in both sorted, unique arrays, by searching the smaller in the larger.
+
+    ``np.intersect1d`` sorts both together, so ``{__name__="cpu", mode="idle"}``
+    cost in proportion to the 52,000 cpu series; this costs in proportion to the
+    6,500 idle ones (times a log), that is, to what the selector returns.
+    """
+    small, big = (a, b) if a.size <= b.size else (b, a)
+    if small.size == 0:
+        return _EMPTY
+    return small[_contains(big, small)]
+
+
+def difference_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Ids of sorted ``a`` not in sorted ``b`` (both unique), without sorting both."""
+    if a.size == 0 or b.size == 0:
+        return a
+    if b.size <= a.size:
+        keep = np.ones(a.size, dtype=bool)
+        at = np.searchsorted(a, b)
+        hit = at < a.size
+        at, bb = at[hit], b[hit]
+        keep[at[a[at] == bb]] = False
+        return a[keep]
+    return a[~_contains(b, a)]
+
+
 def _size(p: array[int] | int | None) -> int:
     if p is None:
         return 0
@@ -281,7 +315,7 @@ class SeriesIndex:
                 result = self._filter(result, m)
             else:
                 found = self._values_postings(m.name, m, want_match=True)
-                result = found if result is None else np.intersect1d(result, found, True)
+                result = found if result is None else intersect_sorted(result, found)
             if result.size == 0:
                 return _EMPTY
         if result is None:
@@ -292,7 +326,7 @@ class SeriesIndex:
             else:
                 drop = self._values_postings(m.name, m, want_match=False)
                 if drop.size:
-                    result = np.setdiff1d(result, drop, True)
+                    result = difference_sorted(result, drop)
             if result.size == 0:
                 return _EMPTY
         return result

@@ -1,0 +1,62 @@
+"""Properties of the query-side helpers of issue 13/15: sorted-id set operations
+used by series selection, and the pre-parse text scan."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.model import Matcher
+from agent.query.errors import BadDataError
+from agent.query.limits import ParseLimits, check_query_text
+from agent.query.parser import parse
+from agent.storage.index import SeriesIndex, difference_sorted, intersect_sorted
+
+ids = st.lists(st.integers(1, 400), max_size=120).map(
+    lambda xs: np.unique(np.array(xs, dtype=np.int64))
+)
+
+
+@given(ids, ids)
+def test_sorted_set_operations_match_numpy(a: np.ndarray, b: np.ndarray) -> None:
+    assert np.array_equal(intersect_sorted(a, b), np.intersect1d(a, b, assume_unique=True))
+    assert np.array_equal(difference_sorted(a, b), np.setdiff1d(a, b, assume_unique=True))
+
+
+def test_selection_intersects_from_the_smallest_postings() -> None:
+    index = SeriesIndex()
+    sid = 0
+    for host in range(50):
+        for mode in ("idle", "user", "system", "iowait"):
+            sid += 1
+            index.add(sid, (("__name__", "cpu"), ("host", str(host)), ("mode", mode)))
+    for host in range(50):
+        sid += 1
+        index.add(sid, (("__name__", "up"), ("host", str(host))))
+    got = index.match([Matcher.of("__name__", "=", "cpu"), Matcher.of("mode", "=", "idle")])
+    assert [index.labels(int(s))[2] for s in got] == [("mode", "idle")] * 50
+    got = index.match([Matcher.of("__name__", "=", "cpu"), Matcher.of("mode", "!=", "idle")])
+    assert len(got) == 150 and all(index.labels(int(s))[2][1] != "idle" for s in got)
+
+
+@given(st.text(alphabet="()[]{}+-*/^%=!<>\"'`\\ab1 ,~", max_size=60))
+def test_text_scan_never_crashes_and_bounds_what_parses(text: str) -> None:
+    limits = ParseLimits(max_length=60, max_depth=4, max_binary_ops=4)
+    try:
+        check_query_text(text, limits)
+    except BadDataError as exc:
+        assert "query.max_query" in str(exc)
+        return
+    with contextlib.suppress(BadDataError):  # a 400 is fine; anything else is a bug
+        parse(text)
+
+
+@pytest.mark.parametrize("depth", [1, 10, 100, 256])
+def test_depth_up_to_the_limit_parses(depth: int) -> None:
+    expr = "(" * depth + "1" + ")" * depth
+    check_query_text(expr)
+    parse(expr)
