@@ -18,6 +18,7 @@ import xxhash
 from agent.model import METRIC_NAME, Labels, make_labels, valid_label_name
 from agent.query.blocks import Block
 from agent.query.errors import ExecutionError
+from agent.query.limits import checkpoint
 from agent.query.rangefuncs import kahan_inc, quantile_values
 from agent.query.values import Annotations, format_value
 
@@ -310,6 +311,7 @@ def aggregate(
         out = np.full((len(grp.keys), steps), np.nan)
         seen = np.zeros((len(grp.keys), steps), dtype=bool)
         for g in range(len(grp.keys)):
+            checkpoint()
             rows = np.flatnonzero(grp.group_of == g)
             vals, pres = block.values[rows], block.present[rows]
             for s in np.flatnonzero(pres.any(axis=0)).tolist():
@@ -384,6 +386,7 @@ def _select_k(
     chosen = np.zeros_like(block.present)
     order_rows: list[int] = []
     for g in range(len(grp.keys)):
+        checkpoint()  # one pass per group: 100,000 groups take a while
         rows = np.flatnonzero(grp.group_of == g)
         vals, pres = block.values[rows], block.present[rows]
         if op == "limit_ratio":

@@ -275,7 +275,9 @@ def per_window(data: RangeData, lo: Arr, hi: Arr, fn: Callable[[Arr, int], float
     """Apply ``fn(values, step)`` to each non-empty window (for sort-based functions)."""
     out = np.full(lo.shape, np.nan)
     rows, cols = np.nonzero(hi > lo)
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+    for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        if k & 255 == 0:
+            checkpoint()  # one sort per window: quantile_over_time(...[2d]) can take minutes
         out[r, c] = fn(data.v[lo[r, c] : hi[r, c]], c)
     return out
 
