@@ -216,6 +216,13 @@ def parsed(expr: str) -> tuple[ast.Node, str]:
     return node, signature(node)
 
 
+@lru_cache(maxsize=1024)
+def _checked(expr: str, limits: ParseLimits) -> tuple[ast.Node, str]:
+    """:func:`parsed` after :func:`check_query_text`; a text that passed is not scanned again."""
+    check_query_text(expr, limits)
+    return parsed(expr)
+
+
 # --- parameters shared by both front ends --------------------------------------------------
 
 
@@ -460,8 +467,7 @@ class QueryService:
 
     def parse(self, expr: str) -> tuple[ast.Node, str]:
         """Tree and signature of ``expr``, after the text limits (400 naming the limit)."""
-        check_query_text(expr, self.options.parse_limits)
-        return parsed(expr)
+        return _checked(expr, self.options.parse_limits)
 
     def close(self) -> None:
         """Stop the worker threads (running evaluations end at their next budget check)."""
