@@ -3,7 +3,9 @@ used by series selection, and the pre-parse text scan."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +14,10 @@ from hypothesis import strategies as st
 
 from agent.model import Matcher
 from agent.query.errors import BadDataError
-from agent.query.limits import ParseLimits, check_query_text
+from agent.query.limits import ParseLimits, QueryCanceled, check_query_text
 from agent.query.parser import parse
+from agent.query.queryable import MemoryQueryable
+from agent.query.service import QueryOptions, QueryService
 from agent.storage.index import SeriesIndex, difference_sorted, intersect_sorted
 
 ids = st.lists(st.integers(1, 400), max_size=120).map(
@@ -60,3 +64,41 @@ def test_depth_up_to_the_limit_parses(depth: int) -> None:
     expr = "(" * depth + "1" + ")" * depth
     check_query_text(expr)
     parse(expr)
+
+
+class _Held(MemoryQueryable):
+    """Reads wait for ``gate``: a store whose reads hang (e.g. a daemon stopping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def select(self, matchers: list[Matcher], start_ms: int, end_ms: int) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().select(matchers, start_ms, end_ms)
+
+
+async def test_closing_the_service_cancels_a_query_waiting_on_a_read() -> None:
+    held = _Held()
+    held.add({"__name__": "up"}, [0], [1.0])
+    service = QueryService(held)
+    task = asyncio.ensure_future(service.instant("up", 0, cache="off"))
+    await held.entered.wait()
+    service.close()
+    with pytest.raises(QueryCanceled):
+        await task
+    held.gate.set()
+
+
+async def test_queries_answer_from_worker_threads_in_order_of_admission() -> None:
+    mem = MemoryQueryable()
+    mem.add({"__name__": "up", "i": "a"}, [0, 15_000], [1.0, 2.0])
+    service = QueryService(mem, QueryOptions(max_concurrency=2, max_queued=10))
+    answers = await asyncio.gather(
+        *(service.instant(f"up * {k}", 15_000, cache="off") for k in range(8))
+    )
+    assert [a.data()["result"][0]["value"][1] for a in answers] == [str(2 * k) for k in range(8)]
+    assert service.runner.running == 0 and service.runner.queued == 0
+    service.close()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 SWITCH_INTERVAL_S = 0.0005
+BRIDGE_POLL_S = 0.25
 
 
 class QueryUnavailable(QueryError):
@@ -71,9 +72,16 @@ class LoopBridge:
         if self.loop is None or self.loop is asyncio.get_running_loop():
             return await make()
         fut = asyncio.run_coroutine_threadsafe(make(), self.loop)
+        wrapped = asyncio.wrap_future(fut)
         try:
-            return await asyncio.wrap_future(fut)
-        except asyncio.CancelledError:
+            while True:
+                # Poll the budget while the main loop works: a query cancelled because
+                # the daemon is stopping must not wait for a loop that no longer runs.
+                done, _ = await asyncio.wait({wrapped}, timeout=BRIDGE_POLL_S)
+                if done:
+                    return wrapped.result()
+                self.budget.check()
+        except BaseException:
             fut.cancel()
             raise
 
@@ -117,6 +125,7 @@ class QueryRunner:
         self._sem_loop: asyncio.AbstractEventLoop | None = None
         self.queued = 0
         self.running = 0
+        self._budgets: set[QueryBudget] = set()  # of the admitted queries, to cancel on close
 
     def configure(self, max_concurrency: int, max_queued: int, workers: int = 0) -> None:
         """Apply new limits; running queries finish in their old pool."""
@@ -128,6 +137,8 @@ class QueryRunner:
 
     def close(self) -> None:
         """Stop taking work; running evaluations end at their next budget check."""
+        for budget in list(self._budgets):
+            budget.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
@@ -165,15 +176,18 @@ class QueryRunner:
             if sys.getswitchinterval() > SWITCH_INTERVAL_S:
                 sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.running += 1
+        self._budgets.add(budget)
         try:
             fut = loop.run_in_executor(self._pool, _work, make, budget)
         except BaseException:
             self.running -= 1
+            self._budgets.discard(budget)
             slots.release()
             raise
 
         def done(f: asyncio.Future[T]) -> None:
             self.running -= 1
+            self._budgets.discard(budget)
             slots.release()
             if not f.cancelled():
                 f.exception()  # retrieved: an abandoned query's error is not "never retrieved"
