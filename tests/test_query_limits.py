@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.model import Matcher
+from agent.query.aggregation import group_labels, make_grouping
 from agent.query.errors import BadDataError
 from agent.query.limits import ParseLimits, QueryCanceled, check_query_text
 from agent.query.parser import parse
@@ -102,3 +103,23 @@ async def test_queries_answer_from_worker_threads_in_order_of_admission() -> Non
     assert [a.data()["result"][0]["value"][1] for a in answers] == [str(2 * k) for k in range(8)]
     assert service.runner.running == 0 and service.runner.queued == 0
     service.close()
+
+
+label_sets = st.lists(
+    st.dictionaries(
+        st.sampled_from(["__name__", "a", "b", "mode", "z"]),
+        st.sampled_from(["x", "y", "idle"]),
+        max_size=5,
+    ).map(lambda d: tuple(sorted(d.items()))),
+    max_size=40,
+)
+
+
+@given(label_sets, st.lists(st.sampled_from(["a", "b", "mode", "z", "q"]), max_size=3))
+def test_fast_groupings_match_the_reference(labels: list[Any], by: list[str]) -> None:
+    grouping = tuple(sorted(by))
+    grp = make_grouping(labels, grouping, False)
+    index: dict[Any, int] = {}
+    expect = [index.setdefault(group_labels(lab, grouping, False), len(index)) for lab in labels]
+    assert grp.keys == list(index)
+    assert grp.group_of.tolist() == expect
