@@ -194,6 +194,14 @@ class SeriesIndex:
                 return lab
         raise KeyError(series_id)
 
+    def labels_many(self, ids: list[int]) -> list[Labels]:
+        """Label sets of existing series (ids from :meth:`match`), in the order given.
+
+        One C-level pass for a select over tens of thousands of series, which
+        otherwise spends a quarter of its event-loop time in :meth:`labels`.
+        """
+        return list(map(self._labels.__getitem__, ids))  # type: ignore[arg-type]
+
     def exists(self, series_id: int) -> bool:
         return 0 < series_id < len(self._labels) and self._labels[series_id] is not None
 

@@ -835,8 +835,7 @@ class Store:
             raise StorageError("store is closed")
         index = self._index
         ids = index.in_label_order(index.match(matchers))
-        labels_of = index.labels
-        labs = [labels_of(sid) for sid in ids]
+        labs = index.labels_many(ids)
         # Head first, segments second, as in _read.
         counts, t, v = self._head.snapshot_many(ids, start_ms, end_ms)
         id_arr = np.array(ids, dtype=np.int64)
