@@ -128,17 +128,20 @@ class QueryRunner:
         self._budgets: set[QueryBudget] = set()  # of the admitted queries, to cancel on close
 
     def configure(self, max_concurrency: int, max_queued: int, workers: int = 0) -> None:
-        """Apply new limits; running queries finish in their old pool."""
+        """Apply new limits (a reload); running queries finish in their old pool."""
         new = (max(1, max_concurrency), max(0, max_queued), workers or default_workers())
         if new == (self.max_concurrency, self.max_queued, self.workers):
             return
-        self.close()
+        self._drop_pool()
         self.max_concurrency, self.max_queued, self.workers = new
 
     def close(self) -> None:
         """Stop taking work; running evaluations end at their next budget check."""
         for budget in list(self._budgets):
             budget.cancel()
+        self._drop_pool()
+
+    def _drop_pool(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
