@@ -697,7 +697,7 @@ CORE_SCHEMA = Schema(
                 ),
                 "max_query_operators": Field(
                     int,
-                    1024,
+                    512,
                     "Most binary operators in one query, checked before parsing (400 beyond).",
                     check=check_positive,
                 ),

@@ -9,7 +9,7 @@ Two different dangers, two different checks:
   around a 512-term chain: 87 MB). :func:`check_query_text` pre-scans the text
   in linear time, before the parser sees it, and refuses a query whose length,
   bracket depth or number of binary operators passes :class:`ParseLimits`.
-  The defaults (64 KiB, depth 256, 1,024 operators) keep the parser under
+  The defaults (64 KiB, depth 256, 512 operators) keep the parser under
   ~100 MB on the worst mix while leaving real dashboards (tens of operators,
   depth under 20) far from the limits.
 * **Evaluation.** :class:`QueryBudget` is handed to the evaluator, which asks it
@@ -57,7 +57,7 @@ class ParseLimits:
 
     max_length: int = 65_536
     max_depth: int = 256
-    max_binary_ops: int = 1_024
+    max_binary_ops: int = 512
 
 
 DEFAULT_PARSE_LIMITS = ParseLimits()
