@@ -20,6 +20,7 @@ bench:
 # Needs a real Prometheus (Debian package `prometheus`) to compare against.
 bench-query:
 	.venv/bin/python benchmarks/bench_query.py
+	.venv/bin/python benchmarks/bench_ingest_under_query.py
 
 serve:
 	.venv/bin/tsagent run

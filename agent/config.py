@@ -662,6 +662,48 @@ CORE_SCHEMA = Schema(
                     "Samples one query may load (422 execution error beyond).",
                     check=check_positive,
                 ),
+                "max_memory_bytes": Field(
+                    int,
+                    1024 * 1024 * 1024,
+                    "Intermediate results one query may hold, summed (422 beyond).",
+                    check=check_positive,
+                ),
+                "max_concurrency": Field(
+                    int,
+                    20,
+                    "Queries evaluated at once, each in a worker thread.",
+                    check=check_positive,
+                ),
+                "cpu_workers": Field(
+                    int,
+                    0,
+                    "Admitted queries evaluated at the same time; 0: CPU cores - 1, at least 1.",
+                    check=check_non_negative,
+                ),
+                "max_queued": Field(
+                    int,
+                    200,
+                    "Queries waiting for a slot; more are refused (503 unavailable).",
+                    check=check_non_negative,
+                ),
+                "max_query_length": Field(
+                    int,
+                    65536,
+                    "Longest query text, checked before parsing (400 beyond).",
+                    check=check_positive,
+                ),
+                "max_query_depth": Field(
+                    int,
+                    256,
+                    "Deepest bracket nesting, checked before parsing (400 beyond).",
+                    check=check_positive,
+                ),
+                "max_query_operators": Field(
+                    int,
+                    512,
+                    "Most binary operators in one query, checked before parsing (400 beyond).",
+                    check=check_positive,
+                ),
                 "default_timezone": Field(
                     str,
                     "",

@@ -216,8 +216,13 @@ def join_arrays(
     fill: str = "null",
     start: int | None = None,
     end: int | None = None,
+    max_rows: int | None = None,
 ) -> JoinResult:
-    """Join sorted (timestamps, values) arrays; series 0 is the primary. Times in ms."""
+    """Join sorted (timestamps, values) arrays; series 0 is the primary. Times in ms.
+
+    ``max_rows`` refuses a ``step`` grid of more rows before it is allocated
+    (a day at ``step=1ms`` is 86 million rows per series).
+    """
     if not series:
         raise JoinError("join needs at least one series")
     if tolerance is not None and tolerance < 0:
@@ -232,7 +237,7 @@ def join_arrays(
     if step is not None:
         if step <= 0:
             raise JoinError("step: must be positive")
-        data = _resampled(data, step, fill, start, end)
+        data = _resampled(data, step, fill, start, end, max_rows)
     if callable(join_type):
         return _custom(join_type, data)
     if join_type not in JOIN_TYPES:
@@ -264,7 +269,12 @@ def _clip(t: np.ndarray, v: np.ndarray, lo: int, hi: int) -> SeriesArrays:
 
 
 def _resampled(
-    data: list[SeriesArrays], step: int, fill: str, start: int | None, end: int | None
+    data: list[SeriesArrays],
+    step: int,
+    fill: str,
+    start: int | None,
+    end: int | None,
+    max_rows: int | None = None,
 ) -> list[SeriesArrays]:
     """Each series on the common grid, keeping only grid points where it has a value."""
     firsts = [int(t[0]) for t, _ in data if t.size]
@@ -275,6 +285,12 @@ def _resampled(
     g1 = max(lasts) if end is None else end
     if g1 < g0:
         return [(t[:0], v[:0]) for t, v in data]
+    rows = (g1 - g0) // step + 1
+    if max_rows is not None and rows > max_rows:
+        raise JoinError(
+            f"step: the grid from start to end has {rows} rows, more than join_max_rows"
+            f" ({max_rows}); narrow start/end or use a coarser step"
+        )
     grid = np.arange(g0, g1 + 1, step, dtype=np.int64)
     out = []
     for t, v in data:
@@ -313,6 +329,7 @@ async def join_series(
     tolerance: int | None = None,
     step: int | None = None,
     fill: str = "null",
+    max_rows: int | None = None,
 ) -> JoinResult:
     """Read the series (ms bounds, default all time) and join them; see :func:`join_arrays`."""
     ids = [int(primary_id), *(int(i) for i in other_ids)]
@@ -331,7 +348,14 @@ async def join_series(
         fresh = v.view(np.uint64) != np.uint64(STALE_NAN_BITS)
         data.append((t, v) if fresh.all() else (t[fresh], v[fresh]))
     result = join_arrays(
-        data, join_type, tolerance=tolerance, step=step, fill=fill, start=start, end=end
+        data,
+        join_type,
+        tolerance=tolerance,
+        step=step,
+        fill=fill,
+        start=start,
+        end=end,
+        max_rows=max_rows,
     )
     result.series_ids = ids
     result.labels = [store.labels(sid) for sid in ids]

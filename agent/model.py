@@ -11,6 +11,9 @@ import re
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+import re2
 
 # A series is identified by its sorted label pairs, ``__name__`` included.
 # Tuples of 2-tuples hash fast, are immutable and intern well.
@@ -64,6 +67,27 @@ def format_labels(labels: Labels) -> str:
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad regex is the client's fault: answered as 400, not logged
+
+
+def compile_anchored(pattern: str) -> Any:
+    """``pattern`` fully anchored as Prometheus anchors it (``^(?s:...)$``), compiled by RE2.
+
+    RE2 matches in time linear in the input whatever the pattern, so a regex
+    such as ``(a+)+$`` cannot freeze the index scan; its syntax is Go's (no
+    backreferences or lookaround), the same as Prometheus accepts. Raises
+    ``ValueError`` with RE2's reason for a pattern it refuses.
+    """
+    try:
+        return re2.compile(f"^(?s:{pattern})$", _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(str(reason)) from None
+
+
 class MatchOp(StrEnum):
     EQ = "="
     NEQ = "!="
@@ -78,7 +102,7 @@ class Matcher:
     name: str
     op: MatchOp
     value: str
-    _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _regex: Any = field(default=None, compare=False, repr=False)  # an RE2 pattern
 
     @classmethod
     def of(cls, name: str, op: str | MatchOp, value: str) -> Matcher:
@@ -86,8 +110,8 @@ class Matcher:
         regex = None
         if op in (MatchOp.RE, MatchOp.NRE):
             try:
-                regex = re.compile(f"^(?:{value})$", re.DOTALL)
-            except re.error as exc:
+                regex = compile_anchored(value)
+            except ValueError as exc:
                 raise ValueError(f"invalid regex {value!r} for label {name!r}: {exc}") from exc
         return cls(name, op, value, regex)
 

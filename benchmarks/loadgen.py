@@ -111,7 +111,17 @@ DASHBOARD_FAMILIES: list[tuple[str, int, Callable[[int], dict[str, str]]]] = [
     ("node_network_receive_bytes_total", 8, lambda j: {"device": f"eth{j}"}),
     ("node_memory_MemAvailable_bytes", 1, lambda j: {}),
     ("node_load1", 1, lambda j: {}),
-    ("node_systemd_unit_state", 36, lambda j: {"name": f"unit{j}.service", "state": "active"}),
+    ("node_systemd_unit_state", 24, lambda j: {"name": f"unit{j}.service", "state": "active"}),
+    # Issue 15's sum by (code) (rate(http_requests_total{method="GET"}[2m])).
+    (
+        "http_requests_total",
+        12,
+        lambda j: {
+            "handler": HANDLERS[j // 6 % 2],
+            "method": ("GET", "POST")[j // 3 % 2],
+            "code": ("200", "404", "500")[j % 3],
+        },
+    ),
 ]
 assert sum(n for _, n, _ in DASHBOARD_FAMILIES) == SERIES_PER_HOST
 

@@ -184,6 +184,7 @@ async def query(request: web.Request) -> web.StreamResponse:
             lookback_ms=lookback,
             cache=cache_mode(request),
             resolution_ms=duration_param(params, "resolution") or 0,
+            encode_json=not bool_param(params, "localtime"),
         )
     )
     return _answer(answer, params, zone)
@@ -229,6 +230,7 @@ async def query_range(request: web.Request) -> web.StreamResponse:
             lookback_ms=lookback,
             cache=cache_mode(request),
             resolution_ms=duration_param(params, "resolution") or 0,
+            encode_json=not bool_param(params, "localtime"),
         )
     )
     return _answer(answer, params, zone)

@@ -10,14 +10,14 @@ import math
 import re
 from collections.abc import Callable
 from functools import cmp_to_key
+from typing import Any
 
 import numpy as np
 
-from agent.model import METRIC_NAME, Labels, MatchOp, valid_label_name
+from agent.model import METRIC_NAME, Labels, MatchOp, compile_anchored, valid_label_name
 from agent.query import ast
 from agent.query.blocks import Block, merge_same_labels
 from agent.query.errors import ExecutionError
-from agent.query.parser import go_regex
 from agent.query.values import Annotations
 
 Arr = np.ndarray
@@ -189,11 +189,11 @@ def sort_rows(name: str, block: Block, label_args: list[str]) -> Block:
     return block.take(sorted(range(len(block)), key=cmp_to_key(cmp)))
 
 
-def _compile_replacement(repl: str) -> Callable[[re.Match[str]], str]:
+def _compile_replacement(repl: str) -> Callable[[Any], str]:
     """Go's ``Regexp.Expand`` syntax: ``$1``, ``${1}``, ``$name``, ``${name}``, ``$$``."""
     token = re.compile(r"\$(\$|\{(\w+)\}|(\w+))")
 
-    def expand(m: re.Match[str]) -> str:
+    def expand(m: Any) -> str:  # an RE2 match
         def sub(t: re.Match[str]) -> str:
             if t.group(1) == "$":
                 return "$"
@@ -211,8 +211,8 @@ def _compile_replacement(repl: str) -> Callable[[re.Match[str]], str]:
 
 def label_replace(block: Block, dst: str, repl: str, src: str, regex: str) -> Block:
     try:
-        rx = re.compile("^(?s:" + go_regex(regex) + ")$")
-    except re.error:
+        rx = compile_anchored(regex)  # RE2: linear time, Go's syntax, as Prometheus
+    except ValueError:
         raise ExecutionError(f"invalid regular expression in label_replace(): {regex}") from None
     if not valid_label_name(dst) and dst != METRIC_NAME:
         raise ExecutionError(f"invalid destination label name in label_replace(): {dst}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from agent.query.blocks import RangeData
 from agent.query.errors import ExecutionError
+from agent.query.limits import checkpoint
 
 Arr = np.ndarray
 
@@ -35,6 +36,8 @@ def _positions(lo: Arr, hi: Arr, start: int = 0) -> Iterator[tuple[int, Arr, Arr
     cnt = hi - lo
     top = int(cnt.max()) if cnt.size else 0
     for j in range(start, top):
+        if j & 63 == 0:
+            checkpoint()  # a window of millions of samples loops as long: stay interruptible
         mask = cnt > j
         yield j, mask, np.where(mask, lo + j, 0)
 
@@ -272,7 +275,9 @@ def per_window(data: RangeData, lo: Arr, hi: Arr, fn: Callable[[Arr, int], float
     """Apply ``fn(values, step)`` to each non-empty window (for sort-based functions)."""
     out = np.full(lo.shape, np.nan)
     rows, cols = np.nonzero(hi > lo)
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+    for k, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        if k & 255 == 0:
+            checkpoint()  # one sort per window: quantile_over_time(...[2d]) can take minutes
         out[r, c] = fn(data.v[lo[r, c] : hi[r, c]], c)
     return out
 

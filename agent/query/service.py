@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -21,13 +21,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from agent.model import Matcher
 from agent.query import ast
 from agent.query.cache import CacheEntry, CacheKey, QueryCache, dependencies, signature
 from agent.query.engine import MAX_POINTS, Engine
-from agent.query.errors import BadDataError, ExecutionError, QueryError
+from agent.query.errors import BadDataError, ExecutionError
+from agent.query.limits import (
+    DEFAULT_PARSE_LIMITS,
+    TOO_MANY_SAMPLES,
+    ParseLimits,
+    QueryBudget,
+    QueryCanceled,
+    QueryTimeout,
+    check_query_text,
+)
 from agent.query.parser import parse, parse_duration_ms
-from agent.query.queryable import select_arrays
+from agent.query.runner import LoopBridge, QueryRunner, QueryUnavailable, RollupBridge
 from agent.query.timezone import (
     DstRule,
     calendar_steps,
@@ -49,7 +57,7 @@ from agent.query.values import (
 )
 
 if TYPE_CHECKING:
-    from agent.query.queryable import Queryable, SelectedArraysLike, SeriesLike
+    from agent.query.queryable import Queryable
     from agent.query.rollup_select import RollupSource
 
 CacheMode = Literal["use", "refresh", "off"]
@@ -58,21 +66,6 @@ lookup, store the fresh answer; ``off`` (``no-store``): neither."""
 
 TimeLike = datetime | str | int | float
 StepLike = timedelta | str | int | float
-
-
-class QueryTimeout(QueryError):
-    """The query ran past its timeout (HTTP 503, ``timeout``)."""
-
-    error_type = "timeout"
-
-
-class QueryCanceled(QueryError):
-    """The query was abandoned, e.g. because the store closed under it (503, ``canceled``)."""
-
-    error_type = "canceled"
-
-
-TOO_MANY_SAMPLES = "query processing would load too many samples into memory in query execution"
 
 
 @dataclass(frozen=True)
@@ -87,6 +80,11 @@ class QueryOptions:
     cache_enabled: bool = True
     cache_max_bytes: int = 128 * 1024 * 1024
     cache_ttl_s: float = 300.0
+    max_concurrency: int = 20
+    max_queued: int = 200
+    cpu_workers: int = 0  # 0: one fewer than the CPU cores, at least one
+    max_memory_bytes: int = 1024 * 1024 * 1024
+    parse_limits: ParseLimits = DEFAULT_PARSE_LIMITS
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> QueryOptions:
@@ -101,40 +99,18 @@ class QueryOptions:
             cache_enabled=bool(cache.get("enabled", True)),
             cache_max_bytes=int(cache.get("max_bytes", 128 * 1024 * 1024)),
             cache_ttl_s=parse_duration(cache.get("ttl", "5m")),
+            max_concurrency=int(section.get("max_concurrency", 20)),
+            max_queued=int(section.get("max_queued", 200)),
+            cpu_workers=int(section.get("cpu_workers", 0)),
+            max_memory_bytes=int(section.get("max_memory_bytes", 1024 * 1024 * 1024)),
+            parse_limits=ParseLimits(
+                max_length=int(section.get("max_query_length", DEFAULT_PARSE_LIMITS.max_length)),
+                max_depth=int(section.get("max_query_depth", DEFAULT_PARSE_LIMITS.max_depth)),
+                max_binary_ops=int(
+                    section.get("max_query_operators", DEFAULT_PARSE_LIMITS.max_binary_ops)
+                ),
+            ),
         )
-
-
-class _CountingQueryable:
-    """Counts samples the engine loads and stops the query past the limit.
-
-    Prometheus limits the samples held at once; counting everything loaded is
-    stricter (a query touching many series one after another may trip it
-    sooner), but it is cheap and needs no cooperation from the evaluator.
-    """
-
-    def __init__(self, inner: Queryable, limit: int) -> None:
-        self.inner = inner
-        self.limit = limit
-        self.loaded = 0
-
-    async def select(
-        self, matchers: list[Matcher], start_ms: int, end_ms: int
-    ) -> Sequence[SeriesLike]:
-        found = await self.inner.select(matchers, start_ms, end_ms)
-        self.loaded += sum(len(s.timestamps) for s in found)
-        if self.loaded > self.limit:
-            raise ExecutionError(TOO_MANY_SAMPLES)
-        return found
-
-    async def select_arrays(
-        self, matchers: list[Matcher], start_ms: int, end_ms: int
-    ) -> SelectedArraysLike:
-        """The engine's bulk read (``Store.select_arrays``), counted the same way."""
-        found = await select_arrays(self.inner, matchers, start_ms, end_ms)
-        self.loaded += len(found.t)
-        if self.loaded > self.limit:
-            raise ExecutionError(TOO_MANY_SAMPLES)
-        return found
 
 
 def result_points(result: Result) -> int:
@@ -165,11 +141,13 @@ class QueryAnswer:
         cache: str,
         entry: CacheEntry | None,
         _cache: QueryCache | None = None,
+        body: bytes | None = None,
     ) -> None:
         self._result = result
         self.cache = cache
         self.entry = entry
         self._cache = _cache
+        self._body = body  # the data JSON, when the worker encoded it already
 
     @property
     def result(self) -> Result:
@@ -195,7 +173,7 @@ class QueryAnswer:
         """The API ``data`` object encoded; kept with a cache entry so hits skip encoding."""
         if self.entry is not None and self.entry.data_json is not None:
             return self.entry.data_json
-        body = encode_data(self.result)
+        body = self._body if self._body is not None else encode_data(self.result)
         if self.entry is not None and self._cache is not None:
             self._cache.attach_json(self.entry, body)
         return body
@@ -236,6 +214,13 @@ def parsed(expr: str) -> tuple[ast.Node, str]:
     """
     node = parse(expr)
     return node, signature(node)
+
+
+@lru_cache(maxsize=1024)
+def _checked(expr: str, limits: ParseLimits) -> tuple[ast.Node, str]:
+    """:func:`parsed` after :func:`check_query_text`; a text that passed is not scanned again."""
+    check_query_text(expr, limits)
+    return parsed(expr)
 
 
 # --- parameters shared by both front ends --------------------------------------------------
@@ -303,6 +288,9 @@ class QueryService:
         self.queryable = queryable
         self.options = options or QueryOptions()
         self.cache = QueryCache(name_of=name_of)
+        self.runner = QueryRunner(
+            self.options.max_concurrency, self.options.max_queued, self.options.cpu_workers
+        )
         # Set by Store.start_rollups: *_over_time may then read rollups (see rollup_select).
         self.rollups: RollupSource | None = None
         self.configure(self.options)
@@ -310,6 +298,7 @@ class QueryService:
     def configure(self, options: QueryOptions) -> None:
         """Apply (re)loaded settings; cached results survive unless caching was turned off."""
         self.options = options
+        self.runner.configure(options.max_concurrency, options.max_queued, options.cpu_workers)
         self.cache.configure(
             enabled=options.cache_enabled,
             max_bytes=options.cache_max_bytes,
@@ -351,16 +340,23 @@ class QueryService:
         lookback_ms: int | None = None,
         cache: CacheMode = "use",
         resolution_ms: int = 0,
+        encode_json: bool = False,
     ) -> QueryAnswer:
-        """An instant query; ``resolution_ms`` answers ``*_over_time`` from that rollup."""
-        node, sig = parsed(expr)
+        """An instant query; ``resolution_ms`` answers ``*_over_time`` from that rollup.
+
+        ``encode_json``: encode the API ``data`` in the worker thread too (the HTTP
+        API always sends it), so a large result is not encoded on the event loop.
+        """
+        node, sig = self.parse(expr)
         lookback = lookback_ms or self.options.lookback_ms
         key = CacheKey(sig, time_ms_, time_ms_, 0, "", lookback)
 
         async def run(engine: Engine) -> Result:
-            return await engine.instant(expr, time_ms_)
+            return await engine.instant(expr, time_ms_, node=node)
 
-        return await self._run(node, key, run, timeout_s, lookback, cache, resolution_ms)
+        return await self._run(
+            node, key, run, timeout_s, lookback, cache, resolution_ms, encode_json
+        )
 
     async def range(
         self,
@@ -374,6 +370,7 @@ class QueryService:
         lookback_ms: int | None = None,
         cache: CacheMode = "use",
         resolution_ms: int = 0,
+        encode_json: bool = False,
     ) -> QueryAnswer:
         """A range query; with ``align_tz`` its steps follow that zone's calendar.
 
@@ -397,16 +394,18 @@ class QueryService:
                 "exceeded maximum resolution of 11,000 points per timeseries. "
                 "Try decreasing the query resolution (?step=XX)"
             )
-        node, sig = parsed(expr)
+        node, sig = self.parse(expr)
         lookback = lookback_ms or self.options.lookback_ms
         key = CacheKey(sig, start_ms, end_ms, step_ms_, align, lookback)
 
         async def run(engine: Engine) -> Result:
             if times is not None and len(times) == 0:
                 return Matrix([])
-            return await engine.range(expr, start_ms, end_ms, step_ms_, times=times)
+            return await engine.range(expr, start_ms, end_ms, step_ms_, times=times, node=node)
 
-        return await self._run(node, key, run, timeout_s, lookback, cache, resolution_ms)
+        return await self._run(
+            node, key, run, timeout_s, lookback, cache, resolution_ms, encode_json
+        )
 
     async def _run(
         self,
@@ -417,6 +416,7 @@ class QueryService:
         lookback: int,
         mode: CacheMode,
         resolution_ms: int = 0,
+        encode_json: bool = False,
     ) -> QueryAnswer:
         if resolution_ms:
             self.check_resolution(resolution_ms)
@@ -431,33 +431,47 @@ class QueryService:
                 return QueryAnswer(entry.result, "hit", entry, cache)
         limit = self.options.timeout_s
         timeout = limit if timeout_s is None or timeout_s <= 0 else min(timeout_s, limit)
-        counting = _CountingQueryable(self.queryable, self.options.max_samples)
+        budget = QueryBudget(timeout, self.options.max_samples, self.options.max_memory_bytes)
+        loop = asyncio.get_running_loop()
         engine = Engine(
-            counting,
+            LoopBridge(self.queryable, loop, budget),
             lookback_ms=lookback,
             subquery_step_ms=self.options.subquery_step_ms,
-            rollups=self.rollups,
+            rollups=None if self.rollups is None else RollupBridge(self.rollups, loop),
             rollup_resolution_ms=resolution_ms,
+            budget=budget,
         )
+        max_samples = self.options.max_samples
+
+        async def work() -> tuple[Result, bytes | None]:
+            """In the worker: evaluate, check the result's size, encode it if asked."""
+            result: Result = await run(engine)
+            if result_points(result) > max_samples:
+                raise ExecutionError(TOO_MANY_SAMPLES)
+            return result, encode_data(result) if encode_json else None
+
         token = cache.begin()
         try:
-            try:
-                async with asyncio.timeout(timeout if timeout > 0 else None):
-                    result: Result = await run(engine)
-            except TimeoutError:
-                raise QueryTimeout("query timed out in expression evaluation") from None
-            if result_points(result) > self.options.max_samples:
-                raise ExecutionError(TOO_MANY_SAMPLES)
+            result, body = await self.runner.run(work, budget)
             entry = None
             if ttl is not None:
                 deps = dependencies(
                     node, key.start, key.end, lookback, self.options.subquery_step_ms
                 )
-                entry = cache.put(key, result, deps, token, ttl, encode_data)
+                encode = encode_data if body is None else (lambda _r: body)
+                entry = cache.put(key, result, deps, token, ttl, encode)
         finally:
             cache.finish()
         state = "off" if ttl is None else ("miss" if mode == "use" else "bypass")
-        return QueryAnswer(result, state, entry, cache)
+        return QueryAnswer(result, state, entry, cache, body)
+
+    def parse(self, expr: str) -> tuple[ast.Node, str]:
+        """Tree and signature of ``expr``, after the text limits (400 naming the limit)."""
+        return _checked(expr, self.options.parse_limits)
+
+    def close(self) -> None:
+        """Stop the worker threads (running evaluations end at their next budget check)."""
+        self.runner.close()
 
     def check_resolution(self, resolution_ms: int) -> None:
         """Refuse a ``resolution`` that is not a configured rollup (400 ``bad_data``)."""
@@ -536,6 +550,7 @@ __all__ = [
     "QueryOptions",
     "QueryService",
     "QueryTimeout",
+    "QueryUnavailable",
     "convert_timezone",
     "parse_duration_param",
 ]

@@ -254,6 +254,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._queries is not None:
+            self._queries.close()  # query worker threads; running ones stop at their next check
         if self.rollups is not None:
             await self.rollups.stop()
         for task in (self._flusher, self._retainer):
@@ -925,8 +927,7 @@ class Store:
             raise StorageError("store is closed")
         index = self._index
         ids = index.in_label_order(index.match(matchers))
-        labels_of = index.labels
-        labs = [labels_of(sid) for sid in ids]
+        labs = index.labels_many(ids)
         # Head first, segments second, as in _read.
         counts, t, v = self._head.snapshot_many(ids, start_ms, end_ms)
         id_arr = np.array(ids, dtype=np.int64)

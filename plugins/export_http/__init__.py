@@ -429,6 +429,7 @@ class Endpoints:
             tolerance=_duration(q, "tolerance"),
             step=_duration(q, "step"),
             fill=fill,
+            max_rows=cfg["join_max_rows"],
         )
         if len(result) > cfg["join_max_rows"]:
             return _error(
