@@ -765,11 +765,11 @@ class Store:
             out_of_bounds = bounds.rejections(sids, ts, refused)
             if on_error == "abort":
                 return backfill.BackfillResult(rejected=out_of_bounds, aborted=True)
-            result = await self.backfill(
+            kept = await self.backfill(
                 sids[keep], ts[keep], vals[keep], source=source, client=client, on_error=on_error
             )
-            result.rejected.extend(out_of_bounds)
-            return result
+            kept.rejected.extend(out_of_bounds)
+            return kept
         if int(sids.min()) < 1 or int(sids.max()) > self._index.max_id:
             bad = sids[(sids < 1) | (sids > self._index.max_id)]
             raise UnknownSeries(f"unknown series id(s): {bad[:5].tolist()}")
