@@ -448,6 +448,26 @@ class Store:
                 out[pos] = sid
         return out, refused | too_big
 
+    def timestamp_problems(self, timestamps: Sequence[int] | np.ndarray) -> list[tuple[int, str]]:
+        """(position, reason) of timestamps outside ``limits`` (see :mod:`agent.storage.bounds`).
+
+        ``append`` and ``backfill`` refuse those samples anyway; ingestors ask
+        first so that no series is created for samples that will be refused,
+        and so an all-or-nothing batch creates nothing.
+        """
+        ts = np.asarray(timestamps, dtype=np.int64)
+        return bounds.split_timestamps(self._bounds, ts, now_ms())[1] if ts.size else []
+
+    def label_problems(self, labels_list: Sequence[Labels]) -> dict[int, str]:
+        """{position: reason} of label sets that would be refused as new series (label limits)."""
+        out: dict[int, str] = {}
+        for i, lab in enumerate(labels_list):
+            if self.series_id(lab) is None:
+                problem = bounds.label_problem(self._bounds, canonical_labels(lab))
+                if problem is not None:
+                    out[i] = f"label limit: {problem}"
+        return out
+
     def cardinality_stats(self, limit: int = 10) -> CardinalityStats:
         """Top label names, values and metrics by series count (``/api/v1/status/tsdb``)."""
         index = self._index

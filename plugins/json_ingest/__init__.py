@@ -153,6 +153,8 @@ class JsonEndpoints:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise MappingError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise MappingError("body is not valid JSON: nested too deeply") from None
 
     async def ingest(self, request: web.Request) -> web.Response:
         cfg = self.ctx.config.section(SECTION)
@@ -169,6 +171,11 @@ class JsonEndpoints:
             count(self.ctx, SOURCE_INGEST, report)
             return report_response(report, cfg["max_errors"])
         labels, ms, value = checked
+        for _pos, why in self.ctx.require_store().timestamp_problems([ms]):
+            report.add(Problem(None, "timestamp", f"{why} (out_of_bounds)", "item"))
+            report.rejected = report.store_rejected = 1
+            count(self.ctx, SOURCE_INGEST, report)
+            return report_response(report, cfg["max_errors"])
         try:
             [sid], refused = await self.ctx.require_store().resolve_series([labels])
             if refused:
@@ -212,6 +219,22 @@ class JsonEndpoints:
             else:
                 samples.append(checked)
                 indices.append(i)
+        # Bounds before any series is created: none is left without samples.
+        store = self.ctx.require_store()
+        pre = {
+            pos: f"{why} (out_of_bounds)"
+            for pos, why in store.timestamp_problems([s[1] for s in samples])
+        }
+        for pos, why in store.label_problems([s[0] for s in samples]).items():
+            pre.setdefault(pos, why)
+        if pre:
+            for pos, why in sorted(pre.items()):
+                field = "timestamp" if why.endswith("(out_of_bounds)") else "labels"
+                report.add(Problem(indices[pos], field, why, "item"))
+            report.rejected += len(pre)
+            report.store_rejected += len(pre)
+            samples = [x for i, x in enumerate(samples) if i not in pre]
+            indices = [x for i, x in enumerate(indices) if i not in pre]
         report.samples = len(samples)
         if on_error == "abort" and report.problems_total:
             report.aborted = True

@@ -21,10 +21,13 @@ For 2.0 requests every answer after content negotiation carries the
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from array import array
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cramjam
@@ -61,6 +64,24 @@ H_SAMPLES = "X-Prometheus-Remote-Write-Samples-Written"
 H_HISTOGRAMS = "X-Prometheus-Remote-Write-Histograms-Written"
 H_EXEMPLARS = "X-Prometheus-Remote-Write-Exemplars-Written"
 
+# Bodies at least this large (compressed) are decoded off the event loop; smaller
+# ones decode faster than a thread hand-off costs.
+OFFLOAD_BYTES = 64 * 1024
+# Large bodies decoding or waiting for a decoder thread; more get 429.
+MAX_QUEUED_DECODES = 4
+DECODE_THREADS = 2
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="tsagent-rw-decode")
+        return _pool
+
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
@@ -90,6 +111,7 @@ class Receiver:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
         self.cache_v1: dict[Hashable, int] = {}
+        self._decoding = 0
         self.cache_v2: dict[Hashable, int] = {}
         self.metadata = ctx.metadata  # shared: the core serves it at /api/v1/metadata
         r = ctx.metrics.registry
@@ -186,33 +208,60 @@ class Receiver:
             {H_SAMPLES: "0", H_HISTOGRAMS: "0", H_EXEMPLARS: "0"} if version == V2 else None
         )
 
-        # Snappy block format: a uvarint of the decompressed size, then the data.
         started = time.perf_counter()
+        if len(body) < OFFLOAD_BYTES:
+            decoded = self._decode(body, version, cfg)
+        elif self._decoding >= MAX_QUEUED_DECODES:
+            # Bounded queue: senders retry a 429, and the loop never holds an unbounded
+            # pile of bodies waiting for the decoder threads.
+            return self._answer(
+                version,
+                429,
+                f"{self._decoding} large requests are already being decoded; retry",
+                {**(v2_headers or {}), "Retry-After": "1"},
+            )
+        else:
+            # Large bodies decode in a worker thread: the decoder holds the GIL, but the
+            # interpreter hands it back every few ms, so /-/healthy and small writes are
+            # served meanwhile instead of waiting seconds (issue 13, item 8).
+            self._decoding += 1
+            try:
+                loop = asyncio.get_running_loop()
+                decoded = await loop.run_in_executor(
+                    _decode_pool(), self._decode, body, version, cfg
+                )
+            finally:
+                self._decoding -= 1
+        if isinstance(decoded, tuple):
+            return self._answer(version, decoded[0], decoded[1], v2_headers)
+        self.m_decode.labels(version).observe(time.perf_counter() - started)
+        return await self._store(request, version, decoded, cfg, v2_headers)
+
+    def _decode(self, body: bytes, version: str, cfg: dict[str, Any]) -> Decoded | tuple[int, str]:
+        """Decompress and decode one body, or (status, reason); runs on a worker for large ones.
+
+        Reads the series caches only (``dict.get`` is atomic), so it may run
+        while the loop fills them; a stale id is caught at append time.
+        """
+        # Snappy block format: a uvarint of the decompressed size, then the data.
         try:
             size, _ = read_varint(body, 0)
         except DecodeError:
-            return self._answer(version, 400, "bad snappy data: no length header", v2_headers)
+            return 400, "bad snappy data: no length header"
         max_plain = cfg["max_decompressed_bytes"]
         if size > max_plain:
-            return self._answer(
-                version,
+            return (
                 413,
                 f"decompressed size {size} bytes (from the snappy header) exceeds "
                 f"{SECTION}.max_decompressed_bytes ({max_plain})",
-                v2_headers,
             )
         try:
             plain = bytes(cramjam.snappy.decompress_raw(body))
         except Exception as exc:  # noqa: BLE001 - cramjam raises its own error types
-            return self._answer(version, 400, f"bad snappy data: {exc}", v2_headers)
+            return 400, f"bad snappy data: {exc}"
         if len(plain) != size:
-            return self._answer(
-                version,
-                400,
-                f"bad snappy data: header says {size} bytes, got {len(plain)}",
-                v2_headers,
-            )
-        self.m_bytes.labels(version, "decompressed").inc(len(plain))
+            return 400, f"bad snappy data: header says {size} bytes, got {len(plain)}"
+        self.m_bytes.labels(version, "decompressed").inc(len(plain))  # thread-safe
         try:
             if version == V1:
                 decoded = decode_write_request(plain, self.cache_v1)
@@ -223,9 +272,8 @@ class Receiver:
                     created_timestamp_zero=cfg["created_timestamp_zero_ingestion"],
                 )
         except DecodeError as exc:
-            return self._answer(version, 400, f"bad protobuf message: {exc}", v2_headers)
-        self.m_decode.labels(version).observe(time.perf_counter() - started)
-        return await self._store(request, version, decoded, cfg, v2_headers)
+            return 400, f"bad protobuf message: {exc}"
+        return decoded
 
     async def _store(
         self,

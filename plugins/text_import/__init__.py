@@ -120,9 +120,11 @@ def parse_lines(
             report.add(Problem(no, None, f"cannot parse {line[:120]!r}: {detail}", kind="line"))
             report.rejected += 1
             continue
-        name, labels, _, _ = parsed
+        name, labels, _, ms = parsed
         problem = None
-        if not valid_metric_name(name):
+        if ms is not None and not -(2**63) <= ms < 2**63:
+            problem = f"timestamp {line.rsplit(maxsplit=1)[-1][:40]} is outside the int64 range"
+        elif not valid_metric_name(name):
             problem = f"invalid metric name {name!r}"
         else:
             for k in labels:
@@ -185,6 +187,22 @@ class TextEndpoint:
                 labels_list.append(tuple(sorted((k, v) for k, v in pairs.items() if v != "")))
             ts = [now if p[3] is None else p[3] for _, p in valid]
             vals = [p[2] for _, p in valid]
+            store = self.ctx.require_store()
+            # Bounds before any series is created: none is left without samples.
+            pre = {i: f"{why} (out_of_bounds)" for i, why in store.timestamp_problems(ts)}
+            for i, why in store.label_problems(labels_list).items():
+                pre.setdefault(i, f"new series refused: {why}")
+            if pre:
+                for i, why in sorted(pre.items()):
+                    report.add(Problem(valid[i][0], None, why, "line"))
+                report.rejected += len(pre)
+                report.store_rejected += len(pre)
+                keep = [i for i in range(len(valid)) if i not in pre]
+                valid = [valid[i] for i in keep]
+                labels_list = [labels_list[i] for i in keep]
+                ts = [ts[i] for i in keep]
+                vals = [vals[i] for i in keep]
+        if valid:
             try:
                 ids, refused = await self.ctx.require_store().resolve_series(labels_list)
                 if refused:
@@ -234,6 +252,8 @@ def _apply(
         line_no = found.pop() if found else None
         if r.reason == "duplicate_timestamp":
             msg = "a different value was already stored at this timestamp (duplicate_timestamp)"
+        elif r.detail:
+            msg = f"refused by the store ({r.reason}): {r.detail}"
         else:
             msg = (
                 f"refused by the store ({r.reason}): older than the newest sample of this"
