@@ -494,6 +494,13 @@ CORE_SCHEMA = Schema(
                 "shutdown_timeout": Field(
                     (str, int, float), "30s", "Grace period on SIGTERM.", check=check_duration
                 ),
+                "header_read_timeout": Field(
+                    (str, int, float),
+                    "15s",
+                    "Close a new connection that has not sent complete request headers\n"
+                    "by then (slow-loris defence); 0 disables.",
+                    check=check_duration,
+                ),
                 "tls": Schema(
                     {
                         "cert_file": Field(str, "", "PEM certificate; TLS is on when set."),

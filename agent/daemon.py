@@ -21,6 +21,7 @@ from agent.alerting.engine import AlertingOptions
 from agent.alerting.rules import load_configured_rules
 from agent.app import AUTH_KEY, CONTEXT_KEY, StartupError, make_app
 from agent.config import Config, ConfigError, load_config, peek_plugins_section
+from agent.http_guard import GuardedTCPSite
 from agent.logsetup import setup_logging
 from agent.plugins import PluginError, PluginHost, get_plugin_manager
 from agent.sdnotify import monotonic_usec, notify
@@ -77,7 +78,14 @@ class Daemon:
         host_addr, port = config.listen
         try:
             ssl_ctx = make_ssl_context(config.raw["server"]["tls"])
-            site = web.TCPSite(runner, host_addr, port, ssl_context=ssl_ctx, reuse_address=True)
+            site = GuardedTCPSite(
+                runner,
+                host_addr,
+                port,
+                ssl_context=ssl_ctx,
+                reuse_address=True,
+                header_timeout=config.duration("server.header_read_timeout"),
+            )
             await site.start()
         except (OSError, ValueError) as exc:
             log.error("cannot listen on %s:%s: %s", host_addr, port, exc)

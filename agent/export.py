@@ -24,6 +24,13 @@ out exactly once, at its own timestamp, with nothing evaluated or aligned.
   **Staleness markers are left out** (counted in :class:`ExportStats`): they
   are not measurements, and no CSV reader could tell one from a NaN.
 
+* **Formulas are neutralised** (``neutralize_formulas=True``, the default):
+  a label value starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+  return (OWASP's CSV-injection list), or with ``'``, gets a leading ``'``, so
+  a spreadsheet shows it as text instead of running it. The importer removes
+  that quote again, so exports still round-trip exactly. Numbers and
+  timestamps are written by us and never neutralised (``-1.5`` stays a number).
+
 Rows come series by series (series in label order, each in time order).
 Importing back: ``tsagent import-csv --header --format "$(spec)"`` with the
 spec from :func:`import_spec` (``1:time:rfc3339,2:label:__name__,...``), or the
@@ -55,7 +62,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher, metric_name
+from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher, metric_name, neutralize_cell
 
 if TYPE_CHECKING:
     from agent.storage import Store
@@ -316,6 +323,7 @@ async def export_csv(
     chunk_series: int = CHUNK_SERIES,
     stats: ExportStats | None = None,
     progress: ProgressFn | None = None,
+    neutralize_formulas: bool = True,
 ) -> AsyncIterator[str]:
     """Yield the CSV export of the chosen series as text pieces (one per chunk of series).
 
@@ -358,7 +366,7 @@ async def export_csv(
             cells = [""] * len(names)
             for k, val in labs:
                 if k != METRIC_NAME:
-                    cells[position[k]] = val
+                    cells[position[k]] = neutralize_cell(val) if neutralize_formulas else val
             name = metric_name(labs)
             times = format_times(t, time_format, zone)
             writer.writerows(

@@ -53,7 +53,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.model import METRIC_NAME, Labels, restore_cell, valid_label_name, valid_metric_name
 from agent.model import metric_name as metric_name_of
 from agent.storage.backfill import ON_ERROR_CHOICES, OnError
 
@@ -822,6 +822,7 @@ def parse_csv(
     extra = tuple(mapping.extra_labels.items())
     for k in key_index:
         cells = () if not label_idx else ((k,) if len(label_idx) == 1 else k)
+        cells = tuple(restore_cell(c) for c in cells)  # exports neutralise formulas
         key_labels.append(tuple(zip(names, cells, strict=True)) + extra)
     label_sets: list[Labels] = []
     for kl in key_labels:

@@ -1,0 +1,70 @@
+"""A header-read timeout for aiohttp's server (slow-loris defence).
+
+aiohttp bounds idle keep-alive connections but not a connection that sends
+its request headers one byte a minute: 1,500 such connections stayed open for
+90 s and more (issue 13), each holding a socket and a parser. Go's servers
+have ``ReadHeaderTimeout`` for this; here :class:`GuardedTCPSite` gives every
+new connection ``timeout`` seconds to deliver complete request headers, and
+closes it otherwise. Once a request has arrived the usual limits apply
+(``keepalive_timeout`` between requests, the handlers' own for bodies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+def _expire(proto: Any, transport: asyncio.BaseTransport) -> None:
+    if transport.is_closing() or getattr(proto, "_request_count", 1) > 0:
+        return
+    log.debug("closing a connection that sent no complete request headers in time")
+    transport.close()
+
+
+def guard_headers(factory: Callable[[], Any], timeout: float) -> Callable[[], Any]:
+    """Wrap a protocol factory: connections without request headers by ``timeout`` are closed.
+
+    Relies on aiohttp's ``RequestHandler._request_count`` (incremented when a
+    request's headers are parsed); should it ever disappear, the guard does
+    nothing rather than close good connections.
+    """
+
+    def make() -> Any:
+        proto = factory()
+        original = proto.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            original(transport)
+            asyncio.get_running_loop().call_later(timeout, _expire, proto, transport)
+
+        proto.connection_made = connection_made
+        return proto
+
+    return make
+
+
+class GuardedTCPSite(web.TCPSite):
+    """``web.TCPSite`` whose connections get a header-read timeout (``0`` disables it)."""
+
+    def __init__(self, runner: web.BaseRunner, *args: Any, header_timeout: float, **kw: Any):
+        super().__init__(runner, *args, **kw)
+        self._header_timeout = header_timeout
+
+    async def start(self) -> None:
+        if self._header_timeout <= 0:
+            await super().start()
+            return
+        server = self._runner.server
+        assert server is not None
+        self._runner._server = guard_headers(server, self._header_timeout)  # type: ignore[assignment]
+        try:
+            await super().start()
+        finally:
+            self._runner._server = server
