@@ -21,8 +21,9 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 
-def _expire(proto: Any, transport: asyncio.BaseTransport) -> None:
-    if transport.is_closing() or getattr(proto, "_request_count", 1) > 0:
+def _expire(proto: Any) -> None:
+    transport = getattr(proto, "transport", None)
+    if transport is None or transport.is_closing() or getattr(proto, "_request_count", 1) > 0:
         return
     log.debug("closing a connection that sent no complete request headers in time")
     transport.close()
@@ -31,20 +32,15 @@ def _expire(proto: Any, transport: asyncio.BaseTransport) -> None:
 def guard_headers(factory: Callable[[], Any], timeout: float) -> Callable[[], Any]:
     """Wrap a protocol factory: connections without request headers by ``timeout`` are closed.
 
-    Relies on aiohttp's ``RequestHandler._request_count`` (incremented when a
-    request's headers are parsed); should it ever disappear, the guard does
-    nothing rather than close good connections.
+    The timer starts when the protocol is made (as the connection is
+    accepted). Relies on aiohttp's ``RequestHandler._request_count``
+    (incremented when a request's headers are parsed); should it ever
+    disappear, the guard does nothing rather than close good connections.
     """
 
     def make() -> Any:
         proto = factory()
-        original = proto.connection_made
-
-        def connection_made(transport: asyncio.BaseTransport) -> None:
-            original(transport)
-            asyncio.get_running_loop().call_later(timeout, _expire, proto, transport)
-
-        proto.connection_made = connection_made
+        asyncio.get_running_loop().call_later(timeout, _expire, proto)
         return proto
 
     return make
