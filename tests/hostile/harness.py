@@ -68,6 +68,9 @@ class Daemon:
             f"listen: 127.0.0.1:{self.port}\n"
             f"data_dir: {tmp / 'data'}\n"
             f"server:\n  header_read_timeout: {header_timeout}\n"
+            # Background passes run during the attack: their cost must follow the data.
+            "storage:\n  retention: 30d\n  retention_interval: 2s\n"
+            "  rollups:\n    interval: 1s\n"
             "auth:\n"
             f"  write:\n    bearer_tokens: [{TOKENS['write']}]\n"
             f"    basic_auth:\n      {BASIC_USER}: '{basic}'\n"
