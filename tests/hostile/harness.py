@@ -302,16 +302,22 @@ async def slowloris(port: int, connections: int, timeout_s: float) -> ClassStats
     return st
 
 
-async def disconnect_mid_export(session: aiohttp.ClientSession, url: str, times: int) -> None:
+async def disconnect_mid_export(session: aiohttp.ClientSession, url: str, times: int) -> ClassStats:
     """Start exports and hang up after the first bytes (must not be logged as our fault)."""
+    st = ClassStats()
     for _ in range(times):
-        with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        st.requests += 1
+        try:
             async with session.get(
                 url + "/api/v1/export/csv?match[]=" + "%7B__name__%3D~%22.%2B%22%7D",
                 headers=auth_header("read"),
             ) as resp:
+                st.statuses[f"{resp.status}, hung up"] += 1
                 await resp.content.read(10)
                 resp.close()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            st.statuses[type(exc).__name__] += 1
+    return st
 
 
 def statsd_garbage(port: int, datagrams: int, seed: int = 7) -> ClassStats:
@@ -361,7 +367,7 @@ class AttackReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "classes": {k: v.to_json() for k, v in sorted(self.classes.items())},
+            "classes": {k: v.to_json() for k, v in sorted(self.classes.items()) if v.requests},
             "alive": self.alive,
             "peak_rss_mib": round(self.peak_rss / 2**20, 1),
             "healthy_p99_ms": round(self.health_p99_s * 1000, 1),
@@ -386,6 +392,7 @@ async def run_attack(
     export_hangups: int = 5,
     memory_limit: int = 4 * GiB,
     header_timeout_s: float = 2.0,
+    request_timeout_s: float = 120.0,
 ) -> AttackReport:
     """Start a daemon, attack it with everything at once, and say how it fared."""
     started = time.perf_counter()
@@ -396,7 +403,7 @@ async def run_attack(
     bg = Background()
     peak = 0
     try:
-        timeout = aiohttp.ClientTimeout(total=120)
+        timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         async with (
             aiohttp.ClientSession(timeout=timeout) as attack,
             aiohttp.ClientSession(timeout=timeout) as quiet,
@@ -413,7 +420,7 @@ async def run_attack(
                 asyncio.to_thread(statsd_garbage, daemon.statsd_port, statsd_datagrams),
                 disconnect_mid_export(attack, daemon.url, export_hangups),
             )
-            stats["slow clients"], stats["auth"], stats["statsd"] = results[1:4]
+            stats["slow clients"], stats["auth"], stats["statsd"], stats["hang-ups"] = results[1:]
             await asyncio.sleep(0.5)
             bg.stop.set()
             await asyncio.gather(*background)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import random
 import struct
 from typing import Any
@@ -39,8 +40,12 @@ from plugins.statsd.parser import Malformed, parse_line
 from plugins.text_import import _om_line, _text_line, parse_lines
 from tests.hostile.cases import captured_bodies, mutate
 
+# Small in CI; benchmarks/bench_hostile.py --fuzz-examples N runs the long campaign.
 FAST = settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=int(os.environ.get("TSAGENT_FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
 )
 BODIES = {c.name: c.body for c in captured_bodies()}
 INT64 = (-(2**63), 2**63 - 1)
