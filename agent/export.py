@@ -275,6 +275,13 @@ def _not_stale(v: np.ndarray) -> np.ndarray:
     return v.view(np.uint64) != np.uint64(STALE_NAN_BITS)
 
 
+def _csv_cell(text: str) -> str:
+    """RFC 4180 quoting where needed (delimiter, quote, CR or LF inside)."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 def label_columns(store: Store, ids: Sequence[int]) -> list[str]:
     """Label names (without ``__name__``) used by any of the series, sorted."""
     names: set[str] = set()
@@ -367,10 +374,16 @@ async def export_csv(
             for k, val in labs:
                 if k != METRIC_NAME:
                     cells[position[k]] = neutralize_cell(val) if neutralize_formulas else val
-            name = metric_name(labs)
+            # Label cells are formatted once per series; timestamps and values never
+            # need quoting. By hand rather than csv.writer: with "\n" line endings
+            # the csv module leaves a "\r" inside a value unquoted, which breaks rows.
+            middle = ",".join(_csv_cell(x) for x in (metric_name(labs), *cells))
             times = format_times(t, time_format, zone)
-            writer.writerows(
-                [tt, name, *cells, format_value(x)] for tt, x in zip(times, v.tolist(), strict=True)
+            buf.write(
+                "".join(
+                    f"{tt},{middle},{format_value(x)}\n"
+                    for tt, x in zip(times, v.tolist(), strict=True)
+                )
             )
             stats.series += 1
             stats.samples += int(t.size)

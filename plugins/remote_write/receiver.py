@@ -49,6 +49,7 @@ from plugins.remote_write.wire import (
 )
 
 REASON_CARDINALITY = "cardinality_limit"
+REASON_OUT_OF_BOUNDS = "out_of_bounds"
 
 log = logging.getLogger("tsagent.remote_write")
 
@@ -308,10 +309,9 @@ class Receiver:
             store = ctx.require_store()
             if decoded.misses:
                 refused = await self._resolve(decoded, cache, cfg["series_cache_size"])
-                if refused:
-                    issues.extend(refused)
-                    n = sum(i.count for i in refused)
-                    ctx.metrics.samples_rejected.labels(SOURCE, REASON_CARDINALITY).inc(n)
+                for issue in refused:
+                    issues.append(issue)
+                    ctx.metrics.samples_rejected.labels(SOURCE, issue.reason).inc(issue.count)
             started = time.perf_counter()
             result = await ctx.append(
                 decoded.ids, decoded.ts, decoded.vals, source=SOURCE, client=request.remote
@@ -356,20 +356,33 @@ class Receiver:
 
         Refused series are not cached, so raising a limit takes effect at once.
         """
+        store = self.ctx.require_store()
+        # A new series whose every sample is out of bounds is not created at all:
+        # no series is left without samples (the samples' reason is the bound).
+        bad = dict(store.timestamp_problems(np.frombuffer(decoded.ts, dtype=np.int64)))
         keys: list[Hashable] = []
         wanted = []
+        issues: list[SeriesIssue] = []
+        drop: list[int] = []
         for key in decoded.misses:
             labels = decoded.miss_labels[key]
-            if not isinstance(labels, SeriesIssue):
-                keys.append(key)
-                wanted.append(labels)
+            if isinstance(labels, SeriesIssue):
+                continue
+            positions = decoded.misses[key]
+            if bad and all(p in bad for p in positions):
+                why = bad[positions[0]]
+                issues.append(
+                    SeriesIssue(REASON_OUT_OF_BOUNDS, format_labels(labels), why, len(positions))
+                )
+                drop.extend(positions)
+                continue
+            keys.append(key)
+            wanted.append(labels)
         self.m_cache_misses.inc(len(keys))
-        sids, refused = await self.ctx.require_store().resolve_series(wanted)
+        sids, refused = await store.resolve_series(wanted)
         if len(cache) + len(keys) > limit:
             cache.clear()  # crude but O(1) amortised; a sender's series come back at once
         ids = decoded.ids
-        issues: list[SeriesIssue] = []
-        drop: list[int] = []
         for n, (key, sid) in enumerate(zip(keys, sids, strict=True)):
             positions = decoded.misses[key]
             if n in refused:
