@@ -47,9 +47,18 @@ def config_schema() -> dict[str, Schema]:
                 ),
                 "max_decompressed_bytes": Field(
                     int,
-                    128 * MiB,
+                    32 * MiB,
                     "Largest decompressed request, judged from the snappy header "
-                    "before decompressing; larger gets 413.",
+                    "before decompressing; larger gets 413 (VictoriaMetrics' default "
+                    "-maxInsertRequestSize; Prometheus sends a few hundred KB).",
+                    check=_positive,
+                ),
+                "max_inflight_decompressed_bytes": Field(
+                    int,
+                    64 * MiB,
+                    "Decompressed bytes of large requests (64 KiB or more as sent) being "
+                    "decoded and stored at once; more get 429. Each costs about 13 times "
+                    "its size in memory while in flight.",
                     check=_positive,
                 ),
                 "series_cache_size": Field(

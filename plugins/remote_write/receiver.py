@@ -37,7 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from agent.context import AgentContext
 from agent.model import format_labels
-from agent.storage import BackPressure, StorageError, UnknownSeries
+from agent.storage import AppendResult, BackPressure, StorageError, UnknownSeries
 from plugins.remote_write import v2 as v2_codec
 from plugins.remote_write.wire import (
     REASON_INVALID_LABELS,
@@ -68,8 +68,8 @@ H_EXEMPLARS = "X-Prometheus-Remote-Write-Exemplars-Written"
 # Bodies at least this large (compressed) are decoded off the event loop; smaller
 # ones decode faster than a thread hand-off costs.
 OFFLOAD_BYTES = 64 * 1024
-# Large bodies decoding or waiting for a decoder thread; more get 429.
-MAX_QUEUED_DECODES = 4
+# Samples per store append of one large request (see Receiver._append).
+APPEND_CHUNK = 100_000
 DECODE_THREADS = 2
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -112,7 +112,7 @@ class Receiver:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
         self.cache_v1: dict[Hashable, int] = {}
-        self._decoding = 0
+        self._inflight_bytes = 0
         self.cache_v2: dict[Hashable, int] = {}
         self.metadata = ctx.metadata  # shared: the core serves it at /api/v1/metadata
         r = ctx.metrics.registry
@@ -212,31 +212,42 @@ class Receiver:
         started = time.perf_counter()
         if len(body) < OFFLOAD_BYTES:
             decoded = self._decode(body, version, cfg)
-        elif self._decoding >= MAX_QUEUED_DECODES:
-            # Bounded queue: senders retry a 429, and the loop never holds an unbounded
-            # pile of bodies waiting for the decoder threads.
+            if isinstance(decoded, tuple):
+                return self._answer(version, decoded[0], decoded[1], v2_headers)
+            self.m_decode.labels(version).observe(time.perf_counter() - started)
+            return await self._store(request, version, decoded, cfg, v2_headers)
+        # A large body: what it costs while decoded and stored is budgeted across
+        # requests, so concurrent big bodies cannot add up past the memory the
+        # operator planned for; over budget, senders retry a 429. A body over the
+        # limit is refused (413, in _decode) without taking any of the budget.
+        try:
+            claim = read_varint(body, 0)[0]
+        except DecodeError:
+            claim = len(body)
+        if claim > cfg["max_decompressed_bytes"]:
+            claim = 0
+        budget = cfg["max_inflight_decompressed_bytes"]
+        if self._inflight_bytes and self._inflight_bytes + claim > budget:
             return self._answer(
                 version,
                 429,
-                f"{self._decoding} large requests are already being decoded; retry",
+                f"{self._inflight_bytes} decompressed bytes of large requests in progress "
+                f"(budget {SECTION}.max_inflight_decompressed_bytes {budget}); retry",
                 {**(v2_headers or {}), "Retry-After": "1"},
             )
-        else:
-            # Large bodies decode in a worker thread: the decoder holds the GIL, but the
-            # interpreter hands it back every few ms, so /-/healthy and small writes are
-            # served meanwhile instead of waiting seconds (issue 13, item 8).
-            self._decoding += 1
-            try:
-                loop = asyncio.get_running_loop()
-                decoded = await loop.run_in_executor(
-                    _decode_pool(), self._decode, body, version, cfg
-                )
-            finally:
-                self._decoding -= 1
-        if isinstance(decoded, tuple):
-            return self._answer(version, decoded[0], decoded[1], v2_headers)
-        self.m_decode.labels(version).observe(time.perf_counter() - started)
-        return await self._store(request, version, decoded, cfg, v2_headers)
+        self._inflight_bytes += claim
+        try:
+            # Decoded in a worker thread: the decoder holds the GIL, but the interpreter
+            # hands it back every few ms, so /-/healthy and small writes are served
+            # meanwhile instead of waiting seconds (issue 13, item 8).
+            loop = asyncio.get_running_loop()
+            decoded = await loop.run_in_executor(_decode_pool(), self._decode, body, version, cfg)
+            if isinstance(decoded, tuple):
+                return self._answer(version, decoded[0], decoded[1], v2_headers)
+            self.m_decode.labels(version).observe(time.perf_counter() - started)
+            return await self._store(request, version, decoded, cfg, v2_headers)
+        finally:
+            self._inflight_bytes -= claim
 
     def _decode(self, body: bytes, version: str, cfg: dict[str, Any]) -> Decoded | tuple[int, str]:
         """Decompress and decode one body, or (status, reason); runs on a worker for large ones.
@@ -313,9 +324,7 @@ class Receiver:
                     issues.append(issue)
                     ctx.metrics.samples_rejected.labels(SOURCE, issue.reason).inc(issue.count)
             started = time.perf_counter()
-            result = await ctx.append(
-                decoded.ids, decoded.ts, decoded.vals, source=SOURCE, client=request.remote
-            )
+            result = await self._append(decoded, request.remote)
             self.m_commit.observe(time.perf_counter() - started)
         except BackPressure as exc:
             return self._answer(
@@ -348,6 +357,37 @@ class Receiver:
         return self._answer(
             version, 400, self._error_text(store, issues, rejected, received, written), headers
         )
+
+    async def _append(self, decoded: Decoded, client: str | None) -> AppendResult:
+        """Append in chunks of ``APPEND_CHUNK`` samples, acknowledged once all are durable.
+
+        A request of millions of samples appended at once held the event loop
+        for seconds (the head's work on the batch) and copied the whole batch
+        several times; chunks bound both. Should a later chunk fail, the
+        sender's retry re-sends the earlier ones, which are then exact
+        duplicates: idempotent.
+        """
+        n = len(decoded.ids)
+        if n <= APPEND_CHUNK:
+            return await self.ctx.append(
+                decoded.ids, decoded.ts, decoded.vals, source=SOURCE, client=client
+            )
+        ids = np.frombuffer(decoded.ids, dtype=np.int64)
+        ts = np.frombuffer(decoded.ts, dtype=np.int64)
+        vals = np.frombuffer(decoded.vals, dtype=np.float64)
+        total = AppendResult()
+        for lo in range(0, n, APPEND_CHUNK):
+            part = await self.ctx.append(
+                ids[lo : lo + APPEND_CHUNK],  # type: ignore[arg-type]
+                ts[lo : lo + APPEND_CHUNK],  # type: ignore[arg-type]
+                vals[lo : lo + APPEND_CHUNK],  # type: ignore[arg-type]
+                source=SOURCE,
+                client=client,
+            )
+            total.accepted += part.accepted
+            total.duplicates += part.duplicates
+            total.rejected.extend(part.rejected)
+        return total
 
     async def _resolve(
         self, decoded: Decoded, cache: dict[Hashable, int], limit: int

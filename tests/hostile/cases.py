@@ -117,7 +117,7 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def big_remote_write(samples: int, series: int = 10_000) -> bytes:
+def big_remote_write(samples: int, series: int = 10_000, job: str = "big") -> bytes:
     """A valid, large remote-write body (issue: 3.8 MB, 81 MB decompressed, 4.5 M samples).
 
     Encoded by hand: building millions of protobuf objects would take the
@@ -132,7 +132,7 @@ def big_remote_write(samples: int, series: int = 10_000) -> bytes:
     samples_part = b"".join(sample_blobs)
     parts = []
     for i in range(series):
-        labels = [("__name__", "hostile_big"), ("instance", f"host-{i}"), ("job", "big")]
+        labels = [("__name__", "hostile_big"), ("instance", f"host-{i}"), ("job", job)]
         lab = b"".join(_field(1, _field(1, k.encode()) + _field(2, v.encode())) for k, v in labels)
         parts.append(_field(1, lab + samples_part))
     return bytes(cramjam.snappy.compress_raw(b"".join(parts)))
@@ -346,15 +346,30 @@ def write_cases(scale: float = 1.0) -> list[Case]:
             "/api/v1/import/prometheus",
             b"m" * int(1_000_000 * scale or 10_000) + b" 1\n",
         ),
-        # 8. a large valid body: decoded off the event loop (429 when the decoders are busy)
+        # 8. large valid bodies: decoded off the event loop; over the decompressed limit
+        # 413 before decompressing; several near the limit share an in-flight budget (429).
         Case(
             "bodies",
-            "remote write 4.5 M samples",
+            "remote write 4.5 M samples (81 MB decompressed)",
             "POST",
             "/api/v1/write",
             big_remote_write(int(4_500_000 * scale), series=int(10_000 * scale) or 100),
             V1,
-            frozenset({204, 429}),
+            frozenset({204, 413, 429}) if scale < 0.4 else frozenset({413}),
+        ),
+        *(
+            Case(
+                "bodies",
+                f"remote write 1.6 M samples (29 MB decompressed) #{n}",
+                "POST",
+                "/api/v1/write",
+                big_remote_write(
+                    int(1_600_000 * scale), series=int(4_000 * scale) or 40, job=f"big{n}"
+                ),
+                V1,
+                frozenset({204, 429}),
+            )
+            for n in range(3)
         ),
         # 9. export: formulas neutralised (checked by the test on the body)
         Case(
