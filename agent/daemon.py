@@ -21,7 +21,7 @@ from agent.alerting.engine import AlertingOptions
 from agent.alerting.rules import load_configured_rules
 from agent.app import AUTH_KEY, CONTEXT_KEY, StartupError, make_app
 from agent.config import Config, ConfigError, load_config, peek_plugins_section
-from agent.http_guard import GuardedTCPSite
+from agent.http_guard import GuardedTCPSite, install_log_filters
 from agent.logsetup import setup_logging
 from agent.plugins import PluginError, PluginHost, get_plugin_manager
 from agent.sdnotify import monotonic_usec, notify
@@ -66,6 +66,7 @@ class Daemon:
             log.error("cannot start: %s", exc)
             return 2
         setup_logging(config.raw["log"]["level"], config.raw["log"]["format"])
+        install_log_filters()
         app = make_app(config, host)
         shutdown_timeout = config.duration("server.shutdown_timeout")
         runner = web.AppRunner(app, handle_signals=False, access_log=None)

@@ -64,3 +64,35 @@ class GuardedTCPSite(web.TCPSite):
             await super().start()
         finally:
             self._runner._server = server
+
+
+class ClientFaultFilter(logging.Filter):
+    """aiohttp logs a malformed request (an over-long URL or header, a bad request
+    line) at ERROR with a traceback, as if the server had failed. It is the
+    client's fault: keep one INFO line naming it, so ERROR stays for our own
+    faults (issue 13). A handler that crashes still logs at ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and _client_fault(exc):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _client_fault(exc: BaseException | None) -> bool:
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    if isinstance(exc, HttpProcessingError):
+        return 400 <= (exc.code or 400) < 500
+    return isinstance(exc, ConnectionResetError)
+
+
+def install_log_filters() -> None:
+    """Attach :class:`ClientFaultFilter` to aiohttp's server logger (idempotent)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientFaultFilter) for f in logger.filters):
+        logger.addFilter(ClientFaultFilter())
