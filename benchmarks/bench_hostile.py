@@ -79,6 +79,8 @@ def verdict(r: AttackReport) -> str:
         problems.append("/-/healthy slow or failing")
     if r.missing:
         problems.append(f"{r.missing} acked samples missing")
+    elif r.missing is None:
+        problems.append("stored samples not checked")
     bad = sum(len(c.unexpected) for c in r.classes.values())
     if bad:
         problems.append(f"{bad} unexpected answers")

@@ -360,7 +360,7 @@ class AttackReport:
     rw_p99_s: float
     rw_statuses: dict[str, int]
     acked: int
-    missing: int
+    missing: int | None
     error_lines: list[str]
     export_bodies: dict[str, bytes]
     seconds: float
@@ -369,7 +369,7 @@ class AttackReport:
         return {
             "classes": {k: v.to_json() for k, v in sorted(self.classes.items()) if v.requests},
             "alive": self.alive,
-            "peak_rss_mib": round(self.peak_rss / 2**20, 1),
+            "peak_rss_mib": round(self.peak_rss / 2**20, 1) if self.peak_rss else None,
             "healthy_p99_ms": round(self.health_p99_s * 1000, 1),
             "healthy_failures": self.health_failures,
             "remote_write_p99_ms": round(self.rw_p99_s * 1000, 1),
@@ -401,16 +401,23 @@ async def run_attack(
     stats: dict[str, ClassStats] = {}
     bodies: dict[str, bytes] = {}
     bg = Background()
-    peak = 0
+    peaks: list[int] = [0]
     try:
         timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         async with (
             aiohttp.ClientSession(timeout=timeout) as attack,
             aiohttp.ClientSession(timeout=timeout) as quiet,
         ):
+
+            async def watch_rss() -> None:  # the last reading survives a dying daemon
+                while not bg.stop.is_set():
+                    peaks.append(max(peaks[-1], daemon.peak_rss()))
+                    await asyncio.sleep(0.2)
+
             background = [
                 asyncio.create_task(sender(quiet, daemon.url, bg)),
                 asyncio.create_task(prober(quiet, daemon.url, bg)),
+                asyncio.create_task(watch_rss()),
             ]
             await fire(attack, daemon.url, list(seed_cases), stats, bodies, clients=1)
             results = await asyncio.gather(
@@ -425,9 +432,10 @@ async def run_attack(
             bg.stop.set()
             await asyncio.gather(*background)
             alive = daemon.alive
-            missing = await acked_missing(quiet, daemon.url, bg) if alive else len(bg.acked)
+            # A dead daemon cannot be asked: unknown (None), not "all missing".
+            missing = await acked_missing(quiet, daemon.url, bg) if alive else None
     finally:
-        peak = daemon.peak_rss()
+        peak = max(daemon.peak_rss(), *peaks)
         alive_at_end = daemon.alive
         daemon.stop()
     return AttackReport(
