@@ -31,6 +31,8 @@ from agent.model import Labels
 from agent.storage.options import REJECT_OUT_OF_BOUNDS, Rejection, StorageOptions
 
 DAY_MS = 86_400_000
+# Refusals that get their own message naming the timestamp (the rest share one).
+DETAILED = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +72,20 @@ def split_timestamps(
     bad = (ts < lo) | (ts > hi)
     if not bad.any():
         return None, []
+    # Shared texts past the first few: a request of a million ancient samples must
+    # not cost a million formatted messages.
+    early = f"before limits.min_timestamp {lo} ({format_ms(lo)})"
+    late = f"more than limits.max_future ({bounds.max_future_ms} ms) ahead of now"
+    shared = {True: "timestamp " + early, False: "timestamp " + late}
     refused: list[tuple[int, str]] = []
-    for pos in np.flatnonzero(bad).tolist():
+    for n, pos in enumerate(np.flatnonzero(bad).tolist()):
         t = int(ts[pos])
-        if t < lo:
-            why = (
-                f"timestamp {t} ({format_ms(t)}) is before limits.min_timestamp"
-                f" {lo} ({format_ms(lo)})"
-            )
-        else:
-            why = (
-                f"timestamp {t} ({format_ms(t)}) is more than limits.max_future"
-                f" ({bounds.max_future_ms} ms) ahead of now ({format_ms(now_ms)})"
-            )
+        if n >= DETAILED:
+            refused.append((pos, shared[t < lo]))
+            continue
+        why = f"timestamp {t} ({format_ms(t)}) is {early if t < lo else late}"
+        if t > hi:
+            why += f" ({format_ms(now_ms)})"
         refused.append((pos, why))
     return ~bad, refused
 

@@ -347,6 +347,22 @@ def write_cases(scale: float = 1.0) -> list[Case]:
             "/api/v1/import/prometheus",
             b"m" * int(1_000_000 * scale or 10_000) + b" 1\n",
         ),
+        Case(
+            "timestamps",
+            "rw 1 M ancient samples",
+            "POST",
+            "/api/v1/write",
+            rw_v1(
+                [
+                    (
+                        [("__name__", "hostile_many_old"), ("i", str(i))],
+                        [(j + 1 - 2**62, 1.0) for j in range(100)],
+                    )
+                    for i in range(int(10_000 * scale) or 100)
+                ]
+            ),
+            V1,
+        ),
         # 8. large valid bodies: decoded off the event loop; over the decompressed limit
         # 413 before decompressing; several near the limit share an in-flight budget (429).
         Case(
