@@ -562,7 +562,9 @@ class Store:
             if t.size:
                 best = int(t[0]) if best is None else min(best, int(t[0]))
         head = self._head
-        for sid in head.series_with_data().tolist():
+        ids = head.series_with_data()
+        ids = ids[self.newest_timestamps(ids) >= start_ms]  # only series with data that late
+        for sid in ids.tolist():
             snap = head.snapshot(sid, start_ms, end)
             if snap is not None and snap[0].size:
                 best = int(snap[0][0]) if best is None else min(best, int(snap[0][0]))
