@@ -494,6 +494,13 @@ CORE_SCHEMA = Schema(
                 "shutdown_timeout": Field(
                     (str, int, float), "30s", "Grace period on SIGTERM.", check=check_duration
                 ),
+                "max_inflight_ingest_bytes": Field(
+                    int,
+                    48 * 1024 * 1024,
+                    "Bytes of large (64 KiB+) ingest requests processed at once (remote\n"
+                    "write: decompressed); more get 429 with Retry-After. See docs/security.md.",
+                    check=check_positive,
+                ),
                 "header_read_timeout": Field(
                     (str, int, float),
                     "15s",

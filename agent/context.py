@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.api.metadata import MetadataTable
 from agent.config import Config
+from agent.ingest_budget import IngestBudget
 from agent.metrics import AgentMetrics
 from agent.model import Labels
 from agent.storage.options import REJECT_CARDINALITY, Rejection
@@ -47,6 +48,12 @@ class AgentContext:
     # Routes, groups and delivers alert notifications; set once the store is open.
     dispatcher: Dispatcher | None = None
     ready: bool = False
+    # Memory budget shared by the ingest endpoints for large requests (agent.ingest_budget).
+    ingest_budget: IngestBudget = field(default_factory=lambda: IngestBudget(48 * 1024 * 1024))
+
+    def __post_init__(self) -> None:
+        server = self.config.raw.get("server") or {}
+        self.ingest_budget.limit = server.get("max_inflight_ingest_bytes", self.ingest_budget.limit)
 
     def plugin_config(self, dotted: str) -> dict[str, Any]:
         """The validated section of a plugin (``ingest.statsd``)."""

@@ -970,7 +970,7 @@ async def store_parsed(
         return report
     if parsed.series_idx.size:
         used, inverse = np.unique(parsed.series_idx, return_inverse=True)
-        ids, refused = await store.resolve_series([parsed.label_sets[i] for i in used.tolist()])
+        ids, refused = await resolve_chunked(store, [parsed.label_sets[i] for i in used.tolist()])
         sids = np.asarray(ids, dtype=np.int64)[inverse]
         if refused:
             _report_refused(parsed, sids, inverse, refused)
@@ -1001,6 +1001,22 @@ async def store_parsed(
             _report_rejections(parsed, sids, result.rejected)
     report.seconds += time.perf_counter() - started
     return report
+
+
+async def resolve_chunked(
+    store: Store, labels_list: Sequence[Labels], chunk: int = 20_000
+) -> tuple[list[int], dict[int, str]]:
+    """``Store.resolve_series`` a chunk at a time, so that a request creating hundreds
+    of thousands of series lets the event loop serve others in between."""
+    if len(labels_list) <= chunk:
+        return await store.resolve_series(list(labels_list))
+    ids: list[int] = []
+    refused: dict[int, str] = {}
+    for lo in range(0, len(labels_list), chunk):
+        part, why = await store.resolve_series(list(labels_list[lo : lo + chunk]))
+        ids.extend(part)
+        refused.update((lo + pos, reason) for pos, reason in why.items())
+    return ids, refused
 
 
 def _drop_out_of_bounds(store: Store, parsed: ParsedCsv, on_error: OnError) -> bool:

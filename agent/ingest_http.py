@@ -23,9 +23,11 @@ from aiohttp import web
 
 from agent.context import AgentContext
 from agent.importer import ImportReport, MappingError, parse_extra_labels
+from agent.ingest_budget import SMALL_BYTES
 from agent.storage.backfill import ON_ERROR_CHOICES, OnError
 
 REASON_INVALID = "invalid_input"
+__all__ = ["SMALL_BYTES", "OnError"]  # for the push plugins, with the helpers below
 
 
 def bad_request(message: str) -> web.Response:

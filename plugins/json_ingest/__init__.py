@@ -26,6 +26,7 @@ kept (unless ``on_error=abort``).  Answers: see :mod:`agent.ingest_http`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -36,8 +37,10 @@ from aiohttp import web
 from agent import hookimpl
 from agent.config import Field, Schema, check_non_negative, check_positive
 from agent.context import AgentContext
-from agent.importer import ImportReport, MappingError, Problem, parse_rfc3339
+from agent.importer import ImportReport, MappingError, Problem, parse_rfc3339, resolve_chunked
 from agent.ingest_http import (
+    SMALL_BYTES,
+    OnError,
     bad_request,
     busy,
     count,
@@ -47,7 +50,7 @@ from agent.ingest_http import (
 )
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
 from agent.plugin_api import Route
-from agent.storage import AppendResult, BackPressure, StorageError
+from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.json"
 SOURCE_INGEST = "json_ingest"
@@ -143,6 +146,56 @@ def validate_item(item: Any, index: int | None) -> Sample | list[Problem]:
     return tuple(sorted(pairs.items())), ms, number
 
 
+def _parse_backfill(
+    raw: bytes, max_items: int, store: Store
+) -> str | tuple[ImportReport, list[Sample], list[int]]:
+    """Parse and validate a backfill body: (report, samples, item indices) or an error.
+
+    Bounds are checked here, before any series is created, so none is left
+    without samples. Reads the store's index only (runs in a worker thread
+    for large bodies).
+    """
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"body is not valid JSON: {exc}"
+    except RecursionError:
+        return "body is not valid JSON: nested too deeply"
+    if isinstance(body, dict) and set(body) == {"items"}:
+        body = body["items"]
+    if not isinstance(body, list):
+        return 'expected a JSON list of samples (or {"items": [...]})'
+    if len(body) > max_items:
+        return f"{len(body)} items exceed {SECTION}.max_items ({max_items})"
+    report = ImportReport(received=len(body))
+    samples: list[Sample] = []
+    indices: list[int] = []
+    for i, item in enumerate(body):
+        checked = validate_item(item, i)
+        if isinstance(checked, list):
+            report.rejected += 1
+            for p in checked:
+                report.add(p)
+        else:
+            samples.append(checked)
+            indices.append(i)
+    pre = {
+        pos: f"{why} (out_of_bounds)"
+        for pos, why in store.timestamp_problems([s[1] for s in samples])
+    }
+    for pos, why in store.label_problems([s[0] for s in samples]).items():
+        pre.setdefault(pos, why)
+    if pre:
+        for pos, why in sorted(pre.items()):
+            field = "timestamp" if why.endswith("(out_of_bounds)") else "labels"
+            report.add(Problem(indices[pos], field, why, "item"))
+        report.rejected += len(pre)
+        report.store_rejected += len(pre)
+        samples = [x for i, x in enumerate(samples) if i not in pre]
+        indices = [x for i, x in enumerate(indices) if i not in pre]
+    return report, samples, indices
+
+
 class JsonEndpoints:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
@@ -198,43 +251,35 @@ class JsonEndpoints:
         cfg = self.ctx.config.section(SECTION)
         try:
             on_error = on_error_param(request)
-            body = await self._body(request)
         except MappingError as exc:
             return bad_request(str(exc))
-        if isinstance(body, dict) and set(body) == {"items"}:
-            body = body["items"]
-        if not isinstance(body, list):
-            return bad_request('expected a JSON list of samples (or {"items": [...]})')
-        if len(body) > cfg["max_items"]:
-            return bad_request(f"{len(body)} items exceed {SECTION}.max_items ({cfg['max_items']})")
-        report = ImportReport(received=len(body))
-        samples: list[Sample] = []
-        indices: list[int] = []
-        for i, item in enumerate(body):
-            checked = validate_item(item, i)
-            if isinstance(checked, list):
-                report.rejected += 1
-                for p in checked:
-                    report.add(p)
+        raw = await request.read()
+        size = len(raw)
+        budget = self.ctx.ingest_budget
+        if not budget.claim(size):
+            return busy(budget.busy_message(size), 1)
+        try:
+            store = self.ctx.require_store()
+            if size >= SMALL_BYTES:  # parsed and checked in a thread: the loop keeps serving
+                parsed = await asyncio.to_thread(_parse_backfill, raw, cfg["max_items"], store)
             else:
-                samples.append(checked)
-                indices.append(i)
-        # Bounds before any series is created: none is left without samples.
-        store = self.ctx.require_store()
-        pre = {
-            pos: f"{why} (out_of_bounds)"
-            for pos, why in store.timestamp_problems([s[1] for s in samples])
-        }
-        for pos, why in store.label_problems([s[0] for s in samples]).items():
-            pre.setdefault(pos, why)
-        if pre:
-            for pos, why in sorted(pre.items()):
-                field = "timestamp" if why.endswith("(out_of_bounds)") else "labels"
-                report.add(Problem(indices[pos], field, why, "item"))
-            report.rejected += len(pre)
-            report.store_rejected += len(pre)
-            samples = [x for i, x in enumerate(samples) if i not in pre]
-            indices = [x for i, x in enumerate(indices) if i not in pre]
+                parsed = _parse_backfill(raw, cfg["max_items"], store)
+            del raw
+            if isinstance(parsed, str):
+                return bad_request(parsed)
+            return await self._backfill(request, cfg, on_error, *parsed)
+        finally:
+            budget.release(size)
+
+    async def _backfill(
+        self,
+        request: web.Request,
+        cfg: dict[str, Any],
+        on_error: OnError,
+        report: ImportReport,
+        samples: list[Sample],
+        indices: list[int],
+    ) -> web.Response:
         report.samples = len(samples)
         if on_error == "abort" and report.problems_total:
             report.aborted = True
@@ -243,7 +288,7 @@ class JsonEndpoints:
         if samples:
             try:
                 store = self.ctx.require_store()
-                ids, refused = await store.resolve_series([s[0] for s in samples])
+                ids, refused = await resolve_chunked(store, [s[0] for s in samples])
                 if refused:
                     for pos, reason in refused.items():
                         msg = f"new series refused: {reason}"

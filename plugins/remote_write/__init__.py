@@ -53,14 +53,6 @@ def config_schema() -> dict[str, Schema]:
                     "-maxInsertRequestSize; Prometheus sends a few hundred KB).",
                     check=_positive,
                 ),
-                "max_inflight_decompressed_bytes": Field(
-                    int,
-                    64 * MiB,
-                    "Decompressed bytes of large requests (64 KiB or more as sent) being "
-                    "decoded and stored at once; more get 429. Each costs about 13 times "
-                    "its size in memory while in flight.",
-                    check=_positive,
-                ),
                 "series_cache_size": Field(
                     int,
                     1_000_000,

@@ -112,7 +112,6 @@ class Receiver:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
         self.cache_v1: dict[Hashable, int] = {}
-        self._inflight_bytes = 0
         self.cache_v2: dict[Hashable, int] = {}
         self.metadata = ctx.metadata  # shared: the core serves it at /api/v1/metadata
         r = ctx.metrics.registry
@@ -217,25 +216,20 @@ class Receiver:
             self.m_decode.labels(version).observe(time.perf_counter() - started)
             return await self._store(request, version, decoded, cfg, v2_headers)
         # A large body: what it costs while decoded and stored is budgeted across
-        # requests, so concurrent big bodies cannot add up past the memory the
-        # operator planned for; over budget, senders retry a 429. A body over the
-        # limit is refused (413, in _decode) without taking any of the budget.
+        # ingest requests (agent.ingest_budget), so concurrent big bodies cannot add
+        # up past the memory the operator planned for; over budget, senders retry a
+        # 429. A body over the limit is refused (413, in _decode) without a claim.
         try:
             claim = read_varint(body, 0)[0]
         except DecodeError:
             claim = len(body)
         if claim > cfg["max_decompressed_bytes"]:
             claim = 0
-        budget = cfg["max_inflight_decompressed_bytes"]
-        if self._inflight_bytes and self._inflight_bytes + claim > budget:
+        budget = self.ctx.ingest_budget
+        if not budget.claim(claim):
             return self._answer(
-                version,
-                429,
-                f"{self._inflight_bytes} decompressed bytes of large requests in progress "
-                f"(budget {SECTION}.max_inflight_decompressed_bytes {budget}); retry",
-                {**(v2_headers or {}), "Retry-After": "1"},
+                version, 429, budget.busy_message(claim), {**(v2_headers or {}), "Retry-After": "1"}
             )
-        self._inflight_bytes += claim
         try:
             # Decoded in a worker thread: the decoder holds the GIL, but the interpreter
             # hands it back every few ms, so /-/healthy and small writes are served
@@ -247,7 +241,7 @@ class Receiver:
             self.m_decode.labels(version).observe(time.perf_counter() - started)
             return await self._store(request, version, decoded, cfg, v2_headers)
         finally:
-            self._inflight_bytes -= claim
+            budget.release(claim)
 
     def _decode(self, body: bytes, version: str, cfg: dict[str, Any]) -> Decoded | tuple[int, str]:
         """Decompress and decode one body, or (status, reason); runs on a worker for large ones.

@@ -138,6 +138,21 @@ def big_remote_write(samples: int, series: int = 10_000, job: str = "big") -> by
     return bytes(cramjam.snappy.compress_raw(b"".join(parts)))
 
 
+def big_text(lines: int) -> bytes:
+    """Prometheus text, 40 bytes a line: ~20 MB for 500,000 lines."""
+    now, last = now_ms(), (lines - 1) // 5000
+    return "".join(
+        f'hostile_text_big{{i="{i % 5000}"}} {i} {now - (last - i // 5000) * 1000}\n'
+        for i in range(lines)
+    ).encode()
+
+
+def big_json(items: int) -> bytes:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms() / 1000 - 3600))
+    one = '{"metric_name":"hostile_json_big","labels":{"i":"%d"},"value":%d,"timestamp":"%s"}'
+    return ("[" + ",".join(one % (i, i, stamp) for i in range(items)) + "]").encode()
+
+
 def csv_case(name: str, body: bytes, query: str, expect: frozenset[int] = CLIENT_ERROR) -> Case:
     return Case(
         "malformed",
@@ -387,6 +402,23 @@ def write_cases(scale: float = 1.0) -> list[Case]:
                 frozenset({204, 429}),
             )
             for n in range(3)
+        ),
+        # Big push bodies (server.max_body_bytes is 32 MiB): parsed off the event loop.
+        Case(
+            "bodies",
+            "text import 20 MB",
+            "POST",
+            "/api/v1/import/prometheus",
+            big_text(int(500_000 * scale) or 5000),
+            expect=frozenset({200, 429}),
+        ),
+        Case(
+            "bodies",
+            "json backfill 20 MB",
+            "POST",
+            "/backfill/import",
+            big_json(int(200_000 * scale) or 2000),
+            expect=frozenset({200, 429}),
         ),
         # 9. export: formulas neutralised (checked by the test on the body)
         Case(
