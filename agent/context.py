@@ -13,15 +13,19 @@ from agent.config import Config
 from agent.ingest_budget import IngestBudget
 from agent.metrics import AgentMetrics
 from agent.model import Labels
-from agent.storage.options import REJECT_CARDINALITY, Rejection
+from agent.storage.options import REJECT_CARDINALITY, AppendResult, Rejection
 
 if TYPE_CHECKING:
     from agent.alerting.dispatch import Dispatcher
     from agent.alerting.engine import RuleEngine
     from agent.plugin_api import Codec, Exporter, Ingestor, Notifier, QueryFunction
     from agent.plugins import PluginHost
-    from agent.storage import AppendResult, BackfillResult, Store
+    from agent.storage import BackfillResult, Store
     from agent.storage.backfill import OnError
+
+
+# Samples per store append of one large batch (see AgentContext.append).
+APPEND_CHUNK = 100_000
 
 
 @dataclass
@@ -107,10 +111,33 @@ class AgentContext:
         source: str,
         client: str | None = None,
     ) -> AppendResult:
-        """Durable append through the store, with the agent's counters updated."""
-        result = await self.require_store().append(
-            series_ids, timestamps, values, source=source, client=client
-        )
+        """Durable append through the store, with the agent's counters updated.
+
+        A large batch goes in chunks of ``APPEND_CHUNK`` samples: appended at
+        once, the head's work on millions of samples held the event loop for
+        seconds and copied the batch several times (issue 13). Should a later
+        chunk fail, the caller's retry re-sends the earlier ones as exact
+        duplicates, which are idempotent.
+        """
+        store = self.require_store()
+        n = len(series_ids)
+        if n <= APPEND_CHUNK:
+            result = await store.append(
+                series_ids, timestamps, values, source=source, client=client
+            )
+        else:
+            result = AppendResult()
+            for lo in range(0, n, APPEND_CHUNK):
+                part = await store.append(
+                    series_ids[lo : lo + APPEND_CHUNK],
+                    timestamps[lo : lo + APPEND_CHUNK],
+                    values[lo : lo + APPEND_CHUNK],
+                    source=source,
+                    client=client,
+                )
+                result.accepted += part.accepted
+                result.duplicates += part.duplicates
+                result.rejected.extend(part.rejected)
         self.metrics.samples_ingested.labels(source).inc(result.accepted)
         for reason, count in Counter(r.reason for r in result.rejected).items():
             self.metrics.samples_rejected.labels(source, reason).inc(count)

@@ -13,6 +13,10 @@ the steady traffic, and cheap.
 from __future__ import annotations
 
 SMALL_BYTES = 64 * 1024
+# Cost per byte of each push format, relative to remote write (see IngestBudget.claim).
+WEIGHT_TEXT = 2
+WEIGHT_JSON = 3
+WEIGHT_CSV = 2
 
 
 class IngestBudget:
@@ -22,26 +26,31 @@ class IngestBudget:
         self.limit = limit
         self.in_flight = 0
 
-    def claim(self, size: int) -> bool:
-        """Take ``size`` bytes of the budget; False (nothing taken) when over it.
+    def claim(self, size: int, weight: int = 1) -> int | None:
+        """Take ``size * weight`` of the budget: the cost taken (0 for a small
+        request), or None (nothing taken) when over budget.
 
-        A request alone is always admitted, whatever its size: the per-request
-        body limits bound it, and refusing it forever would be wrong.
+        ``weight`` is what the format costs per byte relative to remote write's
+        decompressed bytes (measured with ``benchmarks/bench_hostile.py``:
+        remote write ~8x its decompressed size in memory, Prometheus text ~16x,
+        JSON ~22x its body). A request alone is always admitted, whatever its
+        cost: the per-request body limits bound it, and refusing it forever
+        would be wrong.
         """
         if size < SMALL_BYTES:
-            return True
-        if self.in_flight and self.in_flight + size > self.limit:
-            return False
-        self.in_flight += size
-        return True
+            return 0
+        cost = size * weight
+        if self.in_flight and self.in_flight + cost > self.limit:
+            return None
+        self.in_flight += cost
+        return cost
 
-    def release(self, size: int) -> None:
-        if size >= SMALL_BYTES:
-            self.in_flight -= size
+    def release(self, cost: int) -> None:
+        self.in_flight -= cost
 
     def busy_message(self, size: int) -> str:
         return (
-            f"{self.in_flight} bytes of large ingest requests in progress; this one"
+            f"large ingest requests worth {self.in_flight} bytes in progress; this one"
             f" ({size} bytes) would exceed server.max_inflight_ingest_bytes ({self.limit});"
             " retry"
         )

@@ -30,6 +30,7 @@ from agent.config import Field, Schema, check_non_negative, check_positive
 from agent.context import AgentContext
 from agent.importer import CsvMapping, MappingError, mapping_from_json, parse_csv_text, store_parsed
 from agent.ingest_http import (
+    WEIGHT_CSV,
     OnError,
     bad_request,
     bool_param,
@@ -102,12 +103,13 @@ class CsvEndpoint:
             return bad_request(f"body is not UTF-8: {exc}")
         size = len(body)
         budget = self.ctx.ingest_budget
-        if not budget.claim(size):
+        cost = budget.claim(size, WEIGHT_CSV)
+        if cost is None:
             return busy(budget.busy_message(size), 1)
         try:
             return await self._import(request, cfg, mapping, on_error, text)
         finally:
-            budget.release(size)
+            budget.release(cost)
 
     async def _import(
         self,

@@ -40,6 +40,7 @@ from agent.context import AgentContext
 from agent.importer import ImportReport, MappingError, Problem, parse_rfc3339, resolve_chunked
 from agent.ingest_http import (
     SMALL_BYTES,
+    WEIGHT_JSON,
     OnError,
     bad_request,
     busy,
@@ -256,7 +257,8 @@ class JsonEndpoints:
         raw = await request.read()
         size = len(raw)
         budget = self.ctx.ingest_budget
-        if not budget.claim(size):
+        cost = budget.claim(size, WEIGHT_JSON)
+        if cost is None:
             return busy(budget.busy_message(size), 1)
         try:
             store = self.ctx.require_store()
@@ -269,7 +271,7 @@ class JsonEndpoints:
                 return bad_request(parsed)
             return await self._backfill(request, cfg, on_error, *parsed)
         finally:
-            budget.release(size)
+            budget.release(cost)
 
     async def _backfill(
         self,

@@ -37,7 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from agent.context import AgentContext
 from agent.model import format_labels
-from agent.storage import AppendResult, BackPressure, StorageError, UnknownSeries
+from agent.storage import BackPressure, StorageError, UnknownSeries
 from plugins.remote_write import v2 as v2_codec
 from plugins.remote_write.wire import (
     REASON_INVALID_LABELS,
@@ -68,8 +68,6 @@ H_EXEMPLARS = "X-Prometheus-Remote-Write-Exemplars-Written"
 # Bodies at least this large (compressed) are decoded off the event loop; smaller
 # ones decode faster than a thread hand-off costs.
 OFFLOAD_BYTES = 64 * 1024
-# Samples per store append of one large request (see Receiver._append).
-APPEND_CHUNK = 100_000
 DECODE_THREADS = 2
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -226,7 +224,8 @@ class Receiver:
         if claim > cfg["max_decompressed_bytes"]:
             claim = 0
         budget = self.ctx.ingest_budget
-        if not budget.claim(claim):
+        cost = budget.claim(claim)
+        if cost is None:
             return self._answer(
                 version, 429, budget.busy_message(claim), {**(v2_headers or {}), "Retry-After": "1"}
             )
@@ -241,7 +240,7 @@ class Receiver:
             self.m_decode.labels(version).observe(time.perf_counter() - started)
             return await self._store(request, version, decoded, cfg, v2_headers)
         finally:
-            budget.release(claim)
+            budget.release(cost)
 
     def _decode(self, body: bytes, version: str, cfg: dict[str, Any]) -> Decoded | tuple[int, str]:
         """Decompress and decode one body, or (status, reason); runs on a worker for large ones.
@@ -318,7 +317,9 @@ class Receiver:
                     issues.append(issue)
                     ctx.metrics.samples_rejected.labels(SOURCE, issue.reason).inc(issue.count)
             started = time.perf_counter()
-            result = await self._append(decoded, request.remote)
+            result = await ctx.append(
+                decoded.ids, decoded.ts, decoded.vals, source=SOURCE, client=request.remote
+            )
             self.m_commit.observe(time.perf_counter() - started)
         except BackPressure as exc:
             return self._answer(
@@ -351,37 +352,6 @@ class Receiver:
         return self._answer(
             version, 400, self._error_text(store, issues, rejected, received, written), headers
         )
-
-    async def _append(self, decoded: Decoded, client: str | None) -> AppendResult:
-        """Append in chunks of ``APPEND_CHUNK`` samples, acknowledged once all are durable.
-
-        A request of millions of samples appended at once held the event loop
-        for seconds (the head's work on the batch) and copied the whole batch
-        several times; chunks bound both. Should a later chunk fail, the
-        sender's retry re-sends the earlier ones, which are then exact
-        duplicates: idempotent.
-        """
-        n = len(decoded.ids)
-        if n <= APPEND_CHUNK:
-            return await self.ctx.append(
-                decoded.ids, decoded.ts, decoded.vals, source=SOURCE, client=client
-            )
-        ids = np.frombuffer(decoded.ids, dtype=np.int64)
-        ts = np.frombuffer(decoded.ts, dtype=np.int64)
-        vals = np.frombuffer(decoded.vals, dtype=np.float64)
-        total = AppendResult()
-        for lo in range(0, n, APPEND_CHUNK):
-            part = await self.ctx.append(
-                ids[lo : lo + APPEND_CHUNK],  # type: ignore[arg-type]
-                ts[lo : lo + APPEND_CHUNK],  # type: ignore[arg-type]
-                vals[lo : lo + APPEND_CHUNK],  # type: ignore[arg-type]
-                source=SOURCE,
-                client=client,
-            )
-            total.accepted += part.accepted
-            total.duplicates += part.duplicates
-            total.rejected.extend(part.rejected)
-        return total
 
     async def _resolve(
         self, decoded: Decoded, cache: dict[Hashable, int], limit: int

@@ -41,6 +41,7 @@ from agent.context import AgentContext
 from agent.importer import ImportReport, MappingError, Problem, resolve_chunked
 from agent.ingest_http import (
     SMALL_BYTES,
+    WEIGHT_TEXT,
     bad_request,
     bool_param,
     busy,
@@ -183,7 +184,8 @@ class TextEndpoint:
         store = self.ctx.require_store()
         size = len(text)
         budget = self.ctx.ingest_budget
-        if not budget.claim(size):
+        cost = budget.claim(size, WEIGHT_TEXT)
+        if cost is None:
             return busy(budget.busy_message(size), 1)
         try:
             if size >= SMALL_BYTES:  # ~15 us a line: parsed in a thread, the loop keeps serving
@@ -193,7 +195,7 @@ class TextEndpoint:
             del text, body
             return await self._store(request, cfg, as_backfill, report, *prepared)
         finally:
-            budget.release(size)
+            budget.release(cost)
 
     async def _store(
         self,
@@ -201,7 +203,7 @@ class TextEndpoint:
         cfg: dict[str, Any],
         as_backfill: bool,
         report: ImportReport,
-        valid: list[tuple[int, Parsed]],
+        valid: list[int],
         labels_list: list[Labels],
         ts: list[int],
         vals: list[float],
@@ -212,7 +214,7 @@ class TextEndpoint:
                 if refused:
                     for pos, reason in refused.items():
                         report.add(
-                            Problem(valid[pos][0], None, f"new series refused: {reason}", "line")
+                            Problem(valid[pos], None, f"new series refused: {reason}", "line")
                         )
                     report.rejected += len(refused)
                     report.store_rejected += len(refused)
@@ -235,7 +237,7 @@ class TextEndpoint:
             except (StorageError, RuntimeError) as exc:
                 return unavailable(str(exc))
             report.series = len(set(ids))
-            _apply(report, result, ids, ts, [no for no, _ in valid])
+            _apply(report, result, ids, ts, valid)
         count(self.ctx, SOURCE, report)
         return report_response(report, cfg["max_errors"])
 
@@ -247,26 +249,37 @@ def _prepare(
     now: int,
     report: ImportReport,
     store: Store,
-) -> tuple[list[tuple[int, Parsed]], list[Labels], list[int], list[float]]:
-    """Parse, label and bound-check a body (in a worker thread for large ones).
+) -> tuple[list[int], list[Labels], list[int], list[float]]:
+    """(line numbers, labels, timestamps, values) of a body's valid samples.
+
+    Parses, labels and bound-checks (in a worker thread for large bodies).
 
     Bounds are checked before any series is created, so none is left
     without samples. Reads the store's index only.
     """
-    valid = parse_lines(text.splitlines(), parse, report)
-    report.samples = len(valid)
+    parsed = parse_lines(text.splitlines(), parse, report)
+    report.samples = len(parsed)
+    # One label tuple per distinct series, shared by its lines: a body of 500,000
+    # lines over 5,000 series holds 5,000 tuples, not 500,000.
+    shared: dict[tuple[str, tuple[tuple[str, str], ...]], Labels] = {}
     labels_list: list[Labels] = []
-    for _, (name, labels, _, _) in valid:
-        pairs = {**labels, **extra, METRIC_NAME: name}
-        labels_list.append(tuple(sorted((k, v) for k, v in pairs.items() if v != "")))
-    ts = [now if p[3] is None else p[3] for _, p in valid]
-    vals = [p[2] for _, p in valid]
+    for _, (name, labels, _, _) in parsed:
+        key = (name, tuple(labels.items()))
+        found = shared.get(key)
+        if found is None:
+            pairs = {**labels, **extra, METRIC_NAME: name}
+            found = shared[key] = tuple(sorted((k, v) for k, v in pairs.items() if v != ""))
+        labels_list.append(found)
+    ts = [now if p[3] is None else p[3] for _, p in parsed]
+    vals = [p[2] for _, p in parsed]
+    valid = [no for no, _ in parsed]
+    del parsed, shared
     pre = {i: f"{why} (out_of_bounds)" for i, why in store.timestamp_problems(ts)}
     for i, why in store.label_problems(labels_list).items():
         pre.setdefault(i, f"new series refused: {why}")
     if pre:
         for i, why in sorted(pre.items()):
-            report.add(Problem(valid[i][0], None, why, "line"))
+            report.add(Problem(valid[i], None, why, "line"))
         report.rejected += len(pre)
         report.store_rejected += len(pre)
         keep = [i for i in range(len(valid)) if i not in pre]

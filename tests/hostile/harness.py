@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import os
 import random
 import resource
@@ -32,6 +33,7 @@ from agent.security import hash_password
 from tests.hostile.cases import V1, Case, now_ms, rw_v1
 
 GiB = 1024**3
+RETRIES_429 = 20
 TOKENS = {"write": "hostile-write", "read": "hostile-read", "admin": "hostile-admin"}
 BASIC_USER, BASIC_PASSWORD = "sender", "correct horse"
 
@@ -230,17 +232,26 @@ async def fire(
             headers = {**auth_header(case.group), **case.headers}
             st = stats.setdefault(case.cls, ClassStats())
             started = time.perf_counter()
-            try:
-                async with session.request(
-                    case.method, url + case.path, data=case.body or None, headers=headers
-                ) as resp:
-                    body = await resp.read()
-                    status = str(resp.status)
-                    if case.cls == "export":
-                        bodies[case.name] = body
-                    ok = resp.status in case.expect
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                status, ok = type(exc).__name__, False
+            for attempt in range(RETRIES_429 + 1):
+                try:
+                    # A file object: aiohttp warns (an error under pytest) about big bytes.
+                    data = io.BytesIO(case.body) if len(case.body) > 2**16 else case.body or None
+                    async with session.request(
+                        case.method, url + case.path, data=data, headers=headers
+                    ) as resp:
+                        body = await resp.read()
+                        status = str(resp.status)
+                        if case.cls == "export":
+                            bodies[case.name] = body
+                        ok = resp.status in case.expect
+                        retry_after = float(resp.headers.get("Retry-After", "1") or 1)
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    status, ok = type(exc).__name__, False
+                if status != "429" or attempt == RETRIES_429 or case.cls == "auth":
+                    break
+                # As a real sender does: back off and retry, so the work gets done.
+                st.statuses["429 (retried)"] += 1
+                await asyncio.sleep(min(retry_after, 2.0))
             elapsed = time.perf_counter() - started
             st.requests += 1
             st.statuses[status] += 1
