@@ -33,7 +33,7 @@ from agent.security import hash_password
 from tests.hostile.cases import V1, Case, now_ms, rw_v1
 
 GiB = 1024**3
-RETRIES_429 = 20
+RETRIES_429 = 60
 TOKENS = {"write": "hostile-write", "read": "hostile-read", "admin": "hostile-admin"}
 BASIC_USER, BASIC_PASSWORD = "sender", "correct horse"
 
