@@ -225,7 +225,10 @@ class JsonEndpoints:
             count(self.ctx, SOURCE_INGEST, report)
             return report_response(report, cfg["max_errors"])
         labels, ms, value = checked
-        for _pos, why in self.ctx.require_store().timestamp_problems([ms]):
+        store = self.ctx.store
+        if store is None:
+            return unavailable("the store is not open yet")
+        for _pos, why in store.timestamp_problems([ms]):
             report.add(Problem(None, "timestamp", f"{why} (out_of_bounds)", "item"))
             report.rejected = report.store_rejected = 1
             count(self.ctx, SOURCE_INGEST, report)
@@ -255,13 +258,15 @@ class JsonEndpoints:
         except MappingError as exc:
             return bad_request(str(exc))
         raw = await request.read()
+        store = self.ctx.store
+        if store is None:
+            return unavailable("the store is not open yet")
         size = len(raw)
         budget = self.ctx.ingest_budget
         cost = budget.claim(size, WEIGHT_JSON)
         if cost is None:
             return busy(budget.busy_message(size), 1)
         try:
-            store = self.ctx.require_store()
             if size >= SMALL_BYTES:  # parsed and checked in a thread: the loop keeps serving
                 parsed = await asyncio.to_thread(_parse_backfill, raw, cfg["max_items"], store)
             else:

@@ -181,7 +181,9 @@ class TextEndpoint:
         media = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         parse = _om_line if media == OPENMETRICS else _text_line
         report = ImportReport()
-        store = self.ctx.require_store()
+        store = self.ctx.store
+        if store is None:
+            return unavailable("the store is not open yet")
         size = len(text)
         budget = self.ctx.ingest_budget
         cost = budget.claim(size, WEIGHT_TEXT)
