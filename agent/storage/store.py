@@ -458,6 +458,16 @@ class Store:
         ts = np.asarray(timestamps, dtype=np.int64)
         return bounds.split_timestamps(self._bounds, ts, now_ms())[1] if ts.size else []
 
+    def out_of_bounds(self, timestamps: np.ndarray) -> np.ndarray | None:
+        """Boolean mask of timestamps outside ``limits``, or None when all are inside.
+
+        Vectorised, for callers with millions of samples; the reasons come
+        from :meth:`timestamp_problems`.
+        """
+        lo, hi = bounds.time_window(self._bounds, now_ms())
+        bad = (timestamps < lo) | (timestamps > hi)
+        return bad if bad.any() else None
+
     def label_problems(self, labels_list: Sequence[Labels]) -> dict[int, str]:
         """{position: reason} of label sets that would be refused as new series (label limits)."""
         out: dict[int, str] = {}

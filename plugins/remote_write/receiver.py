@@ -363,7 +363,8 @@ class Receiver:
         store = self.ctx.require_store()
         # A new series whose every sample is out of bounds is not created at all:
         # no series is left without samples (the samples' reason is the bound).
-        bad = dict(store.timestamp_problems(np.frombuffer(decoded.ts, dtype=np.int64)))
+        ts = np.frombuffer(decoded.ts, dtype=np.int64)
+        bad = store.out_of_bounds(ts)
         keys: list[Hashable] = []
         wanted = []
         issues: list[SeriesIssue] = []
@@ -373,8 +374,8 @@ class Receiver:
             if isinstance(labels, SeriesIssue):
                 continue
             positions = decoded.misses[key]
-            if bad and all(p in bad for p in positions):
-                why = bad[positions[0]]
+            if bad is not None and bad[positions].all():
+                why = store.timestamp_problems(ts[positions[:1]])[0][1]
                 issues.append(
                     SeriesIssue(REASON_OUT_OF_BOUNDS, format_labels(labels), why, len(positions))
                 )
