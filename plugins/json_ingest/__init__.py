@@ -72,6 +72,13 @@ def config_schema() -> dict[str, Schema]:
                     "Largest list /backfill/import accepts (server.max_body_bytes applies too).",
                     check=check_positive,
                 ),
+                "max_body_bytes": Field(
+                    int,
+                    16 * 1024 * 1024,
+                    "Largest body either endpoint accepts (413 beyond): parsed JSON takes\n"
+                    "about 22 times its size in memory.",
+                    check=check_positive,
+                ),
                 "max_errors": Field(
                     int,
                     100,
@@ -197,12 +204,27 @@ def _parse_backfill(
     return report, samples, indices
 
 
+def too_large(size: int, limit: int) -> web.Response:
+    return web.json_response(
+        {
+            "status": "error",
+            "error": f"body of {size} bytes exceeds {SECTION}.max_body_bytes ({limit})",
+        },
+        status=413,
+    )
+
+
 class JsonEndpoints:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
 
     async def _body(self, request: web.Request) -> Any:
+        limit = self.ctx.config.section(SECTION)["max_body_bytes"]
+        if (request.content_length or 0) > limit:
+            raise MappingError(f"body of {request.content_length} bytes exceeds {limit}")
         raw = await request.read()
+        if len(raw) > limit:
+            raise MappingError(f"body of {len(raw)} bytes exceeds {SECTION}.max_body_bytes {limit}")
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -257,11 +279,16 @@ class JsonEndpoints:
             on_error = on_error_param(request)
         except MappingError as exc:
             return bad_request(str(exc))
+        limit = cfg["max_body_bytes"]
+        if (request.content_length or 0) > limit:
+            return too_large(request.content_length or 0, limit)
         raw = await request.read()
         store = self.ctx.store
         if store is None:
             return unavailable("the store is not open yet")
         size = len(raw)
+        if size > limit:
+            return too_large(size, limit)
         budget = self.ctx.ingest_budget
         cost = budget.claim(size, WEIGHT_JSON)
         if cost is None:
