@@ -25,7 +25,13 @@ from agent.metrics import AgentMetrics
 from agent.plugin_api import Route
 from agent.plugins import PluginFailure, PluginHost, await_maybe
 from agent.query import extensions as query_extensions
-from agent.security import Authenticator, forbidden, unauthorized
+from agent.security import (
+    RATE_LIMITED,
+    Authenticator,
+    forbidden,
+    too_many_failures,
+    unauthorized,
+)
 
 log = logging.getLogger("tsagent.app")
 
@@ -80,7 +86,11 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
 async def _security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
     group = request.app[ROUTE_GROUPS_KEY].get(resource.canonical if resource else "", "admin")
-    decision = request.app[AUTH_KEY].decide(group, request.headers.get("Authorization"))
+    decision = await request.app[AUTH_KEY].authorize(
+        group, request.headers.get("Authorization"), request.remote
+    )
+    if decision == RATE_LIMITED:
+        return too_many_failures()
     if decision == 401:
         return unauthorized()
     if decision == 403:

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,27 @@ def check_timezone(value: Any) -> str | None:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         return "expected an IANA time zone name such as Europe/Berlin, or empty"
+    return None
+
+
+def parse_timestamp_ms(value: str | int) -> int:
+    """Milliseconds since the epoch from an int or an RFC 3339 string (``limits.min_timestamp``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text!r} needs a time zone (Z or +hh:mm)")
+    return int(parsed.timestamp() * 1000)
+
+
+def check_timestamp(value: Any) -> str | None:
+    try:
+        parse_timestamp_ms(value)
+    except ValueError as exc:
+        return f"expected an RFC 3339 time or ms since the epoch: {exc}"
     return None
 
 
@@ -451,6 +473,20 @@ CORE_SCHEMA = Schema(
                 "shutdown_timeout": Field(
                     (str, int, float), "30s", "Grace period on SIGTERM.", check=check_duration
                 ),
+                "max_inflight_ingest_bytes": Field(
+                    int,
+                    48 * 1024 * 1024,
+                    "Bytes of large (64 KiB+) ingest requests processed at once (remote\n"
+                    "write: decompressed); more get 429 with Retry-After. See docs/security.md.",
+                    check=check_positive,
+                ),
+                "header_read_timeout": Field(
+                    (str, int, float),
+                    "15s",
+                    "Close a new connection that has not sent complete request headers\n"
+                    "by then (slow-loris defence); 0 disables.",
+                    check=check_duration,
+                ),
                 "tls": Schema(
                     {
                         "cert_file": Field(str, "", "PEM certificate; TLS is on when set."),
@@ -639,8 +675,46 @@ CORE_SCHEMA = Schema(
                         }
                     ),
                 ),
+                "min_timestamp": Field(
+                    (str, int),
+                    "1970-01-01T00:00:00Z",
+                    "Refuse samples older than this (RFC 3339, or ms since the epoch), on\n"
+                    "every ingest path, backfills included (reason out_of_bounds).",
+                    check=check_timestamp,
+                ),
+                "max_future": Field(
+                    (str, int),
+                    "2d",
+                    "Refuse samples further than this ahead of the clock (out_of_bounds).",
+                    check=check_duration,
+                ),
+                "max_labels_per_series": Field(
+                    int,
+                    40,
+                    "Refuse new series with more labels; 0: no cap.",
+                    check=check_non_negative,
+                ),
+                "max_label_name_length": Field(
+                    int,
+                    256,
+                    "Longest label name of a new series; 0: no cap.",
+                    check=check_non_negative,
+                ),
+                "max_label_value_length": Field(
+                    int,
+                    4096,
+                    "Longest label value of a new series; 0: no cap.",
+                    check=check_non_negative,
+                ),
+                "max_metric_name_length": Field(
+                    int,
+                    4096,
+                    "Longest metric name of a new series; 0: no cap.",
+                    check=check_non_negative,
+                ),
             },
-            "Cardinality control. Also settable at run time with Store.limit_cardinality().",
+            "Cardinality control and input bounds. Caps also settable at run time with\n"
+            "Store.limit_cardinality(); see docs/security.md for the bounds.",
         ),
         "query": Schema(
             {

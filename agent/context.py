@@ -12,17 +12,22 @@ from aiohttp import web
 
 from agent.api.metadata import MetadataTable
 from agent.config import Config
+from agent.ingest_budget import IngestBudget
 from agent.metrics import AgentMetrics
 from agent.model import Labels
-from agent.storage.options import REJECT_CARDINALITY, Rejection
+from agent.storage.options import REJECT_CARDINALITY, AppendResult, Rejection
 
 if TYPE_CHECKING:
     from agent.alerting.dispatch import Dispatcher
     from agent.alerting.engine import RuleEngine
     from agent.plugin_api import Codec, Exporter, Ingestor, Notifier, QueryFunction
     from agent.plugins import PluginHost
-    from agent.storage import AppendResult, BackfillResult, Store
+    from agent.storage import BackfillResult, Store
     from agent.storage.backfill import OnError
+
+
+# Samples per store append of one large batch (see AgentContext.append).
+APPEND_CHUNK = 100_000
 
 
 @dataclass
@@ -49,6 +54,12 @@ class AgentContext:
     # Routes, groups and delivers alert notifications; set once the store is open.
     dispatcher: Dispatcher | None = None
     ready: bool = False
+    # Memory budget shared by the ingest endpoints for large requests (agent.ingest_budget).
+    ingest_budget: IngestBudget = field(default_factory=lambda: IngestBudget(48 * 1024 * 1024))
+
+    def __post_init__(self) -> None:
+        server = self.config.raw.get("server") or {}
+        self.ingest_budget.limit = server.get("max_inflight_ingest_bytes", self.ingest_budget.limit)
 
     def plugin_config(self, dotted: str) -> dict[str, Any]:
         """The validated section of a plugin (``ingest.statsd``)."""
@@ -102,10 +113,33 @@ class AgentContext:
         source: str,
         client: str | None = None,
     ) -> AppendResult:
-        """Durable append through the store, with the agent's counters updated."""
-        result = await self.require_store().append(
-            series_ids, timestamps, values, source=source, client=client
-        )
+        """Durable append through the store, with the agent's counters updated.
+
+        A large batch goes in chunks of ``APPEND_CHUNK`` samples: appended at
+        once, the head's work on millions of samples held the event loop for
+        seconds and copied the batch several times (issue 13). Should a later
+        chunk fail, the caller's retry re-sends the earlier ones as exact
+        duplicates, which are idempotent.
+        """
+        store = self.require_store()
+        n = len(series_ids)
+        if n <= APPEND_CHUNK:
+            result = await store.append(
+                series_ids, timestamps, values, source=source, client=client
+            )
+        else:
+            result = AppendResult()
+            for lo in range(0, n, APPEND_CHUNK):
+                part = await store.append(
+                    series_ids[lo : lo + APPEND_CHUNK],
+                    timestamps[lo : lo + APPEND_CHUNK],
+                    values[lo : lo + APPEND_CHUNK],
+                    source=source,
+                    client=client,
+                )
+                result.accepted += part.accepted
+                result.duplicates += part.duplicates
+                result.rejected.extend(part.rejected)
         self.metrics.samples_ingested.labels(source).inc(result.accepted)
         for reason, count in Counter(r.reason for r in result.rejected).items():
             self.metrics.samples_rejected.labels(source, reason).inc(count)

@@ -22,6 +22,7 @@ from agent.alerting.engine import AlertingOptions
 from agent.alerting.rules import load_configured_rules
 from agent.app import AUTH_KEY, CONTEXT_KEY, StartupError, make_app
 from agent.config import Config, ConfigError, load_config, peek_plugins_section
+from agent.http_guard import GuardedTCPSite, install_log_filters
 from agent.logsetup import setup_logging
 from agent.plugins import PluginError, PluginHost, get_plugin_manager
 from agent.sdnotify import monotonic_usec, notify
@@ -95,6 +96,7 @@ class Daemon:
             log.error("cannot start: %s", exc)
             return 2
         setup_logging(config.raw["log"]["level"], config.raw["log"]["format"])
+        install_log_filters()
         app = make_app(config, host)
         shutdown_timeout = config.duration("server.shutdown_timeout")
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -107,7 +109,14 @@ class Daemon:
         host_addr, port = config.listen
         try:
             ssl_ctx = make_ssl_context(config.raw["server"]["tls"])
-            site = web.TCPSite(runner, host_addr, port, ssl_context=ssl_ctx, reuse_address=True)
+            site = GuardedTCPSite(
+                runner,
+                host_addr,
+                port,
+                ssl_context=ssl_ctx,
+                reuse_address=True,
+                header_timeout=config.duration("server.header_read_timeout"),
+            )
             await site.start()
         except (OSError, ValueError) as exc:
             log.error("cannot listen on %s:%s: %s", host_addr, port, exc)

@@ -24,6 +24,13 @@ out exactly once, at its own timestamp, with nothing evaluated or aligned.
   **Staleness markers are left out** (counted in :class:`ExportStats`): they
   are not measurements, and no CSV reader could tell one from a NaN.
 
+* **Formulas are neutralised** (``neutralize_formulas=True``, the default):
+  a label value starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+  return (OWASP's CSV-injection list), or with ``'``, gets a leading ``'``, so
+  a spreadsheet shows it as text instead of running it. The importer removes
+  that quote again, so exports still round-trip exactly. Numbers and
+  timestamps are written by us and never neutralised (``-1.5`` stays a number).
+
 Rows come series by series (series in label order, each in time order).
 Importing back: ``tsagent import-csv --header --format "$(spec)"`` with the
 spec from :func:`import_spec` (``1:time:rfc3339,2:label:__name__,...``), or the
@@ -55,7 +62,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher, metric_name
+from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher, metric_name, neutralize_cell
 
 if TYPE_CHECKING:
     from agent.storage import Store
@@ -268,6 +275,13 @@ def _not_stale(v: np.ndarray) -> np.ndarray:
     return v.view(np.uint64) != np.uint64(STALE_NAN_BITS)
 
 
+def _csv_cell(text: str) -> str:
+    """RFC 4180 quoting where needed (delimiter, quote, CR or LF inside)."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 def label_columns(store: Store, ids: Sequence[int]) -> list[str]:
     """Label names (without ``__name__``) used by any of the series, sorted."""
     names: set[str] = set()
@@ -316,6 +330,7 @@ async def export_csv(
     chunk_series: int = CHUNK_SERIES,
     stats: ExportStats | None = None,
     progress: ProgressFn | None = None,
+    neutralize_formulas: bool = True,
 ) -> AsyncIterator[str]:
     """Yield the CSV export of the chosen series as text pieces (one per chunk of series).
 
@@ -358,11 +373,17 @@ async def export_csv(
             cells = [""] * len(names)
             for k, val in labs:
                 if k != METRIC_NAME:
-                    cells[position[k]] = val
-            name = metric_name(labs)
+                    cells[position[k]] = neutralize_cell(val) if neutralize_formulas else val
+            # Label cells are formatted once per series; timestamps and values never
+            # need quoting. By hand rather than csv.writer: with "\n" line endings
+            # the csv module leaves a "\r" inside a value unquoted, which breaks rows.
+            middle = ",".join(_csv_cell(x) for x in (metric_name(labs), *cells))
             times = format_times(t, time_format, zone)
-            writer.writerows(
-                [tt, name, *cells, format_value(x)] for tt, x in zip(times, v.tolist(), strict=True)
+            buf.write(
+                "".join(
+                    f"{tt},{middle},{format_value(x)}\n"
+                    for tt, x in zip(times, v.tolist(), strict=True)
+                )
             )
             stats.series += 1
             stats.samples += int(t.size)

@@ -37,12 +37,13 @@ occurrence, ``fold=0``) or ``later``.  Nothing is shifted silently.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import islice
@@ -52,7 +53,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.model import METRIC_NAME, Labels, restore_cell, valid_label_name, valid_metric_name
 from agent.model import metric_name as metric_name_of
 from agent.storage.backfill import ON_ERROR_CHOICES, OnError
 
@@ -301,7 +302,8 @@ class TimeFormat:
         if "%" in spec:
             try:
                 datetime.now().strftime(spec)
-            except ValueError as exc:
+                _compile_strptime(spec)
+            except (ValueError, re.error) as exc:
                 raise MappingError(f"timestamp.format: invalid strftime pattern: {exc}") from exc
             return cls("strptime", spec, zone, ambiguous)
         raise MappingError(
@@ -315,7 +317,7 @@ class TimeFormat:
         if self.kind == "strptime":
             try:
                 dt = datetime.strptime(text.strip(), self.pattern)
-            except ValueError:
+            except (ValueError, re.error):
                 raise ValueError(f"does not match the pattern {self.pattern!r}: {text!r}") from None
             if dt.tzinfo is None:
                 dt = localize(dt, self.zone, self.ambiguous)
@@ -332,10 +334,14 @@ class TimeFormat:
                 vals = []
                 for i, s in enumerate(col):
                     try:
-                        vals.append(int(s))
+                        v = int(s)
                     except ValueError:
                         bad[i] = f"expected an integer unix time in nanoseconds, found {s!r}"
-                        vals.append(0)
+                        v = 0
+                    if not -(2**63) <= v < 2**63:
+                        bad[i] = f"timestamp out of range: {s[:40]!r}"
+                        v = 0
+                    vals.append(v)
                 raw = np.array(vals, dtype=np.int64)
             return raw // 1_000_000, bad
         scale = 1000.0 if self.kind == "unix_s" else 1.0
@@ -705,7 +711,7 @@ def parse_csv(
     """
     started = time.perf_counter()
     report = ImportReport()
-    reader = csv.reader(lines, delimiter=mapping.delimiter)
+    reader = _tolerant(csv.reader(lines, delimiter=mapping.delimiter), report)
     row_no = 0
     header: list[str] | None = None
     if mapping.header:
@@ -816,6 +822,7 @@ def parse_csv(
     extra = tuple(mapping.extra_labels.items())
     for k in key_index:
         cells = () if not label_idx else ((k,) if len(label_idx) == 1 else k)
+        cells = tuple(restore_cell(c) for c in cells)  # exports neutralise formulas
         key_labels.append(tuple(zip(names, cells, strict=True)) + extra)
     label_sets: list[Labels] = []
     for kl in key_labels:
@@ -832,6 +839,34 @@ def parse_csv(
     report.samples = int(parsed.series_idx.size)
     report.seconds = time.perf_counter() - started
     return parsed
+
+
+def _compile_strptime(spec: str) -> None:
+    """Raise ``re.error`` for a pattern strptime cannot compile (``%d%d``: a repeated group).
+
+    strftime accepts such patterns, strptime fails at the first row with
+    ``re.error``, which used to escape as a 500 (issue 13).
+    """
+    with contextlib.suppress(ValueError):  # compiled; "" just does not match
+        datetime.strptime("", spec)
+
+
+def _tolerant(reader: Iterator[list[str]], report: ImportReport) -> Iterator[list[str]]:
+    """Rows of ``reader``; a record csv cannot read (a field over the size limit, a
+    bad quote) becomes a problem naming its record and a blank row, and reading goes on."""
+    record = 0
+    while True:
+        record += 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            report.add(Problem(record, None, f"unreadable CSV record: {exc}"))
+            report.received += 1
+            report.rejected += 1
+            row = []
+        yield row
 
 
 def _row_order(p: Problem) -> int:
@@ -931,9 +966,11 @@ async def store_parsed(
         report.aborted = True
         return report
     started = time.perf_counter()
+    if parsed.series_idx.size and _drop_out_of_bounds(store, parsed, on_error):
+        return report
     if parsed.series_idx.size:
         used, inverse = np.unique(parsed.series_idx, return_inverse=True)
-        ids, refused = await store.resolve_series([parsed.label_sets[i] for i in used.tolist()])
+        ids, refused = await resolve_chunked(store, [parsed.label_sets[i] for i in used.tolist()])
         sids = np.asarray(ids, dtype=np.int64)[inverse]
         if refused:
             _report_refused(parsed, sids, inverse, refused)
@@ -964,6 +1001,59 @@ async def store_parsed(
             _report_rejections(parsed, sids, result.rejected)
     report.seconds += time.perf_counter() - started
     return report
+
+
+async def resolve_chunked(
+    store: Store, labels_list: Sequence[Labels], chunk: int = 20_000
+) -> tuple[list[int], dict[int, str]]:
+    """``Store.resolve_series`` a chunk at a time, so that a request creating hundreds
+    of thousands of series lets the event loop serve others in between."""
+    if len(labels_list) <= chunk:
+        return await store.resolve_series(list(labels_list))
+    ids: list[int] = []
+    refused: dict[int, str] = {}
+    for lo in range(0, len(labels_list), chunk):
+        part, why = await store.resolve_series(list(labels_list[lo : lo + chunk]))
+        ids.extend(part)
+        refused.update((lo + pos, reason) for pos, reason in why.items())
+    return ids, refused
+
+
+def _drop_out_of_bounds(store: Store, parsed: ParsedCsv, on_error: OnError) -> bool:
+    """Report and drop samples whose timestamp or new series the store's bounds refuse.
+
+    Before any series is created: so no series is left without samples, and
+    an ``abort`` import creates nothing. True when the import is aborted.
+    """
+    report = parsed.report
+    refused = np.zeros(parsed.timestamps.size, dtype=bool)
+    for pos, why in store.timestamp_problems(parsed.timestamps):
+        refused[pos] = True
+        col = parsed.column_names[int(parsed.columns[pos])]
+        report.add(Problem(int(parsed.rows[pos]), col, f"{why} (out_of_bounds)"))
+    used = np.unique(parsed.series_idx)
+    labels = store.label_problems([parsed.label_sets[i] for i in used.tolist()])
+    for k, why in labels.items():
+        hit = np.flatnonzero(parsed.series_idx == used[k])
+        refused[hit] = True
+        i = int(hit[0])
+        report.add(Problem(int(parsed.rows[i]), parsed.column_names[int(parsed.columns[i])], why))
+    if not refused.any():
+        return False
+    report.rejected += int(np.unique(parsed.rows[refused]).size)
+    report.store_rejected += int(refused.sum())
+    report.samples -= int(refused.sum())
+    report.problems.sort(key=_row_order)
+    if on_error == "abort":
+        report.aborted = True
+        return True
+    keep = ~refused
+    parsed.timestamps = parsed.timestamps[keep]
+    parsed.values = parsed.values[keep]
+    parsed.rows = parsed.rows[keep]
+    parsed.columns = parsed.columns[keep]
+    parsed.series_idx = parsed.series_idx[keep]
+    return False
 
 
 def _report_refused(
@@ -1075,4 +1165,6 @@ def mapping_from_json(text: str) -> CsvMapping:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MappingError(f"mapping: not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise MappingError("mapping: JSON nested too deeply") from None
     return CsvMapping.from_dict(data)

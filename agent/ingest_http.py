@@ -23,9 +23,23 @@ from aiohttp import web
 
 from agent.context import AgentContext
 from agent.importer import ImportReport, MappingError, parse_extra_labels
-from agent.storage.backfill import ON_ERROR_CHOICES, OnError
+
+# Re-exported for the push plugins (they import this module, not the budget's).
+from agent.ingest_budget import SMALL_BYTES as SMALL_BYTES
+from agent.ingest_budget import WEIGHT_CSV as WEIGHT_CSV
+from agent.ingest_budget import WEIGHT_JSON as WEIGHT_JSON
+from agent.ingest_budget import WEIGHT_TEXT as WEIGHT_TEXT
+from agent.storage.backfill import ON_ERROR_CHOICES
+from agent.storage.backfill import OnError as OnError
 
 REASON_INVALID = "invalid_input"
+__all__ = [
+    "SMALL_BYTES",
+    "WEIGHT_CSV",
+    "WEIGHT_JSON",
+    "WEIGHT_TEXT",
+    "OnError",
+]  # for the push plugins, with the helpers below
 
 
 def bad_request(message: str) -> web.Response:

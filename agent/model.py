@@ -127,3 +127,24 @@ class Matcher:
 
     def matches_empty(self) -> bool:
         return self.matches("")
+
+
+# Characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection"),
+# and the quote that neutralises them; a cell already starting with the quote is
+# quoted too, so that restoring is exact for every value.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_QUOTE = "'"
+
+
+def neutralize_cell(text: str) -> str:
+    """``'=cmd|...`` for ``=cmd|...``: shown as text by spreadsheets, never evaluated."""
+    if text.startswith((*FORMULA_STARTS, FORMULA_QUOTE)):
+        return FORMULA_QUOTE + text
+    return text
+
+
+def restore_cell(text: str) -> str:
+    """The inverse of :func:`neutralize_cell` (the CSV importer reads exports back)."""
+    if text.startswith(FORMULA_QUOTE) and text[1:].startswith((*FORMULA_STARTS, FORMULA_QUOTE)):
+        return text[1:]
+    return text

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from agent.config import parse_duration
+from agent.config import parse_duration, parse_timestamp_ms
 from agent.context import AgentContext
 from agent.metrics import CardinalityCollector, StatsCollector
 from agent.storage import StorageOptions, Store
@@ -134,6 +134,12 @@ def limit_options(ctx: AgentContext) -> dict[str, Any]:
         "max_active_series": limits.get("max_active_series", 0),
         "active_window_ms": int(ctx.config.duration("limits.active_window") * 1000),
         "cardinality_rules": rules,
+        "min_timestamp_ms": parse_timestamp_ms(limits.get("min_timestamp", 0)),
+        "max_future_ms": int(ctx.config.duration("limits.max_future") * 1000),
+        "max_labels_per_series": limits.get("max_labels_per_series", 40),
+        "max_label_name_length": limits.get("max_label_name_length", 256),
+        "max_label_value_length": limits.get("max_label_value_length", 4096),
+        "max_metric_name_length": limits.get("max_metric_name_length", 4096),
     }
 
 

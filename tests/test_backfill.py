@@ -49,13 +49,14 @@ async def test_older_than_head_and_1970(store: Store) -> None:
     # The head refuses history ...
     refused = await store.append([sid], [T0 - 5000], [9.0])
     assert refused.out_of_order == 1
-    # ... backfill takes it, even the epoch and before.
+    # ... backfill takes it, down to the epoch (limits.min_timestamp), not before.
     res = await store.backfill([sid] * 3, [0, -1000, T0 - 5000], [7.0, 6.0, 9.0], source="t")
-    assert (res.accepted, res.stored, res.duplicates, res.rejected) == (3, 3, 0, [])
+    assert (res.accepted, res.stored, res.duplicates) == (2, 2, 0)
+    assert [(r.timestamp, r.reason) for r in res.rejected] == [(-1000, "out_of_bounds")]
     assert res.audit_id is not None
     t, v = await read(store, sid)
-    assert t == [-1000, 0, T0 - 5000, T0, T0 + 1000, T0 + 2000]
-    assert v == [6.0, 7.0, 9.0, 1.0, 2.0, 3.0]
+    assert t == [0, T0 - 5000, T0, T0 + 1000, T0 + 2000]
+    assert v == [7.0, 9.0, 1.0, 2.0, 3.0]
     # Appends continue from the live frontier, unaffected by the older backfill.
     assert (await store.append([sid], [T0 + 3000], [4.0])).accepted == 1
 

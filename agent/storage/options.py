@@ -18,7 +18,14 @@ REJECT_OUT_OF_ORDER = "out_of_order"
 REJECT_DUPLICATE_TIMESTAMP = "duplicate_timestamp"
 REJECT_TOO_OLD = "too_old"
 REJECT_CARDINALITY = "cardinality_limit"
-REJECT_REASONS = (REJECT_OUT_OF_ORDER, REJECT_DUPLICATE_TIMESTAMP, REJECT_TOO_OLD)
+# Outside limits.min_timestamp .. now + limits.max_future (agent.storage.bounds).
+REJECT_OUT_OF_BOUNDS = "out_of_bounds"
+REJECT_REASONS = (
+    REJECT_OUT_OF_ORDER,
+    REJECT_DUPLICATE_TIMESTAMP,
+    REJECT_TOO_OLD,
+    REJECT_OUT_OF_BOUNDS,
+)
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -58,6 +65,13 @@ class StorageOptions:
     # The log is rewritten as a compact copy of the head once the rows written since the
     # last checkpoint exceed this and that checkpoint's size (see Writer.checkpoint).
     checkpoint_min_bytes: int = 4 << 20
+    # Timestamp and label bounds checked where samples and series enter (agent.storage.bounds).
+    min_timestamp_ms: int = 0
+    max_future_ms: int = 2 * 86_400_000
+    max_labels_per_series: int = 40
+    max_label_name_length: int = 256
+    max_label_value_length: int = 4096
+    max_metric_name_length: int = 4096
 
     def validate(self) -> None:
         from agent.storage.errors import StorageError

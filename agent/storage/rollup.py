@@ -69,6 +69,9 @@ MAX_RESOLUTION_MS = 2**31  # bucket-relative timestamps are stored as uint32
 _FORMAT = 1
 _HEADER = struct.Struct("<BI")
 _SERIES_CHUNK = 1000
+# A dirty span wider than this many blocks is walked by the blocks that hold data
+# (raw samples or stored rollups), not block by block: its cost follows the data.
+_WIDE_BLOCKS = 16
 # Audit operations that change samples (retention and re-encoding do not need recomputing).
 _DATA_OPS = ("append", "backfill", "write", "rollback")
 
@@ -238,6 +241,16 @@ def ceil_to(t: int, step: int) -> int:
     return -((-t) // step) * step
 
 
+def lowest_block(res: int) -> int:
+    """The first block start SQLite can store: data before it is never rolled up.
+
+    Flooring a timestamp within one block of INT64_MIN would leave the int64
+    range (``OverflowError`` from sqlite3 on every pass, so no series got
+    rollups); ingest refuses such timestamps now, but old databases hold them.
+    """
+    return ceil_to(INT64_MIN, block_span(res))
+
+
 # --- SQL -------------------------------------------------------------------------------------
 
 
@@ -246,7 +259,7 @@ def read_blocks(
 ) -> dict[int, Buckets]:
     """Stored buckets starting in ``[lo, hi)`` of the given series, per series."""
     span = block_span(res)
-    first_block = floor_to(lo, span)
+    first_block = max(floor_to(lo, span), INT64_MIN)  # SQLite INTEGER is int64
     out: dict[int, list[Buckets]] = {}
     for i in range(0, len(series_ids), 500):
         ids = list(series_ids[i : i + 500])
@@ -612,20 +625,31 @@ class RollupManager:
             span = block_span(res)
             horizon = floor_to(now - self.options.delay_ms, span)
             if self.done_to[res] is None:
-                start = horizon if earliest is None else min(floor_to(earliest, span), horizon)
+                first = None if earliest is None else max(earliest, lowest_block(res))
+                start = horizon if first is None else min(floor_to(first, span), horizon)
                 self.done_to[res] = start
                 self._update_frontier()
             done = self.done_to[res]
             assert done is not None
             if dirty and raw_cut is not None:
                 await self._recompute(res, done, dirty, raw_cut, earliest, now, result)
+            probe = False
             while done < horizon:
                 ids = all_ids[self.store.newest_timestamps(all_ids) >= done]
                 # No series has data this recent: every block up to the horizon is empty.
                 block_end = done + span if ids.size else horizon
+                if ids.size and probe:
+                    # The last block was empty: jump to the next one holding data, so a
+                    # lone ancient sample costs one step, not one per block since then.
+                    nxt = await self.store.earliest_from(done)
+                    if nxt is None or nxt >= done + span:
+                        block_end = horizon if nxt is None else min(floor_to(nxt, span), horizon)
+                        ids = ids[:0]
+                before = result.buckets_written
                 self._frontier = max(self._frontier or block_end, block_end)
                 await self._roll(res, done, done, block_end, ids.tolist(), result, block_end)
                 result.blocks_rolled += (block_end - done) // span if ids.size else 0
+                probe = result.buckets_written == before
                 done = block_end
             ret = self.options.retention_ms.get(res, 0)
             if ret > 0:
@@ -654,6 +678,7 @@ class RollupManager:
         span = block_span(res)
         floor_keep = self.retained_from(res, now)
         tasks: dict[tuple[int, int, int], list[int]] = {}
+        wide: list[tuple[int, int, int]] = []
         for sid, (lo, hi) in dirty.items():
             if lo == INT64_MIN:
                 if earliest is None:
@@ -661,16 +686,49 @@ class RollupManager:
                 lo = earliest
             cut = int(raw_cut[sid]) if sid < raw_cut.size else INT64_MIN
             a = max(floor_to(lo, res), ceil_to(cut, res) if cut > INT64_MIN else INT64_MIN)
-            a = max(a, floor_keep)
+            a = max(a, floor_keep, lowest_block(res))
             b = min(floor_to(min(hi, INT64_MAX - res), res) + res, done)
+            if b - a > _WIDE_BLOCKS * span:
+                wide.append((sid, a, b))
+                continue
             t = a
             while t < b:
                 block_t = floor_to(t, span)
                 end = min(block_t + span, b)
                 tasks.setdefault((block_t, t, end), []).append(sid)
                 t = end
+        for sid, a, b in wide:
+            for block_t in await self._blocks_holding(res, sid, a, b):
+                key = (block_t, max(a, block_t), min(block_t + span, b))
+                tasks.setdefault(key, []).append(sid)
         for (block_t, a, b), sids in sorted(tasks.items()):
             await self._roll(res, block_t, a, b, sids, result, None)
+
+    async def _blocks_holding(self, res: int, sid: int, a: int, b: int) -> list[int]:
+        """Starts of the blocks overlapping ``[a, b)`` that hold raw samples or stored rollups.
+
+        Both, because a recomputation must also clear buckets whose samples
+        were removed. Reads one series' samples of the span: cost follows the
+        data, whatever the span (``a`` is at or above :func:`lowest_block`,
+        so flooring stays inside int64).
+        """
+        span = block_span(res)
+        starts: set[int] = set()
+        for _sid, t, _v in await self.store.read_many([sid], a, b - 1):
+            starts.update(np.unique((t // span) * span).tolist())
+
+        def stored(conn: sqlite3.Connection) -> list[int]:
+            return [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT block_t FROM rollups WHERE resolution_ms = ? AND series_id = ?"
+                    " AND block_t > ? AND block_t < ?",
+                    (res, sid, max(a - span, INT64_MIN), b),
+                )
+            ]
+
+        starts.update(await self.store.run_read(stored))
+        return sorted(starts)
 
     async def _roll(
         self,

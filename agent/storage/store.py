@@ -28,7 +28,17 @@ import numpy as np
 
 from agent.model import Labels, Matcher, metric_name
 from agent.plugin_api import Codec
-from agent.storage import audit, backfill, db, recompress, retention, rollup, space, versions
+from agent.storage import (
+    audit,
+    backfill,
+    bounds,
+    db,
+    recompress,
+    retention,
+    rollup,
+    space,
+    versions,
+)
 from agent.storage.cardinality import (
     CardinalityOptions,
     CardinalityStats,
@@ -46,6 +56,7 @@ from agent.storage.head import INT64_MIN, Head
 from agent.storage.index import SeriesIndex, canonical_labels
 from agent.storage.lock import DatabaseLock
 from agent.storage.options import (
+    REJECT_OUT_OF_BOUNDS,
     REJECT_REASONS,
     AppendResult,
     FlushResult,
@@ -108,6 +119,7 @@ class Store:
             max_t=lambda: self._head.max_t,
         )
         self._head = Head(options.out_of_order_window_ms)
+        self._bounds = bounds.from_options(options)
         self._counters = Counters(rejected=dict.fromkeys(REJECT_REASONS, 0))
         self._sql_thread = ThreadPoolExecutor(1, thread_name_prefix="tsagent-sql")
         self._read_conns: list[sqlite3.Connection] = []
@@ -505,6 +517,7 @@ class Store:
         missing: list[int] = []
         wanted: list[Labels] = []
         lookup = self._index.lookup
+        too_big: dict[int, str] = {}
         for lab in labels_list:
             sid = lookup(lab)
             if sid is None:
@@ -513,7 +526,10 @@ class Store:
                     raise ValueError("a series needs at least one non-empty label")
                 if canon is not lab:
                     sid = lookup(canon)
-                if sid is None:
+                problem = None if sid is not None else bounds.label_problem(self._bounds, canon)
+                if problem is not None:
+                    too_big[len(out)] = f"label limit: {problem}"
+                elif sid is None:
                     missing.append(len(out))
                     wanted.append(canon)
             out.append(sid if sid is not None else 0)
@@ -534,7 +550,37 @@ class Store:
             self._limiter.created(created)
             for pos, sid in zip(missing, created, strict=True):
                 out[pos] = sid
-        return out, refused
+        return out, refused | too_big
+
+    def timestamp_problems(self, timestamps: Sequence[int] | np.ndarray) -> list[tuple[int, str]]:
+        """(position, reason) of timestamps outside ``limits`` (see :mod:`agent.storage.bounds`).
+
+        ``append`` and ``backfill`` refuse those samples anyway; ingestors ask
+        first so that no series is created for samples that will be refused,
+        and so an all-or-nothing batch creates nothing.
+        """
+        ts = np.asarray(timestamps, dtype=np.int64)
+        return bounds.split_timestamps(self._bounds, ts, now_ms())[1] if ts.size else []
+
+    def out_of_bounds(self, timestamps: np.ndarray) -> np.ndarray | None:
+        """Boolean mask of timestamps outside ``limits``, or None when all are inside.
+
+        Vectorised, for callers with millions of samples; the reasons come
+        from :meth:`timestamp_problems`.
+        """
+        lo, hi = bounds.time_window(self._bounds, now_ms())
+        bad = (timestamps < lo) | (timestamps > hi)
+        return bad if bad.any() else None
+
+    def label_problems(self, labels_list: Sequence[Labels]) -> dict[int, str]:
+        """{position: reason} of label sets that would be refused as new series (label limits)."""
+        out: dict[int, str] = {}
+        for i, lab in enumerate(labels_list):
+            if self.series_id(lab) is None:
+                problem = bounds.label_problem(self._bounds, canonical_labels(lab))
+                if problem is not None:
+                    out[i] = f"label limit: {problem}"
+        return out
 
     def cardinality_stats(self, limit: int = 10) -> CardinalityStats:
         """Top label names, values and metrics by series count (``/api/v1/status/tsdb``)."""
@@ -601,6 +647,42 @@ class Store:
                 lo = first if lo is None else min(lo, first)
                 hi = last if hi is None else max(hi, last)
         return None if lo is None or hi is None else (int(lo), int(hi))
+
+    async def earliest_from(self, start_ms: int) -> int | None:
+        """The oldest sample timestamp at or after ``start_ms`` (segments and head), or None.
+
+        Lets background passes that walk time (rollups) jump over empty
+        spans: a lone sample decades before the rest must not cost one step
+        per block in between. Exact, and cheap: an index read for segments
+        starting later, a read of only the segments that straddle
+        ``start_ms``, and the head from ``start_ms`` on.
+        """
+
+        def run() -> tuple[int | None, list[int]]:
+            conn = self._reader_conn()
+            later = conn.execute(
+                "SELECT min(min_t) FROM segments WHERE min_t >= ?", (start_ms,)
+            ).fetchone()[0]
+            straddle = conn.execute(
+                "SELECT DISTINCT series_id FROM segments WHERE min_t < ? AND max_t >= ?",
+                (start_ms, start_ms),
+            ).fetchall()
+            return later, [int(r[0]) for r in straddle]
+
+        later, straddle = await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        best = later
+        end = 2**63 - 1 if later is None else int(later)
+        for _sid, t, _v in await self.read_many(straddle, start_ms, end):
+            if t.size:
+                best = int(t[0]) if best is None else min(best, int(t[0]))
+        head = self._head
+        ids = head.series_with_data()
+        ids = ids[self.newest_timestamps(ids) >= start_ms]  # only series with data that late
+        for sid in ids.tolist():
+            snap = head.snapshot(sid, start_ms, end)
+            if snap is not None and snap[0].size:
+                best = int(snap[0][0]) if best is None else min(best, int(snap[0][0]))
+        return None if best is None else int(best)
 
     # --- queries (PromQL) ---------------------------------------------------------------
 
@@ -760,6 +842,14 @@ class Store:
             raise ValueError("series_ids, timestamps and values must be 1-d and of equal length")
         if sids.size == 0:
             return AppendResult()
+        keep, refused = bounds.split_timestamps(self._bounds, ts, now_ms())
+        if keep is not None:
+            result = await self.append(
+                sids[keep], ts[keep], vals[keep], source=source, client=client
+            )
+            result.rejected.extend(bounds.rejections(sids, ts, refused))
+            self._counters.rejected[REJECT_OUT_OF_BOUNDS] += len(refused)
+            return result
         writer = self._w
         if int(sids.min()) < 1 or int(sids.max()) > self._index.max_id:
             bad = sids[(sids < 1) | (sids > self._index.max_id)]
@@ -805,6 +895,17 @@ class Store:
             raise ValueError("series_ids, timestamps and values must be 1-d and of equal length")
         if sids.size == 0:
             return backfill.BackfillResult()
+        keep, refused = bounds.split_timestamps(self._bounds, ts, now_ms())
+        if keep is not None:
+            self._counters.rejected[REJECT_OUT_OF_BOUNDS] += len(refused)
+            out_of_bounds = bounds.rejections(sids, ts, refused)
+            if on_error == "abort":
+                return backfill.BackfillResult(rejected=out_of_bounds, aborted=True)
+            kept = await self.backfill(
+                sids[keep], ts[keep], vals[keep], source=source, client=client, on_error=on_error
+            )
+            kept.rejected.extend(out_of_bounds)
+            return kept
         if int(sids.min()) < 1 or int(sids.max()) > self._index.max_id:
             bad = sids[(sids < 1) | (sids > self._index.max_id)]
             raise UnknownSeries(f"unknown series id(s): {bad[:5].tolist()}")

@@ -21,6 +21,7 @@ start (routes are fixed then), the rest per request.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
@@ -29,6 +30,8 @@ from agent.config import Field, Schema, check_non_negative, check_positive
 from agent.context import AgentContext
 from agent.importer import CsvMapping, MappingError, mapping_from_json, parse_csv_text, store_parsed
 from agent.ingest_http import (
+    WEIGHT_CSV,
+    OnError,
     bad_request,
     bool_param,
     busy,
@@ -98,6 +101,24 @@ class CsvEndpoint:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             return bad_request(f"body is not UTF-8: {exc}")
+        size = len(body)
+        budget = self.ctx.ingest_budget
+        cost = budget.claim(size, WEIGHT_CSV)
+        if cost is None:
+            return busy(budget.busy_message(size), 1)
+        try:
+            return await self._import(request, cfg, mapping, on_error, text)
+        finally:
+            budget.release(cost)
+
+    async def _import(
+        self,
+        request: web.Request,
+        cfg: dict[str, Any],
+        mapping: CsvMapping,
+        on_error: OnError,
+        text: str,
+    ) -> web.Response:
         loop = asyncio.get_running_loop()
         try:
             parsed = await loop.run_in_executor(None, parse_csv_text, text, mapping)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -75,6 +76,8 @@ from agent.stream import Lagged, SampleBatch, Selection, Subscription, hub_for, 
 SECTION = "export_http"
 
 Event = tuple[str, dict[str, Any]] | None  # (event name, payload); None: an idle tick
+
+log = logging.getLogger(__name__)
 
 
 @hookimpl
@@ -151,6 +154,17 @@ def _duration(params: MultiMapping[str], name: str) -> int | None:
         ) from None
 
 
+def _flag(params: MultiMapping[str], name: str, default: bool) -> bool:
+    value = params.get(name, "").lower()
+    if value == "":
+        return default
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise BadRequest(f'invalid parameter "{name}": expected true or false, found {value!r}')
+
+
 def _matches(params: MultiMapping[str], *, required: bool) -> list[str]:
     found = params.getall("match[]", [])
     if required and not found:
@@ -196,12 +210,20 @@ class Endpoints:
         first = await anext(pieces, None)
         resp = web.StreamResponse(headers={"Content-Type": content_type, **headers})
         resp.enable_compression()
-        await resp.prepare(request)
-        if first is not None:
-            await resp.write(first.encode())
-        async for piece in pieces:
-            await resp.write(piece.encode())
-        await resp.write_eof()
+        try:
+            await resp.prepare(request)
+            if first is not None:
+                await resp.write(first.encode())
+            async for piece in pieces:
+                await resp.write(piece.encode())
+            await resp.write_eof()
+        except ConnectionError as exc:  # aiohttp's ClientConnectionResetError included
+            # The client went away mid-export: its choice, not our fault, so no ERROR
+            # with a traceback (issue 13); the generator is closed, its reads stop.
+            log.info("export to %s ended early: client disconnected (%s)", request.remote, exc)
+            aclose = getattr(pieces, "aclose", None)
+            if aclose is not None:
+                await aclose()
         return resp
 
     async def export_csv(self, request: web.Request) -> web.StreamResponse:
@@ -220,6 +242,7 @@ class Endpoints:
             matches,
             time_format=fmt,
             timezone=q.get("tz") or None,
+            neutralize_formulas=_flag(q, "neutralize_formulas", True),
         )
         headers = {
             "Content-Disposition": 'attachment; filename="tsagent-export.csv"',

@@ -26,6 +26,7 @@ kept (unless ``on_error=abort``).  Answers: see :mod:`agent.ingest_http`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -36,8 +37,11 @@ from aiohttp import web
 from agent import hookimpl
 from agent.config import Field, Schema, check_non_negative, check_positive
 from agent.context import AgentContext
-from agent.importer import ImportReport, MappingError, Problem, parse_rfc3339
+from agent.importer import ImportReport, MappingError, Problem, parse_rfc3339, resolve_chunked
 from agent.ingest_http import (
+    SMALL_BYTES,
+    WEIGHT_JSON,
+    OnError,
     bad_request,
     busy,
     count,
@@ -47,7 +51,7 @@ from agent.ingest_http import (
 )
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
 from agent.plugin_api import Route
-from agent.storage import AppendResult, BackPressure, StorageError
+from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.json"
 SOURCE_INGEST = "json_ingest"
@@ -66,6 +70,13 @@ def config_schema() -> dict[str, Schema]:
                     int,
                     1_000_000,
                     "Largest list /backfill/import accepts (server.max_body_bytes applies too).",
+                    check=check_positive,
+                ),
+                "max_body_bytes": Field(
+                    int,
+                    16 * 1024 * 1024,
+                    "Largest body either endpoint accepts (413 beyond): parsed JSON takes\n"
+                    "about 22 times its size in memory.",
                     check=check_positive,
                 ),
                 "max_errors": Field(
@@ -143,16 +154,83 @@ def validate_item(item: Any, index: int | None) -> Sample | list[Problem]:
     return tuple(sorted(pairs.items())), ms, number
 
 
+def _parse_backfill(
+    raw: bytes, max_items: int, store: Store
+) -> str | tuple[ImportReport, list[Sample], list[int]]:
+    """Parse and validate a backfill body: (report, samples, item indices) or an error.
+
+    Bounds are checked here, before any series is created, so none is left
+    without samples. Reads the store's index only (runs in a worker thread
+    for large bodies).
+    """
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"body is not valid JSON: {exc}"
+    except RecursionError:
+        return "body is not valid JSON: nested too deeply"
+    if isinstance(body, dict) and set(body) == {"items"}:
+        body = body["items"]
+    if not isinstance(body, list):
+        return 'expected a JSON list of samples (or {"items": [...]})'
+    if len(body) > max_items:
+        return f"{len(body)} items exceed {SECTION}.max_items ({max_items})"
+    report = ImportReport(received=len(body))
+    samples: list[Sample] = []
+    indices: list[int] = []
+    for i, item in enumerate(body):
+        checked = validate_item(item, i)
+        if isinstance(checked, list):
+            report.rejected += 1
+            for p in checked:
+                report.add(p)
+        else:
+            samples.append(checked)
+            indices.append(i)
+    pre = {
+        pos: f"{why} (out_of_bounds)"
+        for pos, why in store.timestamp_problems([s[1] for s in samples])
+    }
+    for pos, why in store.label_problems([s[0] for s in samples]).items():
+        pre.setdefault(pos, why)
+    if pre:
+        for pos, why in sorted(pre.items()):
+            field = "timestamp" if why.endswith("(out_of_bounds)") else "labels"
+            report.add(Problem(indices[pos], field, why, "item"))
+        report.rejected += len(pre)
+        report.store_rejected += len(pre)
+        samples = [x for i, x in enumerate(samples) if i not in pre]
+        indices = [x for i, x in enumerate(indices) if i not in pre]
+    return report, samples, indices
+
+
+def too_large(size: int, limit: int) -> web.Response:
+    return web.json_response(
+        {
+            "status": "error",
+            "error": f"body of {size} bytes exceeds {SECTION}.max_body_bytes ({limit})",
+        },
+        status=413,
+    )
+
+
 class JsonEndpoints:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
 
     async def _body(self, request: web.Request) -> Any:
+        limit = self.ctx.config.section(SECTION)["max_body_bytes"]
+        if (request.content_length or 0) > limit:
+            raise MappingError(f"body of {request.content_length} bytes exceeds {limit}")
         raw = await request.read()
+        if len(raw) > limit:
+            raise MappingError(f"body of {len(raw)} bytes exceeds {SECTION}.max_body_bytes {limit}")
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise MappingError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise MappingError("body is not valid JSON: nested too deeply") from None
 
     async def ingest(self, request: web.Request) -> web.Response:
         cfg = self.ctx.config.section(SECTION)
@@ -169,6 +247,14 @@ class JsonEndpoints:
             count(self.ctx, SOURCE_INGEST, report)
             return report_response(report, cfg["max_errors"])
         labels, ms, value = checked
+        store = self.ctx.store
+        if store is None:
+            return unavailable("the store is not open yet")
+        for _pos, why in store.timestamp_problems([ms]):
+            report.add(Problem(None, "timestamp", f"{why} (out_of_bounds)", "item"))
+            report.rejected = report.store_rejected = 1
+            count(self.ctx, SOURCE_INGEST, report)
+            return report_response(report, cfg["max_errors"])
         try:
             [sid], refused = await self.ctx.require_store().resolve_series([labels])
             if refused:
@@ -192,27 +278,43 @@ class JsonEndpoints:
         cfg = self.ctx.config.section(SECTION)
         try:
             on_error = on_error_param(request)
-            body = await self._body(request)
         except MappingError as exc:
             return bad_request(str(exc))
-        if isinstance(body, dict) and set(body) == {"items"}:
-            body = body["items"]
-        if not isinstance(body, list):
-            return bad_request('expected a JSON list of samples (or {"items": [...]})')
-        if len(body) > cfg["max_items"]:
-            return bad_request(f"{len(body)} items exceed {SECTION}.max_items ({cfg['max_items']})")
-        report = ImportReport(received=len(body))
-        samples: list[Sample] = []
-        indices: list[int] = []
-        for i, item in enumerate(body):
-            checked = validate_item(item, i)
-            if isinstance(checked, list):
-                report.rejected += 1
-                for p in checked:
-                    report.add(p)
+        limit = cfg["max_body_bytes"]
+        if (request.content_length or 0) > limit:
+            return too_large(request.content_length or 0, limit)
+        raw = await request.read()
+        store = self.ctx.store
+        if store is None:
+            return unavailable("the store is not open yet")
+        size = len(raw)
+        if size > limit:
+            return too_large(size, limit)
+        budget = self.ctx.ingest_budget
+        cost = budget.claim(size, WEIGHT_JSON)
+        if cost is None:
+            return busy(budget.busy_message(size), 1)
+        try:
+            if size >= SMALL_BYTES:  # parsed and checked in a thread: the loop keeps serving
+                parsed = await asyncio.to_thread(_parse_backfill, raw, cfg["max_items"], store)
             else:
-                samples.append(checked)
-                indices.append(i)
+                parsed = _parse_backfill(raw, cfg["max_items"], store)
+            del raw
+            if isinstance(parsed, str):
+                return bad_request(parsed)
+            return await self._backfill(request, cfg, on_error, *parsed)
+        finally:
+            budget.release(cost)
+
+    async def _backfill(
+        self,
+        request: web.Request,
+        cfg: dict[str, Any],
+        on_error: OnError,
+        report: ImportReport,
+        samples: list[Sample],
+        indices: list[int],
+    ) -> web.Response:
         report.samples = len(samples)
         if on_error == "abort" and report.problems_total:
             report.aborted = True
@@ -221,7 +323,7 @@ class JsonEndpoints:
         if samples:
             try:
                 store = self.ctx.require_store()
-                ids, refused = await store.resolve_series([s[0] for s in samples])
+                ids, refused = await resolve_chunked(store, [s[0] for s in samples])
                 if refused:
                     for pos, reason in refused.items():
                         msg = f"new series refused: {reason}"

@@ -47,9 +47,10 @@ def config_schema() -> dict[str, Schema]:
                 ),
                 "max_decompressed_bytes": Field(
                     int,
-                    128 * MiB,
+                    32 * MiB,
                     "Largest decompressed request, judged from the snappy header "
-                    "before decompressing; larger gets 413.",
+                    "before decompressing; larger gets 413 (VictoriaMetrics' default "
+                    "-maxInsertRequestSize; Prometheus sends a few hundred KB).",
                     check=_positive,
                 ),
                 "series_cache_size": Field(

@@ -21,10 +21,13 @@ For 2.0 requests every answer after content negotiation carries the
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from array import array
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cramjam
@@ -46,6 +49,7 @@ from plugins.remote_write.wire import (
 )
 
 REASON_CARDINALITY = "cardinality_limit"
+REASON_OUT_OF_BOUNDS = "out_of_bounds"
 
 log = logging.getLogger("tsagent.remote_write")
 
@@ -60,6 +64,22 @@ EXAMPLES = 3  # examples per reason in an error body
 H_SAMPLES = "X-Prometheus-Remote-Write-Samples-Written"
 H_HISTOGRAMS = "X-Prometheus-Remote-Write-Histograms-Written"
 H_EXEMPLARS = "X-Prometheus-Remote-Write-Exemplars-Written"
+
+# Bodies at least this large (compressed) are decoded off the event loop; smaller
+# ones decode faster than a thread hand-off costs.
+OFFLOAD_BYTES = 64 * 1024
+DECODE_THREADS = 2
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="tsagent-rw-decode")
+        return _pool
+
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -186,33 +206,67 @@ class Receiver:
             {H_SAMPLES: "0", H_HISTOGRAMS: "0", H_EXEMPLARS: "0"} if version == V2 else None
         )
 
-        # Snappy block format: a uvarint of the decompressed size, then the data.
         started = time.perf_counter()
+        if len(body) < OFFLOAD_BYTES:
+            decoded = self._decode(body, version, cfg)
+            if isinstance(decoded, tuple):
+                return self._answer(version, decoded[0], decoded[1], v2_headers)
+            self.m_decode.labels(version).observe(time.perf_counter() - started)
+            return await self._store(request, version, decoded, cfg, v2_headers)
+        # A large body: what it costs while decoded and stored is budgeted across
+        # ingest requests (agent.ingest_budget), so concurrent big bodies cannot add
+        # up past the memory the operator planned for; over budget, senders retry a
+        # 429. A body over the limit is refused (413, in _decode) without a claim.
+        try:
+            claim = read_varint(body, 0)[0]
+        except DecodeError:
+            claim = len(body)
+        if claim > cfg["max_decompressed_bytes"]:
+            claim = 0
+        budget = self.ctx.ingest_budget
+        cost = budget.claim(claim)
+        if cost is None:
+            return self._answer(
+                version, 429, budget.busy_message(claim), {**(v2_headers or {}), "Retry-After": "1"}
+            )
+        try:
+            # Decoded in a worker thread: the decoder holds the GIL, but the interpreter
+            # hands it back every few ms, so /-/healthy and small writes are served
+            # meanwhile instead of waiting seconds (issue 13, item 8).
+            loop = asyncio.get_running_loop()
+            decoded = await loop.run_in_executor(_decode_pool(), self._decode, body, version, cfg)
+            if isinstance(decoded, tuple):
+                return self._answer(version, decoded[0], decoded[1], v2_headers)
+            self.m_decode.labels(version).observe(time.perf_counter() - started)
+            return await self._store(request, version, decoded, cfg, v2_headers)
+        finally:
+            budget.release(cost)
+
+    def _decode(self, body: bytes, version: str, cfg: dict[str, Any]) -> Decoded | tuple[int, str]:
+        """Decompress and decode one body, or (status, reason); runs on a worker for large ones.
+
+        Reads the series caches only (``dict.get`` is atomic), so it may run
+        while the loop fills them; a stale id is caught at append time.
+        """
+        # Snappy block format: a uvarint of the decompressed size, then the data.
         try:
             size, _ = read_varint(body, 0)
         except DecodeError:
-            return self._answer(version, 400, "bad snappy data: no length header", v2_headers)
+            return 400, "bad snappy data: no length header"
         max_plain = cfg["max_decompressed_bytes"]
         if size > max_plain:
-            return self._answer(
-                version,
+            return (
                 413,
                 f"decompressed size {size} bytes (from the snappy header) exceeds "
                 f"{SECTION}.max_decompressed_bytes ({max_plain})",
-                v2_headers,
             )
         try:
             plain = bytes(cramjam.snappy.decompress_raw(body))
         except Exception as exc:  # noqa: BLE001 - cramjam raises its own error types
-            return self._answer(version, 400, f"bad snappy data: {exc}", v2_headers)
+            return 400, f"bad snappy data: {exc}"
         if len(plain) != size:
-            return self._answer(
-                version,
-                400,
-                f"bad snappy data: header says {size} bytes, got {len(plain)}",
-                v2_headers,
-            )
-        self.m_bytes.labels(version, "decompressed").inc(len(plain))
+            return 400, f"bad snappy data: header says {size} bytes, got {len(plain)}"
+        self.m_bytes.labels(version, "decompressed").inc(len(plain))  # thread-safe
         try:
             if version == V1:
                 decoded = decode_write_request(plain, self.cache_v1)
@@ -223,9 +277,8 @@ class Receiver:
                     created_timestamp_zero=cfg["created_timestamp_zero_ingestion"],
                 )
         except DecodeError as exc:
-            return self._answer(version, 400, f"bad protobuf message: {exc}", v2_headers)
-        self.m_decode.labels(version).observe(time.perf_counter() - started)
-        return await self._store(request, version, decoded, cfg, v2_headers)
+            return 400, f"bad protobuf message: {exc}"
+        return decoded
 
     async def _store(
         self,
@@ -260,10 +313,9 @@ class Receiver:
             store = ctx.require_store()
             if decoded.misses:
                 refused = await self._resolve(decoded, cache, cfg["series_cache_size"])
-                if refused:
-                    issues.extend(refused)
-                    n = sum(i.count for i in refused)
-                    ctx.metrics.samples_rejected.labels(SOURCE, REASON_CARDINALITY).inc(n)
+                for issue in refused:
+                    issues.append(issue)
+                    ctx.metrics.samples_rejected.labels(SOURCE, issue.reason).inc(issue.count)
             started = time.perf_counter()
             result = await ctx.append(
                 decoded.ids, decoded.ts, decoded.vals, source=SOURCE, client=request.remote
@@ -308,20 +360,34 @@ class Receiver:
 
         Refused series are not cached, so raising a limit takes effect at once.
         """
+        store = self.ctx.require_store()
+        # A new series whose every sample is out of bounds is not created at all:
+        # no series is left without samples (the samples' reason is the bound).
+        ts = np.frombuffer(decoded.ts, dtype=np.int64)
+        bad = store.out_of_bounds(ts)
         keys: list[Hashable] = []
         wanted = []
+        issues: list[SeriesIssue] = []
+        drop: list[int] = []
         for key in decoded.misses:
             labels = decoded.miss_labels[key]
-            if not isinstance(labels, SeriesIssue):
-                keys.append(key)
-                wanted.append(labels)
+            if isinstance(labels, SeriesIssue):
+                continue
+            positions = decoded.misses[key]
+            if bad is not None and bad[positions].all():
+                why = store.timestamp_problems(ts[positions[:1]])[0][1]
+                issues.append(
+                    SeriesIssue(REASON_OUT_OF_BOUNDS, format_labels(labels), why, len(positions))
+                )
+                drop.extend(positions)
+                continue
+            keys.append(key)
+            wanted.append(labels)
         self.m_cache_misses.inc(len(keys))
-        sids, refused = await self.ctx.require_store().resolve_series(wanted)
+        sids, refused = await store.resolve_series(wanted)
         if len(cache) + len(keys) > limit:
             cache.clear()  # crude but O(1) amortised; a sender's series come back at once
         ids = decoded.ids
-        issues: list[SeriesIssue] = []
-        drop: list[int] = []
         for n, (key, sid) in enumerate(zip(keys, sids, strict=True)):
             positions = decoded.misses[key]
             if n in refused:

@@ -371,9 +371,19 @@ class TargetLoop:
                 )
             missing = list({id(e): e for e, _, _, _ in picked if e.sid == 0}.values())
             if missing:
-                created = await store.get_or_create_series([e.labels or () for e in missing])
+                created, refused = await store.resolve_series([e.labels or () for e in missing])
                 for e, sid in zip(missing, created, strict=True):
                     e.sid = sid
+                if refused:
+                    # A limit (cardinality, label sizes) refused some new series: the
+                    # rest of the page is kept, as for samples the store refuses.
+                    picked = [p for p in picked if p[0].sid != 0]
+                    log.debug(
+                        "scrape %s: %d new series refused, e.g. %s",
+                        self.target.url,
+                        len(refused),
+                        next(iter(refused.values())),
+                    )
             seen: set[tuple[int, int]] = set()
             duplicates = 0
             for entry, t, value, tracked in picked:

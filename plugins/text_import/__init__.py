@@ -24,6 +24,7 @@ Answers: see :mod:`agent.ingest_http` (200, or 400 listing lines; 413, 429, 503)
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,8 +38,10 @@ from prometheus_client.parser import text_string_to_metric_families as text_fami
 from agent import hookimpl
 from agent.config import Field, Schema, check_non_negative, check_positive
 from agent.context import AgentContext
-from agent.importer import ImportReport, MappingError, Problem
+from agent.importer import ImportReport, MappingError, Problem, resolve_chunked
 from agent.ingest_http import (
+    SMALL_BYTES,
+    WEIGHT_TEXT,
     bad_request,
     bool_param,
     busy,
@@ -49,7 +52,7 @@ from agent.ingest_http import (
 )
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
 from agent.plugin_api import Route
-from agent.storage import AppendResult, BackPressure, StorageError
+from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.prometheus_text"
 SOURCE = "prometheus_text"
@@ -120,9 +123,11 @@ def parse_lines(
             report.add(Problem(no, None, f"cannot parse {line[:120]!r}: {detail}", kind="line"))
             report.rejected += 1
             continue
-        name, labels, _, _ = parsed
+        name, labels, _, ms = parsed
         problem = None
-        if not valid_metric_name(name):
+        if ms is not None and not -(2**63) <= ms < 2**63:
+            problem = f"timestamp {line.rsplit(maxsplit=1)[-1][:40]} is outside the int64 range"
+        elif not valid_metric_name(name):
             problem = f"invalid metric name {name!r}"
         else:
             for k in labels:
@@ -176,21 +181,42 @@ class TextEndpoint:
         media = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         parse = _om_line if media == OPENMETRICS else _text_line
         report = ImportReport()
-        valid = parse_lines(text.splitlines(), parse, report)
-        report.samples = len(valid)
+        store = self.ctx.store
+        if store is None:
+            return unavailable("the store is not open yet")
+        size = len(text)
+        budget = self.ctx.ingest_budget
+        cost = budget.claim(size, WEIGHT_TEXT)
+        if cost is None:
+            return busy(budget.busy_message(size), 1)
+        try:
+            if size >= SMALL_BYTES:  # ~15 us a line: parsed in a thread, the loop keeps serving
+                prepared = await asyncio.to_thread(_prepare, text, parse, extra, now, report, store)
+            else:
+                prepared = _prepare(text, parse, extra, now, report, store)
+            del text, body
+            return await self._store(request, cfg, as_backfill, report, *prepared)
+        finally:
+            budget.release(cost)
+
+    async def _store(
+        self,
+        request: web.Request,
+        cfg: dict[str, Any],
+        as_backfill: bool,
+        report: ImportReport,
+        valid: list[int],
+        labels_list: list[Labels],
+        ts: list[int],
+        vals: list[float],
+    ) -> web.Response:
         if valid:
-            labels_list: list[Labels] = []
-            for _, (name, labels, _, _) in valid:
-                pairs = {**labels, **extra, METRIC_NAME: name}
-                labels_list.append(tuple(sorted((k, v) for k, v in pairs.items() if v != "")))
-            ts = [now if p[3] is None else p[3] for _, p in valid]
-            vals = [p[2] for _, p in valid]
             try:
-                ids, refused = await self.ctx.require_store().resolve_series(labels_list)
+                ids, refused = await resolve_chunked(self.ctx.require_store(), labels_list)
                 if refused:
                     for pos, reason in refused.items():
                         report.add(
-                            Problem(valid[pos][0], None, f"new series refused: {reason}", "line")
+                            Problem(valid[pos], None, f"new series refused: {reason}", "line")
                         )
                     report.rejected += len(refused)
                     report.store_rejected += len(refused)
@@ -213,9 +239,57 @@ class TextEndpoint:
             except (StorageError, RuntimeError) as exc:
                 return unavailable(str(exc))
             report.series = len(set(ids))
-            _apply(report, result, ids, ts, [no for no, _ in valid])
+            _apply(report, result, ids, ts, valid)
         count(self.ctx, SOURCE, report)
         return report_response(report, cfg["max_errors"])
+
+
+def _prepare(
+    text: str,
+    parse: Callable[[str], Parsed],
+    extra: dict[str, str],
+    now: int,
+    report: ImportReport,
+    store: Store,
+) -> tuple[list[int], list[Labels], list[int], list[float]]:
+    """(line numbers, labels, timestamps, values) of a body's valid samples.
+
+    Parses, labels and bound-checks (in a worker thread for large bodies).
+
+    Bounds are checked before any series is created, so none is left
+    without samples. Reads the store's index only.
+    """
+    parsed = parse_lines(text.splitlines(), parse, report)
+    report.samples = len(parsed)
+    # One label tuple per distinct series, shared by its lines: a body of 500,000
+    # lines over 5,000 series holds 5,000 tuples, not 500,000.
+    shared: dict[tuple[str, tuple[tuple[str, str], ...]], Labels] = {}
+    labels_list: list[Labels] = []
+    for _, (name, labels, _, _) in parsed:
+        key = (name, tuple(labels.items()))
+        found = shared.get(key)
+        if found is None:
+            pairs = {**labels, **extra, METRIC_NAME: name}
+            found = shared[key] = tuple(sorted((k, v) for k, v in pairs.items() if v != ""))
+        labels_list.append(found)
+    ts = [now if p[3] is None else p[3] for _, p in parsed]
+    vals = [p[2] for _, p in parsed]
+    valid = [no for no, _ in parsed]
+    del parsed, shared
+    pre = {i: f"{why} (out_of_bounds)" for i, why in store.timestamp_problems(ts)}
+    for i, why in store.label_problems(labels_list).items():
+        pre.setdefault(i, f"new series refused: {why}")
+    if pre:
+        for i, why in sorted(pre.items()):
+            report.add(Problem(valid[i], None, why, "line"))
+        report.rejected += len(pre)
+        report.store_rejected += len(pre)
+        keep = [i for i in range(len(valid)) if i not in pre]
+        valid = [valid[i] for i in keep]
+        labels_list = [labels_list[i] for i in keep]
+        ts = [ts[i] for i in keep]
+        vals = [vals[i] for i in keep]
+    return valid, labels_list, ts, vals
 
 
 def _apply(
@@ -234,6 +308,8 @@ def _apply(
         line_no = found.pop() if found else None
         if r.reason == "duplicate_timestamp":
             msg = "a different value was already stored at this timestamp (duplicate_timestamp)"
+        elif r.detail:
+            msg = f"refused by the store ({r.reason}): {r.detail}"
         else:
             msg = (
                 f"refused by the store ({r.reason}): older than the newest sample of this"
