@@ -167,9 +167,10 @@ def memory_breakdown(
 ) -> tuple[dict[str, Any], list[str]]:
     """Python allocations per new series, by the agent/plugins line that made them.
 
-    A separate tsagent run from ``traced_daemon.py`` (tracemalloc, 30 frames,
-    started after startup): a snapshot before and after the churn load; the
-    difference, per owning line, divided by the new series. RSS growth minus the traced
+    A separate tsagent run from ``traced_daemon.py`` (tracemalloc, 10 frames,
+    started after startup): a snapshot before and after a churn load of
+    ``--memory-series`` new series (tracing is slow); the difference, per
+    owning line, divided by the new series. RSS growth minus the traced
     growth is what tracemalloc cannot see: SQLite's page cache and
     allocations, allocator slack, freed-but-kept arenas.
     """
@@ -186,7 +187,7 @@ def memory_breakdown(
         res = asyncio.run(
             loadgen.run_load(
                 d.write_url,
-                series=args.series,
+                series=args.memory_series,
                 senders=args.senders,
                 rounds=1,
                 batch=args.batch,
@@ -294,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--memory", action="store_true", help="also a traced tsagent run: memory per line"
     )
+    p.add_argument("--memory-series", type=int, default=50_000, help="new series, traced run")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary data directories")
     args = p.parse_args(argv)
