@@ -337,8 +337,9 @@ def make_app(
     groups: dict[str, str] = {}
     from agent.alerting.api import ROUTES as alerting_routes  # registers the state migration
     from agent.api.routes import install as install_query_api  # imports the engine: lazily
+    from agent.api.service import service_routes
 
-    routes = [*CORE_ROUTES, *install_query_api(app, ctx), *alerting_routes]
+    routes = [*CORE_ROUTES, *install_query_api(app, ctx), *alerting_routes, *service_routes(ctx)]
     for _plugin, made in _collect(ctx, "register_routes", ctx=ctx):
         routes.extend(made)
     for route in routes:
