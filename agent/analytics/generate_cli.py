@@ -66,7 +66,9 @@ def add_generate_parser(sub: Any, add_common: AddCommon) -> None:
     )
     add_common(p)
     p.add_argument("--metric", required=True, help="metric name, e.g. cpu_usage")
-    p.add_argument("--pattern", choices=PATTERN_CHOICES, default="combined", help="shape of the values")
+    p.add_argument(
+        "--pattern", choices=PATTERN_CHOICES, default="combined", help="shape of the values"
+    )
     p.add_argument("--duration", type=_seconds, default=300.0, help="seconds or 5m (default 300)")
     p.add_argument("--interval", type=_seconds, default=5.0, help="seconds between samples (5)")
     p.add_argument("--series", type=int, default=1, help="series count; each gets instance=gen-i")
@@ -140,9 +142,7 @@ def run_generate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 2
     if args.base_url:
         try:
-            report = asyncio.run(
-                send_json(args.base_url, batches, bearer_token=args.bearer_token)
-            )
+            report = asyncio.run(send_json(args.base_url, batches, bearer_token=args.bearer_token))
         except GenerateError as exc:
             print(f"tsagent generate: {exc}", file=err)
             return 2 if "cannot reach" in str(exc) else 1

@@ -18,6 +18,7 @@ they are; these are the same facts in the other service's shape.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -79,10 +80,8 @@ class ServiceRoutes:
         path = str(store.path)
         size = 0
         for suffix in ("", "-wal", "-shm"):
-            try:
+            with contextlib.suppress(OSError):  # -wal/-shm exist only while open in WAL mode
                 size += os.path.getsize(path + suffix)
-            except OSError:
-                pass
         database: dict[str, Any] = {
             "reachable": True,
             "path": path,
