@@ -4,10 +4,12 @@ the same series names, labels and values come out of both.
 The lines cover what users send: integers, floats, booleans, a string,
 escaped spaces and commas in tag values, several fields per line, every
 precision VictoriaMetrics and InfluxDB v1 share, a ``db`` argument (a label
-in both) and a line with its own ``db`` tag (the tag wins in both). Names
-are kept Prometheus-valid: VictoriaMetrics 1.79 (Debian's) stores ``cpu.load`` as is, where tsagent writes ``cpu_load``
-(documented in docs/protocols.md). The one other difference: VictoriaMetrics
-stores a string field as the number it spells (0 when none); tsagent skips it.
+in both) and a line with its own ``db`` tag (the tag wins in both).
+
+Two designed differences (docs/protocols.md): VictoriaMetrics 1.79 (Debian's)
+stores ``cpu.load`` as is, where tsagent writes ``cpu_load``, so names here
+are Prometheus-valid; and it stores a string field as the number it spells
+(0 when none), where tsagent skips it and counts it.
 
 Skipped, with the reason, when ``/usr/bin/victoria-metrics`` is absent;
 ``.ci/run`` installs the Debian package ``victoria-metrics``.
