@@ -498,3 +498,120 @@ async def test_opentelemetry_sdk_delta_counter_refused(client: Any) -> None:
     # the first export: the GET and POST delta points and the exponential histogram's point
     # (the final export at shutdown repeats only the histogram: no new deltas)
     assert m[("tsagent_otlp_rejected_total", (("reason", "refused_data_point"),))] >= 3
+
+
+# --- the wire-level reader gives what the generated classes give ------------------------
+
+
+def _both(req: ExportMetricsServiceRequest, cfg: Settings | None = None) -> tuple[Any, Any]:
+    from plugins.otlp.fastpath import FastReader
+
+    t = Translator(cfg or Settings())
+    slow = t.translate(req)
+    reader = FastReader(t)
+    fast = reader.read(req.SerializeToString())
+    fast_labels = [reader.labels_of(k) for k in fast.labels]
+    return (
+        (
+            slow.labels,
+            slow.timestamps,
+            [struct.pack("<d", v) for v in slow.values],
+            slow.rejected_points,
+            slow.errors,
+            slow.metadata,
+            slow.data_points,
+        ),
+        (
+            fast_labels,
+            fast.timestamps,
+            [struct.pack("<d", v) for v in fast.values],
+            fast.rejected_points,
+            fast.errors,
+            fast.metadata,
+            fast.data_points,
+        ),
+    )
+
+
+def test_fast_reader_matches_translator() -> None:
+    h = mpb.Metric(name="lat", unit="s")
+    h.histogram.aggregation_temporality = mpb.AGGREGATION_TEMPORALITY_CUMULATIVE
+    h.histogram.data_points.add(
+        time_unix_nano=T_NS, count=2, sum=1.0, explicit_bounds=[1], bucket_counts=[1, 1]
+    )
+    up = mpb.Metric(name="conns")
+    up.sum.aggregation_temporality = mpb.AGGREGATION_TEMPORALITY_CUMULATIVE
+    up.sum.data_points.add(
+        time_unix_nano=T_NS + 5, as_double=-2.5, attributes=[kv("z", 1), kv("a", True)]
+    )
+    stale = gauge("g", 1, **{"x.y": "1", "x_y": "2", "n": 1.5})
+    stale.gauge.data_points[0].flags = mpb.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+    req = request(
+        gauge("queue.size", 7, unit="{item}", q="a"),
+        counter("orders", 3),
+        counter("deltas", 5, mpb.AGGREGATION_TEMPORALITY_DELTA),
+        h,
+        up,
+        stale,
+        mpb.Metric(name="empty"),
+    )
+    req.resource_metrics.append(
+        request(gauge("other", 2), resource={"service.name": "b"}).resource_metrics[0]
+    )
+    for cfg in (
+        Settings(),
+        Settings(promote_scope_metadata=True, promote_all_resource_attributes=True),
+    ):
+        slow, fast = _both(req, cfg)
+        assert fast == slow
+
+
+_attr_text = st.text(alphabet="ab._9é", min_size=1, max_size=4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["gauge", "sum", "delta"]),
+            _attr_text,
+            st.dictionaries(
+                _attr_text, st.one_of(_attr_text, st.integers(-5, 5), st.booleans()), max_size=3
+            ),
+            st.floats(allow_nan=False),
+            st.integers(0, 2**62),
+        ),
+        max_size=6,
+    )
+)
+def test_fast_reader_matches_translator_property(points: list[Any]) -> None:
+    metrics = []
+    for kind, name, attrs, value, ts in points:
+        m = mpb.Metric(name=name, unit="By")
+        if kind == "gauge":
+            dps = m.gauge.data_points
+        else:
+            m.sum.is_monotonic = True
+            m.sum.aggregation_temporality = (
+                mpb.AGGREGATION_TEMPORALITY_DELTA
+                if kind == "delta"
+                else mpb.AGGREGATION_TEMPORALITY_CUMULATIVE
+            )
+            dps = m.sum.data_points
+        dps.add(time_unix_nano=ts, as_double=value, attributes=[kv(k, v) for k, v in attrs.items()])
+        metrics.append(m)
+    try:
+        slow, fast = _both(request(*metrics))
+    except NamingError:
+        return
+    assert fast == slow
+
+
+async def test_fast_reader_bad_attribute_bytes_fall_back(client: Any) -> None:
+    """Invalid UTF-8 in an attribute: the fast reader defers, the ordinary one refuses (400)."""
+    good = request(gauge("g", 1, k="vv")).SerializeToString()
+    bad = good.replace(b"vv", b"\xff\xfe")
+    r = await client.post("/v1/metrics", data=bad, headers=PROTO)
+    assert r.status == 400
+    r = await client.post("/v1/metrics", data=good, headers=PROTO)
+    assert r.status == 200

@@ -225,15 +225,22 @@ class Parser:
                         "expected 'measurement[,tags] fields [timestamp]'"
                         + (", found no fields" if len(parts) < 2 else ", found extra text")
                     )
-                self.key(key_text)  # validates the key section (and caches it)
-                if '"' in fields_text or "\\" in fields_text:
+                if key_text not in self.keys:
+                    self.key(key_text)  # validates the key section (and caches it)
+                slow = '"' in fields_text or "\\" in fields_text
+                if slow:
                     raw_fields = _split(fields_text, ",", quotes=True)
                 else:
                     raw_fields = fields_text.split(",")
                 found: list[tuple[str, float]] = []
                 strings = 0
                 for rf in raw_fields:
-                    k, v = _pair(rf, "field")
+                    if slow:
+                        k, v = _pair(rf, "field")
+                    else:
+                        k, eq, v = rf.partition("=")
+                        if not eq or not k:
+                            raise LineError(f"field {rf[:40]!r} is not key=value")
                     number = parse_value(v)
                     if number is None:
                         strings += 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import struct
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -50,6 +51,7 @@ from agent.plugin_api import (
     hookimpl,
     parse_duration,
 )
+from plugins.otlp.fastpath import FastReader
 from plugins.otlp.naming import STRATEGIES
 from plugins.otlp.translate import Settings, Translation, Translator
 from plugins.push_sink import ProtocolMetrics, SeriesSink
@@ -203,6 +205,7 @@ class OtlpReceiver:
         self.ctx = ctx
         cfg = ctx.plugin_config(SECTION)
         self.translator = Translator(settings_of(cfg))
+        self.fast = FastReader(self.translator)
         self.sink = SeriesSink(ctx, SOURCE, cfg["series_cache_size"])
         self.m = ProtocolMetrics(ctx, SOURCE, "OTLP metrics input")
 
@@ -248,12 +251,14 @@ class OtlpReceiver:
         except Exception as exc:  # noqa: BLE001 - aiohttp's decoding errors have no common base
             self.m.reject("bad_body")
             return self._reply(media, 400, None, f"cannot read the body: {exc}")
-        try:
-            req = decode_request(body, media)
-        except ValueError as exc:
-            self.m.reject("bad_body")
-            return self._reply(media, 400, None, str(exc))
-        tr = self.translator.translate(req)
+        tr = self._fast(body) if media == PROTOBUF else None
+        if tr is None:
+            try:
+                req = decode_request(body, media)
+            except ValueError as exc:
+                self.m.reject("bad_body")
+                return self._reply(media, 400, None, str(exc))
+            tr = self.translator.translate(req)
         self.m.received.labels("data_point").inc(tr.data_points)
         self.m.received.labels("sample").inc(len(tr.values))
         self.m.reject("refused_data_point", tr.rejected_points)
@@ -261,14 +266,31 @@ class OtlpReceiver:
             self.ctx.metadata.add(_Metadata(family, kind, help_text, unit))
         retry = {"Retry-After": str(cfg["retry_after_seconds"])}
         try:
-            written = await self.sink.write(
-                tr.labels, tr.timestamps, tr.values, _identity, client=request.remote
-            )
+            try:
+                written = await self.sink.write(
+                    tr.labels, tr.timestamps, tr.values, self.fast.labels_of, client=request.remote
+                )
+            except DecodeError:  # attribute bytes the fast reader passed: the ordinary reader
+                try:
+                    tr = self.translator.translate(decode_request(body, media))
+                except ValueError as exc:
+                    self.m.reject("bad_body")
+                    return self._reply(media, 400, None, str(exc))
+                written = await self.sink.write(
+                    tr.labels, tr.timestamps, tr.values, self.fast.labels_of, client=request.remote
+                )
         except BackPressure as exc:
             return self._reply(media, 429, None, f"storage is busy: {exc}", retry)
         except (StorageError, RuntimeError) as exc:
             return self._reply(media, 503, None, f"storage unavailable: {exc}", retry)
         return self._reply(media, 200, self._response(tr, written))
+
+    def _fast(self, body: bytes) -> Translation | None:
+        """The wire-level reader's translation, or None when the body needs the ordinary one."""
+        try:
+            return self.fast.read(body)
+        except (ValueError, IndexError, struct.error, DecodeError):
+            return None
 
     def _response(self, tr: Translation, written: Any) -> ExportMetricsServiceResponse:
         resp = ExportMetricsServiceResponse()
@@ -293,10 +315,6 @@ class OtlpReceiver:
             resp.partial_success.rejected_data_points = rejected
             resp.partial_success.error_message = "; ".join(errors)[:MAX_MESSAGE]
         return resp
-
-
-def _identity(key: Any) -> Any:
-    return key
 
 
 class _Metadata:

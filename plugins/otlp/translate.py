@@ -78,6 +78,8 @@ class Settings:
 
 @dataclass
 class Translation:
+    # Per sample: its label tuple, or (from plugins.otlp.fastpath) a key the
+    # reader turns into labels only when the series cache misses.
     labels: list[Labels] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
