@@ -137,3 +137,9 @@ def test_config_errors_name_the_key() -> None:
                 [{"topic": "ok", "metric": "ok"}, {"topic": "ok", "metric": "ok"}, raw], "rules"
             )
         assert word in str(info.value)
+
+
+def test_hostile_json_is_a_payload_error() -> None:
+    r = rule(topic="t", payload="json", fields={"a": "m"})
+    with pytest.raises(PayloadError):
+        r.samples({}, b"[" * 100_000 + b"]" * 100_000, 0, Parser())

@@ -615,3 +615,10 @@ async def test_fast_reader_bad_attribute_bytes_fall_back(client: Any) -> None:
     assert r.status == 400
     r = await client.post("/v1/metrics", data=good, headers=PROTO)
     assert r.status == 200
+
+
+async def test_deeply_nested_json_is_a_400(client: Any) -> None:
+    body = '{"resourceMetrics": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = await client.post("/v1/metrics", data=body, headers={"Content-Type": "application/json"})
+    assert r.status == 400
+    assert (await client.get("/health")).status == 200

@@ -23,6 +23,7 @@ remote-write decoder; a key section seen before is not parsed again.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -72,6 +73,8 @@ def parse_value(text: str) -> float | None:
     if last in "iu":
         digits = text[:-1]
         if digits.lstrip("-").isdigit() and not (last == "u" and digits.startswith("-")):
+            if len(digits) > 20:  # beyond int64/uint64: InfluxDB refuses it too
+                raise LineError(f"integer field value {text[:40]!r} out of range")
             return float(int(digits))
         kind = "integer" if last == "i" else "unsigned integer"
         raise LineError(f"invalid {kind} field value {text[:40]!r}")
@@ -80,7 +83,10 @@ def parse_value(text: str) -> float | None:
     if text in _FALSE:
         return 0.0
     if _NUMBER.match(text):
-        return float(text)
+        value = float(text)
+        if math.isinf(value):
+            raise LineError(f"float field value {text[:40]!r} out of range")
+        return value
     raise LineError(f"invalid field value {text[:40]!r} (not a number, boolean or string)")
 
 

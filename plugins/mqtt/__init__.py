@@ -244,6 +244,11 @@ class MqttIngestor:
                 except PayloadError as exc:
                     self.m.reject(exc.reason)
                     log.debug("MQTT message on %s refused: %s", topic, exc)
+                except (ValueError, RecursionError, OverflowError) as exc:
+                    # hostile payloads (nesting deeper than the parser allows, ...) must
+                    # not stop the writer: refused like any bad payload
+                    self.m.reject("bad_payload")
+                    log.debug("MQTT message on %s refused: %s", topic, exc)
                 else:
                     samples.extend(got)
                     self.m.reject("skipped_value", skipped)

@@ -287,7 +287,7 @@ class Rule:
 
         try:
             doc = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise PayloadError("bad_payload", f"payload is not JSON: {exc}") from None
         ms = arrival_ms
         if self.timestamp:

@@ -169,12 +169,14 @@ def decode_request(body: bytes, media: str) -> ExportMetricsServiceRequest:
         return req
     try:
         data = json.loads(body)
+        _hex_ids_to_base64(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"body is not JSON: {exc}") from None
-    _hex_ids_to_base64(data)
+    except RecursionError:
+        raise ValueError("body is not OTLP JSON: nested too deeply") from None
     try:
         json_format.ParseDict(data, req, ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, RecursionError) as exc:
         raise ValueError(f"body is not an OTLP ExportMetricsServiceRequest: {exc}") from None
     return req
 
