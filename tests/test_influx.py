@@ -296,5 +296,5 @@ async def test_influxdb_client_library_batches(client: Any) -> None:
 
 
 def test_out_of_range_numbers_are_line_errors() -> None:
-    b = Parser().parse("m v=" + "9" * 5000 + "i\nm v=1e999\nm v=1", 0, "ns")
-    assert [n for n, _ in b.errors] == [1, 2] and b.values == [1.0]
+    b = Parser().parse("m v=" + "9" * 5000 + "i\nm v=1e999\nm v=1 " + "9" * 30 + "\nm v=1", 0, "s")
+    assert [n for n, _ in b.errors] == [1, 2, 3] and b.values == [1.0]

@@ -225,6 +225,8 @@ class Parser:
                         ts = int(ts_text)
                     except ValueError:
                         raise LineError(f"invalid timestamp {ts_text[:40]!r}") from None
+                    if not -(2**63) <= ts < 2**63:
+                        raise LineError(f"timestamp {ts_text[:40]!r} out of range")
                     ms = ts * mul // div
                 else:
                     raise LineError(

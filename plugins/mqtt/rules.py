@@ -161,7 +161,10 @@ def timestamp_ms(value: Any, unit: str) -> int:
             if magnitude < 1e17
             else "ns"
         )
-    return int(number * UNITS[unit])
+    ms = int(number * UNITS[unit])
+    if not -(2**62) <= ms < 2**62:
+        raise PayloadError("bad_timestamp", f"timestamp {value!r} out of range")
+    return ms
 
 
 @dataclass
