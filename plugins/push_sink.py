@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import Counter
 
@@ -82,13 +82,14 @@ class SeriesSink:
         keys: Sequence[Hashable],
         timestamps: Sequence[int],
         values: Sequence[float],
-        labels_of: Callable[[Hashable], Labels],
+        labels_of: Callable[[Hashable], Labels] | None = None,
         *,
         client: str | None = None,
     ) -> Written:
         """Append ``values[i]`` at ``timestamps[i]`` (ms) to the series ``keys[i]`` names.
 
-        ``labels_of(key)`` is called once per key the cache does not know.
+        ``labels_of(key)`` is called once per key the cache does not know;
+        without it the keys are the label tuples themselves.
         Raises the store's ``BackPressure``/``StorageError`` (nothing written).
         """
         out = Written()
@@ -102,7 +103,10 @@ class SeriesSink:
         if missing:
             store = self.ctx.require_store()
             miss_keys = list(missing)
-            miss_labels = [labels_of(k) for k in miss_keys]
+            if labels_of is not None:
+                miss_labels = [labels_of(k) for k in miss_keys]
+            else:
+                miss_labels = [cast(Labels, k) for k in miss_keys]
             sids, refused = await store.resolve_series(miss_labels)
             if len(cache) + len(miss_keys) > self.cache_size:
                 cache.clear()  # crude but O(1) amortised, as the remote-write receiver

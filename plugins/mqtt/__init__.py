@@ -267,7 +267,6 @@ class MqttIngestor:
                     [s[0] for s in samples],
                     [s[1] for s in samples],
                     [s[2] for s in samples],
-                    _identity,
                 )
             except (BackPressure, StorageError) as exc:
                 # Not acknowledged until durable: wait and try again (the broker holds on).
@@ -287,10 +286,6 @@ class MqttIngestor:
             if qos > 0:
                 client.ack(mid, qos)
                 self.acked += 1
-
-
-def _identity(key: Any) -> Any:
-    return key
 
 
 @hookimpl
