@@ -622,3 +622,12 @@ async def test_deeply_nested_json_is_a_400(client: Any) -> None:
     r = await client.post("/v1/metrics", data=body, headers={"Content-Type": "application/json"})
     assert r.status == 400
     assert (await client.get("/health")).status == 200
+
+
+def test_target_info_span_is_bounded() -> None:
+    """Points from 1970 and from now: at most 100 target_info samples, ending at the latest."""
+    a = gauge("a", 1)
+    a.gauge.data_points[0].time_unix_nano = 0
+    tr = Translator(Settings()).translate(request(a, gauge("b", 2)))
+    info = next(v for k, v in as_dict(tr).items() if dict(k)["__name__"] == "target_info")
+    assert len(info) == 100 and info[-1][0] == T_MS

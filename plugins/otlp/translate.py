@@ -16,7 +16,9 @@ Follows ``storage/remote/otlptranslator/prometheusremotewrite`` (``helper.go``,
 * summaries: ``_sum``, ``_count`` and ``{quantile=...}``;
 * ``target_info`` = 1 per resource with attributes besides the identifying
   ones (and a ``job`` or ``instance``): those attributes as labels, a sample
-  every half lookback delta from the resource's earliest to latest point;
+  every half lookback delta from the resource's earliest to latest point
+  (at most the last 100 of them: a hostile span from 1970 to now must not
+  become millions of samples);
 * refused, named in the partial-success message, counted as rejected data
   points: non-cumulative sums and histograms (delta temporality), exponential
   histograms (Prometheus turns them into native histograms, which this store
@@ -58,6 +60,7 @@ CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
 NO_RECORDED_VALUE = metrics_pb2.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 STALE_NAN = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 IDENTIFYING = ("service.namespace", "service.name", "service.instance.id")
+MAX_TARGET_INFO = 100  # target_info samples per resource and request (see _target_info)
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -389,7 +392,9 @@ class Translator:
         labels.update(ident)
         key = self._labels(labels, "target_info")
         step = max(1, s.lookback_delta_ms // 2)
-        t = earliest
+        # Prometheus fills the whole span; points from 1970 and from now would make
+        # millions of samples, so only the last MAX_TARGET_INFO steps are written.
+        t = max(earliest, latest - step * (MAX_TARGET_INFO - 1))
         last = None
         while t < latest:
             out.add(key, t, 1.0)

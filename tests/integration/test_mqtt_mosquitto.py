@@ -201,11 +201,8 @@ async def test_topics_payloads_and_bad_messages(
 
 
 async def test_broker_restart_while_publishing_qos1_nothing_lost(
-    tmp_path: Path, aiohttp_client: Any, make_config: Any
+    broker: Broker, aiohttp_client: Any, make_config: Any
 ) -> None:
-    d = tmp_path / "broker"
-    d.mkdir()
-    broker = Broker(d).start()
     rules = [
         {
             "topic": "meters/+meter",
