@@ -215,6 +215,11 @@ class MqttIngestor:
         log.info("MQTT disconnected from %s: %s (reconnecting)", self.cfg["broker"], reason)
 
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        # QoS 1 is bounded by the broker's in-flight window (nothing is acknowledged
+        # before it is written); QoS 0 is not, so past the bound it is dropped, counted.
+        if msg.qos == 0 and self._queue.qsize() >= 10 * self.cfg["batch_max"]:
+            self.m.reject("queue_full")
+            return
         item = (msg.topic, bytes(msg.payload), int(msg.mid), int(msg.qos), int(self.clock() * 1000))
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
