@@ -42,6 +42,7 @@ log = logging.getLogger("tsagent.scrape.sd")
 
 WATCH_SECONDS = 1.0
 HTTP_TIMEOUT_SECONDS = 30.0
+MAX_HTTP_SD_BYTES = 32 * 1024 * 1024  # a hostile or broken SD server cannot fill memory
 Group = tuple[str, Labels]  # (address, labels incl. meta)
 SdKey = tuple[str, int, str, tuple[str, ...], float]  # job, index, kind, sources, refresh
 
@@ -153,9 +154,16 @@ class HttpProvider:
                     raise ValueError(f"server returned HTTP status {resp.status}")
                 if resp.content_type != "application/json":
                     raise ValueError(f"unsupported content type {resp.content_type!r}")
-                data = json.loads(await resp.read())
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > MAX_HTTP_SD_BYTES:
+                        raise ValueError(f"answer larger than {MAX_HTTP_SD_BYTES} bytes")
+                    chunks.append(chunk)
+                data = json.loads(b"".join(chunks))
             groups = parse_groups(data, {"__meta_url": self.url}, self.url)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
             log.warning("http_sd: %s: %s (keeping the last good targets)", self.url, exc)
             self.count.labels("http", "failure").inc()
             return False
