@@ -114,6 +114,14 @@ def test_metric_names_refused() -> None:
         metric_name("", "", GAUGE, UTF8)
 
 
+def test_unit_names() -> None:
+    from plugins.otlp.naming import unit_name
+
+    assert unit_name("s") == "seconds" and unit_name("By/s") == "bytes_per_second"
+    assert unit_name("1/s") == "per_second" and unit_name("1") == "" and unit_name("{req}") == ""
+    assert unit_name("unit@with#special/chars") == "unit_with_special_per_chars"
+
+
 def test_label_names() -> None:
     assert label_name("http.method") == "http_method"
     assert label_name("123invalid") == "key_123invalid"

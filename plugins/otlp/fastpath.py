@@ -28,7 +28,14 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from plugins.otlp.naming import COUNTER, GAUGE, NON_MONOTONIC, NamingError, metric_name
+from plugins.otlp.naming import (
+    COUNTER,
+    GAUGE,
+    NON_MONOTONIC,
+    NamingError,
+    metric_name,
+    unit_name,
+)
 from plugins.otlp.translate import (
     CUMULATIVE,
     NO_RECORDED_VALUE,
@@ -224,7 +231,9 @@ class FastReader:
             self.t._refuse(out, len(points), str(exc))
             return
         prom_type = {COUNTER: "counter", NON_MONOTONIC: "gauge"}.get(kind, kind)
-        out.metadata.append((family, prom_type, description, unit))
+        out.metadata.append(
+            (family, prom_type, description, unit_name(unit, self.t.strategy.escape))
+        )
         res_bytes, scope_key = ctx_key
         keys, tss, vals = out.labels, out.timestamps, out.values
         lo = hi = None

@@ -220,3 +220,12 @@ def label_name(key: str, escape: bool = True) -> str:
     if out != key and not out.strip("_"):
         raise NamingError(f"normalization for label name {key!r} resulted in invalid name {out!r}")
     return out
+
+
+def unit_name(unit: str, escape: bool = True) -> str:
+    """``UnitNamer.Build``: the unit in Prometheus' metadata (``By/s``: ``bytes_per_second``)."""
+    main, per = unit_suffixes(unit)
+    if escape:
+        main, per = _clean_unit(main), _clean_unit(per)
+    out = f"{main}_{per}" if main and per else main or per
+    return out.removeprefix("_").removesuffix("_")

@@ -54,6 +54,7 @@ from plugins.otlp.naming import (
     Strategy,
     label_name,
     metric_name,
+    unit_name,
 )
 
 CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -316,7 +317,8 @@ class Translator:
             self._refuse(out, len(points), str(exc))
             return None
         prom_type = {COUNTER: "counter", NON_MONOTONIC: "gauge"}.get(kind, kind)
-        out.metadata.append((family, prom_type, metric.description, metric.unit))
+        unit = unit_name(metric.unit, self.strategy.escape)
+        out.metadata.append((family, prom_type, metric.description, unit))
         lo = hi = points[0].time_unix_nano // 1_000_000
         for pt in points:
             ms = pt.time_unix_nano // 1_000_000
