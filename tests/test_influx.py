@@ -298,3 +298,30 @@ async def test_influxdb_client_library_batches(client: Any) -> None:
 def test_out_of_range_numbers_are_line_errors() -> None:
     b = Parser().parse("m v=" + "9" * 5000 + "i\nm v=1e999\nm v=1 " + "9" * 30 + "\nm v=1", 0, "s")
     assert [n for n, _ in b.errors] == [1, 2, 3] and b.values == [1.0]
+
+
+async def test_influxdb_client_batching_write_api(client: Any) -> None:
+    """The client's background batching mode: 5 batches of 10 points, flushed on close."""
+    import asyncio
+
+    from influxdb_client import InfluxDBClient, Point, WriteOptions
+
+    url = str(client.make_url("/")).rstrip("/")
+
+    def write() -> None:
+        with InfluxDBClient(url=url, token="unused", org="acme") as c:
+            options = WriteOptions(batch_size=10, flush_interval=100, max_retries=0)
+            with c.write_api(write_options=options) as api:
+                for i in range(50):
+                    api.write(
+                        bucket="b",
+                        record=Point("batch").tag("n", str(i % 2)).field("v", i).time(T_S + i, "s"),
+                    )
+
+    await asyncio.get_running_loop().run_in_executor(None, write)
+    data = await stored(client, "batch_v")
+    assert sorted(len(v) for v in data.values()) == [25, 25]
+    even = data[(("__name__", "batch_v"), ("db", "b"), ("n", "0"))]
+    assert even == [((T_S + i) * 1000, float(i)) for i in range(0, 50, 2)]
+    m = metric_values(await (await client.get("/metrics")).text())
+    assert m[("tsagent_influx_received_total", (("kind", "request"),))] >= 5
