@@ -159,3 +159,21 @@ def test_config_errors(make_config: Any) -> None:
         make_config(sd_yaml(bad))
     text = str(info.value)
     assert "file_sd_configs[0].files" in text and "http_sd_configs[0].url" in text
+
+
+def test_file_provider_refresh_rereads_unchanged_stat(tmp_path: Path) -> None:
+    """A change the stat check cannot see (same size, mtime put back) waits for refresh."""
+    import os
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    count = Counter("c", "c", ["m", "r"], registry=CollectorRegistry())
+    f = tmp_path / "a.yml"
+    f.write_text("- targets: ['h:1']\n")
+    st = f.stat()
+    p = FileProvider((str(f),), refresh=60, count=count)
+    assert p.poll(0.0) is True
+    f.write_text("- targets: ['h:2']\n")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.poll(30.0) is False and [a for a, _ in p.targets()] == ["h:1"]
+    assert p.poll(61.0) is True and [a for a, _ in p.targets()] == ["h:2"]
