@@ -24,12 +24,10 @@ if TYPE_CHECKING:
 
     from agent.context import AgentContext
     from agent.exporting import ExportBatch, ExportProgress
-    from agent.storage.options import AppendResult
 
+# (``AgentContext`` is importable from here under ``TYPE_CHECKING``, for annotations.)
 __all__ = [
     "METRIC_NAME",
-    "AgentContext",
-    "AppendResult",
     "BackPressure",
     "Field",
     "Labels",
