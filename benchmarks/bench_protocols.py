@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from bench_remote_write import cpu_seconds, free_port, wait_ready  # noqa: E402
 
 T0 = 1_700_000_000_000
 VICTORIA = Path("/usr/bin/victoria-metrics")
+MOSQUITTO = Path("/usr/sbin/mosquitto")
 
 
 def bodies_remote_write(
@@ -127,19 +129,24 @@ async def send(url: str, bodies: list[bytes], headers: dict[str, str], senders: 
     return time.perf_counter() - t0
 
 
-def start_daemon(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
-    data = tmp / name
+def start_daemon(
+    tmp: Path, name: str, ingest: dict[str, Any] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    data = tmp / "".join(c if c.isalnum() else "_" for c in name)
     data.mkdir()
     port = free_port()
-    cfg = tmp / f"{name}.yaml"
-    cfg.write_text(
-        f"listen: 127.0.0.1:{port}\ndata_dir: {data}\nlog:\n  level: warning\n"
-        f"server:\n  max_body_bytes: {64 * 1024 * 1024}\n"
-        "ingest:\n  otlp:\n    target_info: false\n"
-    )
+    cfg = data.with_suffix(".yaml")
+    config = {
+        "listen": f"127.0.0.1:{port}",
+        "data_dir": str(data),
+        "log": {"level": "warning"},
+        "server": {"max_body_bytes": 64 * 1024 * 1024},
+        "ingest": {"otlp": {"target_info": False}, **(ingest or {})},
+    }
+    cfg.write_text(json.dumps(config))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("NOTIFY_SOCKET", None)
-    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
+    log = open(data.with_suffix(".log"), "wb")  # noqa: SIM115 - the child keeps it
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)],
         cwd=ROOT,
@@ -176,6 +183,109 @@ def start_victoria(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError("victoria-metrics did not start")
+
+
+def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    root = "user root\n" if os.geteuid() == 0 else ""  # else it cannot read tmp as its own user
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{root}")
+    proc = subprocess.Popen(
+        [str(MOSQUITTO), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def agent_metric(base: str, name: str, **labels: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def mqtt_row(
+    tmp: Path, name: str, rule: dict[str, Any], messages: list[tuple[str, bytes]], samples: int
+) -> dict[str, Any]:
+    """Publish ``messages`` at QoS 1 through mosquitto; the daemon's CPU until all are stored."""
+    import paho.mqtt.client as mqtt
+
+    broker, port = start_mosquitto(tmp)
+    section = {"enabled": True, "broker": f"127.0.0.1:{port}", "rules": [rule]}
+    proc, base = start_daemon(tmp, name, {"mqtt": section})
+    try:
+        deadline = time.monotonic() + 30
+        while agent_metric(base, "tsagent_mqtt_connected") != 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not connect to mosquitto")
+            time.sleep(0.1)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}")
+        pub.max_inflight_messages_set(1000)
+        pub.connect("127.0.0.1", port)
+        pub.loop_start()
+        cpu0 = cpu_seconds(proc.pid)
+        t0 = time.perf_counter()
+        infos = [pub.publish(topic, payload, qos=1) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(60)
+        deadline = time.monotonic() + 600
+        source = {"source": "mqtt"}
+        while agent_metric(base, "tsagent_samples_ingested_total", **source) < samples:
+            if time.monotonic() > deadline:
+                raise RuntimeError("not every MQTT sample arrived")
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid) - cpu0
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        stop(proc)
+        stop(broker)
+    return {
+        "server": "tsagent",
+        "protocol": name,
+        "bytes": sum(len(p) for _, p in messages),
+        "cpu_seconds": round(cpu, 2),
+        "samples_per_cpu_second": round(samples / max(cpu, 1e-3)),
+        "samples_per_second": round(samples / wall),
+    }
+
+
+def mqtt_rows(
+    tmp: Path, args: argparse.Namespace, line_bodies: list[bytes]
+) -> list[dict[str, Any]]:
+    """MQTT: the line-protocol bodies as messages, and one number per message."""
+    if not MOSQUITTO.exists():
+        return []
+    samples = args.series * args.rounds
+    line_rule = {"topic": "telegraf/+host", "payload": "line", "precision": "ms"}
+    rows = [
+        mqtt_row(
+            tmp,
+            f"MQTT line protocol ({args.batch:,} lines a message, QoS 1)",
+            line_rule,
+            [("telegraf/h1", body) for body in line_bodies],
+            samples,
+        )
+    ]
+    n = args.mqtt_messages
+    number_rule = {"topic": "sensors/+sensor", "metric": "sensor_value"}
+    messages = [(f"sensors/s{i % 1000}", str(float(i)).encode()) for i in range(n)]
+    rows.append(mqtt_row(tmp, "MQTT number (1 sample a message, QoS 1)", number_rule, messages, n))
+    return rows
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -255,6 +365,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "samples_per_second": round(samples / wall),
                 }
             )
+        if not args.no_mqtt:
+            out["rows"].extend(mqtt_rows(tmp, args, line_bodies))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rw = out["rows"][0]["samples_per_cpu_second"]
@@ -269,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--batch", type=int, default=2_000)
     p.add_argument("--senders", type=int, default=4)
+    p.add_argument("--mqtt-messages", type=int, default=20_000, help="one-number messages")
+    p.add_argument("--no-mqtt", action="store_true", help="skip the MQTT rows")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     res = run(args)
