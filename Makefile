@@ -14,7 +14,7 @@ format:
 
 # Each script prints a Markdown table; docs/benchmarks.md quotes them.
 bench:
-	for b in codecs storage remote_write churn statsd csv_import join rollup anomaly; do \
+	for b in codecs storage remote_write churn statsd csv_import join rollup anomaly protocols; do \
 		.venv/bin/python benchmarks/bench_$$b.py || exit 1; done
 
 # Needs a real Prometheus (Debian package `prometheus`) to compare against.

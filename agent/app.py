@@ -346,8 +346,15 @@ def make_app(
     from agent.alerting.api import ROUTES as alerting_routes
     from agent.api.rollup_routes import ROUTES as rollup_routes
     from agent.api.routes import install as install_query_api  # imports the engine: lazily
+    from agent.api.service import service_routes
 
-    routes = [*CORE_ROUTES, *install_query_api(app, ctx), *rollup_routes, *alerting_routes]
+    routes = [
+        *CORE_ROUTES,
+        *install_query_api(app, ctx),
+        *rollup_routes,
+        *alerting_routes,
+        *service_routes(ctx),
+    ]
     for _plugin, made in _collect(ctx, "register_routes", ctx=ctx):
         routes.extend(made)
     for route in routes:

@@ -10,12 +10,37 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+# What a plugin needs besides these protocols, so that a plugin imports only this
+# module: the hook marker, configuration schemas, label rules and the store's
+# errors (all leaf modules: importing them here makes no cycle).
+from agent import hookimpl
+from agent.config import Field, Schema, check_duration, check_non_negative, check_positive
+from agent.config import parse_duration as parse_duration
+from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+
 if TYPE_CHECKING:
     import numpy as np
     from aiohttp import web
 
     from agent.context import AgentContext
     from agent.exporting import ExportBatch, ExportProgress
+
+# (``AgentContext`` is importable from here under ``TYPE_CHECKING``, for annotations.)
+__all__ = [
+    "METRIC_NAME",
+    "BackPressure",
+    "Field",
+    "Labels",
+    "Schema",
+    "StorageError",
+    "check_duration",
+    "check_non_negative",
+    "check_positive",
+    "hookimpl",
+    "parse_duration",
+    "valid_label_name",
+    "valid_metric_name",
+]
 
 RouteGroup = Literal["write", "read", "admin", "public"]
 
@@ -115,3 +140,7 @@ class Route:
 
 
 QueryFunction = Callable[..., Any]
+
+
+# Last: the storage package imports ``Codec`` from this module.
+from agent.storage.errors import BackPressure, StorageError  # noqa: E402

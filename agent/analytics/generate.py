@@ -10,6 +10,9 @@ own random stream, so adding series never changes the first ones):
   sample, a spike of ``+spike_height``;
 * ``combined``: sine + slope + noise + spikes, a plausible "cpu_usage".
 
+``sine_wave`` and ``linear_trend`` are accepted for ``sine`` and ``linear``
+(the names of the metrics service's generator).
+
 Samples go to the local store (:func:`write_to_store`, a backfill: one
 audited transaction, any age) or to any Prometheus remote-write 1.0 receiver
 (:func:`send_remote_write`, snappy-compressed ``WriteRequest``s in time
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
     from agent.storage import Store
 
 PATTERNS = ("sine", "noise", "linear", "spike", "combined")
+# The metrics service's generator names for the same shapes.
+PATTERN_ALIASES = {"sine_wave": "sine", "linear_trend": "linear"}
+PATTERN_CHOICES = (*PATTERNS, *PATTERN_ALIASES)
 MAX_SAMPLES_PER_REQUEST = 10_000
 RETRIES = 5
 
@@ -85,6 +91,7 @@ def pattern_values(
     """The values of one series at ``offsets_s`` seconds after the start."""
     x = np.asarray(offsets_s, dtype=np.float64)
     n = x.size
+    pattern = PATTERN_ALIASES.get(pattern, pattern)
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; expected one of {', '.join(PATTERNS)}")
     if opts.period_s <= 0:
@@ -224,25 +231,99 @@ async def send_remote_write(
         for lo in range(0, length, steps):
             hi = min(length, lo + steps)
             body = encode_write_request(batches, lo, hi)
-            for attempt in range(RETRIES + 1):
-                try:
-                    async with client.post(url, data=body, headers=headers) as resp:
-                        text = await resp.text()
-                        status = resp.status
-                        retry_after = resp.headers.get("Retry-After")
-                except aiohttp.ClientError as exc:
-                    raise GenerateError(f"cannot reach {url}: {exc}") from None
-                report.requests += 1
-                if status < 300:
-                    break
-                if (status == 429 or status >= 500) and attempt < RETRIES:
-                    report.retries += 1
-                    await asyncio.sleep(_delay(retry_after, backoff_s * 2**attempt))
-                    continue
-                raise GenerateError(f"{url} answered {status}: {text.strip()[:500]}")
+            await _post(client, url, body, headers, report, backoff_s)
             sent = sum(int(b.timestamps[lo:hi].size) for b in batches)
             report.samples += sent
             report.stored += sent
+    finally:
+        if own:
+            await client.close()
+    return report
+
+
+async def _post(
+    client: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    report: WriteReport,
+    backoff_s: float,
+) -> str:
+    """One request, retried on 429/5xx with back-off; the answer's text."""
+    import aiohttp
+
+    for attempt in range(RETRIES + 1):
+        try:
+            async with client.post(url, data=body, headers=headers) as resp:
+                text = await resp.text()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except aiohttp.ClientError as exc:
+            raise GenerateError(f"cannot reach {url}: {exc}") from None
+        report.requests += 1
+        if status < 300:
+            return text
+        if (status == 429 or status >= 500) and attempt < RETRIES:
+            report.retries += 1
+            await asyncio.sleep(_delay(retry_after, backoff_s * 2**attempt))
+            continue
+        raise GenerateError(f"{url} answered {status}: {text.strip()[:500]}")
+    raise GenerateError(f"{url}: no answer after {RETRIES} retries")  # pragma: no cover
+
+
+# --- the JSON endpoint (the metrics service's --base-url) --------------------------------------
+
+
+def _rfc3339(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+async def send_json(
+    base_url: str,
+    batches: Sequence[GeneratedSeries],
+    *,
+    session: aiohttp.ClientSession | None = None,
+    max_samples_per_request: int = MAX_SAMPLES_PER_REQUEST,
+    bearer_token: str | None = None,
+    backoff_s: float = 0.5,
+) -> WriteReport:
+    """POST ``{"metrics": [...]}`` to ``<base_url>/backfill/import``, as the service's generator.
+
+    Why the import endpoint rather than ``/metrics/ingest`` (one sample per
+    request): generated history is written in a few requests, of any age, and
+    the answer's counts (stored, duplicates, errors) go into the report.
+    """
+    import json
+
+    import aiohttp
+
+    url = base_url.rstrip("/") + "/backfill/import"
+    report = WriteReport(series=len(batches))
+    items = [
+        {
+            "metric_name": dict(b.labels)["__name__"],
+            "value": float(v),
+            "timestamp": _rfc3339(int(t)),
+            "labels": {k: v for k, v in b.labels if k != "__name__"},
+        }
+        for b in batches
+        for t, v in zip(b.timestamps.tolist(), b.values.tolist(), strict=True)
+    ]
+    headers = {"Content-Type": "application/json", "User-Agent": "tsagent-generate"}
+    if bearer_token:
+        headers["Authorization"] = f"Bearer {bearer_token}"
+    own = session is None
+    client = session or aiohttp.ClientSession()
+    try:
+        for lo in range(0, len(items), max_samples_per_request):
+            chunk = items[lo : lo + max_samples_per_request]
+            body = json.dumps({"metrics": chunk}).encode()
+            answer = json.loads(await _post(client, url, body, headers, report, backoff_s))
+            report.samples += len(chunk)
+            report.stored += int(answer.get("stored", len(chunk)))
+            report.duplicates += int(answer.get("duplicates", 0))
     finally:
         if own:
             await client.close()

@@ -17,12 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.analytics.generate import (
-    PATTERNS,
+    PATTERN_CHOICES,
     GeneratedSeries,
     GenerateError,
     PatternOptions,
     WriteReport,
     generate,
+    send_json,
     send_remote_write,
     write_to_store,
 )
@@ -65,7 +66,9 @@ def add_generate_parser(sub: Any, add_common: AddCommon) -> None:
     )
     add_common(p)
     p.add_argument("--metric", required=True, help="metric name, e.g. cpu_usage")
-    p.add_argument("--pattern", choices=PATTERNS, default="combined", help="shape of the values")
+    p.add_argument(
+        "--pattern", choices=PATTERN_CHOICES, default="combined", help="shape of the values"
+    )
     p.add_argument("--duration", type=_seconds, default=300.0, help="seconds or 5m (default 300)")
     p.add_argument("--interval", type=_seconds, default=5.0, help="seconds between samples (5)")
     p.add_argument("--series", type=int, default=1, help="series count; each gets instance=gen-i")
@@ -83,7 +86,13 @@ def add_generate_parser(sub: Any, add_common: AddCommon) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same samples)")
     p.add_argument("--remote-write", metavar="URL", help="send to this remote-write URL instead")
-    p.add_argument("--bearer-token", help="with --remote-write: Authorization: Bearer token")
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="send to a running agent's JSON endpoint (URL/backfill/import), "
+        "e.g. http://localhost:9201",
+    )
+    p.add_argument("--bearer-token", help="with --remote-write/--base-url: Bearer token")
     d = PatternOptions()
     p.add_argument("--base", type=float, default=d.base, help=f"base level ({d.base})")
     p.add_argument("--amplitude", type=float, default=d.amplitude, help="sine amplitude")
@@ -128,6 +137,16 @@ def run_generate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     except ValueError as exc:
         print(f"tsagent generate: {exc}", file=err)
         return 2
+    if args.remote_write and args.base_url:
+        print("tsagent generate: give --remote-write or --base-url, not both", file=err)
+        return 2
+    if args.base_url:
+        try:
+            report = asyncio.run(send_json(args.base_url, batches, bearer_token=args.bearer_token))
+        except GenerateError as exc:
+            print(f"tsagent generate: {exc}", file=err)
+            return 2 if "cannot reach" in str(exc) else 1
+        return _print(report, args, f"sent to {args.base_url}")
     if args.remote_write:
         try:
             report = asyncio.run(

@@ -17,7 +17,8 @@ silently ignored.
 
 ``/metrics/ingest`` is the live path: it goes through ``append`` like
 remote-write (durable, group-committed, out-of-order rules apply).
-``/backfill/import`` takes a JSON list (or ``{"items": [...]}``) and goes
+``/backfill/import`` takes a JSON list (or ``{"metrics": [...]}``, the metrics
+service's shape, or ``{"items": [...]}``) and goes
 through ``Store.backfill``: any timestamp, one transaction, one audit row,
 ``on_error=skip|abort``.  Every validation error names the item index and
 field, e.g. ``items[3].timestamp: expected RFC 3339 ...``; valid items are
@@ -169,10 +170,11 @@ def _parse_backfill(
         return f"body is not valid JSON: {exc}"
     except RecursionError:
         return "body is not valid JSON: nested too deeply"
-    if isinstance(body, dict) and set(body) == {"items"}:
-        body = body["items"]
+    # The metrics service's own clients send {"metrics": [...]}.
+    if isinstance(body, dict) and len(body) == 1 and set(body) <= {"items", "metrics"}:
+        body = next(iter(body.values()))
     if not isinstance(body, list):
-        return 'expected a JSON list of samples (or {"items": [...]})'
+        return 'expected a JSON list of samples (or {"metrics": [...]} or {"items": [...]})'
     if len(body) > max_items:
         return f"{len(body)} items exceed {SECTION}.max_items ({max_items})"
     report = ImportReport(received=len(body))

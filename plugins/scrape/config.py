@@ -204,6 +204,30 @@ _JOB_SCHEMA = Schema(
                 }
             ),
         ),
+        "file_sd_configs": Field(
+            list,
+            [],
+            "List of {files: [glob, ...], refresh_interval}: target groups in YAML/JSON files, "
+            "re-read when they change and every refresh_interval (__meta_filepath).",
+            item=Schema(
+                {
+                    "files": Field(list, [], item=Field(str, "")),
+                    "refresh_interval": Field(_DURATION, "5m", check=_check_positive_duration),
+                }
+            ),
+        ),
+        "http_sd_configs": Field(
+            list,
+            [],
+            "List of {url, refresh_interval}: Prometheus HTTP SD (a JSON list of target "
+            "groups), fetched every refresh_interval (__meta_url).",
+            item=Schema(
+                {
+                    "url": Field(str, ""),
+                    "refresh_interval": Field(_DURATION, "60s", check=_check_positive_duration),
+                }
+            ),
+        ),
         "relabel_configs": Field(
             list, [], "Applied to each target before scraping.", item=RELABEL_SCHEMA
         ),
@@ -306,6 +330,8 @@ class JobSpec:
     # (address, group labels) per static target
     targets: tuple[tuple[str, Labels], ...]
     external_labels: Labels = ()
+    # (kind "file"|"http", files or url, refresh seconds) per discovery config
+    discovery: tuple[tuple[str, tuple[str, ...], float], ...] = ()
     interval_text: str = field(default="", compare=False)
     timeout_text: str = field(default="", compare=False)
 
@@ -390,6 +416,17 @@ def check(section: Mapping[str, Any], prefix: str = SECTION) -> list[str]:
             for name_ in group.get("labels", {}):
                 if not valid_label_name(name_):
                     errors.append(f"{path}.static_configs[{j}].labels.{name_}: invalid label name")
+        for j, sd in enumerate(job.get("file_sd_configs", [])):
+            if not sd.get("files"):
+                errors.append(f"{path}.file_sd_configs[{j}].files: at least one file or glob")
+            for f in sd.get("files", []):
+                if not f.endswith((".json", ".yml", ".yaml")):
+                    errors.append(
+                        f"{path}.file_sd_configs[{j}].files: {f!r} must end in .json, .yml or .yaml"
+                    )
+        for j, sd in enumerate(job.get("http_sd_configs", [])):
+            if not str(sd.get("url", "")).startswith(("http://", "https://")):
+                errors.append(f"{path}.http_sd_configs[{j}].url: expected an http(s):// URL")
         for key in ("relabel_configs", "metric_relabel_configs"):
             for j, rule in enumerate(job.get(key, [])):
                 try:
@@ -459,6 +496,14 @@ def compile_jobs(section: Mapping[str, Any]) -> list[JobSpec]:
                 metric_relabel=tuple(compile_rule(r) for r in job["metric_relabel_configs"]),
                 targets=targets,
                 external_labels=external,
+                discovery=tuple(
+                    ("file", tuple(sd["files"]), parse_duration(sd["refresh_interval"]))
+                    for sd in job["file_sd_configs"]
+                )
+                + tuple(
+                    ("http", (sd["url"],), parse_duration(sd["refresh_interval"]))
+                    for sd in job["http_sd_configs"]
+                ),
                 interval_text=format_duration(interval),
                 timeout_text=format_duration(timeout),
             )

@@ -29,7 +29,7 @@ import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from agent.model import (
     valid_metric_name,
 )
 from plugins.scrape.config import SECTION, HttpSpec, JobSpec, compile_jobs
+from plugins.scrape.discovery import Discovery
 from plugins.scrape.parse import ExposedLabels, Parsed, ParseError, parse
 from plugins.scrape.relabel import process
 from plugins.scrape.targets import TargetSpec, targets_of
@@ -529,10 +530,13 @@ class ScrapeManager:
         self._config: Any = None
         self._stale_on_stop = True
         self.target_errors: list[str] = []
+        self.jobs: list[JobSpec] = []
+        self._lock = asyncio.Lock()
 
     async def start(self, ctx: AgentContext) -> None:
         self.ctx = ctx
         self._config = ctx.config
+        self.discovery = Discovery(ctx.metrics.registry, self._reconcile)
         await self.apply(ctx.plugin_config(SECTION))
         self._watch = asyncio.create_task(self._follow_reloads(), name="scrape reload watch")
 
@@ -548,14 +552,29 @@ class ScrapeManager:
                     self.ctx.metrics.plugin_errors.labels("scrape", "reload").inc()
 
     async def apply(self, section: dict[str, Any]) -> None:
-        """Make the running loops match ``section``."""
+        """Make the running loops match ``section`` (and what its discovery finds)."""
         self._stale_on_stop = bool(section.get("stale_markers_on_stop", True))
-        jobs = compile_jobs(section)
+        self.jobs = compile_jobs(section)
+        await self.discovery.update(self.jobs)
+        await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """Start, stop and restart loops; also called when discovery finds new targets.
+
+        A loop keeps the job without its discovered targets, so a discovery
+        change restarts no loop whose target stayed.
+        """
+        async with self._lock:
+            await self._reconcile_locked(self.jobs)
+
+    async def _reconcile_locked(self, jobs: list[JobSpec]) -> None:
         desired: dict[tuple[str, str, Labels], tuple[JobSpec, TargetSpec]] = {}
         errors: list[str] = []
         seed = jitter_seed(jobs[0].external_labels if jobs else ())
         for job in jobs:
-            found, problems = targets_of(job)
+            found_in = self.discovery.targets(job.name)
+            merged = replace(job, targets=job.targets + found_in) if found_in else job
+            found, problems = targets_of(merged)
             errors.extend(problems)
             for target in found:
                 desired.setdefault(target.key, (job, target))
@@ -596,6 +615,7 @@ class ScrapeManager:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+        await self.discovery.close()
         loops = list(self.loops.values())
         await asyncio.gather(*(lp.stop(stale=self._stale_on_stop) for lp in loops))
         self.loops.clear()
