@@ -20,6 +20,7 @@ from prometheus_client import exposition
 from agent import __version__
 from agent.config import Config, ConfigError
 from agent.context import CONTEXT_KEY, AgentContext
+from agent.context import context_of as context_of  # re-exported for callers of agent.app
 from agent.exporting import ExportHub, batch_exporters
 from agent.metrics import AgentMetrics
 from agent.plugin_api import Route
