@@ -104,7 +104,7 @@ async def write_hostile_history(path: Path) -> list[int]:
 async def test_database_holding_ancient_samples_heals(tmp_path: Path) -> None:
     ids = await write_hostile_history(tmp_path)
     store = await open_store(tmp_path)  # default bounds now
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     result = await manager.run_once(now_ms=NOW)
     # One block walked per block holding data (3 h of data: 180 + 36 + 3), plus the
     # jumps over the empty spans: not one per block since 292 million BC.
@@ -127,7 +127,7 @@ async def test_late_write_spanning_ages_recomputes_only_blocks_with_data(tmp_pat
     [sid, other] = await store.get_or_create_series([lab("late"), lab("other")])
     t, v = recent()
     await store.append(np.full(t.size, other), t, v)
-    manager = await store.start_rollups(RollupOptions(), background=False)
+    manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     await manager.run_once(now_ms=NOW)
     # One write reaching from -2**62 to now marks one dirty span across all of it.
     res = await store.backfill([sid, sid, sid], [INT64_MIN, ANCIENT, T0 + 5], [1.0, 2.0, 3.0])
