@@ -123,3 +123,23 @@ def test_fast_groupings_match_the_reference(labels: list[Any], by: list[str]) ->
     expect = [index.setdefault(group_labels(lab, grouping, False), len(index)) for lab in labels]
     assert grp.keys == list(index)
     assert grp.group_of.tolist() == expect
+
+
+sorted_ints = st.lists(st.integers(-50, 50), max_size=60).map(
+    lambda xs: np.array(sorted(xs), dtype=np.int64)
+)
+
+
+@given(sorted_ints, sorted_ints)
+def test_merged_window_search_matches_searchsorted(keys: np.ndarray, needles: np.ndarray) -> None:
+    from agent.query import blocks
+
+    keys = np.unique(keys)  # range data holds one sample per series and timestamp
+    expect = np.searchsorted(keys, needles, "right")
+    real = blocks._MERGE_NEEDLES
+    blocks._MERGE_NEEDLES = 0
+    try:
+        got = blocks._count_le(keys, needles, True)
+    finally:
+        blocks._MERGE_NEEDLES = real
+    assert got.tolist() == expect.tolist()
