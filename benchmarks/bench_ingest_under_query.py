@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,9 +42,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import harness  # noqa: E402
 import loadgen  # noqa: E402
-from bench_query import load, start_process, stop, wait_for_query_api  # noqa: E402
-from bench_remote_write import cpu_seconds, free_port, wait_ready  # noqa: E402
+from bench_query import load, wait_for_query_api  # noqa: E402
+from harness import cpu_seconds  # noqa: E402
 
 INTERVAL_MS = 15_000
 
@@ -231,23 +231,12 @@ def settle(pid: int, limit_s: float) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="tsagent-bench-ingest-query-"))
-    port = free_port()
-    (tmp / "data").mkdir()
-    cfg = tmp / "tsagent.yaml"
-    cfg.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f"data_dir: {tmp / 'data'}\n"
-        "log:\n  level: warning\n"
-        f"server:\n  max_body_bytes: {64 * 1024 * 1024}\n"
-    )
-    agent = start_process(
-        [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)], tmp / "tsagent.log", ROOT
-    )
+    daemon = harness.start_tsagent(tmp)
+    agent = daemon.proc
     out: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "clients": args.clients}
     spy: subprocess.Popen[bytes] | None = None
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, agent)
+        base = daemon.base
         now = int(time.time() * 1000)
         start_ms = (now - args.history * INTERVAL_MS) // INTERVAL_MS * INTERVAL_MS
         load_args = argparse.Namespace(
@@ -265,24 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         interval_s = args.batch / args.rate
         settle(agent.pid, args.settle)
         if args.profile:
-            spy = subprocess.Popen(
-                [
-                    shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                    "record",
-                    "-o",
-                    args.profile,
-                    "-p",
-                    str(agent.pid),
-                    "-r",
-                    "100",
-                    "-f",
-                    "raw",
-                    "--threads",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            time.sleep(1.0)
+            spy = harness.start_py_spy(agent.pid, args.profile, "raw", 100)
         runs: dict[str, list[tuple[Phase, list[float]]]] = {"idle": [], "queries": []}
         plan = [("idle", 0), ("queries", args.clients)] * args.cycles
         for k, (name, clients) in enumerate(plan):
@@ -298,9 +270,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["alive"] = agent.poll() is None
     finally:
         if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
-        stop(agent)
+            harness.stop_py_spy(spy)
+        daemon.stop()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
