@@ -180,6 +180,8 @@ def main() -> int:
             for name, c in r["classes"].items():
                 if c["unexpected"]:
                     print(f"\n{r['run']} / {name}: unexpected {c['unexpected']}")
+            for line in r["error_log_lines"][:3]:
+                print(f"\n{r['run']}: logged {line[:1000]}")
     failed = any(r["verdict"] != "ok" for r in rows)
     if args.fuzz_examples:
         failed |= run_fuzz_campaign(args.fuzz_examples) != 0
