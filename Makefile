@@ -1,4 +1,4 @@
-.PHONY: install test lint format bench bench-query serve
+.PHONY: install test lint format bench bench-query bench-hostile serve
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test]' -e ./contrib/tsagent-heartbeat
@@ -20,6 +20,10 @@ bench:
 # Needs a real Prometheus (Debian package `prometheus`) to compare against.
 bench-query:
 	.venv/bin/python benchmarks/bench_query.py
+
+# The daemon under attack, class by class (docs/security.md); a few minutes.
+bench-hostile:
+	.venv/bin/python benchmarks/bench_hostile.py
 
 serve:
 	.venv/bin/tsagent run
