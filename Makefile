@@ -1,4 +1,4 @@
-.PHONY: install test lint format bench bench-query serve docs
+.PHONY: install test lint format bench bench-query bench-hostile serve docs
 
 install:
 	python3 -m venv .venv && .venv/bin/pip install -e '.[test]' -e ./contrib/tsagent-heartbeat
@@ -21,6 +21,10 @@ bench:
 bench-query:
 	.venv/bin/python benchmarks/bench_query.py
 	.venv/bin/python benchmarks/bench_ingest_under_query.py
+
+# The daemon under attack, class by class (docs/security.md); a few minutes.
+bench-hostile:
+	.venv/bin/python benchmarks/bench_hostile.py
 
 serve:
 	.venv/bin/tsagent run

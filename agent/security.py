@@ -204,24 +204,28 @@ class Authenticator:
         auth = self.groups.get(group)
         if auth is None or auth.open:
             return 200
-        if await self._check(auth, header, client):
+        verdict = await self._check(auth, header, client)
+        if verdict:
             return 200
         others = [g for name, g in self.groups.items() if name != group and not g.open]
-        for other in others if header else []:
-            if await self._check(other, header, client):
+        for other in others if header and verdict is not None else []:
+            found = await self._check(other, header, client)
+            if found:
                 return 403
-        if self.limited(client):
-            return RATE_LIMITED
+            verdict = verdict if found is False else None
+        if verdict is None or self.limited(client):
+            return RATE_LIMITED  # not counted as a failure: nothing was checked
         if header:
             self._failed(client)
         return 401
 
-    async def _check(self, auth: GroupAuth, header: str | None, client: str | None) -> bool:
+    async def _check(self, auth: GroupAuth, header: str | None, client: str | None) -> bool | None:
+        """True/False, or None when bcrypt was not tried (address limited, pool full)."""
         quick = auth.quick(header)
         if not isinstance(quick, _Pending):
             return quick
         if self.limited(client) or self._pending >= MAX_PENDING:
-            return False
+            return None
         self._pending += 1
         try:
             loop = asyncio.get_running_loop()

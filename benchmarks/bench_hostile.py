@@ -86,6 +86,8 @@ def verdict(r: AttackReport) -> str:
         problems.append(f"{bad} unexpected answers")
     if r.error_lines:
         problems.append("ERROR lines logged")
+    if r.shutdown_error_lines:
+        problems.append("ERROR lines logged while stopping")
     return "ok" if not problems else "; ".join(problems)
 
 
@@ -180,6 +182,8 @@ def main() -> int:
             for name, c in r["classes"].items():
                 if c["unexpected"]:
                     print(f"\n{r['run']} / {name}: unexpected {c['unexpected']}")
+            for line in r["error_log_lines"][:3] + r["shutdown_error_log_lines"][:3]:
+                print(f"\n{r['run']}: logged {line[:1000]}")
     failed = any(r["verdict"] != "ok" for r in rows)
     if args.fuzz_examples:
         failed |= run_fuzz_campaign(args.fuzz_examples) != 0

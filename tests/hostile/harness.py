@@ -133,9 +133,17 @@ class Daemon:
                 self.proc.wait()
         return self.proc.returncode
 
-    def error_lines(self) -> list[str]:
-        text = self.log_path.read_text(errors="replace")
-        return [ln for ln in text.splitlines() if "level=error" in ln or "Traceback" in ln]
+    def error_lines(self) -> tuple[list[str], list[str]]:
+        """ERROR lines logged (before, after) shutdown began: the attack's, and the stop's."""
+        during: list[str] = []
+        after: list[str] = []
+        bucket = during
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if 'msg="shutting down"' in line:
+                bucket = after
+            if "level=error" in line or "Traceback" in line:
+                bucket.append(line)
+        return during, after
 
 
 def auth_header(group: str) -> dict[str, str]:
@@ -373,6 +381,7 @@ class AttackReport:
     acked: int
     missing: int | None
     error_lines: list[str]
+    shutdown_error_lines: list[str]
     export_bodies: dict[str, bytes]
     seconds: float
 
@@ -388,6 +397,7 @@ class AttackReport:
             "acked_samples": self.acked,
             "acked_missing": self.missing,
             "error_log_lines": self.error_lines[:10],
+            "shutdown_error_log_lines": self.shutdown_error_lines[:10],
             "seconds": round(self.seconds, 1),
         }
 
@@ -449,6 +459,7 @@ async def run_attack(
         peak = max(daemon.peak_rss(), *peaks)
         alive_at_end = daemon.alive
         daemon.stop()
+        errors = daemon.error_lines()
     return AttackReport(
         classes=stats,
         alive=alive and alive_at_end,
@@ -459,7 +470,8 @@ async def run_attack(
         rw_statuses=dict(bg.rw_statuses),
         acked=len(bg.acked),
         missing=missing,
-        error_lines=daemon.error_lines(),
+        error_lines=errors[0],
+        shutdown_error_lines=errors[1],
         export_bodies=bodies,
         seconds=time.perf_counter() - started,
     )

@@ -118,3 +118,15 @@ async def test_http_answers_429_with_retry_after(aiohttp_client: Any, make_confi
     resp = await client.get("/api/v1/labels", headers=bad)
     assert resp.status == 429 and resp.headers["Retry-After"] == str(int(FAILURE_WINDOW_S))
     assert (await client.get("/-/healthy")).status == 200
+
+
+async def test_full_bcrypt_queue_answers_429_without_counting_a_failure(
+    auth: Authenticator, bcrypt_threads: list[str]
+) -> None:
+    from agent.security import MAX_PENDING
+
+    auth._pending = MAX_PENDING  # as if that many checks were waiting for a thread
+    assert await auth.authorize("read", basic("alice", "correct horse"), "10.0.0.7") == 429
+    assert bcrypt_threads == [] and not auth.limited("10.0.0.7")
+    auth._pending = 0
+    assert await auth.authorize("read", basic("alice", "correct horse"), "10.0.0.7") == 200
