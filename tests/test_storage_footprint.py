@@ -379,6 +379,9 @@ def test_head_reads_see_every_queued_append(ops: list[tuple[str, list[tuple[int,
                 assert snap is not None
                 assert snap[0].tolist() == [t for t, _ in want]
                 assert snap[1].view(np.uint64).tolist() == [b for _, b in want]
+    for start in (-(2**62), 10, 30):
+        later = [t for m in model.values() for t in m if t >= start]
+        assert h.earliest(list(range(1, 7)), start) == (min(later) if later else None)
     counts, _, _ = h.snapshot_many(list(range(1, 7)), -(2**62), 2**62)
     assert counts.tolist() == [len(model[s]) for s in range(1, 7)]
     assert int(h.count[1:7].sum()) == sum(len(m) for m in model.values())

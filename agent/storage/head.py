@@ -369,6 +369,28 @@ class Head:
         t, vals = _split(bytearray().join(bufs))
         return counts, t, vals.view(np.uint64)
 
+    def earliest(self, sids: Sequence[int], start: int = INT64_MIN) -> int | None:
+        """Oldest head timestamp at or after ``start`` among these series (None: none).
+
+        One list pass over the buffers' first timestamps; a binary search only
+        for the series whose buffer straddles ``start``. Background passes call
+        this over every series, on the event loop.
+        """
+        self.materialize()
+        bl = self.buf
+        bufs = [a for a in (bl[s] for s in sids) if a]
+        if not bufs:
+            return None
+        firsts = np.fromiter((a[0] for a in bufs), dtype=np.int64, count=len(bufs))
+        ok = firsts >= start
+        best = int(firsts[ok].min()) if ok.any() else None
+        for k in np.flatnonzero(~ok).tolist():
+            a = bufs[k]
+            pos = _bisect_t(a, start, "left")
+            if 2 * pos < len(a) and (best is None or a[2 * pos] < best):
+                best = a[2 * pos]
+        return best
+
     def trim_bound(self, flushing: np.ndarray, next_seq: int) -> int:
         """Smallest log sequence still needed once ``flushing`` is in segments."""
         fs = self.first_seq

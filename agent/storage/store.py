@@ -640,12 +640,14 @@ class Store:
 
         lo, hi = await asyncio.get_running_loop().run_in_executor(self._readers, run)
         head = self._head
-        for sid in head.series_with_data().tolist():
-            snap = head.snapshot(sid, INT64_MIN, 2**63 - 1)
-            if snap is not None and snap[0].size:
-                first, last = int(snap[0][0]), int(snap[0][-1])
-                lo = first if lo is None else min(lo, first)
-                hi = last if hi is None else max(hi, last)
+        ids = head.series_with_data()
+        first = head.earliest(ids.tolist())
+        if first is not None:
+            lo = first if lo is None else min(lo, first)
+            # A series' newest sample is in the head whenever the head holds any of it
+            # (out-of-order ones are older), or else in segments: max_t bounds both.
+            last = int(head.max_t[ids].max())
+            hi = last if hi is None else max(hi, last)
         return None if lo is None or hi is None else (int(lo), int(hi))
 
     async def earliest_from(self, start_ms: int) -> int | None:
@@ -678,10 +680,9 @@ class Store:
         head = self._head
         ids = head.series_with_data()
         ids = ids[self.newest_timestamps(ids) >= start_ms]  # only series with data that late
-        for sid in ids.tolist():
-            snap = head.snapshot(sid, start_ms, end)
-            if snap is not None and snap[0].size:
-                best = int(snap[0][0]) if best is None else min(best, int(snap[0][0]))
+        first = head.earliest(ids.tolist(), start_ms)
+        if first is not None and first <= end:
+            best = first if best is None else min(best, first)
         return None if best is None else int(best)
 
     # --- queries (PromQL) ---------------------------------------------------------------
