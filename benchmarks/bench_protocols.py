@@ -19,7 +19,10 @@ Each protocol is sent to a fresh ``tsagent run`` (its own data directory), by
 ``--senders`` concurrent clients, and the daemon's CPU time (utime + stime
 from /proc/PID/stat) around the load gives samples per CPU-second, the cost
 the user pays. VictoriaMetrics (``/usr/bin/victoria-metrics``, when present)
-gets the line-protocol bodies the same way.
+gets the line-protocol bodies the same way. MQTT (``/usr/sbin/mosquitto``, when
+present; ``--no-mqtt`` skips it): the line-protocol bodies as QoS 1
+messages, and ``--mqtt-messages`` one-reading JSON messages, the daemon's
+CPU counted until every sample is stored.
 """
 
 from __future__ import annotations
