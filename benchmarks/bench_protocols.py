@@ -19,7 +19,10 @@ Each protocol is sent to a fresh ``tsagent run`` (its own data directory), by
 ``--senders`` concurrent clients, and the daemon's CPU time (utime + stime
 from /proc/PID/stat) around the load gives samples per CPU-second, the cost
 the user pays. VictoriaMetrics (``/usr/bin/victoria-metrics``, when present)
-gets the line-protocol bodies the same way.
+gets the line-protocol bodies the same way. MQTT (``/usr/sbin/mosquitto``, when
+present; ``--no-mqtt`` skips it): the line-protocol bodies as QoS 1
+messages, and ``--mqtt-messages`` one-reading JSON messages, the daemon's
+CPU counted until every sample is stored.
 """
 
 from __future__ import annotations
@@ -246,6 +249,10 @@ def mqtt_row(
         while agent_metric(base, "tsagent_samples_ingested_total", **source) < samples:
             if time.monotonic() > deadline:
                 raise RuntimeError("not every MQTT sample arrived")
+            if agent_metric(base, "tsagent_mqtt_received_total", kind="sample") >= samples:
+                refused = agent_metric(base, "tsagent_samples_rejected_total", **source)
+                if refused:
+                    raise RuntimeError(f"{refused} MQTT samples refused by the store")
             time.sleep(0.05)
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(proc.pid) - cpu0
@@ -281,10 +288,21 @@ def mqtt_rows(
             samples,
         )
     ]
+    # One reading a message, as a device sends: 1,000 sensors, each message with its time
+    # (arrival times could repeat within a millisecond for a series, and be refused).
     n = args.mqtt_messages
-    number_rule = {"topic": "sensors/+sensor", "metric": "sensor_value"}
-    messages = [(f"sensors/s{i % 1000}", str(float(i)).encode()) for i in range(n)]
-    rows.append(mqtt_row(tmp, "MQTT number (1 sample a message, QoS 1)", number_rule, messages, n))
+    rule = {
+        "topic": "sensors/+sensor",
+        "payload": "json",
+        "fields": {"v": "sensor_value"},
+        "timestamp": "t",
+        "timestamp_unit": "ms",
+    }
+    messages = [
+        (f"sensors/s{i % 1000}", json.dumps({"v": float(i), "t": T0 + (i // 1000) * 1000}).encode())
+        for i in range(n)
+    ]
+    rows.append(mqtt_row(tmp, "MQTT JSON (1 sample a message, QoS 1)", rule, messages, n))
     return rows
 
 
