@@ -19,7 +19,9 @@ Conventions (also in ``docs/contributing.md``), applied to README.md and every
   go through tsagent's own argument parser: every command and flag must exist.
   Other lines (pip, systemctl, docker) are covered by the deployment tests.
 * ```` ```python ```` must compile (top-level ``await`` allowed), ```` ```toml ````
-  and ```` ```json ```` must parse, ```` ```text ```` is output and not checked.
+  and ```` ```json ```` must parse, ```` ```text ```` is output and not checked
+  (```` ```output ```` too: tests/test_docs_protocols.py compares it with what the
+  ``<!-- run -->`` block before it printed; such run blocks are run there, whole).
 * Any other language, or a block that cannot work as pasted, needs the line
   ``<!-- snippet: not-checked REASON -->`` right before it.
 """
@@ -46,6 +48,9 @@ from tests.deploy_helpers import NotifySocket, ServiceProcess, open_tree, privat
 
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 MARKER = re.compile(r"<!-- snippet: not-checked (\S.*?) -->")
+# Blocks that tests/test_docs_protocols.py runs whole, as a script, and compares with the
+# ```output block after them.
+RUN_MARKER = re.compile(r"<!-- (?:run|config)(?::\s*\w+)? -->()")
 TSAGENT_PREFIXES = ("tsagent", ".venv/bin/tsagent", "/usr/local/bin/tsagent")
 NO_NETNS = private_net_unavailable()
 
@@ -79,7 +84,7 @@ def blocks(page: Path) -> list[Block]:
         lang = info.strip().split(" ", 1)[0]
         title = re.search(r'title="([^"]+)"', info)
         previous = next((ln for ln in reversed(lines[:i]) if ln.strip()), "")
-        marker = MARKER.search(previous)
+        marker = MARKER.search(previous) or RUN_MARKER.search(previous)
         body = "\n".join(ln.removeprefix(indent) for ln in lines[i + 1 : end])
         out.append(
             Block(
@@ -88,7 +93,9 @@ def blocks(page: Path) -> list[Block]:
                 lang,
                 title.group(1) if title else None,
                 body + "\n",
-                marker.group(1) if marker else None,
+                (marker.group(1) or "run whole by tests/test_docs_protocols.py")
+                if marker
+                else None,
             )
         )
         i = end + 1
@@ -96,7 +103,7 @@ def blocks(page: Path) -> list[Block]:
 
 
 ALL = [b for page in PAGES for b in blocks(page)]
-CHECKED = {"yaml", "sh", "python", "toml", "json", "text"}
+CHECKED = {"yaml", "sh", "python", "toml", "json", "text", "output"}
 
 
 def _ids(items: list[Any]) -> list[str]:
