@@ -17,6 +17,7 @@ from agent import hookimpl
 from agent.config import Field, Schema, check_duration, check_non_negative, check_positive
 from agent.config import parse_duration as parse_duration
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.wire import uvarint
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "check_positive",
     "hookimpl",
     "parse_duration",
+    "uvarint",
     "valid_label_name",
     "valid_metric_name",
 ]

@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError as ProtoDecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.wire import uvarint as _varint
 from plugins.prompb import remote_pb2, types_pb2, write_v2_pb2
 from plugins.remote_write import v2 as v2_codec
 from plugins.remote_write.receiver import negotiate
@@ -73,18 +74,6 @@ def write_requests(draw: Any) -> tuple[bytes, list[tuple[list[tuple[str, str]], 
         if draw(st.integers(0, 6)) == 0:
             parts.append(b"\x28\x05")  # unknown varint field 5: skipped
     return b"".join(parts), series
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _bits(v: float) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from agent.plugin_api import uvarint as uvarint  # re-exported to the codec modules
+
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
@@ -196,15 +198,6 @@ def read_uvarint(codec: str, data: bytes, pos: int) -> tuple[int, int]:
     if result >= 1 << 64:
         raise CorruptBlobError(f"{codec}: corrupt blob (header varint exceeds 64 bits)")
     return result, pos
-
-
-def uvarint(x: int) -> bytes:
-    out = bytearray()
-    while x >= 0x80:
-        out.append((x & 0x7F) | 0x80)
-        x >>= 7
-    out.append(x)
-    return bytes(out)
 
 
 def open_versioned(name: str, blob: bytes, count: int, version: int) -> tuple[int, bytes] | None:

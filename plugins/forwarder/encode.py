@@ -21,19 +21,9 @@ import cramjam
 import numpy as np
 
 from agent.model import Labels
+from agent.plugin_api import uvarint
 
-_MASK64 = (1 << 64) - 1
-
-
-def varint(n: int) -> bytes:
-    """Unsigned LEB128; negative int64 values as their two's complement (10 bytes)."""
-    n &= _MASK64
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+varint = uvarint  # negative int64 values as their two's complement (10 bytes)
 
 
 def _field(tag: int, payload: bytes) -> bytes:

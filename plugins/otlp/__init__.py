@@ -50,6 +50,7 @@ from agent.plugin_api import (
     check_positive,
     hookimpl,
     parse_duration,
+    uvarint,
 )
 from plugins.otlp.fastpath import FastReader
 from plugins.otlp.naming import STRATEGIES
@@ -185,21 +186,9 @@ def _status(code: int, message: str) -> bytes:
     """``google.rpc.Status{code, message}`` in protobuf, encoded by hand (two fields)."""
     msg = message.encode()
     out = bytearray([0x08])
-    out += _varint(code)
-    out += b"\x12" + _varint(len(msg)) + msg
+    out += uvarint(code)
+    out += b"\x12" + uvarint(len(msg)) + msg
     return bytes(out)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 class OtlpReceiver:

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from agent.plugin_api import uvarint
+
 SAMPLES_PER_CHUNK = 120
 """Prometheus's head cuts a chunk at 120 samples; clients expect chunks of about that size."""
 
@@ -45,16 +47,6 @@ class ChunkError(ValueError):
 
 
 # --- varints -------------------------------------------------------------------------
-
-
-def uvarint(value: int) -> bytes:
-    """Protobuf/Go unsigned varint of a value in [0, 2^64)."""
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _zigzag(value: int) -> int:

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import cramjam
 
+from agent.wire import uvarint as _varint
 from plugins.prompb import remote_pb2, types_pb2, write_v2_pb2
 
 INT64_MIN = -(2**63)
@@ -99,18 +100,6 @@ def read_request(matchers: list[tuple[int, str, str]], start: int, end: int) -> 
     )
     req = remote_pb2.ReadRequest(queries=[query])
     return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _field(number: int, payload: bytes) -> bytes:
