@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import aiohttp  # noqa: E402
 import loadgen  # noqa: E402
 from bench_remote_write import cpu_seconds, free_port, wait_ready  # noqa: E402
+from harness import stop_process as stop  # noqa: E402
 
 T0 = 1_700_000_000_000
 VICTORIA = Path("/usr/bin/victoria-metrics")
@@ -304,16 +304,6 @@ def mqtt_rows(
     ]
     rows.append(mqtt_row(tmp, "MQTT JSON (1 sample a message, QoS 1)", rule, messages, n))
     return rows
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

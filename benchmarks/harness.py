@@ -142,14 +142,8 @@ class Daemon:
     def stop(self, timeout: float = 600.0) -> float:
         """SIGTERM, wait for a clean exit (killing after ``timeout``); seconds taken."""
         t0 = time.perf_counter()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.notes.append(f"did not stop within {timeout:.0f} s; killed")
-                self.proc.kill()
-                self.proc.wait()
+        if not stop_process(self.proc, timeout):
+            self.notes.append(f"did not stop within {timeout:.0f} s; killed")
         self.stopped_after_s = time.perf_counter() - t0
         return self.stopped_after_s
 
@@ -158,6 +152,19 @@ class Daemon:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> bool:
+    """SIGTERM and wait; kill after ``timeout``. False when it had to be killed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+    return True
 
 
 def _spawn(

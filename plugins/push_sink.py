@@ -21,12 +21,20 @@ from typing import TYPE_CHECKING, cast
 
 from prometheus_client import Counter
 
-from agent.plugin_api import Labels
+from agent.plugin_api import Field, Labels, check_non_negative, check_positive
 
 if TYPE_CHECKING:
     from agent.plugin_api import AgentContext
 
 REFUSED_SERIES = "cardinality_limit"  # the store's reason for a refused new series
+
+
+def sink_fields(cache_help: str, retry_help: str) -> dict[str, Field]:
+    """The config fields every push receiver has: its series-id cache and Retry-After."""
+    return {
+        "series_cache_size": Field(int, 1_000_000, cache_help, check=check_positive),
+        "retry_after_seconds": Field(int, 5, retry_help, check=check_non_negative),
+    }
 
 
 class ProtocolMetrics:

@@ -30,12 +30,10 @@ from agent.plugin_api import (
     Route,
     Schema,
     StorageError,
-    check_non_negative,
-    check_positive,
     hookimpl,
 )
 from plugins.influx.lineproto import PRECISIONS, Batch, Parser
-from plugins.push_sink import ProtocolMetrics, SeriesSink
+from plugins.push_sink import ProtocolMetrics, SeriesSink, sink_fields
 
 if TYPE_CHECKING:
     from agent.plugin_api import AgentContext
@@ -63,11 +61,8 @@ def config_schema() -> dict[str, Schema]:
                     "db",
                     "Label set from the db (v1) or bucket (v2) argument; empty: none.",
                 ),
-                "series_cache_size": Field(
-                    int, 1_000_000, "Series ids remembered by key and field.", check=check_positive
-                ),
-                "retry_after_seconds": Field(
-                    int, 5, "Retry-After sent with 429.", check=check_non_negative
+                **sink_fields(
+                    "Series ids remembered by key and field.", "Retry-After sent with 429."
                 ),
             },
             help="InfluxDB line protocol receiver.",

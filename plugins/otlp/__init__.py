@@ -46,8 +46,6 @@ from agent.plugin_api import (
     Route,
     Schema,
     StorageError,
-    check_non_negative,
-    check_positive,
     hookimpl,
     parse_duration,
     uvarint,
@@ -55,7 +53,7 @@ from agent.plugin_api import (
 from plugins.otlp.fastpath import FastReader
 from plugins.otlp.naming import STRATEGIES
 from plugins.otlp.translate import Settings, Translation, Translator
-from plugins.push_sink import ProtocolMetrics, SeriesSink
+from plugins.push_sink import ProtocolMetrics, SeriesSink, sink_fields
 
 if TYPE_CHECKING:
     from agent.plugin_api import AgentContext
@@ -119,11 +117,8 @@ def config_schema() -> dict[str, Schema]:
                     "5m",
                     "target_info gets a sample every half of this between a resource's points.",
                 ),
-                "series_cache_size": Field(
-                    int, 1_000_000, "Series ids remembered by label set.", check=check_positive
-                ),
-                "retry_after_seconds": Field(
-                    int, 5, "Retry-After sent with 429/503.", check=check_non_negative
+                **sink_fields(
+                    "Series ids remembered by label set.", "Retry-After sent with 429/503."
                 ),
             },
             help="OpenTelemetry metrics receiver (OTLP/HTTP).",
