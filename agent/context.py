@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from aiohttp import web
 
 from agent.api.metadata import MetadataTable
@@ -15,6 +16,7 @@ from agent.config import Config
 from agent.ingest_budget import IngestBudget
 from agent.metrics import AgentMetrics
 from agent.model import Labels
+from agent.storage.backfill import BackfillResult
 from agent.storage.options import REJECT_CARDINALITY, AppendResult, Rejection
 
 if TYPE_CHECKING:
@@ -22,12 +24,16 @@ if TYPE_CHECKING:
     from agent.alerting.engine import RuleEngine
     from agent.plugin_api import Codec, Exporter, Ingestor, Notifier, QueryFunction
     from agent.plugins import PluginHost
-    from agent.storage import BackfillResult, Store
+    from agent.storage import Store
     from agent.storage.backfill import OnError
 
 
 # Samples per store append of one large batch (see AgentContext.append).
 APPEND_CHUNK = 100_000
+# A skip-mode backfill goes to the store in calls of at most this many series: the
+# store spends its time per series (a block to merge or write for each), and each
+# call is one transaction that remote-write acknowledgements wait behind.
+BACKFILL_CHUNK_SERIES = 2_000
 
 
 @dataclass
@@ -155,10 +161,33 @@ class AgentContext:
         client: str | None = None,
         on_error: OnError = "skip",
     ) -> BackfillResult:
-        """Historical import through ``Store.backfill``, counted like appends in ``/metrics``."""
-        result = await self.require_store().backfill(
-            series_ids, timestamps, values, source=source, client=client, on_error=on_error
-        )
+        """Historical import through ``Store.backfill``, counted like appends in ``/metrics``.
+
+        With ``on_error="skip"`` a backfill of many series goes in calls of at most
+        ``BACKFILL_CHUNK_SERIES`` series (each its own transaction and audit row),
+        so live writes are acknowledged between them instead of waiting seconds
+        behind one large transaction (issue 13). ``"abort"`` stays one call: all or
+        nothing. Should a later call fail, the caller's retry re-sends the earlier
+        samples as exact duplicates, which are idempotent.
+        """
+        store = self.require_store()
+        sids = np.asarray(series_ids, dtype=np.int64)
+        distinct = np.unique(sids)
+        if on_error == "abort" or distinct.size <= BACKFILL_CHUNK_SERIES:
+            result = await store.backfill(
+                sids, timestamps, values, source=source, client=client, on_error=on_error
+            )
+        else:
+            ts = np.asarray(timestamps, dtype=np.int64)
+            vals = np.asarray(values, dtype=np.float64)
+            result = BackfillResult()
+            for lo in range(0, distinct.size, BACKFILL_CHUNK_SERIES):
+                group = distinct[lo : lo + BACKFILL_CHUNK_SERIES]
+                take = np.isin(sids, group)
+                part = await store.backfill(
+                    sids[take], ts[take], vals[take], source=source, client=client
+                )
+                _add_backfill(result, part)
         if not result.aborted:
             self.metrics.samples_ingested.labels(source).inc(result.accepted)
         for reason, count in Counter(r.reason for r in result.rejected).items():
@@ -172,3 +201,14 @@ CONTEXT_KEY = web.AppKey("context", AgentContext)
 def context_of(app: web.Application) -> AgentContext:
     """The application's context (what the app factory stored under ``CONTEXT_KEY``)."""
     return app[CONTEXT_KEY]
+
+
+def _add_backfill(total: BackfillResult, part: BackfillResult) -> None:
+    total.accepted += part.accepted
+    total.duplicates += part.duplicates
+    total.rejected.extend(part.rejected)
+    total.stored += part.stored
+    total.series += part.series
+    total.segments_written += part.segments_written
+    total.segments_replaced += part.segments_replaced
+    total.audit_id = part.audit_id if part.audit_id is not None else total.audit_id

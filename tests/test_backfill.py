@@ -179,3 +179,37 @@ async def test_select_round_trip_many_series(store: Store) -> None:
         k = ids.index(s.series_id)
         assert s.timestamps.tolist() == ts[:300].tolist()
         assert s.values.tolist() == vals[k * 300 : (k + 1) * 300].tolist()
+
+
+async def test_the_agent_backfills_many_series_in_calls_of_bounded_size(
+    make_config: object, aiohttp_client: object
+) -> None:
+    """Skip mode: one store transaction (and audit row) per BACKFILL_CHUNK_SERIES series,
+    so live appends are acknowledged between them; abort mode stays one call."""
+    from agent import context as context_mod
+    from agent.app import make_app
+    from agent.context import CONTEXT_KEY
+
+    config, host = make_config()  # type: ignore[operator]
+    client = await aiohttp_client(make_app(config, host))  # type: ignore[operator]
+    ctx = client.app[CONTEXT_KEY]
+    store = ctx.require_store()
+    n = 2 * context_mod.BACKFILL_CHUNK_SERIES + 10
+    ids = await store.get_or_create_series([lab("bf", i=str(i)) for i in range(n)])
+    sids = [s for s in ids for _ in range(3)]
+    ts = [T0 - 60_000 * (k + 1) for _ in ids for k in range(3)]
+    res = await ctx.backfill(sids, ts, [float(t) for t in ts], source="t")
+    assert res.accepted == res.stored == 3 * n and not res.rejected
+    assert res.series == n
+    audit = await store.run_read(
+        lambda c: c.execute("SELECT count(*) FROM audit WHERE op = 'backfill'").fetchone()[0]
+    )
+    assert audit == 3  # three calls of at most BACKFILL_CHUNK_SERIES series
+    for sid in (ids[0], ids[-1]):
+        assert (await read(store, sid))[0] == sorted(ts[:3])
+    again = await ctx.backfill(sids, ts, [float(t) for t in ts], source="t", on_error="abort")
+    assert again.duplicates == 3 * n and not again.aborted
+    audit = await store.run_read(
+        lambda c: c.execute("SELECT count(*) FROM audit WHERE op = 'backfill'").fetchone()[0]
+    )
+    assert audit == 4  # abort mode: one call, all or nothing
