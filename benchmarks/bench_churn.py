@@ -52,11 +52,9 @@ SETTLE_S = 3.0
 AFTER_S = 10.0
 
 
-def churn_one(d: harness.Daemon, args: argparse.Namespace, start_ms: int) -> dict[str, Any]:
-    time.sleep(SETTLE_S)
-    r: dict[str, Any] = {"machine": harness.machine_load()}
-    cpu0, rss0 = d.cpu_seconds(), d.rss_bytes()
-    res = asyncio.run(
+def send_churn(d: harness.Daemon, args: argparse.Namespace, start_ms: int) -> loadgen.LoadResult:
+    """The churn load: every series once, one sample each."""
+    return asyncio.run(
         loadgen.run_load(
             d.write_url,
             series=args.series,
@@ -66,6 +64,13 @@ def churn_one(d: harness.Daemon, args: argparse.Namespace, start_ms: int) -> dic
             start_ms=start_ms,
         )
     )
+
+
+def churn_one(d: harness.Daemon, args: argparse.Namespace, start_ms: int) -> dict[str, Any]:
+    time.sleep(SETTLE_S)
+    r: dict[str, Any] = {"machine": harness.machine_load()}
+    cpu0, rss0 = d.cpu_seconds(), d.rss_bytes()
+    res = send_churn(d, args, start_ms)
     cpu1, rss1 = d.cpu_seconds(), d.rss_bytes()
     time.sleep(AFTER_S)
     cpu2, rss2 = d.cpu_seconds(), d.rss_bytes()
@@ -100,16 +105,7 @@ def profile_tsagent(
         cpu0 = d.cpu_seconds()
         spy = harness.start_py_spy(d.pid, args.profile, args.profile_format)
         try:
-            res = asyncio.run(
-                loadgen.run_load(
-                    d.write_url,
-                    series=args.series,
-                    senders=args.senders,
-                    rounds=1,
-                    batch=args.batch,
-                    start_ms=start_ms,
-                )
-            )
+            res = send_churn(d, args, start_ms)
             cpu = d.cpu_seconds() - cpu0
         finally:
             harness.stop_py_spy(spy)
