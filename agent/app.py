@@ -19,11 +19,10 @@ from prometheus_client import exposition
 
 from agent import __version__
 from agent.config import Config, ConfigError
-from agent.context import CONTEXT_KEY, AgentContext
+from agent.context import CONTEXT_KEY, AgentContext, Route
 from agent.context import context_of as context_of  # re-exported for callers of agent.app
 from agent.exporting import ExportHub, batch_exporters
 from agent.metrics import AgentMetrics
-from agent.plugin_api import Route
 from agent.plugins import PluginFailure, PluginHost, await_maybe
 from agent.query import extensions as query_extensions
 from agent.security import (
@@ -167,17 +166,25 @@ CORE_ROUTES = [
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The store, and the :class:`~agent.root.Agent` built around it (query service, streams).
+
+    The dispatcher, export hub and rule engine are added to the agent by the
+    contexts that follow, in dependency order, and removed in reverse.
+    """
+    from agent.query.service import QueryOptions
+    from agent.root import Agent
     from agent.storage_setup import open_store
 
     ctx = app[CONTEXT_KEY]
-    ctx.store = await open_store(ctx)
+    store = await open_store(ctx)
+    ctx.agent = Agent(store, query_options=QueryOptions.from_config(ctx.config.section("query")))
     try:
         yield
     finally:
-        store, ctx.store = ctx.store, None
-        if store is not None:
-            await store.flush(all=True)
-            await store.close()
+        agent, ctx.agent = ctx.agent, None
+        await agent.close()
+        await store.flush(all=True)
+        await store.close()
 
 
 async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -204,11 +211,12 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
         await dispatcher.start()
     except Exception as exc:
         raise StartupError(f"alerting: {exc}") from exc
-    ctx.dispatcher = dispatcher
+    agent = ctx.require_agent()
+    agent.dispatcher = dispatcher
     try:
         yield
     finally:
-        ctx.dispatcher = None
+        agent.dispatcher = None
         await dispatcher.stop()
 
 
@@ -279,6 +287,7 @@ async def _start_export_hub(ctx: AgentContext) -> ExportHub | None:
     except Exception as exc:
         raise StartupError(f"export log: {exc}") from exc
     hub.start()
+    ctx.require_agent().export_hub = hub
     return hub
 
 
@@ -306,11 +315,12 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     engine.set_groups(groups)
     await engine.start()
-    ctx.rules = engine
+    agent = ctx.require_agent()
+    agent.rules = engine
     try:
         yield
     finally:
-        ctx.rules = None
+        agent.rules = None
         await engine.stop()
 
 

@@ -1,12 +1,20 @@
-"""The running agent as plugins see it."""
+"""The running agent as plugins see it, and the objects plugins hand it.
+
+``AgentContext`` is handed to every ``register_*`` hook and to ingestors'
+``start``: a typed, read-only view of the :class:`agent.root.Agent` (store,
+query service, streams, rules, dispatcher) plus what the application keeps
+for plugins (config, metrics, metadata, the objects they registered). The
+protocols of those objects (``Ingestor``, ``Exporter``, ``Route``) live
+here, beside the context they receive; ``agent.plugin_api`` re-exports them.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from aiohttp import web
@@ -16,16 +24,20 @@ from agent.config import Config
 from agent.ingest_budget import IngestBudget
 from agent.metrics import AgentMetrics
 from agent.model import Labels
+from agent.plugin_host import PluginHost
 from agent.storage.backfill import BackfillResult
+from agent.storage.codec import Codec
 from agent.storage.options import REJECT_CARDINALITY, AppendResult, Rejection
 
 if TYPE_CHECKING:
-    from agent.alerting.dispatch import Dispatcher
+    from agent.alerting.dispatch import Dispatcher, Notifier
     from agent.alerting.engine import RuleEngine
-    from agent.plugin_api import Codec, Exporter, Ingestor, Notifier, QueryFunction
-    from agent.plugins import PluginHost
+    from agent.exporting import ExportHub
+    from agent.query.service import QueryService
+    from agent.root import Agent
     from agent.storage import Store
     from agent.storage.backfill import OnError
+    from agent.stream import StreamHub
 
 
 # Samples per store append of one large batch (see AgentContext.append).
@@ -35,19 +47,67 @@ APPEND_CHUNK = 100_000
 # call is one transaction that remote-write acknowledgements wait behind.
 BACKFILL_CHUNK_SERIES = 2_000
 
+RouteGroup = Literal["write", "read", "admin", "public"]
+
+
+@runtime_checkable
+class Ingestor(Protocol):
+    """A source of samples (a listener, a poller, an HTTP push endpoint)."""
+
+    name: str
+
+    async def start(self, ctx: AgentContext) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """Receives every accepted batch after it is durable, or exposes data elsewhere.
+
+    An exporter that only exposes data (an HTTP endpoint, say) needs just
+    these; one that wants the batches also implements :class:`BatchExporter`.
+    """
+
+    name: str
+
+    async def start(self, ctx: AgentContext) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """An HTTP route a plugin adds; ``group`` selects its authentication."""
+
+    method: str
+    path: str
+    handler: Handler
+    group: RouteGroup = "read"
+    name: str | None = None
+
+
+QueryFunction = Callable[..., Any]
+
 
 @dataclass
 class AgentContext:
     """Handed to every ``register_*`` hook and to ingestors' ``start``.
 
-    ``store`` is set once the store is open (before any ingestor starts).
+    ``agent`` (and so ``store``, ``queries``, ``streams``, ``rules``,
+    ``dispatcher``) is set once the store is open: after ``register_routes``,
+    before any ingestor, exporter or ``startup`` hook runs.
     """
 
     config: Config
     plugins: PluginHost
     metrics: AgentMetrics
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tsagent"))
-    store: Store | None = None
+    # The composition root, built by the application once the store is open.
+    agent: Agent | None = None
     codecs: dict[str, Codec] = field(default_factory=dict)
     ingestors: list[Ingestor] = field(default_factory=list)
     exporters: list[Exporter] = field(default_factory=list)
@@ -55,10 +115,6 @@ class AgentContext:
     query_functions: dict[str, QueryFunction] = field(default_factory=dict)
     # Metric type/help/unit learnt by ingestors, served by /api/v1/metadata.
     metadata: MetadataTable = field(default_factory=MetadataTable)
-    # The rule engine (alerting and recording rules), set once the store is open.
-    rules: RuleEngine | None = None
-    # Routes, groups and delivers alert notifications; set once the store is open.
-    dispatcher: Dispatcher | None = None
     ready: bool = False
     # Memory budget shared by the ingest endpoints for large requests (agent.ingest_budget).
     ingest_budget: IngestBudget = field(default_factory=lambda: IngestBudget(48 * 1024 * 1024))
@@ -71,10 +127,45 @@ class AgentContext:
         """The validated section of a plugin (``ingest.statsd``)."""
         return self.config.section(dotted)
 
-    def require_store(self) -> Store:
-        if self.store is None:
+    # --- read-only views of the agent --------------------------------------------------------
+
+    @property
+    def store(self) -> Store | None:
+        """The store, once open (None before startup and after shutdown)."""
+        return None if self.agent is None else self.agent.store
+
+    @property
+    def queries(self) -> QueryService:
+        """The query service (PromQL with limits, workers and the result cache)."""
+        return self.require_agent().queries
+
+    @property
+    def streams(self) -> StreamHub:
+        """Live subscriptions to committed samples (see :mod:`agent.stream`)."""
+        return self.require_agent().streams
+
+    @property
+    def rules(self) -> RuleEngine | None:
+        """The rule engine (alerting and recording rules), once started."""
+        return None if self.agent is None else self.agent.rules
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """Routes, groups and delivers alert notifications, once started."""
+        return None if self.agent is None else self.agent.dispatcher
+
+    @property
+    def export_hub(self) -> ExportHub | None:
+        """Feeds batch exporters from the durable export log, when any is started."""
+        return None if self.agent is None else self.agent.export_hub
+
+    def require_agent(self) -> Agent:
+        if self.agent is None:
             raise RuntimeError("the store is not open yet")
-        return self.store
+        return self.agent
+
+    def require_store(self) -> Store:
+        return self.require_agent().store
 
     async def append_samples(
         self,

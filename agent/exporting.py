@@ -44,7 +44,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from prometheus_client import Counter
@@ -58,10 +58,43 @@ from agent.storage.wal import BatchRecord, decode_batch
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from agent.plugin_api import BatchExporter
     from agent.storage import Store
 
 log = logging.getLogger("tsagent.export")
+
+
+@runtime_checkable
+class BatchExporter(Protocol):
+    """An exporter fed from the durable export log (see :mod:`agent.exporting`).
+
+    The built-in remote-write forwarder is one; a third-party exporter gets
+    exactly the same batches the same way. ``name`` must be stable: it keys
+    the exporter's durable position.
+
+    ``export(batches, progress)`` is called by the core, one call at a time,
+    with committed batches (appends and backfills, as stored) in log order,
+    only after ``start`` and never after ``stop``. Returning means
+    "delivered": the position then moves past them in one SQLite commit.
+    Raising means "not delivered": the same batches come again after a
+    back-off, so delivery is at-least-once and in order, and nothing is ever
+    skipped, across restarts and SIGKILL too. ``progress`` offers durable
+    sub-positions (lanes) for exporters that deliver a call in parts, backlog
+    checks, and drop accounting; raising :class:`agent.exporting.ExportStopped`
+    when ``progress.stopping`` ends the call without a retry at shutdown.
+
+    Optional attribute ``export_options`` (:class:`agent.exporting.ExportOptions`):
+    samples per call, how long to let a call fill up, and backlog bounds
+    (drop-oldest, counted in ``tsagent_export_dropped_samples_total``).
+    """
+
+    name: str
+
+    async def start(self, ctx: Any) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def export(self, batches: Sequence[ExportBatch], progress: ExportProgress) -> None: ...
+
 
 # Lane '' is an exporter's main position: every row with id <= seq is delivered.
 MAIN_LANE = ""

@@ -18,9 +18,10 @@ import pluggy
 from agent import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from agent.alerting.dispatch import Notifier
     from agent.config import Config, Schema
-    from agent.context import AgentContext
-    from agent.plugin_api import Codec, Exporter, Ingestor, Notifier, QueryFunction, Route
+    from agent.context import AgentContext, Exporter, Ingestor, QueryFunction, Route
+    from agent.storage.codec import Codec
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 

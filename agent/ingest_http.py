@@ -78,7 +78,7 @@ def extra_labels_param(request: web.Request) -> dict[str, str]:
     return parse_extra_labels(request.query.getall("extra_label", []))
 
 
-def bool_param(request: web.Request, name: str, default: bool) -> bool:
+def flag_param(request: web.Request, name: str, default: bool) -> bool:
     value = request.query.get(name)
     if value is None or value == "":
         return default

@@ -8,61 +8,25 @@ without taking the others down with it.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, TypeVar
 
 import pluggy
 
 from agent import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
+from agent.plugin_host import PluginError, PluginFailure, PluginHost, PluginInfo, await_maybe
 
 log = logging.getLogger("tsagent.plugins")
 
-T = TypeVar("T")
-
-
-@dataclass
-class PluginInfo:
-    name: str
-    module: str
-    version: str
-    distribution: str
-    builtin: bool
-
-
-@dataclass
-class PluginFailure:
-    name: str
-    stage: str  # "load" or "startup"
-    error: str
-
-    def __str__(self) -> str:
-        return f"plugin {self.name!r} failed at {self.stage}: {self.error}"
-
-
-class PluginError(Exception):
-    """A required plugin could not load or start."""
-
-    def __init__(self, failures: list[PluginFailure]) -> None:
-        self.failures = failures
-        super().__init__("; ".join(str(f) for f in failures))
-
-
-@dataclass
-class PluginHost:
-    """The plugin manager plus what we learnt while loading it."""
-
-    pm: pluggy.PluginManager
-    loaded: dict[str, PluginInfo] = field(default_factory=dict)
-    failures: list[PluginFailure] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def hook(self) -> Any:
-        return self.pm.hook
+__all__ = [
+    "PluginError",
+    "PluginFailure",
+    "PluginHost",
+    "PluginInfo",
+    "await_maybe",
+    "get_plugin_manager",
+]
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -133,10 +97,3 @@ def get_plugin_manager(
     if fatal:
         raise PluginError(fatal)
     return host
-
-
-async def await_maybe(value: T | Any) -> Any:
-    """Let hook implementations be plain or ``async`` functions (pluggy is synchronous)."""
-    if inspect.isawaitable(value):
-        return await value
-    return value

@@ -13,6 +13,7 @@ from agent.config import parse_duration, parse_timestamp_ms
 from agent.context import AgentContext
 from agent.metrics import CardinalityCollector, StatsCollector
 from agent.storage import StorageOptions, Store
+from agent.storage.codec import RawCodec
 from agent.storage.rollup import RollupOptions
 
 DB_FILE = "tsagent.db"
@@ -143,16 +144,19 @@ def limit_options(ctx: AgentContext) -> dict[str, Any]:
     }
 
 
+# The codec new segments use when ``storage.codec`` is not set: the first of these
+# that a plugin registered (the core names it, it does not import it; ``raw`` is
+# the store's own and always there).
+DEFAULT_CODECS = ("zstd-xor", "raw")
+
+
 def _builtin_default(ctx: AgentContext) -> str:
-    try:
-        from plugins.codecs import DEFAULT_CODEC
-    except ImportError:
-        return "raw"
-    return DEFAULT_CODEC if DEFAULT_CODEC in ctx.codecs else "raw"
+    return next((name for name in DEFAULT_CODECS if name in ctx.codecs), "raw")
 
 
 async def open_store(ctx: AgentContext, *, background_rollups: bool = True) -> Store:
     """The configured store, rollups started (passes in the background unless told not to)."""
+    ctx.codecs.setdefault(RawCodec.name, RawCodec())  # the store's own; a plugin's may replace it
     for codecs in ctx.plugins.pm.hook.register_codecs():
         for codec in codecs or []:
             ctx.codecs[codec.name] = codec

@@ -48,6 +48,7 @@ from agent.export import TagsFilter, matcher_sets
 from agent.model import Labels, Matcher
 
 if TYPE_CHECKING:
+    from agent.query.service import QueryService
     from agent.storage import Store
 
 DEFAULT_BUFFER = 10_000
@@ -176,16 +177,6 @@ class StreamHub:
             return
         for sub in subs:
             sub.offer(sids, ts, values)
-
-
-_HUBS: weakref.WeakKeyDictionary[Any, StreamHub] = weakref.WeakKeyDictionary()
-
-
-def hub_for(store: Store) -> StreamHub:
-    hub = _HUBS.get(store)
-    if hub is None:
-        hub = _HUBS[store] = StreamHub(store)
-    return hub
 
 
 class Subscription:
@@ -320,7 +311,7 @@ class Subscription:
 
 
 def stream_updates(
-    store: Store,
+    hub: StreamHub,
     series: int | Sequence[int] | None = None,
     matchers: TagsFilter = None,
     *,
@@ -336,7 +327,7 @@ def stream_updates(
     alternatives = matcher_sets(matchers)
     if ids is None and not alternatives:
         raise ValueError("stream_updates: give series ids or matchers")
-    return Subscription(hub_for(store), Selection(store, ids, alternatives), max_buffer)
+    return Subscription(hub, Selection(hub.store, ids, alternatives), max_buffer)
 
 
 # --- live query results ----------------------------------------------------------------------
@@ -365,7 +356,12 @@ def selectors_of(node: Any) -> list[list[Matcher]]:
 
 
 async def live_query(
-    store: Store, expr: str, interval_s: float, *, idle_tick_s: float | None = None
+    hub: StreamHub,
+    queries: QueryService,
+    expr: str,
+    interval_s: float,
+    *,
+    idle_tick_s: float | None = None,
 ) -> AsyncGenerator[dict[str, Any] | None, None]:
     """Evaluate ``expr`` now, then again whenever data it reads arrives, at most once per interval.
 
@@ -380,16 +376,12 @@ async def live_query(
 
     node, _sig = parsed(expr)  # raises BadDataError for a bad query, before anything streams
     alternatives = selectors_of(node)
-    sub = (
-        Subscription(hub_for(store), Selection(store, None, alternatives), 1)
-        if alternatives
-        else None
-    )
+    sub = Subscription(hub, Selection(hub.store, None, alternatives), 1) if alternatives else None
     interval = max(interval_s, 0.0)
 
     async def evaluate() -> dict[str, Any]:
         try:
-            answer = await store.queries.instant(expr, time.time_ns() // 1_000_000, cache="off")
+            answer = await queries.instant(expr, time.time_ns() // 1_000_000, cache="off")
         except QueryError as exc:
             return {"status": "error", "errorType": exc.error_type, "error": str(exc)}
         out: dict[str, Any] = {"status": "success", "data": answer.data()}

@@ -44,13 +44,11 @@ def best(fn: Callable[[], object], repeat: int) -> float:
 
 
 async def store_case(series: list[SeriesArrays], repeat: int) -> float:
-    from agent.storage import StorageOptions, Store
-    from plugins.codecs import DEFAULT_CODEC, all_codecs
+    from agent.library import open_agent
 
     with tempfile.TemporaryDirectory() as tmp:
-        codecs = {c.name: c for c in all_codecs()}
-        options = StorageOptions(default_codec=DEFAULT_CODEC)
-        store = await Store.open(Path(tmp) / "b.db", options, codecs)
+        agent = await open_agent(Path(tmp) / "b.db")
+        store = agent.store
         try:
             labels = [(("__name__", "m"), ("i", str(i))) for i in range(len(series))]
             ids = await store.get_or_create_series(labels)
@@ -59,11 +57,11 @@ async def store_case(series: list[SeriesArrays], repeat: int) -> float:
             times = []
             for _ in range(repeat):
                 started = time.perf_counter()
-                await store.join_series(ids[0], ids[1:], "outer")
+                await agent.join_series(ids[0], ids[1:], "outer")
                 times.append(time.perf_counter() - started)
             return min(times)
         finally:
-            await store.close()
+            await agent.close()
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ wait_ready = harness.wait_ready
 def decoder_figures(batch: int = 2_000, repeat: int = 30) -> dict[str, float]:
     import cramjam
 
-    from plugins.prompb import remote_pb2
+    from agent.prompb import remote_pb2
     from plugins.remote_write.wire import decode_write_request
 
     label_bytes = [loadgen.encode_labels(loadgen.series_labels(i)) for i in range(batch)]

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from agent.config import Config
 from agent.daemon import reload_config
 from agent.plugins import PluginHost, get_plugin_manager
+from agent.root import Agent
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -98,3 +99,18 @@ def production_install() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def agent(store: Any) -> AsyncIterator[Agent]:
+    """The composition root around the test module's ``store`` fixture (closed after the test).
+
+    A module that wants the Python API (``agent.query``, ``agent.export_csv``,
+    ...) defines ``store`` as usual and asks for ``agent``; the store stays
+    the module's to close.
+    """
+    root = Agent(store)
+    try:
+        yield root
+    finally:
+        await root.close()

@@ -583,22 +583,23 @@ async def test_real_dispatcher_notifies_once_across_a_restart(tmp_path: Path) ->
         await store.close()
 
 
-async def test_module_level_define_alert_on_a_store(store: Store) -> None:
-    from agent.alerting.engine import define_alert, rule_engine_for
+async def test_agent_define_alert_on_a_library_agent(store: Store) -> None:
+    """``Agent.define_alert`` starts one rule engine for a library agent, stopped by close()."""
+    from agent.root import Agent
 
     got: list[str] = []
-    clock = ManualClock(T0)
-    engine = await rule_engine_for(store, clock=clock)
+    agent = Agent(store)
+    engine = await agent.rule_engine(clock=ManualClock(T0))
     try:
-        rule = await define_alert(store, "big", "size", 10, ">=", lambda a: got.append(a.status))
-        assert await rule_engine_for(store) is engine and engine.python_group is not None
+        rule = await agent.define_alert("big", "size", 10, ">=", lambda a: got.append(a.status))
+        assert await agent.rule_engine() is engine and engine.python_group is not None
         assert engine.python_group.rules == [rule]
         await put(store, T0, 10, "size")
         await engine.evaluate(T0)
         assert got == ["firing"]
-        assert await rule_engine_for(engine) is engine
     finally:
-        await engine.stop()
+        await agent.close()
+    assert agent.rules is None and engine._task is None
 
 
 async def test_failing_callback_and_template_errors_do_not_stop_evaluation(store: Store) -> None:

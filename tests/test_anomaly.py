@@ -25,6 +25,7 @@ from agent.analytics.anomaly import (
 from agent.analytics.synthetic import evaluate, planted
 from agent.model import make_labels
 from agent.query.errors import BadDataError
+from agent.root import Agent
 from agent.storage import StorageOptions, Store
 from tests.storage_helpers.raw_codec import codecs
 
@@ -263,7 +264,7 @@ async def test_detect_anomalies_reads_history_before_start(store: Store) -> None
 # --- PromQL and alerting ------------------------------------------------------------------------
 
 
-async def test_zscore_over_time_in_promql(store: Store) -> None:
+async def test_zscore_over_time_in_promql(store: Store, agent: Agent) -> None:
     from agent.analytics.promql import ensure_registered
 
     ensure_registered()
@@ -272,22 +273,22 @@ async def test_zscore_over_time_in_promql(store: Store) -> None:
     [sid] = await store.get_or_create_series([make_labels({"__name__": "lat", "job": "x"})])
     await store.append([sid] * 6, [t0 + i * 10_000 for i in range(6)], vals)
     at = (t0 + 50_000) / 1000
-    got = await store.query("zscore_over_time(lat[1m])", at)
+    got = await agent.query("zscore_over_time(lat[1m])", at)
     assert isinstance(got, dict)
     [sample] = got["result"]
     base = np.array(vals[:-1])
     assert sample["metric"] == {"job": "x"}
     assert float(sample["value"][1]) == pytest.approx((30 - base.mean()) / base.std(ddof=1))
-    robust = await store.query("robust_zscore_over_time(lat[1m])", at)
+    robust = await agent.query("robust_zscore_over_time(lat[1m])", at)
     assert isinstance(robust, dict)
     med = np.median(base)
     expected = (30 - med) / (1.4826 * np.median(np.abs(base - med)))
     assert float(robust["result"][0]["value"][1]) == pytest.approx(expected)
     # fewer than three samples in the window: no output
-    few = await store.query("zscore_over_time(lat[15s])", at)
+    few = await agent.query("zscore_over_time(lat[15s])", at)
     assert isinstance(few, dict) and few["result"] == []
     # a range query evaluates every step at once; a recording rule could store it
-    rng = await store.query_range("abs(zscore_over_time(lat[1m])) > 3", at - 20, at, 10)
+    rng = await agent.query_range("abs(zscore_over_time(lat[1m])) > 3", at - 20, at, 10)
     assert isinstance(rng, dict)
     [series] = rng["result"]
     assert [p[0] for p in series["values"]] == [at]

@@ -230,9 +230,9 @@ async def test_format_query(client: Any) -> None:
 async def test_store_not_open_is_503(aiohttp_client: Any, make_config: Any) -> None:
     client = await api_client(aiohttp_client, make_config, data=False)
     ctx = client.app[CONTEXT_KEY]
-    store, ctx.store = ctx.store, None
+    agent, ctx.agent = ctx.agent, None
     try:
         status, body = await get_json(client, "/api/v1/query", query="1")
     finally:
-        ctx.store = store
+        ctx.agent = agent
     assert status == 503 and body["errorType"] == "unavailable"

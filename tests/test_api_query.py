@@ -17,6 +17,7 @@ import pytest
 from agent.app import CONTEXT_KEY, make_app
 from agent.context import AgentContext
 from agent.model import Labels
+from agent.root import Agent
 from agent.storage import Store
 
 T0 = 1_700_000_000  # seconds; 2023-11-14T22:13:20Z
@@ -64,6 +65,11 @@ def slow_reads(store: Store, monkeypatch: pytest.MonkeyPatch, seconds: float) ->
             return await real(*args)
 
         monkeypatch.setattr(store, name, slow)
+
+
+def agent_of(client: Any) -> Agent:
+    """The daemon app's composition root (query service, streams, rules)."""
+    return client.app[CONTEXT_KEY].require_agent()
 
 
 def store_of(client: Any) -> Store:

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import CONTEXT_KEY, make_app
 from agent.model import Matcher
+from agent.prompb import remote_pb2
 from agent.storage import CardinalityLimitExceeded, StorageOptions, Store
-from plugins.prompb import remote_pb2
 from tests.storage_helpers.raw_codec import codecs
 
 T0 = 1_700_000_000_000

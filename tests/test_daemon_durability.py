@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from agent.model import Matcher
+from agent.prompb import remote_pb2
 from agent.storage import StorageOptions, Store
 from plugins.codecs import all_codecs
-from plugins.prompb import remote_pb2
 from tests.conftest import free_port
 
 SERIES = 40

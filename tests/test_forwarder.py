@@ -1,7 +1,7 @@
 """The remote-write forwarder against a local upstream that records (and refuses) requests.
 
 The upstream is an aiohttp app decoding every request with the generated
-``plugins/prompb`` classes; a script of answers (status codes, Retry-After,
+``agent/prompb`` classes; a script of answers (status codes, Retry-After,
 dropped connections) drives the failure cases. tsagent runs in-process with
 ``make_app`` on a temporary data directory, so "restart" is closing the app
 and opening another on the same directory.
@@ -29,9 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.app import make_app
 from agent.config import ConfigError
 from agent.context import AgentContext, context_of
+from agent.prompb import remote_pb2
 from plugins.forwarder.encode import compress, encode_labels, encode_request
 from plugins.forwarder.exporter import RemoteWriteExporter, parse_retry_after
-from plugins.prompb import remote_pb2
 
 T0 = 1_700_000_000_000
 STALE_BITS = 0x7FF0000000000002

@@ -11,6 +11,7 @@ import pytest
 
 from agent.join import JoinError, SeriesArrays, align_exact, join_arrays
 from agent.model import STALE_NAN, Labels
+from agent.root import Agent
 from agent.storage import StorageOptions, Store
 from tests.storage_helpers.raw_codec import codecs
 
@@ -194,13 +195,13 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await st.close()
 
 
-async def test_join_series_reads_the_store(store: Store) -> None:
+async def test_join_series_reads_the_store(store: Store, agent: Agent) -> None:
     ids = await store.get_or_create_series([lab("cpu", host="a"), lab("mem", host="a")])
     await store.append([ids[0]] * 4, [1000, 2000, 3000, 4000], [1, 2, 3, STALE_NAN])
     await store.append([ids[1]] * 3, [2000, 3500, 4000], [20, 35, 40])
     await store.flush(all=True)  # from segments as well as the head
     await store.append([ids[1]], [5000], [50])
-    got = await store.join_series(ids[0], [ids[1]], "outer")
+    got = await agent.join_series(ids[0], [ids[1]], "outer")
     # The staleness marker at 4000 is not a value: cpu has no cell there.
     assert got.rows() == [
         (1000, 1.0, None),
@@ -210,7 +211,7 @@ async def test_join_series_reads_the_store(store: Store) -> None:
         (4000, None, 40.0),
         (5000, None, 50.0),
     ]
-    asof = await store.join_series(ids[0], [ids[1]], "asof", tolerance=600, start=1500)
+    asof = await agent.join_series(ids[0], [ids[1]], "asof", tolerance=600, start=1500)
     assert asof.rows() == [(2000, 2.0, 20.0), (3000, 3.0, None)]
     data = asof.to_json()
     assert data["columns"] == ["timestamp", 'cpu{host="a"}', 'mem{host="a"}']
@@ -220,4 +221,4 @@ async def test_join_series_reads_the_store(store: Store) -> None:
         'timestamp,"cpu{host=""a""}","mem{host=""a""}"\n2000,2.0,20.0\n3000,3.0,\n'
     )
     with pytest.raises(JoinError, match="unknown series id 99"):
-        await store.join_series(ids[0], [99])
+        await agent.join_series(ids[0], [99])

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.query.cache import CacheKey, Dependencies, QueryCache, dependencies, signature
 from agent.query.parser import parse
 from agent.query.values import Matrix, Scalar, Series
-from tests.test_api_query import T0, api_client, lab, store_of
+from tests.test_api_query import T0, agent_of, api_client, lab, store_of
 
 
 class Clock:
@@ -199,12 +199,12 @@ async def test_cache_control_bypasses(client: Any) -> None:
     assert state == "bypass"
     state, _ = await fetch(client)
     assert state == "hit"
-    stats = store_of(client).queries.cache.stats
+    stats = agent_of(client).queries.cache.stats
     assert (stats.hits, stats.misses) == (1, 1)
 
 
 async def test_new_data_inside_invalidates(client: Any) -> None:
-    store = store_of(client)
+    store, agent = store_of(client), agent_of(client)
     await fetch(client)
     # A write to another metric, or to this one outside the range read, keeps the entry.
     [other] = await store.get_or_create_series([lab("unrelated")])
@@ -219,7 +219,7 @@ async def test_new_data_inside_invalidates(client: Any) -> None:
     state, body = await fetch(client)
     assert state == "miss"
     assert body["data"]["result"][0]["values"][-1] == [T0 + 900, "5"]
-    assert store.queries.cache.stats.invalidations == 1
+    assert agent.queries.cache.stats.invalidations == 1
 
 
 async def test_append_inside_range_invalidates(aiohttp_client: Any, make_config: Any) -> None:
@@ -237,8 +237,9 @@ async def test_append_inside_range_invalidates(aiohttp_client: Any, make_config:
 
 
 async def test_rollback_retention_and_backfill_invalidate(client: Any) -> None:
+    agent = agent_of(client)
     store = store_of(client)
-    cache = store.queries.cache
+    cache = agent.queries.cache
     [sid] = await store.get_or_create_series(
         [lab("http_requests_total", job="api", code="200", instance="a")]
     )
@@ -284,19 +285,19 @@ async def test_disabled_cache_and_python_pin(aiohttp_client: Any, make_config: A
     client = await api_client(aiohttp_client, make_config, "query:\n  cache:\n    enabled: false\n")
     assert (await fetch(client))[0] == "off"
     assert (await fetch(client))[0] == "off"
-    store = store_of(client)
-    sig = store.cache_query('sum(http_requests_total{code="200"})', 60)
-    assert sig == store.cache_query('sum (http_requests_total{code="200"})', "1m")
+    agent = agent_of(client)
+    sig = agent.cache_query('sum(http_requests_total{code="200"})', 60)
+    assert sig == agent.cache_query('sum (http_requests_total{code="200"})', "1m")
     assert (await fetch(client))[0] == "miss"
     assert (await fetch(client))[0] == "hit"
-    store.cache_query('sum(http_requests_total{code="200"})', 0)
+    agent.cache_query('sum(http_requests_total{code="200"})', 0)
     assert (await fetch(client))[0] == "off"
 
 
 async def test_ttl_from_config(aiohttp_client: Any, make_config: Any, monkeypatch: Any) -> None:
     client = await api_client(aiohttp_client, make_config, "query:\n  cache:\n    ttl: 30s\n")
     await fetch(client)
-    cache = store_of(client).queries.cache
+    cache = agent_of(client).queries.cache
     [entry] = list(cache)
     assert entry.expires_at - entry.stored_at == pytest.approx(30)
     clock = Clock()
@@ -306,9 +307,9 @@ async def test_ttl_from_config(aiohttp_client: Any, make_config: Any, monkeypatc
 
 
 async def test_python_api_shares_the_cache(client: Any) -> None:
-    store = store_of(client)
+    agent = agent_of(client)
     await fetch(client)
-    data = await store.query_range(RANGE["query"], T0 + 600, T0 + 900, 60)
-    assert store.queries.cache.stats.hits == 1
+    data = await agent.query_range(RANGE["query"], T0 + 600, T0 + 900, 60)
+    assert agent.queries.cache.stats.hits == 1
     _, body = await fetch(client)
     assert body["data"] == data

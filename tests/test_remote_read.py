@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from agent.app import CONTEXT_KEY, make_app
 from agent.model import STALE_NAN, Labels, make_labels
+from agent.prompb import remote_pb2, types_pb2
 from agent.security import hash_password
-from plugins.prompb import remote_pb2, types_pb2
 from plugins.remote_read import chunks, wire
 
 LM = types_pb2.LabelMatcher

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.app import make_app
 from agent.context import context_of
 from agent.model import Matcher, MatchOp
+from agent.prompb import remote_pb2, types_pb2, write_v2_pb2
 from agent.storage import StoreFailed
-from plugins.prompb import remote_pb2, types_pb2, write_v2_pb2
 
 V1_HEADERS = {
     "Content-Type": "application/x-protobuf",

@@ -10,8 +10,8 @@ from google.protobuf.message import DecodeError as ProtoDecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.prompb import remote_pb2, types_pb2, write_v2_pb2
 from agent.wire import uvarint as _varint
-from plugins.prompb import remote_pb2, types_pb2, write_v2_pb2
 from plugins.remote_write import v2 as v2_codec
 from plugins.remote_write.receiver import negotiate
 from plugins.remote_write.wire import (

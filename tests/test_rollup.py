@@ -14,6 +14,7 @@ import pytest
 from agent.app import CONTEXT_KEY, make_app
 from agent.model import STALE_NAN, STALE_NAN_BITS, Labels
 from agent.query.values import Matrix, Vector
+from agent.root import Agent
 from agent.storage import StorageOptions, Store
 from agent.storage.rollup import Buckets, RollupOptions, decode_block, encode_block
 from plugins.codecs import all_codecs
@@ -267,8 +268,8 @@ QUERIES = [
 ]
 
 
-async def evaluate(store: Store, expr: str, start: int, end: int, step: int) -> Any:
-    return await store.queries.range(expr, start, end, step, cache="off")
+async def evaluate(agent: Agent, expr: str, start: int, end: int, step: int) -> Any:
+    return await agent.queries.range(expr, start, end, step, cache="off")
 
 
 def same_result(a: Any, b: Any) -> None:
@@ -287,6 +288,7 @@ async def test_promql_uses_rollups_only_when_identical(
     store = await open_store(tmp_path)
     await load_store(store, t, values)
     manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
+    agent = Agent(store)
     await manager.run_once(now_ms=T0 + 6 * H + 2 * MIN)  # 1m/5m done to +6h/+5h, not 1h
     calls: list[int] = []
     real = manager.stored
@@ -297,13 +299,14 @@ async def test_promql_uses_rollups_only_when_identical(
 
     monkeypatch.setattr(manager, "stored", spy)
     for start, end, step in ((T0 + H, T0 + 8 * H, H), (T0, T0 + 8 * H, 5 * MIN)):
-        with_rollups = await evaluate(store, expr, start, end, step)
-        store.queries.rollups = None
-        raw = await evaluate(store, expr, start, end, step)
-        store.queries.rollups = manager
+        with_rollups = await evaluate(agent, expr, start, end, step)
+        agent.queries.rollups = None
+        raw = await evaluate(agent, expr, start, end, step)
+        agent.queries.rollups = manager
         same_result(with_rollups, raw)
         assert not with_rollups.result.annotations.infos
     assert calls  # the rollup path answered some steps (the rest came from raw)
+    await agent.close()
     await store.close()
 
 
@@ -312,14 +315,16 @@ async def test_promql_dirty_buckets_go_to_raw(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     ids = await load_store(store, t, values)
     manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
+    agent = Agent(store)
     await manager.run_once(now_ms=NOW)
     await store.backfill([ids[0]], [T0 + 90 * MIN + 3], [1e9])  # not recomputed yet
     expr = "max_over_time(gauge[1h])"
-    got = await evaluate(store, expr, T0 + H, T0 + 3 * H, H)
-    store.queries.rollups = None
-    want = await evaluate(store, expr, T0 + H, T0 + 3 * H, H)
+    got = await evaluate(agent, expr, T0 + H, T0 + 3 * H, H)
+    agent.queries.rollups = None
+    want = await evaluate(agent, expr, T0 + H, T0 + 3 * H, H)
     same_result(got, want)
     assert 1e9 in got.result.series[0].values.tolist()
+    await agent.close()
     await store.close()
 
 
@@ -328,16 +333,18 @@ async def test_instant_query_at_aligned_time_uses_rollup(tmp_path: Path) -> None
     store = await open_store(tmp_path)
     await load_store(store, t, values)
     manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
+    agent = Agent(store)
     await manager.run_once(now_ms=NOW)
     for expr in ("max_over_time(gauge[1h])", "count_over_time(requests_total[2h])"):
-        got = await store.queries.instant(expr, T0 + 2 * H, cache="off")
-        store.queries.rollups = None
-        want = await store.queries.instant(expr, T0 + 2 * H, cache="off")
-        store.queries.rollups = manager
+        got = await agent.queries.instant(expr, T0 + 2 * H, cache="off")
+        agent.queries.rollups = None
+        want = await agent.queries.instant(expr, T0 + 2 * H, cache="off")
+        agent.queries.rollups = manager
         assert isinstance(got.result, Vector) and isinstance(want.result, Vector)
         assert [(s.labels, s.v) for s in got.result.samples] == [
             (s.labels, s.v) for s in want.result.samples
         ]
+    await agent.close()
     await store.close()
 
 

@@ -16,8 +16,9 @@ import pytest
 
 from agent.app import CONTEXT_KEY, make_app
 from agent.model import STALE_NAN, Labels
+from agent.root import Agent
 from agent.storage import StorageOptions, Store
-from agent.stream import Lagged, SampleBatch, StreamedSample, hub_for
+from agent.stream import Lagged, SampleBatch, StreamedSample
 from tests.storage_helpers.raw_codec import codecs
 
 T0 = 1_700_000_000_000
@@ -34,10 +35,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await s.close()
 
 
-async def test_python_api_yields_committed_samples_of_matching_series(store: Store) -> None:
+async def test_python_api_yields_committed_samples_of_matching_series(
+    store: Store, agent: Agent
+) -> None:
     a, b = await store.get_or_create_series([lab("cpu", host="a"), lab("cpu", host="b")])
     got: list[StreamedSample | Lagged] = []
-    async with store.stream_updates(matchers='cpu{host="a"}') as updates:
+    async with agent.stream_updates(matchers='cpu{host="a"}') as updates:
         await store.append([a, b, a], [T0, T0, T0 + 1], [1.0, 2.0, STALE_NAN])
         # A series created after subscribing that matches is picked up too.
         [a2] = await store.get_or_create_series([lab("cpu", host="a", core="1")])
@@ -62,12 +65,12 @@ async def test_python_api_yields_committed_samples_of_matching_series(store: Sto
     stale = got[1]
     assert isinstance(stale, StreamedSample) and math.isnan(stale.value)
     assert np.float64(stale.value).view(np.uint64) == np.float64(STALE_NAN).view(np.uint64)
-    assert store.sample_listener_count == 0 and len(hub_for(store)) == 0
+    assert store.sample_listener_count == 0 and len(agent.streams) == 0
 
 
-async def test_by_series_id_and_bounded_buffer(store: Store) -> None:
+async def test_by_series_id_and_bounded_buffer(store: Store, agent: Agent) -> None:
     a, b = await store.get_or_create_series([lab("m", i="a"), lab("m", i="b")])
-    sub = store.stream_updates(a, max_buffer=5)
+    sub = agent.stream_updates(a, max_buffer=5)
     t = np.arange(8, dtype=np.int64) + T0
     await store.append(np.full(8, a), t, np.arange(8.0))
     await store.append(np.full(8, b), t, np.arange(8.0))
@@ -85,12 +88,12 @@ async def test_by_series_id_and_bounded_buffer(store: Store) -> None:
     assert await sub.next_batch() is None
     assert store.sample_listener_count == 0
     with pytest.raises(ValueError, match="series ids or matchers"):
-        store.stream_updates()
+        agent.stream_updates()
 
 
-async def test_abandoned_subscription_goes_away(store: Store) -> None:
+async def test_abandoned_subscription_goes_away(store: Store, agent: Agent) -> None:
     [a] = await store.get_or_create_series([lab("m")])
-    store.stream_updates(a)  # never closed, never referenced
+    agent.stream_updates(a)  # never closed, never referenced
     import gc
 
     gc.collect()
@@ -160,7 +163,7 @@ async def test_sse_receives_live_samples_and_cleans_up(client: Any) -> None:
     assert [v[1] for v in data["result"][0]["values"]] == ["2.0", "3.0", "4.0"]
     resp.close()
     await wait_for(lambda: store.sample_listener_count == baseline)
-    assert len(hub_for(store)) == 0
+    assert len(client.app[CONTEXT_KEY].streams) == 0
 
 
 async def test_websocket_receives_live_samples_and_cleans_up(client: Any) -> None:
@@ -199,8 +202,7 @@ async def test_live_query_reevaluates_on_new_data(client: Any) -> None:
     _, second = await anext(events)
     assert second["data"]["result"][0]["value"][1] == "3"
     resp.close()
-    store = ctx.require_store()
-    await wait_for(lambda: len(hub_for(store)) == 0)
+    await wait_for(lambda: len(ctx.streams) == 0)
 
     bad = await client.get("/api/v1/stream/query", params={"query": "sum("})
     assert bad.status == 400 and (await bad.json())["errorType"] == "bad_data"

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from agent.alerting.state import ActiveAlert, AlertState
 from agent.alerting.template import go_float_e
-from agent.plugin_api import Route
+from agent.context import Route
 
 if TYPE_CHECKING:
     from agent.alerting.engine import Group, Rule, RuleEngine

@@ -58,7 +58,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter
@@ -75,9 +75,20 @@ from agent.alerting.routing import (
     receiver_targets,
 )
 from agent.config import parse_duration
-from agent.plugin_api import Notifier
 
 log = logging.getLogger("tsagent.alerting")
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Delivers alert notifications to one kind of receiver."""
+
+    name: str
+
+    async def notify(
+        self, alerts: list[Mapping[str, Any]], receiver: Mapping[str, Any]
+    ) -> None: ...
+
 
 RECEIVER_LABEL = "__receiver__"
 CALLBACK = "callback"

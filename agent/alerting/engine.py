@@ -27,7 +27,6 @@ import inspect
 import logging
 import math
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,7 +49,6 @@ from agent.query.values import Scalar, Vector
 
 if TYPE_CHECKING:
     from agent.config import Config
-    from agent.context import AgentContext
     from agent.storage import Store
 
 log = logging.getLogger("tsagent.rules")
@@ -928,49 +926,3 @@ def threshold_expr(
         op = "<" if value < 0 else ">"
         return f"deriv({selector}[{ms}ms]) {op} {_number(value)}"
     return f"{selector} {condition} {_number(value)}"
-
-
-# --- module-level conveniences -----------------------------------------------------------------
-
-_ENGINES: weakref.WeakKeyDictionary[Any, RuleEngine] = weakref.WeakKeyDictionary()
-
-
-async def rule_engine_for(
-    target: Store | RuleEngine | AgentContext,
-    *,
-    clock: Clock | None = None,
-    dispatcher: AlertSink | None = None,
-) -> RuleEngine:
-    """The rule engine of a running agent (its context), or one per store for library use.
-
-    For a bare :class:`Store`, the first call creates an engine, restores its
-    saved alert state and starts its schedule; later calls return the same
-    engine. Stop it (``await engine.stop()``) before closing the store.
-    """
-    if isinstance(target, RuleEngine):
-        return target
-    rules = getattr(target, "rules", None)
-    if isinstance(rules, RuleEngine):
-        return rules
-    if hasattr(target, "require_store"):
-        raise RuntimeError("the agent's rule engine is not running yet")
-    engine = _ENGINES.get(target)
-    if engine is None:
-        engine = RuleEngine(target, clock=clock, dispatcher=dispatcher)
-        await engine.start()
-        _ENGINES[target] = engine
-    return engine
-
-
-async def define_alert(
-    target: Store | RuleEngine | AgentContext,
-    rule_id: str,
-    series_id: int | str,
-    threshold: float | str | None = None,
-    condition: str = ">",
-    callback: Callback | str | None = None,
-    **options: Any,
-) -> Rule:
-    """:meth:`RuleEngine.define_alert` on ``target``'s engine (see :func:`rule_engine_for`)."""
-    engine = await rule_engine_for(target)
-    return engine.define_alert(rule_id, series_id, threshold, condition, callback, **options)

@@ -43,7 +43,7 @@ from agent.query.parser import parse, parse_duration_ms
 from agent.query.timezone import DAY_MS
 
 if TYPE_CHECKING:
-    from agent.query.service import TimeLike
+    from agent.query.service import QueryService, TimeLike
     from agent.storage import Store
 
 Method = Literal["zscore", "mad", "seasonal"]
@@ -428,6 +428,7 @@ async def detect_anomalies(
     seasons: int = DEFAULT_SEASONS,
     tz: str | tzinfo | None = None,
     limit: int = 0,
+    queries: QueryService | None = None,
 ) -> list[AnomalySeries]:
     """Score every sample in [start, end] of the selected series; one result per series.
 
@@ -437,11 +438,18 @@ async def detect_anomalies(
     needs (a window, or ``seasons`` periods) but not scored. ``tz`` (default
     ``query.default_timezone``, else the machine's zone) sets the calendar of
     ``seasonal`` with whole-day periods. ``limit`` > 0 caps the series.
+    ``queries`` (the agent's query service) supplies ``query.default_timezone``;
+    without it the default is the machine's zone.
     """
     from agent.query.service import _rule, time_ms
+    from agent.query.timezone import resolve_zone
 
-    service = store.queries
-    zone = tz if isinstance(tz, tzinfo) else service.zone(tz)
+    if isinstance(tz, tzinfo):
+        zone = tz
+    elif queries is not None:
+        zone = queries.zone(tz)
+    else:
+        zone = resolve_zone(tz, None)
     rule = _rule("reject")
     start_ms, end_ms = time_ms(start, zone, rule), time_ms(end, zone, rule)
     if end_ms < start_ms:

@@ -180,7 +180,7 @@ def encode_write_request(batches: Sequence[GeneratedSeries], lo: int, hi: int) -
     """Samples ``lo:hi`` of every series as one snappy-compressed remote-write 1.0 request."""
     import cramjam
 
-    from plugins.prompb import remote_pb2, types_pb2
+    from agent.prompb import remote_pb2, types_pb2
 
     req = remote_pb2.WriteRequest()
     for b in batches:

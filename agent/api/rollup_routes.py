@@ -21,8 +21,8 @@ import numpy as np
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from agent.context import Route
 from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher
-from agent.plugin_api import Route
 from agent.query.engine import MAX_POINTS
 from agent.query.rollup_select import format_resolution
 from agent.query.timezone import DstRule

@@ -35,8 +35,8 @@ from multidict import MultiDictProxy
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.context import Route
 from agent.model import Labels, Matcher
-from agent.plugin_api import Route
 from agent.query import ast
 from agent.query.engine import MAX_POINTS
 from agent.query.errors import BadDataError, QueryError
@@ -102,10 +102,10 @@ def _service(request: web.Request) -> tuple[Store, QueryService]:
     """
     state = _state(request)
     ctx = state.ctx
-    store = ctx.store
-    if store is None:
+    agent = ctx.agent
+    if agent is None:
         raise ApiError("unavailable", "the store is not open yet")
-    service = store.queries
+    store, service = agent.store, agent.queries
     if state.config is not ctx.config:
         service.configure(QueryOptions.from_config(ctx.config.section("query")))
         if state.config is not None:
@@ -485,10 +485,10 @@ class CacheCollector(Collector):
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        store = self._ctx.store
-        if store is None:
+        agent = self._ctx.agent
+        if agent is None:
             return
-        cache = store.queries.cache
+        cache = agent.queries.cache
         s = cache.stats
         for name, help_text, value in (
             ("hits", "Query results served from the cache.", s.hits),

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent import __version__
+from agent.context import Route
 from agent.model import METRIC_NAME
-from agent.plugin_api import Route
 from agent.storage.errors import StorageError
 
 if TYPE_CHECKING:

@@ -52,7 +52,7 @@ from agent.query.values import (
 )
 
 if TYPE_CHECKING:
-    from agent.query.rollup_select import RollupSource
+    from agent.query.queryable import RollupSource
 
 MAX_POINTS = 11_000
 Value = np.ndarray | str | Block

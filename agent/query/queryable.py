@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from agent.model import Labels, Matcher, make_labels
+
+if TYPE_CHECKING:
+    from agent.storage.rollup import SeriesBuckets
 
 
 class SeriesLike(Protocol):
@@ -149,3 +152,24 @@ class MemoryQueryable:
             if hi > lo:
                 out.append(MemorySeries(labels, t[lo:hi], v[lo:hi]))
         return out
+
+
+class RollupSource(Protocol):
+    """What the engine needs from :class:`agent.storage.rollup.RollupManager`."""
+
+    resolutions: tuple[int, ...]
+    done_to: dict[int, int | None]
+
+    def match(self, matchers: list[Matcher]) -> list[int]: ...
+
+    def dirty_spans(self, series_ids: Sequence[int]) -> list[tuple[int, int]]: ...
+
+    def retained_from(self, res: int, now_ms: int) -> int: ...
+
+    async def stored(
+        self, res: int, series_ids: Sequence[int], lo: int, hi: int
+    ) -> SeriesBuckets: ...
+
+    async def effective(
+        self, res: int, series_ids: Sequence[int], lo: int, hi: int, now_ms: int | None = None
+    ) -> SeriesBuckets: ...

@@ -30,14 +30,15 @@ the answer carries an info annotation saying it is approximate.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from agent.model import Labels, Matcher
+from agent.model import Labels
 from agent.query import ast
 from agent.query.blocks import Block
+from agent.query.queryable import RollupSource
+from agent.query.values import Annotations
 from agent.storage.rollup import (
     EXACT_SUM_LIMIT,
     SeriesBuckets,
@@ -45,9 +46,6 @@ from agent.storage.rollup import (
     window_indices,
     window_stats,
 )
-
-if TYPE_CHECKING:
-    from agent.query.engine import _Evaluator
 
 FUNCS = frozenset(
     {
@@ -62,25 +60,39 @@ FUNCS = frozenset(
 _HALF_LIMIT = EXACT_SUM_LIMIT / 2
 
 
-class RollupSource(Protocol):
-    """What the engine needs from :class:`agent.storage.rollup.RollupManager`."""
+class _EngineView(Protocol):
+    @property
+    def rollups(self) -> RollupSource | None: ...
 
-    resolutions: tuple[int, ...]
-    done_to: dict[int, int | None]
+    @property
+    def rollup_resolution_ms(self) -> int: ...
 
-    def match(self, matchers: list[Matcher]) -> list[int]: ...
 
-    def dirty_spans(self, series_ids: Sequence[int]) -> list[tuple[int, int]]: ...
+class _EvaluatorView(Protocol):
+    """What :func:`range_call` needs of the engine's evaluator.
 
-    def retained_from(self, res: int, now_ms: int) -> int: ...
+    A protocol, not an import of ``agent.query.engine._Evaluator``: the engine
+    calls this module, so this module must not import the engine back.
+    """
 
-    async def stored(
-        self, res: int, series_ids: Sequence[int], lo: int, hi: int
-    ) -> SeriesBuckets: ...
+    @property
+    def engine(self) -> _EngineView: ...
 
-    async def effective(
-        self, res: int, series_ids: Sequence[int], lo: int, hi: int, now_ms: int | None = None
-    ) -> SeriesBuckets: ...
+    @property
+    def annos(self) -> Annotations: ...
+
+    def pos(self, node: ast.Node | int) -> str: ...
+
+    def _eval_times(self, at: ast.At | None, offset: int, steps: np.ndarray) -> np.ndarray: ...
+
+    async def range_call(
+        self,
+        node: ast.Call,
+        steps: np.ndarray,
+        *,
+        keep_names: bool = False,
+        names_later: bool = False,
+    ) -> Block: ...
 
 
 def format_resolution(ms: int) -> str:
@@ -90,7 +102,7 @@ def format_resolution(ms: int) -> str:
     return f"{ms}ms"
 
 
-async def range_call(ev: _Evaluator, node: ast.Call, steps: np.ndarray) -> Block | None:
+async def range_call(ev: _EvaluatorView, node: ast.Call, steps: np.ndarray) -> Block | None:
     """The block ``node`` evaluates to, using rollups where allowed; None: use raw only.
 
     The returned block still carries the metric names (the caller drops them).
@@ -118,7 +130,7 @@ def _drop(name: str, n: int) -> np.ndarray:
 
 
 async def _approximate(
-    ev: _Evaluator,
+    ev: _EvaluatorView,
     node: ast.Call,
     source: RollupSource,
     ids: list[int],
@@ -204,7 +216,7 @@ def exact_windows(
 
 
 async def _exact(
-    ev: _Evaluator,
+    ev: _EvaluatorView,
     node: ast.Call,
     source: RollupSource,
     ids: list[int],

@@ -47,7 +47,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import zstandard
@@ -57,8 +57,40 @@ from agent.storage.audit import decode_points
 from agent.storage.db import LEGACY_SET, Migrations
 from agent.storage.errors import StorageError, StoreClosed, StoreFailed
 
-if TYPE_CHECKING:
-    from agent.storage.store import Store
+
+class RollupHost(Protocol):
+    """What the rollup manager needs of the store (:class:`agent.storage.store.Store`).
+
+    A protocol rather than an import: the store creates the manager
+    (``Store.start_rollups``), so the manager must not import the store back.
+    """
+
+    async def run_read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any: ...
+
+    async def run_in_transaction(
+        self,
+        sql: Callable[[sqlite3.Connection], Any],
+        after: Callable[[Any], Any] | None = None,
+    ) -> Any: ...
+
+    async def time_bounds(self) -> tuple[int, int] | None: ...
+
+    async def earliest_from(self, start_ms: int) -> int | None: ...
+
+    def newest_timestamps(self, series_ids: Sequence[int] | np.ndarray) -> np.ndarray: ...
+
+    def match_series(self, matchers: list[Matcher]) -> list[int]: ...
+
+    def labels(self, series_id: int) -> Labels: ...
+
+    async def read_many(
+        self, series_ids: Sequence[int], start_ms: int, end_ms: int
+    ) -> list[tuple[int, np.ndarray, np.ndarray]]: ...
+
+    async def read_series(
+        self, series_id: int, start_ms: int, end_ms: int
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +456,7 @@ class RollupManager:
 
     def __init__(
         self,
-        store: Store,
+        store: RollupHost,
         options: RollupOptions,
         *,
         all_ids: Callable[[], np.ndarray],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.model import Labels, metric_name
-from agent.plugin_api import Codec
+from agent.storage.codec import Codec
 from agent.storage.errors import StorageError
 
 _EMPTY_T = np.zeros(0, dtype=np.int64)

@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from agent.model import Labels, Matcher, metric_name
-from agent.plugin_api import Codec
 from agent.storage import (
     audit,
     backfill,
@@ -46,6 +45,7 @@ from agent.storage.cardinality import (
     LimitRule,
     top_stats,
 )
+from agent.storage.codec import Codec, RawCodec
 from agent.storage.errors import (
     BackPressure,
     CardinalityLimitExceeded,
@@ -75,15 +75,6 @@ from agent.storage.wal import (
     unsigned64,
 )
 from agent.storage.writer import Counters, SampleListener, Writer, notify_samples, now_ms
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from datetime import datetime, timedelta
-
-    from agent.join import JoinResult
-    from agent.query.service import CacheMode, QueryService, StepLike, TimeLike
-    from agent.query.values import Result
-    from agent.stream import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +127,6 @@ class Store:
         self._write_listeners: list[WriteListener] = []
         self._sample_listeners: list[SampleListener] = []
         self._backfill_hooks: list[TxnHook] = []
-        self._queries: QueryService | None = None
         self.rollups: rollup.RollupManager | None = None
         self._disk = space.DiskUsage()
         self._free_warned = False
@@ -148,8 +138,13 @@ class Store:
     async def open(
         cls, path: str | Path, options: StorageOptions, codecs: Mapping[str, Codec]
     ) -> Store:
-        """Create or migrate the database, then replay the log into the head."""
+        """Create or migrate the database, then replay the log into the head.
+
+        ``raw`` is always available (:class:`agent.storage.codec.RawCodec`), so a
+        store opens with no codec plugin at all; a plugin's ``raw`` wins.
+        """
         options.validate()
+        codecs = {RawCodec.name: RawCodec(), **codecs}
         chooser = CodecChooser(codecs, options.default_codec, options.codec_rules)
         path = Path(path)
         lock = DatabaseLock(path)
@@ -266,8 +261,6 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        if self._queries is not None:
-            self._queries.close()  # query worker threads; running ones stop at their next check
         if self.rollups is not None:
             await self.rollups.stop()
         for task in (self._flusher, self._retainer):
@@ -371,9 +364,9 @@ class Store:
 
         Registers the manager's write listener (late data marks buckets for
         recomputation), replays audited writes the last process may not have
-        rolled up, hands the manager to the query service (PromQL may then
-        answer ``*_over_time`` from rollups) and, with ``background``, starts
-        a pass every ``options.interval_s``.
+        rolled up and, with ``background``, starts a pass every
+        ``options.interval_s``. (:class:`agent.root.Agent` hands the manager to
+        its query service, so PromQL may answer ``*_over_time`` from rollups.)
         """
         if self.rollups is not None:
             raise StorageError("rollups are already started")
@@ -388,8 +381,6 @@ class Store:
         await manager.load()
         self.add_write_listener(manager.on_write)
         self.rollups = manager
-        if self._queries is not None:
-            self._queries.rollups = manager
         if background:
             manager.start()
         return manager
@@ -684,145 +675,6 @@ class Store:
         if first is not None and first <= end:
             best = first if best is None else min(best, first)
         return None if best is None else int(best)
-
-    # --- queries (PromQL) ---------------------------------------------------------------
-
-    @property
-    def queries(self) -> QueryService:
-        """The query service over this store, created on first use (engine, limits, cache)."""
-        if self._queries is None:
-            from agent.query.service import QueryService
-
-            index = self._index
-            service = QueryService(self, name_of=lambda sid: metric_name(index.labels(sid)))
-            self.add_write_listener(service.cache.on_write)
-            service.rollups = self.rollups
-            self._queries = service
-        return self._queries
-
-    async def query(
-        self,
-        expr: str,
-        time: TimeLike | None = None,
-        *,
-        tz: str | None = None,
-        dst: str = "reject",
-        timeout: float | None = None,
-        typed: bool = False,
-        cache: CacheMode = "use",
-    ) -> dict[str, Any] | Result:
-        """Evaluate PromQL ``expr`` at ``time`` (default now), as ``/api/v1/query`` would.
-
-        ``time``: an aware ``datetime``; a naive one (local in ``tz``); an API
-        string (RFC 3339, Unix seconds, or a local date-time with ``tz``); or
-        a number of Unix **seconds**, the HTTP API's unit. ``tz`` defaults to
-        ``query.default_timezone``, else the machine's zone; ``dst``
-        (``reject``/``earlier``/``later``) settles DST-ambiguous local times.
-        Returns the API's ``data`` dict (plain Python values), or with
-        ``typed=True`` the engine's result objects (``Vector``, ``Matrix`` with
-        numpy arrays, ``Scalar``, ``String``; warnings in ``.annotations``).
-        Raises :class:`agent.query.QueryError` subclasses (``error_type`` is
-        the API's). Results are cached; ``cache="refresh"``/``"off"`` as
-        ``Cache-Control: no-cache``/``no-store``.
-        """
-        return await self.queries.query(
-            expr, time, tz=tz, dst=dst, timeout=timeout, typed=typed, cache=cache
-        )
-
-    async def query_range(
-        self,
-        expr: str,
-        start: TimeLike,
-        end: TimeLike,
-        step: StepLike,
-        *,
-        tz: str | None = None,
-        dst: str = "reject",
-        align: str | None = None,
-        timeout: float | None = None,
-        typed: bool = False,
-        cache: CacheMode = "use",
-    ) -> dict[str, Any] | Result:
-        """Evaluate ``expr`` from ``start`` to ``end`` every ``step``, as ``/api/v1/query_range``.
-
-        Times as in :meth:`query`; ``step`` a ``timedelta``, a duration string
-        (``"5m"``) or seconds. ``align="calendar"`` evaluates at local
-        calendar boundaries of ``tz`` (see :func:`agent.query.timezone.calendar_steps`).
-        """
-        return await self.queries.query_range(
-            expr,
-            start,
-            end,
-            step,
-            tz=tz,
-            dst=dst,
-            align=align,
-            timeout=timeout,
-            typed=typed,
-            cache=cache,
-        )
-
-    # --- exports, live streams and joins (thin doors to agent.export/stream/join) ---------
-
-    def export_csv(
-        self,
-        series_ids: Sequence[int] | None = None,
-        start: int | datetime | str | None = None,
-        end: int | datetime | str | None = None,
-        tags_filter: Any = None,
-        **options: Any,
-    ) -> AsyncIterator[str]:
-        """CSV export as an async iterator of text pieces; see :func:`agent.export.export_csv`.
-
-        ``start``/``end`` in ms (or aware datetimes / RFC 3339); ``tags_filter``
-        matchers, ``{label: value}`` or selector strings. The output imports back
-        through ``import_csv`` unchanged (staleness markers are left out).
-        """
-        from agent.export import export_csv
-
-        return export_csv(self, series_ids, start, end, tags_filter, **options)
-
-    def stream_updates(
-        self,
-        series: int | Sequence[int] | None = None,
-        matchers: Any = None,
-        *,
-        max_buffer: int = 10_000,
-    ) -> Subscription:
-        """Samples as they are committed, for ids and/or matchers; see :mod:`agent.stream`.
-
-        ``async with store.stream_updates(matchers='cpu') as s: async for x in s: ...``
-        yields ``StreamedSample``s and, when the consumer fell more than
-        ``max_buffer`` samples behind, ``Lagged(dropped)`` notices.
-        """
-        from agent.stream import stream_updates
-
-        return stream_updates(self, series, matchers, max_buffer=max_buffer)
-
-    async def join_series(
-        self,
-        primary_id: int,
-        other_ids: Sequence[int],
-        join_type: str | Callable[..., Any] = "inner",
-        **options: Any,
-    ) -> JoinResult:
-        """Align series by timestamp into rows; see :func:`agent.join.join_series`.
-
-        ``join_type`` ``inner``/``left``/``outer``/``asof`` or a callable;
-        options ``start``, ``end``, ``tolerance``, ``step`` (all ms) and ``fill``.
-        """
-        from agent.join import join_series
-
-        return await join_series(self, primary_id, other_ids, join_type, **options)
-
-    def cache_query(self, query_signature: str, ttl: float | str | timedelta | None) -> str:
-        """Give one query (any spelling of it) its own cache TTL; returns the signature.
-
-        ``ttl`` seconds, a duration string or a timedelta: ``0`` never caches
-        it, ``None`` restores the default policy. Such a query is cached even
-        with ``query.cache.enabled: false``.
-        """
-        return self.queries.cache_query(query_signature, ttl)
 
     # --- writing -----------------------------------------------------------------------
 

@@ -33,25 +33,28 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import hookimpl
-from agent.analytics import anomaly, forecast, promql
-from agent.api.envelope import (
+from agent.plugin_api import (
+    AgentContext,
     ApiError,
+    BadDataError,
+    DstRule,
+    Matcher,
+    QueryError,
+    Route,
+    StorageError,
+    anomaly,
     bad_param,
     bool_param,
     duration_param,
     failure,
+    forecast,
     form,
+    hookimpl,
     int_param,
+    promql,
     success,
     time_param,
 )
-from agent.context import AgentContext
-from agent.model import Matcher
-from agent.plugin_api import Route
-from agent.query.errors import BadDataError, QueryError
-from agent.query.timezone import DstRule
-from agent.storage.errors import StorageError
 
 DEFAULT_RANGE_MS = 3_600_000
 DEFAULT_LIMIT = 100
@@ -98,7 +101,7 @@ class Handlers:
         params = await form(request)
         store = self._store()
         try:
-            zone = store.queries.zone(params.get("tz") or None)
+            zone = self.ctx.queries.zone(params.get("tz") or None)
         except BadDataError as exc:
             raise bad_param("tz", str(exc)) from None
         rule = DstRule.REJECT
@@ -175,8 +178,8 @@ class Handlers:
 
     async def forecast(self, request: web.Request) -> web.StreamResponse:
         params = await form(request)
-        store = self._store()
-        service = store.queries
+        self._store()  # unavailable (503) until the store is open
+        service = self.ctx.queries
         try:
             zone = service.zone(params.get("tz") or None)
         except BadDataError as exc:

@@ -12,8 +12,7 @@ realistic mix of series while decoding a day of samples in about 0.1 ms.
 
 from __future__ import annotations
 
-from agent import hookimpl
-from agent.plugin_api import Codec
+from agent.plugin_api import Codec, hookimpl
 from plugins.codecs.delta_rle import DeltaRleCodec
 from plugins.codecs.gorilla import GorillaCodec
 from plugins.codecs.raw import RawCodec

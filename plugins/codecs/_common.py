@@ -12,7 +12,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from agent.plugin_api import uvarint as uvarint  # re-exported to the codec modules
+from agent.plugin_api import CorruptBlobError as CorruptBlobError  # re-exported to the codecs
+from agent.plugin_api import as_bytes as as_bytes
+from agent.plugin_api import check_arrays as check_arrays
+from agent.plugin_api import check_count as check_count
+from agent.plugin_api import uvarint as uvarint
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -21,67 +25,6 @@ U8 = npt.NDArray[np.uint8]
 
 _SEVEN_BIT_SHIFTS = (np.arange(10, dtype=np.uint64) * np.uint64(7)).astype(np.uint64)
 _TEN = np.arange(10)
-
-
-class CorruptBlobError(ValueError):
-    """A blob that cannot be what this codec wrote for the given count.
-
-    A ValueError subclass so callers need not know the codec package; the
-    message always names the codec, which is what an operator reading a log
-    line after disk corruption needs first.
-    """
-
-
-def check_arrays(codec: str, timestamps: object, values: object) -> tuple[I64, F64]:
-    """Normalise encode arguments to contiguous little-endian int64/float64.
-
-    Casting is "safe" only: silently truncating float timestamps or widening
-    float32 values (which rewrites NaN payloads) would break the bit-exact
-    promise in a way nobody would notice until a query.
-    """
-    ts = np.asarray(timestamps)
-    vs = np.asarray(values)
-    if ts.ndim != 1 or vs.ndim != 1:
-        raise ValueError(f"{codec}: timestamps and values must be 1-D arrays")
-    if ts.shape != vs.shape:
-        raise ValueError(
-            f"{codec}: {ts.shape[0]} timestamps but {vs.shape[0]} values; lengths must match"
-        )
-    if ts.size == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    if ts.dtype.kind not in "iu":
-        raise TypeError(f"{codec}: timestamps must be integers (int64 ms), got {ts.dtype}")
-    try:
-        ts64 = np.ascontiguousarray(ts.astype("<i8", casting="safe", copy=False))
-    except TypeError:
-        if ts.dtype == np.uint64 and (ts.size == 0 or int(ts.max()) < 2**63):
-            ts64 = np.ascontiguousarray(ts.astype("<i8"))
-        else:
-            raise TypeError(f"{codec}: timestamps of dtype {ts.dtype} do not fit int64") from None
-    if vs.dtype != np.float64:
-        try:
-            vs = vs.astype("<f8", casting="safe")
-        except TypeError:
-            raise TypeError(f"{codec}: values must be float64, got {vs.dtype}") from None
-    return ts64, np.ascontiguousarray(vs, dtype="<f8")
-
-
-def check_count(codec: str, count: int) -> int:
-    """Reject a negative or non-integer count before it sizes an allocation."""
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-        raise TypeError(f"{codec}: count must be an int, got {type(count).__name__}")
-    if count < 0:
-        raise ValueError(f"{codec}: count must be >= 0, got {count}")
-    return int(count)
-
-
-def as_bytes(codec: str, blob: object) -> bytes:
-    """Accept any bytes-like blob (sqlite3 hands back bytes, mmap gives memoryview)."""
-    if isinstance(blob, bytes):
-        return blob
-    if isinstance(blob, (bytearray, memoryview)):
-        return bytes(blob)
-    raise TypeError(f"{codec}: blob must be bytes-like, got {type(blob).__name__}")
 
 
 def empty_result() -> tuple[I64, F64]:

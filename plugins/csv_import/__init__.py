@@ -25,24 +25,32 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import hookimpl
-from agent.config import Field, Schema, check_non_negative, check_positive
-from agent.context import AgentContext
-from agent.importer import CsvMapping, MappingError, mapping_from_json, parse_csv_text, store_parsed
-from agent.ingest_http import (
+from agent.plugin_api import (
     WEIGHT_CSV,
+    AgentContext,
+    BackPressure,
+    CsvMapping,
+    Field,
+    MappingError,
     OnError,
+    Route,
+    Schema,
+    StorageError,
     bad_request,
-    bool_param,
     busy,
+    check_non_negative,
+    check_positive,
     count,
     extra_labels_param,
+    flag_param,
+    hookimpl,
+    mapping_from_json,
     on_error_param,
+    parse_csv_text,
     report_response,
+    store_parsed,
     unavailable,
 )
-from agent.plugin_api import Route
-from agent.storage import BackPressure, StorageError
 
 SECTION = "ingest.csv_import"
 SOURCE = "csv_import"
@@ -81,7 +89,7 @@ class CsvEndpoint:
                 "give exactly one of format=<VictoriaMetrics column spec> and mapping=<JSON>"
             )
         if spec is not None:
-            mapping = CsvMapping.from_vm_format(spec, header=bool_param(request, "header", False))
+            mapping = CsvMapping.from_vm_format(spec, header=flag_param(request, "header", False))
         else:
             assert raw is not None
             mapping = mapping_from_json(raw)

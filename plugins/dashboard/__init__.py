@@ -27,8 +27,7 @@ from importlib.resources.abc import Traversable
 
 from aiohttp import web
 
-from agent import hookimpl
-from agent.plugin_api import Route
+from agent.plugin_api import Route, hookimpl
 
 __all__ = ["CSP", "Asset", "load_assets", "register_routes"]
 

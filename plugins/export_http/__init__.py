@@ -50,28 +50,40 @@ import numpy as np
 from aiohttp import WSMsgType, web
 from multidict import MultiMapping
 
-from agent import hookimpl
-from agent.config import Field, Schema, check_duration, check_positive, parse_duration
-from agent.context import AgentContext
-from agent.export import (
+from agent.plugin_api import (
+    FILLS,
+    JOIN_TYPES,
+    STALE_NAN_BITS,
     TIME_FORMATS,
+    AgentContext,
     ExportError,
+    Field,
+    JoinError,
+    Lagged,
+    QueryError,
+    Route,
+    SampleBatch,
+    Schema,
+    Selection,
+    StorageError,
+    Subscription,
+    check_duration,
+    check_positive,
     export_csv,
     export_jsonl,
     format_value,
+    hookimpl,
     import_spec,
+    join_series,
     label_columns,
+    live_query,
+    metric_name,
+    parse_duration,
+    parse_duration_param,
     parse_selector,
+    parse_time,
     select_series,
 )
-from agent.join import FILLS, JOIN_TYPES, JoinError, join_series
-from agent.model import STALE_NAN_BITS, metric_name
-from agent.plugin_api import Route
-from agent.query.errors import QueryError
-from agent.query.service import parse_duration_param
-from agent.query.timezone import parse_time
-from agent.storage import StorageError
-from agent.stream import Lagged, SampleBatch, Selection, Subscription, hub_for, live_query
 
 SECTION = "export_http"
 
@@ -294,7 +306,7 @@ class Endpoints:
         matches = _matches(q, required=True)
         alternatives = [parse_selector(m) for m in matches]
         sub = Subscription(
-            hub_for(store),
+            self.ctx.streams,
             Selection(store, None, alternatives),
             self.cfg()["stream_buffer_samples"],
         )
@@ -319,14 +331,16 @@ class Endpoints:
 
     async def stream_query(self, request: web.Request) -> web.StreamResponse:
         q = request.query
-        store = self.ctx.require_store()
+        self.ctx.require_store()  # 503 before the store is open
         expr = q.get("query", "")
         if not expr:
             raise BadRequest('invalid parameter "query": empty query')
         floor = parse_duration(self.cfg()["stream_query_min_interval"])
         asked = _duration(q, "interval")
         interval = floor if asked is None else max(asked / 1000, floor)
-        results = live_query(store, expr, interval, idle_tick_s=IDLE_CHECK_S)
+        results = live_query(
+            self.ctx.streams, self.ctx.queries, expr, interval, idle_tick_s=IDLE_CHECK_S
+        )
         try:
             first = await anext(results)  # a parse error becomes a 400 here
         except QueryError:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from agent import hookimpl
-from agent.config import Config, Schema
-from agent.context import AgentContext
+from agent.plugin_api import AgentContext, Config, Schema, hookimpl
 from plugins.forwarder.config import SECTION, UPSTREAMS_FIELD, check, compile_upstream, upstreams
 from plugins.forwarder.exporter import ForwarderMetrics, RemoteWriteExporter
 

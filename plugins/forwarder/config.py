@@ -18,8 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import Field, Schema, check_duration, parse_duration
-from agent.model import Labels, Matcher, valid_label_name
+from agent.plugin_api import (
+    Field,
+    Labels,
+    Matcher,
+    Schema,
+    check_duration,
+    parse_duration,
+    valid_label_name,
+)
 from plugins.scrape.config import RELABEL_SCHEMA
 from plugins.scrape.relabel import RelabelError, RelabelRule, compile_rule
 
@@ -233,8 +240,7 @@ def upstreams(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def parse_selector(text: str) -> tuple[Matcher, ...]:
-    from agent.query import ast
-    from agent.query.parser import parse
+    from agent.plugin_api import ast, parse
 
     node = ast.unwrap(parse(text))
     if not isinstance(node, ast.VectorSelector) or node.offset_ms or node.at is not None:

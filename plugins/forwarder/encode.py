@@ -7,7 +7,7 @@ cached label fields, then one ``Sample`` field per sample. Values are the
 stored bits (``tobytes`` of float64), so NaN payloads such as the staleness
 marker go out unchanged.
 
-Wire layout (field numbers from ``plugins/prompb/proto``)::
+Wire layout (field numbers from ``agent/prompb/proto``)::
 
     WriteRequest { repeated TimeSeries timeseries = 1; }
     TimeSeries   { repeated Label labels = 1; repeated Sample samples = 2; }
@@ -20,8 +20,7 @@ from __future__ import annotations
 import cramjam
 import numpy as np
 
-from agent.model import Labels
-from agent.plugin_api import uvarint
+from agent.plugin_api import Labels, uvarint
 
 varint = uvarint  # negative int64 values as their two's complement (10 bytes)
 

@@ -44,9 +44,14 @@ import aiohttp
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from agent import __version__
-from agent.exporting import ExportBatch, ExportOptions, ExportProgress, ExportStopped
-from agent.model import Labels
+from agent.plugin_api import (
+    ExportBatch,
+    ExportOptions,
+    ExportProgress,
+    ExportStopped,
+    Labels,
+    __version__,
+)
 from plugins.forwarder.config import UpstreamSpec
 from plugins.forwarder.encode import compress, encode_labels, encode_request
 from plugins.scrape.relabel import process
@@ -54,7 +59,7 @@ from plugins.scrape.relabel import process
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from agent.context import AgentContext
+    from agent.plugin_api import AgentContext
 
 log = logging.getLogger("tsagent.forwarder")
 

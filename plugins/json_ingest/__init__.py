@@ -35,24 +35,37 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import hookimpl
-from agent.config import Field, Schema, check_non_negative, check_positive
-from agent.context import AgentContext
-from agent.importer import ImportReport, MappingError, Problem, parse_rfc3339, resolve_chunked
-from agent.ingest_http import (
+from agent.plugin_api import (
+    METRIC_NAME,
     SMALL_BYTES,
     WEIGHT_JSON,
+    AgentContext,
+    AppendResult,
+    BackPressure,
+    Field,
+    ImportReport,
+    Labels,
+    MappingError,
     OnError,
+    Problem,
+    Route,
+    Schema,
+    StorageError,
+    Store,
     bad_request,
     busy,
+    check_non_negative,
+    check_positive,
     count,
+    hookimpl,
     on_error_param,
+    parse_rfc3339,
     report_response,
+    resolve_chunked,
     unavailable,
+    valid_label_name,
+    valid_metric_name,
 )
-from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.plugin_api import Route
-from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.json"
 SOURCE_INGEST = "json_ingest"

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import hookimpl
-from agent.alerting.routing import check_alerting
-from agent.config import Config
-from agent.context import AgentContext
+from agent.plugin_api import AgentContext, Config, check_alerting, hookimpl
 from plugins.notifiers.alertmanager import AlertmanagerNotifier
 from plugins.notifiers.common import entry_errors
 from plugins.notifiers.mail import EmailNotifier

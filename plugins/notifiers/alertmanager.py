@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from agent.config import Field, Schema
+from agent.plugin_api import Field, Schema
 from plugins.notifiers.common import (
     SEND_RESOLVED,
     TIMEOUT,

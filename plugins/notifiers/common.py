@@ -13,8 +13,16 @@ from typing import Any
 
 import aiohttp
 
-from agent.alerting.dispatch import NotifyError, redact_text, redact_url
-from agent.config import Field, Schema, check_duration, parse_duration, validate
+from agent.plugin_api import (
+    Field,
+    NotifyError,
+    Schema,
+    check_duration,
+    parse_duration,
+    redact_text,
+    redact_url,
+    validate,
+)
 
 USER_AGENT = "tsagent-notifier"
 

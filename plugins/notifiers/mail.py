@@ -23,8 +23,7 @@ from typing import Any
 
 import aiosmtplib
 
-from agent.alerting.dispatch import NotifyError, build_payload, redact_text
-from agent.config import Field, Schema, check_listen
+from agent.plugin_api import Field, NotifyError, Schema, build_payload, check_listen, redact_text
 from plugins.notifiers.common import (
     SEND_RESOLVED,
     entry_config,

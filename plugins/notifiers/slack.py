@@ -15,8 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from agent.alerting.dispatch import build_payload
-from agent.config import Field, Schema, check_positive
+from agent.plugin_api import Field, Schema, build_payload, check_positive
 from plugins.notifiers.common import (
     SEND_RESOLVED,
     TIMEOUT,

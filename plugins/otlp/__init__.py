@@ -18,7 +18,7 @@ Answers, as the OTLP/HTTP specification asks, in the request's encoding:
   asks for back-off or is closed (OTLP senders retry those).
 
 Why ``opentelemetry-proto`` rather than generated code of our own (as
-``plugins/prompb`` has for Prometheus' protos): it is the OpenTelemetry
+``agent/prompb`` has for Prometheus' protos): it is the OpenTelemetry
 project's own generation of the exact ``.proto`` files, versioned with the
 protocol, with ``.pyi`` stubs for mypy, and needs only ``protobuf``, which we
 already depend on.

@@ -47,13 +47,20 @@ import numpy as np
 from aiohttp import web
 from google.protobuf.message import DecodeError
 
-from agent import hookimpl
-from agent.config import Field, Schema, check_non_negative, check_positive
-from agent.context import AgentContext
-from agent.model import Matcher, MatchOp
-from agent.plugin_api import Route
-from agent.storage.options import SeriesData
-from plugins.prompb import remote_pb2, types_pb2
+from agent.plugin_api import (
+    AgentContext,
+    Field,
+    Matcher,
+    MatchOp,
+    Route,
+    Schema,
+    SeriesData,
+    check_non_negative,
+    check_positive,
+    hookimpl,
+    remote_pb2,
+    types_pb2,
+)
 from plugins.remote_read import chunks, wire
 
 SECTION = "read.remote_read"

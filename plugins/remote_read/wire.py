@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from agent.model import Labels
+from agent.plugin_api import Labels
 from plugins.remote_read.chunks import uvarint
 
 _LEN = 2  # wire type of length-delimited fields

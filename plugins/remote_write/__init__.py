@@ -13,10 +13,7 @@ read per request and follow a reload.
 
 from __future__ import annotations
 
-from agent import hookimpl
-from agent.config import Field, Schema
-from agent.context import AgentContext
-from agent.plugin_api import Route
+from agent.plugin_api import AgentContext, Field, Route, Schema, hookimpl
 from plugins.remote_write.receiver import SECTION, Receiver, negotiate
 
 __all__ = ["Receiver", "config_schema", "negotiate", "register_routes"]

@@ -35,9 +35,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from agent.context import AgentContext
-from agent.model import format_labels
-from agent.storage import BackPressure, StorageError, UnknownSeries
+from agent.plugin_api import AgentContext, BackPressure, StorageError, UnknownSeries, format_labels
 from plugins.remote_write import v2 as v2_codec
 from plugins.remote_write.wire import (
     REASON_INVALID_LABELS,

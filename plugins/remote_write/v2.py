@@ -22,8 +22,7 @@ from collections.abc import Hashable
 
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from agent.model import METRIC_NAME, Labels
-from plugins.prompb import write_v2_pb2
+from agent.plugin_api import METRIC_NAME, Labels, write_v2_pb2
 from plugins.remote_write.wire import (
     REASON_EXEMPLAR,
     REASON_HISTOGRAM,

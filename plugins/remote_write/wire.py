@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from xxhash import xxh3_128_intdigest
 
-from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.plugin_api import METRIC_NAME, Labels, valid_label_name, valid_metric_name
 
 _unpack_double = struct.Struct("<d").unpack_from
 

@@ -11,9 +11,7 @@ section), :mod:`.scraper` (loops and the manager).
 
 from __future__ import annotations
 
-from agent import hookimpl
-from agent.config import Config, Schema
-from agent.context import AgentContext
+from agent.plugin_api import AgentContext, Config, Schema, hookimpl
 from plugins.scrape.config import SCHEMA, SECTION, check
 from plugins.scrape.scraper import ScrapeManager
 

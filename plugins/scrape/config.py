@@ -17,8 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import Field, Schema, check_duration, parse_duration
-from agent.model import Labels, make_labels, valid_label_name
+from agent.plugin_api import (
+    Field,
+    Labels,
+    Schema,
+    check_duration,
+    make_labels,
+    parse_duration,
+    valid_label_name,
+)
 from plugins.scrape.relabel import (
     ACTIONS,
     DEFAULT_REGEX,

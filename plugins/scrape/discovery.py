@@ -33,7 +33,7 @@ import aiohttp
 import yaml
 from prometheus_client import Counter
 
-from agent.model import Labels, make_labels, valid_label_name
+from agent.plugin_api import Labels, make_labels, valid_label_name
 
 if TYPE_CHECKING:
     from plugins.scrape.config import JobSpec

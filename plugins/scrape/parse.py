@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.model import METRIC_NAME
+from agent.plugin_api import METRIC_NAME
 
 # (series text, value, explicit timestamp in ms or None)
 Row = tuple[str, float, int | None]

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.model import valid_label_name
+from agent.plugin_api import valid_label_name
 
 ACTIONS = (
     "replace",

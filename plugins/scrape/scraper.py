@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from agent import __version__
-from agent.model import (
+from agent.plugin_api import (
     METRIC_NAME,
     STALE_NAN,
     Labels,
+    __version__,
     make_labels,
     valid_label_name,
     valid_metric_name,
@@ -51,7 +51,7 @@ from plugins.scrape.relabel import process
 from plugins.scrape.targets import TargetSpec, targets_of
 
 if TYPE_CHECKING:
-    from agent.context import AgentContext
+    from agent.plugin_api import AgentContext
 
 log = logging.getLogger("tsagent.scrape")
 

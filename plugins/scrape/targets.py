@@ -14,8 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from agent.config import parse_duration
-from agent.model import Labels, make_labels
+from agent.plugin_api import Labels, make_labels, parse_duration
 from plugins.scrape.config import JobSpec
 from plugins.scrape.relabel import process
 

@@ -19,10 +19,18 @@ import math
 import re
 from typing import Any
 
-from agent import hookimpl
-from agent.config import Config, Field, Schema, check_duration, check_listen, check_positive
-from agent.context import AgentContext
-from agent.model import valid_label_name, valid_metric_name
+from agent.plugin_api import (
+    AgentContext,
+    Config,
+    Field,
+    Schema,
+    check_duration,
+    check_listen,
+    check_positive,
+    hookimpl,
+    valid_label_name,
+    valid_metric_name,
+)
 from plugins.statsd.mapper import METRIC_TYPES, glob_to_regex
 from plugins.statsd.server import SECTION, StatsdIngestor
 

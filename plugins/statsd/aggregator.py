@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
-from agent.model import METRIC_NAME, Labels, make_labels
+from agent.plugin_api import METRIC_NAME, Labels, make_labels
 from plugins.statsd.mapper import Mapper
 from plugins.statsd.parser import (
     COUNTER,

@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from agent.model import Labels
+from agent.plugin_api import Labels
 
 COUNTER = "counter"
 GAUGE = "gauge"

@@ -21,10 +21,16 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.config import Config, parse_duration, parse_listen
-from agent.context import AgentContext
-from agent.model import STALE_NAN, Labels
-from agent.storage.errors import StorageError, UnknownSeries
+from agent.plugin_api import (
+    STALE_NAN,
+    AgentContext,
+    Config,
+    Labels,
+    StorageError,
+    UnknownSeries,
+    parse_duration,
+    parse_listen,
+)
 from plugins.statsd.aggregator import Aggregator, Settings, Snapshot
 from plugins.statsd.aggregator import Metric as StatsdMetric
 from plugins.statsd.mapper import build_mapper

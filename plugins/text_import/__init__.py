@@ -35,24 +35,36 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
-from agent import hookimpl
-from agent.config import Field, Schema, check_non_negative, check_positive
-from agent.context import AgentContext
-from agent.importer import ImportReport, MappingError, Problem, resolve_chunked
-from agent.ingest_http import (
+from agent.plugin_api import (
+    METRIC_NAME,
     SMALL_BYTES,
     WEIGHT_TEXT,
+    AgentContext,
+    AppendResult,
+    BackPressure,
+    Field,
+    ImportReport,
+    Labels,
+    MappingError,
+    Problem,
+    Route,
+    Schema,
+    StorageError,
+    Store,
     bad_request,
-    bool_param,
     busy,
+    check_non_negative,
+    check_positive,
     count,
     extra_labels_param,
+    flag_param,
+    hookimpl,
     report_response,
+    resolve_chunked,
     unavailable,
+    valid_label_name,
+    valid_metric_name,
 )
-from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.plugin_api import Route
-from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.prometheus_text"
 SOURCE = "prometheus_text"
@@ -170,7 +182,7 @@ class TextEndpoint:
             tail = request.match_info.get("tail")
             if tail is not None:
                 extra = {**path_labels(tail), **extra}
-            as_backfill = bool_param(request, "backfill", False)
+            as_backfill = flag_param(request, "backfill", False)
         except MappingError as exc:
             return bad_request(str(exc))
         body = await request.read()

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import cramjam
 import pytest
 
-from plugins.prompb import remote_pb2, types_pb2
+from agent.prompb import remote_pb2, types_pb2
 from tests.browser import png
 from tests.conftest import free_port
 from tests.test_daemon import Daemon

@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import cramjam
 
+from agent.prompb import remote_pb2, types_pb2, write_v2_pb2
 from agent.wire import uvarint as _varint
-from plugins.prompb import remote_pb2, types_pb2, write_v2_pb2
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from agent.alerting.rules import parse_rule_file
 from agent.alerting.template import TemplateData, TemplateError, parse_template
 from agent.importer import CsvMapping, ImportReport, MappingError, parse_csv
+from agent.prompb import remote_pb2
 from plugins.json_ingest import validate_item
-from plugins.prompb import remote_pb2
 from plugins.remote_read import BadRequest, parse_request
 from plugins.remote_write import v2 as v2_codec
 from plugins.remote_write.wire import (

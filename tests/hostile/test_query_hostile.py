@@ -311,7 +311,7 @@ async def test_more_queries_than_slots_and_queue_are_refused(
     first = asyncio.ensure_future(query(client, "up", nocache="1"))
     await entered.wait()  # the one slot is taken
     second = asyncio.ensure_future(query(client, "up + 1"))
-    runner = store.queries.runner
+    runner = client.app[CONTEXT_KEY].require_agent().queries.runner
     while runner.queued < 1:
         await asyncio.sleep(0.005)
     status, body = await query(client, "up * 2")  # slot busy, queue full

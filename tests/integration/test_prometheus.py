@@ -46,7 +46,7 @@ from typing import Any
 import cramjam
 import pytest
 
-from plugins.prompb import remote_pb2, types_pb2
+from agent.prompb import remote_pb2, types_pb2
 from plugins.remote_read import chunks
 from tests.conftest import free_port
 

@@ -42,7 +42,7 @@ from typing import Any
 import cramjam
 import pytest
 
-from plugins.prompb import remote_pb2, types_pb2
+from agent.prompb import remote_pb2, types_pb2
 from tests.conftest import free_port
 
 PROMETHEUS = Path("/usr/bin/prometheus")

@@ -28,7 +28,7 @@ from pathlib import Path
 import cramjam
 import pytest
 
-from plugins.prompb import remote_pb2, types_pb2
+from agent.prompb import remote_pb2, types_pb2
 from tests.conftest import free_port
 from tests.integration.test_prometheus import CLI, ROOT, Proc, http_get, wait_for
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Regenerate the *_pb2.py modules of plugins/prompb from proto/.
+# Regenerate the *_pb2.py modules of agent/prompb from proto/.
 #
 # grpcio-tools 1.62 bundles protoc 25, whose Python output has no runtime
 # version check and therefore loads with every protobuf runtime from 5.x on
@@ -16,10 +16,10 @@ cd "$here/proto"
     prometheus/types.proto prometheus/remote.proto io/prometheus/write/v2/types.proto
 # Flatten into the package and make the one cross-file import package-relative.
 # Module names given to the builder become the classes' __module__ (pickling).
-fix='s/^from prometheus import types_pb2 as/from plugins.prompb import types_pb2 as/
-s/'"'"'prometheus\.types_pb2'"'"'/'"'"'plugins.prompb.types_pb2'"'"'/
-s/'"'"'prometheus\.remote_pb2'"'"'/'"'"'plugins.prompb.remote_pb2'"'"'/
-s/'"'"'io\.prometheus\.write\.v2\.types_pb2'"'"'/'"'"'plugins.prompb.write_v2_pb2'"'"'/'
+fix='s/^from prometheus import types_pb2 as/from agent.prompb import types_pb2 as/
+s/'"'"'prometheus\.types_pb2'"'"'/'"'"'agent.prompb.types_pb2'"'"'/
+s/'"'"'prometheus\.remote_pb2'"'"'/'"'"'agent.prompb.remote_pb2'"'"'/
+s/'"'"'io\.prometheus\.write\.v2\.types_pb2'"'"'/'"'"'agent.prompb.write_v2_pb2'"'"'/'
 for ext in py pyi; do
     sed "$fix" "$out/prometheus/types_pb2.$ext" > "$here/types_pb2.$ext"
     sed "$fix" "$out/prometheus/remote_pb2.$ext" > "$here/remote_pb2.$ext"

@@ -1,4 +1,4 @@
-from plugins.prompb import types_pb2 as _types_pb2
+from agent.prompb import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
