@@ -23,7 +23,8 @@ from agent.context import CONTEXT_KEY, AgentContext, Route
 from agent.context import context_of as context_of  # re-exported for callers of agent.app
 from agent.exporting import ExportHub, batch_exporters
 from agent.metrics import AgentMetrics
-from agent.plugins import PluginFailure, PluginHost, await_maybe
+from agent.plugin_calls import StartupError, call_each, collect, plugin_failed
+from agent.plugins import PluginHost, await_maybe
 from agent.query import extensions as query_extensions
 from agent.security import (
     RATE_LIMITED,
@@ -39,24 +40,6 @@ AUTH_KEY = web.AppKey("authenticator", Authenticator)
 ROUTE_GROUPS_KEY = web.AppKey("route_groups", dict)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class StartupError(Exception):
-    """Startup failed; the message names the plugin or resource."""
-
-
-def _required(ctx: AgentContext, plugin: str) -> bool:
-    cfg = ctx.config.section("plugins")
-    return plugin in cfg.get("enabled", [])
-
-
-def _plugin_failed(ctx: AgentContext, plugin: str, stage: str, exc: BaseException) -> None:
-    failure = PluginFailure(plugin, stage, f"{type(exc).__name__}: {exc}")
-    ctx.plugins.failures.append(failure)
-    ctx.metrics.plugin_errors.labels(plugin, stage).inc()
-    if _required(ctx, plugin):
-        raise StartupError(str(failure)) from exc
-    log.error("skipping plugin: %s", failure)
 
 
 # --- middlewares ------------------------------------------------------------
@@ -193,7 +176,7 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
     from agent.alerting.dispatch import Dispatcher
 
     ctx = app[CONTEXT_KEY]
-    for _plugin, made in _collect(ctx, "register_notifiers", ctx=ctx):
+    for _plugin, made in collect(ctx, "register_notifiers", ctx=ctx):
         for notifier in made:
             ctx.notifiers[notifier.name] = notifier
     from agent.alerting.routing import unknown_notifier_types
@@ -222,17 +205,18 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CONTEXT_KEY]
-    for plugin, functions in _call_each(ctx, "register_query_functions"):
-        ctx.query_functions.update(functions or {})
-        try:  # PromQL-callable ones (agent.query.extensions.RangeFunction) reach the parser
+    for plugin, functions in call_each(ctx, "register_query_functions"):
+        try:  # each must be a RangeFunction: the engine knows only that calling convention
             query_extensions.register_all(functions or {})
-        except ValueError as exc:
-            _plugin_failed(ctx, plugin, "register_query_functions", exc)
+        except (TypeError, ValueError) as exc:
+            plugin_failed(ctx, plugin, "register_query_functions", exc)
+            continue
+        ctx.query_functions.update(functions or {})
     started: list[tuple[str, Any]] = []
     started_hooks = False
     try:
-        exporters = _collect(ctx, "register_exporters", ctx=ctx)
-        ingestors = _collect(ctx, "register_ingestors", ctx=ctx)
+        exporters = collect(ctx, "register_exporters", ctx=ctx)
+        ingestors = collect(ctx, "register_ingestors", ctx=ctx)
         for kind, batch in (("exporter", exporters), ("ingestor", ingestors)):
             if kind == "ingestor":
                 hub = await _start_export_hub(ctx)
@@ -243,22 +227,22 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
                     try:
                         await obj.start(ctx)
                     except Exception as exc:  # noqa: BLE001 - plugin code
-                        _plugin_failed(ctx, plugin, f"{kind} {obj.name} start", exc)
+                        plugin_failed(ctx, plugin, f"{kind} {obj.name} start", exc)
                         continue
                     started.append((plugin, obj))
                     (ctx.exporters if kind == "exporter" else ctx.ingestors).append(obj)
         started_hooks = True
-        for plugin, result in _call_each(ctx, "startup", ctx=ctx):
+        for plugin, result in call_each(ctx, "startup", ctx=ctx):
             try:
                 await await_maybe(result)
             except Exception as exc:  # noqa: BLE001
-                _plugin_failed(ctx, plugin, "startup", exc)
+                plugin_failed(ctx, plugin, "startup", exc)
         ctx.ready = True
         yield
     finally:
         ctx.ready = False
         if started_hooks:
-            for plugin, result in _call_each(ctx, "shutdown", ctx=ctx):
+            for plugin, result in call_each(ctx, "shutdown", ctx=ctx):
                 try:
                     await await_maybe(result)
                 except Exception as exc:  # noqa: BLE001
@@ -324,24 +308,6 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
         await engine.stop()
 
 
-def _call_each(ctx: AgentContext, hook: str, /, **kwargs: object) -> list[tuple[str, Any]]:
-    """Call every implementation separately so one failure names its plugin."""
-    out: list[tuple[str, object]] = []
-    caller = getattr(ctx.plugins.pm.hook, hook)
-    for impl in reversed(caller.get_hookimpls()):
-        name = ctx.plugins.pm.get_name(impl.plugin) or "?"
-        args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
-        try:
-            out.append((name, impl.function(**args)))
-        except Exception as exc:  # noqa: BLE001
-            _plugin_failed(ctx, name, hook, exc)
-    return out
-
-
-def _collect(ctx: AgentContext, hook: str, /, **kwargs: object) -> list[tuple[str, list[Any]]]:
-    return [(name, list(res or [])) for name, res in _call_each(ctx, hook, **kwargs)]
-
-
 def make_app(
     config: Config, plugins: PluginHost, metrics: AgentMetrics | None = None
 ) -> web.Application:
@@ -366,7 +332,7 @@ def make_app(
         *alerting_routes,
         *service_routes(ctx),
     ]
-    for _plugin, made in _collect(ctx, "register_routes", ctx=ctx):
+    for _plugin, made in collect(ctx, "register_routes", ctx=ctx):
         routes.extend(made)
     for route in routes:
         resource = app.router.add_route(route.method, route.path, route.handler, name=route.name)

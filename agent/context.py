@@ -25,6 +25,7 @@ from agent.ingest_budget import IngestBudget
 from agent.metrics import AgentMetrics
 from agent.model import Labels
 from agent.plugin_host import PluginHost
+from agent.query.extensions import RangeFunction
 from agent.storage.backfill import BackfillResult
 from agent.storage.codec import Codec
 from agent.storage.options import REJECT_CARDINALITY, AppendResult, Rejection
@@ -90,7 +91,8 @@ class Route:
     name: str | None = None
 
 
-QueryFunction = Callable[..., Any]
+# What ``register_query_functions`` maps names to (agent.query.extensions).
+QueryFunction = RangeFunction
 
 
 @dataclass

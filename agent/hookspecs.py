@@ -7,6 +7,23 @@ for), so hooks grow by adding arguments, never by renaming them.
 
 A hook implementation may be ``def`` or ``async def`` where the docstring says
 so; the core awaits whatever comes back (see ``agent.plugins.await_maybe``).
+
+When each hook runs, at startup, in this order:
+
+1. ``config_schema``, ``validate_config``: before anything else, at load and reload.
+2. ``register_routes``: while the application is built, **before the store is
+   open**: a handler must look the store up per request (``ctx.require_store()``
+   answers 503-worthy ``RuntimeError`` until then; ``ctx.store`` is None).
+3. ``register_codecs``: as the store opens.
+4. ``register_notifiers``: the store is open (``ctx.store``, ``ctx.queries``).
+5. ``register_query_functions``, ``register_exporters``, ``register_ingestors``,
+   then ``startup``: the store is open; exporters start before ingestors.
+6. ``shutdown``: before ingestors stop; the store is still open.
+
+The core calls each plugin's implementation through pluggy, one plugin at a
+time (``agent.plugin_calls.call_each``), and checks what ``register_*`` hooks return
+against the protocols below: an object of the wrong kind is a failure naming
+the plugin (fatal when the plugin is in ``plugins.enabled``).
 """
 
 from __future__ import annotations
@@ -61,8 +78,10 @@ def validate_config(config: Config) -> list[str] | None:
 def register_codecs() -> list[Codec] | None:
     """Offer chunk codecs to the store.
 
-    Called once when the store opens. Codec names are stored beside every
-    segment, so a name must never change meaning once released.
+    Called once as the store opens (before it is open: no ``ctx``). The store
+    has ``raw`` of its own; a plugin's codec of the same name replaces it.
+    Codec names are stored beside every segment, so a name must never change
+    meaning once released.
 
     :return: codec objects (see :class:`agent.plugin_api.Codec`).
     """
@@ -108,7 +127,7 @@ def register_exporters(ctx: AgentContext) -> list[Exporter] | None:
 def register_notifiers(ctx: AgentContext) -> list[Notifier] | None:
     """Offer alert notification channels (webhook, email, Slack, ...).
 
-    Called once at startup; the alerting engine looks receivers up by the
+    Called once at startup, after the store is open; the alerting engine looks receivers up by the
     notifier's ``name``. The engine calls each notifier in its own
     try/except, so one failing channel never silences another.
 
@@ -123,8 +142,9 @@ def register_notifiers(ctx: AgentContext) -> list[Notifier] | None:
 def register_routes(ctx: AgentContext) -> list[Route] | None:
     """Add HTTP endpoints to the daemon.
 
-    Called once while the application is built. Each route names its group
-    (``write``, ``read``, ``admin`` or ``public``); the core applies that
+    Called once while the application is built, **before the store is open**:
+    keep ``ctx``, and reach the store from the handler (``ctx.require_store()``).
+    Each route names its group (``write``, ``read``, ``admin`` or ``public``); the core applies that
     group's authentication and the request-body limit, so a plugin never
     handles credentials itself.
 
@@ -136,10 +156,12 @@ def register_routes(ctx: AgentContext) -> list[Route] | None:
 def register_query_functions() -> dict[str, QueryFunction] | None:
     """Add functions to the query language.
 
-    Called once when the query engine is built.
+    Called once at startup, after the store is open.
 
-    :return: a mapping from function name to a callable; the query engine
-        documents the calling convention of its function table.
+    :return: a mapping from function name to an
+        :class:`agent.plugin_api.RangeFunction` of that name (the engine's
+        calling convention for range functions, see :mod:`agent.query.extensions`);
+        any other value is refused, naming the plugin.
     """
 
 

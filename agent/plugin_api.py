@@ -287,12 +287,14 @@ from agent.prompb import (
 from agent.query import (
     ast as ast,
 )
+from agent.query.blocks import RangeData as RangeData
 from agent.query.errors import (
     BadDataError as BadDataError,
 )
 from agent.query.errors import (
     QueryError as QueryError,
 )
+from agent.query.extensions import RangeFunction as RangeFunction
 from agent.query.parser import (
     parse as parse,
 )
@@ -404,6 +406,8 @@ __all__ = [
     "Problem",
     "QueryError",
     "QueryFunction",
+    "RangeData",
+    "RangeFunction",
     "RawCodec",
     "Route",
     "RouteGroup",

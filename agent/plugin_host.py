@@ -8,6 +8,7 @@ import cycle through the hookspecs.
 from __future__ import annotations
 
 import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -62,3 +63,19 @@ async def await_maybe(value: T | Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+def protocol_problem(obj: object, kind: type) -> str | None:
+    """Why ``obj`` is not a ``kind`` (a runtime-checkable Protocol or a class), or None.
+
+    ``isinstance`` against a Protocol checks only that the members exist;
+    the message lists the missing ones so a plugin author sees what to add.
+    """
+    if isinstance(obj, kind):
+        return None
+    wanted: set[str] = set()
+    if getattr(kind, "_is_protocol", False):
+        wanted = set(getattr(kind, "__protocol_attrs__", None) or typing._get_protocol_attrs(kind))  # type: ignore[attr-defined]
+    missing = sorted(m for m in wanted if not hasattr(obj, m))
+    detail = f" (missing {', '.join(missing)})" if missing else ""
+    return f"returned {obj!r:.80}, which is not {kind.__name__}{detail}"

@@ -15,7 +15,14 @@ from importlib import metadata
 import pluggy
 
 from agent import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
-from agent.plugin_host import PluginError, PluginFailure, PluginHost, PluginInfo, await_maybe
+from agent.plugin_host import (
+    PluginError,
+    PluginFailure,
+    PluginHost,
+    PluginInfo,
+    await_maybe,
+    protocol_problem,
+)
 
 log = logging.getLogger("tsagent.plugins")
 
@@ -26,6 +33,7 @@ __all__ = [
     "PluginInfo",
     "await_maybe",
     "get_plugin_manager",
+    "protocol_problem",
 ]
 
 

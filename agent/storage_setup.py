@@ -12,8 +12,10 @@ from typing import Any
 from agent.config import parse_duration, parse_timestamp_ms
 from agent.context import AgentContext
 from agent.metrics import CardinalityCollector, StatsCollector
+from agent.plugin_calls import call_each
+from agent.plugin_host import protocol_problem
 from agent.storage import StorageOptions, Store
-from agent.storage.codec import RawCodec
+from agent.storage.codec import Codec, RawCodec
 from agent.storage.rollup import RollupOptions
 
 DB_FILE = "tsagent.db"
@@ -157,8 +159,11 @@ def _builtin_default(ctx: AgentContext) -> str:
 async def open_store(ctx: AgentContext, *, background_rollups: bool = True) -> Store:
     """The configured store, rollups started (passes in the background unless told not to)."""
     ctx.codecs.setdefault(RawCodec.name, RawCodec())  # the store's own; a plugin's may replace it
-    for codecs in ctx.plugins.pm.hook.register_codecs():
-        for codec in codecs or []:
+    for plugin, made in call_each(ctx, "register_codecs"):
+        for codec in made or []:
+            problem = protocol_problem(codec, Codec)
+            if problem:
+                raise ValueError(f"plugin {plugin!r}: register_codecs {problem}")
             ctx.codecs[codec.name] = codec
     options = storage_options(ctx)
     data_dir = ctx.config.data_dir

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import CONTEXT_KEY, StartupError, make_app
+from agent.plugin_api import hookimpl
 from agent.security import hash_password
 from tests.fixture_plugins import recorder
 
@@ -231,8 +232,55 @@ async def test_hook_register_query_functions(
 ) -> None:
     config, host = make_config(extra_plugins=recorder_plugin)
     app = make_app(config, host)
+    client = await aiohttp_client(app)
+    assert "double_count_over_time" in app[CONTEXT_KEY].query_functions
+    ctx = app[CONTEXT_KEY]
+    await ctx.append_samples(
+        [((("__name__", "x"),), t, 1.0) for t in (1_000, 16_000, 31_000)], source="test"
+    )
+    resp = await client.get(
+        "/api/v1/query", params={"query": "double_count_over_time(x[1m])", "time": "40"}
+    )
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["data"]["result"][0]["value"][1] == "6"
+
+
+class _WrongPlugins:
+    """A plugin whose hooks return objects of the wrong kind."""
+
+    @hookimpl
+    def register_query_functions(self) -> dict[str, Any]:
+        return {"double": lambda x: 2 * x}  # not a RangeFunction: PromQL could never call it
+
+    @hookimpl
+    def register_ingestors(self) -> list[Any]:
+        return [object()]
+
+
+async def test_hook_results_are_checked_against_their_protocols(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    config, host = make_config(extra_plugins=[("wrong", _WrongPlugins())])
+    app = make_app(config, host)
     await aiohttp_client(app)
-    assert app[CONTEXT_KEY].query_functions["double"](21) == 42
+    failures = {(f.name, f.stage): f.error for f in host.failures}
+    assert (
+        "not an agent.plugin_api.RangeFunction" in failures[("wrong", "register_query_functions")]
+    )
+    error = failures[("wrong", "register_ingestors")]
+    assert "which is not Ingestor (missing name, start, stop)" in error
+    assert "double" not in app[CONTEXT_KEY].query_functions
+
+
+async def test_a_required_plugin_with_a_wrong_hook_result_stops_startup(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    config, host = make_config(
+        "plugins:\n  enabled: [wrong]\n", extra_plugins=[("wrong", _WrongPlugins())]
+    )
+    with pytest.raises(StartupError, match=r"'wrong' failed at register_query_functions"):
+        await aiohttp_client(make_app(config, host))
 
 
 async def test_hook_startup(aiohttp_client: Any, make_config: Any, recorder_plugin: Any) -> None:

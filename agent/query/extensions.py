@@ -78,20 +78,24 @@ def register(fn: RangeFunction) -> None:
 
 
 def register_all(functions: Mapping[str, Any]) -> list[str]:
-    """Register the :class:`RangeFunction` values of a hook's result; returns their names.
+    """Register a ``register_query_functions`` result; returns the names.
 
-    Other callables (the hook predates this convention) stay in
-    ``ctx.query_functions`` for whoever asked for them, but PromQL cannot
-    call them because the engine cannot know their signature.
+    Every value must be a :class:`RangeFunction` registered under its own
+    name: the engine knows no other calling convention, so anything else is
+    refused (``TypeError``) rather than kept where PromQL could never call it.
+    Nothing is registered unless all are good.
     """
-    names = []
     for name, fn in functions.items():
-        if isinstance(fn, RangeFunction):
-            if fn.name != name:
-                raise ValueError(f"query function registered as {name!r} is named {fn.name!r}")
-            register(fn)
-            names.append(name)
-    return names
+        if not isinstance(fn, RangeFunction):
+            raise TypeError(
+                f"query function {name!r} is a {type(fn).__name__}, not an "
+                "agent.plugin_api.RangeFunction"
+            )
+        if fn.name != name:
+            raise ValueError(f"query function registered as {name!r} is named {fn.name!r}")
+    for fn in functions.values():
+        register(fn)
+    return list(functions)
 
 
 def lookup(name: str) -> RangeFunction | None:

@@ -7,9 +7,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from agent import hookimpl
-from agent.config import Config, Field, Schema
-from agent.plugin_api import Route
+from agent.plugin_api import Config, Field, RangeFunction, Route, Schema, hookimpl
 
 EVENTS: list[str] = []
 
@@ -109,9 +107,16 @@ def register_routes() -> list[Route]:
     return [Route("POST", "/test/echo", echo, "write")]
 
 
+def _double_count(
+    data: Any, lo: np.ndarray, hi: np.ndarray, ends: np.ndarray, scalars: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Twice ``count_over_time``: enough to see a plugin function evaluated."""
+    return (hi - lo) * 2.0, hi > lo
+
+
 @hookimpl
-def register_query_functions() -> dict[str, Any]:
-    return {"double": lambda x: 2 * x}
+def register_query_functions() -> dict[str, RangeFunction]:
+    return {"double_count_over_time": RangeFunction("double_count_over_time", _double_count)}
 
 
 @hookimpl
