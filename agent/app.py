@@ -160,7 +160,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
     ctx = app[CONTEXT_KEY]
     store = await open_store(ctx)
-    ctx.agent = Agent(store, query_options=QueryOptions.from_config(ctx.config.section("query")))
+    ctx.agent = Agent(store, query_options=QueryOptions.from_config(ctx.config))
     try:
         yield
     finally:

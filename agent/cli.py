@@ -371,7 +371,7 @@ def _builtin_schema() -> Any:
 
 
 def config_reference() -> str:
-    from agent.config_reference import render_reference
+    from agent.config.reference import render_reference
 
     return render_reference(_builtin_schema())
 

@@ -126,8 +126,16 @@ class AgentContext:
         self.ingest_budget.limit = server.get("max_inflight_ingest_bytes", self.ingest_budget.limit)
 
     def plugin_config(self, dotted: str) -> dict[str, Any]:
-        """The validated section of a plugin (``ingest.statsd``)."""
+        """The validated section of a plugin (``ingest.statsd``) as a dict.
+
+        Raises :class:`agent.config.ConfigError` for a path that is not a
+        section of the schema (a misspelling used to read as ``{}``).
+        """
         return self.config.section(dotted)
+
+    def plugin_settings(self, dotted: str) -> Any:
+        """The section as a frozen, typed view: attributes, durations in float seconds."""
+        return self.config.typed(dotted)
 
     # --- read-only views of the agent --------------------------------------------------------
 

@@ -71,78 +71,79 @@ STORE_SUMMARIES = {
 }
 
 
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
 def storage_options(ctx: AgentContext) -> StorageOptions:
-    cfg = ctx.config.section("storage")
-    default_codec = cfg["codec"] or _builtin_default(ctx)
-    rules = [(r["match"], r["codec"]) for r in cfg["codec_rules"]]
+    """``storage`` and ``limits`` as the store's options (through the typed config views)."""
+    cfg = ctx.config.typed("storage")
+    default_codec = cfg.codec or _builtin_default(ctx)
+    rules = [(r.match, r.codec) for r in cfg.codec_rules]
     for name in [default_codec, *(c for _, c in rules)]:
         if name not in ctx.codecs:
             known = ", ".join(sorted(ctx.codecs)) or "none"
             raise ValueError(f"storage.codec: unknown codec {name!r}; known codecs: {known}")
     return StorageOptions(
-        synchronous=cfg["synchronous"],
-        out_of_order_window_ms=int(ctx.config.duration("storage.out_of_order_window") * 1000),
-        block_size=cfg["block_size"],
-        flush_age_ms=int(ctx.config.duration("storage.flush_age") * 1000),
-        flush_interval_s=ctx.config.duration("storage.flush_interval"),
-        head_memory_limit_bytes=cfg["head_memory_limit_bytes"],
+        synchronous=cfg.synchronous,
+        out_of_order_window_ms=_ms(cfg.out_of_order_window),
+        block_size=cfg.block_size,
+        flush_age_ms=_ms(cfg.flush_age),
+        flush_interval_s=cfg.flush_interval,
+        head_memory_limit_bytes=cfg.head_memory_limit_bytes,
         default_codec=default_codec,
         codec_rules=[(re.compile(m).pattern, c) for m, c in rules],
-        retention_ms=int(ctx.config.duration("storage.retention") * 1000),
-        retention_rules=[
-            (r["match"], int(parse_duration(r["retention"]) * 1000)) for r in cfg["retention_rules"]
-        ],
-        retention_interval_s=ctx.config.duration("storage.retention_interval"),
-        free_pages_warn_share=cfg["free_pages_warn_share"],
-        reclaim_min_bytes=cfg["reclaim_min_bytes"],
-        checkpoint_min_bytes=cfg["checkpoint_min_bytes"],
+        retention_ms=_ms(cfg.retention),
+        retention_rules=[(r.match, _ms(r.retention)) for r in cfg.retention_rules],
+        retention_interval_s=cfg.retention_interval,
+        free_pages_warn_share=cfg.free_pages_warn_share,
+        reclaim_min_bytes=cfg.reclaim_min_bytes,
+        checkpoint_min_bytes=cfg.checkpoint_min_bytes,
         **limit_options(ctx),
     )
 
 
 def rollup_options(ctx: AgentContext) -> RollupOptions | None:
     """``storage.rollups`` typed; None when disabled."""
-    cfg = ctx.config.section("storage.rollups")
-    if not cfg.get("enabled", True):
+    cfg = ctx.config.typed("storage.rollups")
+    if not cfg.enabled:
         return None
-    resolutions = tuple(int(parse_duration(r) * 1000) for r in cfg["resolutions"])
     retention: dict[int, int] = {}
-    for key, value in cfg["retention"].items():
+    for key, seconds in cfg.retention.items():
         try:
-            res = int(parse_duration(key) * 1000)
-            retention[res] = int(parse_duration(value) * 1000)
+            retention[_ms(parse_duration(key))] = _ms(seconds)
         except ValueError as exc:
             raise ValueError(f"storage.rollups.retention.{key}: {exc}") from None
     return RollupOptions(
-        resolutions_ms=resolutions,
+        resolutions_ms=tuple(_ms(r) for r in cfg.resolutions),
         retention_ms=retention,
-        interval_s=ctx.config.duration("storage.rollups.interval"),
-        delay_ms=int(ctx.config.duration("storage.rollups.delay") * 1000),
+        interval_s=cfg.interval,
+        delay_ms=_ms(cfg.delay),
     )
 
 
 def limit_options(ctx: AgentContext) -> dict[str, Any]:
-    limits = ctx.config.section("limits")
+    limits = ctx.config.typed("limits")
     rules: list[tuple[str, str, int]] = []
-    for i, rule in enumerate(limits.get("rules", [])):
-        if rule["label"]:
-            if not rule["max_values"]:
+    for i, rule in enumerate(limits.rules):
+        if rule.label:
+            if not rule.max_values:
                 raise ValueError(f"limits.rules[{i}].max_values: needed with a label")
-            rules.append((rule["metric"], rule["label"], rule["max_values"]))
-        if rule["max_series"]:
-            rules.append((rule["metric"], "", rule["max_series"]))
-        if not rule["label"] and not rule["max_series"]:
+            rules.append((rule.metric, rule.label, rule.max_values))
+        if rule.max_series:
+            rules.append((rule.metric, "", rule.max_series))
+        if not rule.label and not rule.max_series:
             raise ValueError(f"limits.rules[{i}]: set max_series, or label and max_values")
     return {
-        "max_active_series": limits.get("max_active_series", 0),
-        "active_window_ms": int(ctx.config.duration("limits.active_window") * 1000),
+        "max_active_series": limits.max_active_series,
+        "active_window_ms": _ms(limits.active_window),
         "cardinality_rules": rules,
-        "min_timestamp_ms": parse_timestamp_ms(limits.get("min_timestamp", 0)),
-        "max_future_ms": int(ctx.config.duration("limits.max_future") * 1000),
-        "max_labels_per_series": limits.get("max_labels_per_series", 40),
-        "max_label_name_length": limits.get("max_label_name_length", 256),
-        "max_label_value_length": limits.get("max_label_value_length", 4096),
-        "max_metric_name_length": limits.get("max_metric_name_length", 4096),
+        "min_timestamp_ms": parse_timestamp_ms(limits.min_timestamp),
+        "max_future_ms": _ms(limits.max_future),
+        "max_labels_per_series": limits.max_labels_per_series,
+        "max_label_name_length": limits.max_label_name_length,
+        "max_label_value_length": limits.max_label_value_length,
+        "max_metric_name_length": limits.max_metric_name_length,
     }
 
 

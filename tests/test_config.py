@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,3 +190,45 @@ def test_every_core_key_has_help_or_is_a_section() -> None:
         key for key, spec in CORE_SCHEMA.fields.items() if isinstance(spec, Field) and not spec.help
     ]
     assert missing == []
+
+
+# --- typed views (issue 14) -----------------------------------------------------------------
+
+
+def test_typed_views_are_frozen_dataclasses_with_durations_in_seconds() -> None:
+    import dataclasses
+
+    config = load_config(
+        text="storage:\n  retention: 2d\n  retention_rules:\n"
+        "    - {match: '^debug_', retention: 1h}\n"
+        "  rollups:\n    retention: {1h: 90d}\n"
+    )
+    storage = config.typed("storage")
+    assert dataclasses.is_dataclass(storage)
+    assert storage.retention == 2 * 86400.0  # parsed once, here
+    assert storage.retention_rules[0].match == "^debug_"
+    assert storage.retention_rules[0].retention == 3600.0
+    assert storage.rollups.retention["1h"] == 90 * 86400.0
+    assert config.typed("storage.rollups") == storage.rollups
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        storage.retention = 0.0  # type: ignore[misc]
+    assert config.typed("storage") is storage  # made once per config
+    assert config.duration("storage.retention") == 2 * 86400.0
+
+
+def test_an_unknown_section_path_raises_with_a_suggestion() -> None:
+    config = load_config()
+    with pytest.raises(ConfigError, match=r"storag: no such section \(did you mean 'storage'\?\)"):
+        config.section("storag")
+    with pytest.raises(ConfigError, match=r"storage\.rollup: no such section"):
+        config.typed("storage.rollup")
+    with pytest.raises(ConfigError, match=r"storage\.retention: is a key, not a section"):
+        config.section("storage.retention")
+
+
+def test_plugin_sections_are_typed_too(make_config: Any) -> None:
+    config, _host = make_config("ingest:\n  statsd:\n    flush_interval: 30s\n")
+    statsd = config.typed("ingest.statsd")
+    assert statsd.flush_interval == 30.0
+    with pytest.raises(ConfigError, match=r"did you mean 'ingest\.statsd'"):
+        config.section("ingest.statds")

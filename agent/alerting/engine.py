@@ -127,16 +127,14 @@ class AlertingOptions:
 
     @classmethod
     def from_config(cls, config: Config) -> AlertingOptions:
-        from agent.config import parse_duration
-
-        section = config.section("alerting")
-        lookback = config.section("query").get("lookback_delta", "5m")
+        """The rule half of ``alerting``, through the typed views (durations in seconds)."""
+        alerting = config.typed("alerting")
         return cls(
-            evaluation_interval_s=parse_duration(section.get("evaluation_interval", "1m")),
-            external_url=str(section.get("external_url", "")).rstrip("/"),
-            external_labels=dict(section.get("external_labels", {})),
-            lookback_ms=int(parse_duration(lookback) * 1000),
-            resend_delay_s=parse_duration(section.get("resend_delay", "1m")),
+            evaluation_interval_s=alerting.evaluation_interval,
+            external_url=alerting.external_url.rstrip("/"),
+            external_labels=dict(alerting.external_labels),
+            lookback_ms=int(config.typed("query").lookback_delta * 1000),
+            resend_delay_s=alerting.resend_delay,
         )
 
 

@@ -107,7 +107,7 @@ def _service(request: web.Request) -> tuple[Store, QueryService]:
         raise ApiError("unavailable", "the store is not open yet")
     store, service = agent.store, agent.queries
     if state.config is not ctx.config:
-        service.configure(QueryOptions.from_config(ctx.config.section("query")))
+        service.configure(QueryOptions.from_config(ctx.config))
         if state.config is not None:
             state.config_time = datetime.now(UTC)
         state.config = ctx.config

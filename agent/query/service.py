@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -57,6 +57,7 @@ from agent.query.values import (
 )
 
 if TYPE_CHECKING:
+    from agent.config import Config
     from agent.query.queryable import Queryable
     from agent.query.rollup_select import RollupSource
 
@@ -87,28 +88,25 @@ class QueryOptions:
     parse_limits: ParseLimits = DEFAULT_PARSE_LIMITS
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> QueryOptions:
-        from agent.config import parse_duration
-
-        cache = section.get("cache", {})
+    def from_config(cls, config: Config) -> QueryOptions:
+        """The ``query`` section, read through its typed view (durations in seconds)."""
+        q = config.typed("query")
         return cls(
-            lookback_ms=int(parse_duration(section.get("lookback_delta", "5m")) * 1000),
-            timeout_s=parse_duration(section.get("timeout", "2m")),
-            max_samples=int(section.get("max_samples", 50_000_000)),
-            default_timezone=str(section.get("default_timezone", "")),
-            cache_enabled=bool(cache.get("enabled", True)),
-            cache_max_bytes=int(cache.get("max_bytes", 128 * 1024 * 1024)),
-            cache_ttl_s=parse_duration(cache.get("ttl", "5m")),
-            max_concurrency=int(section.get("max_concurrency", 20)),
-            max_queued=int(section.get("max_queued", 200)),
-            cpu_workers=int(section.get("cpu_workers", 0)),
-            max_memory_bytes=int(section.get("max_memory_bytes", 1024 * 1024 * 1024)),
+            lookback_ms=int(q.lookback_delta * 1000),
+            timeout_s=q.timeout,
+            max_samples=q.max_samples,
+            default_timezone=q.default_timezone,
+            cache_enabled=q.cache.enabled,
+            cache_max_bytes=q.cache.max_bytes,
+            cache_ttl_s=q.cache.ttl,
+            max_concurrency=q.max_concurrency,
+            max_queued=q.max_queued,
+            cpu_workers=q.cpu_workers,
+            max_memory_bytes=q.max_memory_bytes,
             parse_limits=ParseLimits(
-                max_length=int(section.get("max_query_length", DEFAULT_PARSE_LIMITS.max_length)),
-                max_depth=int(section.get("max_query_depth", DEFAULT_PARSE_LIMITS.max_depth)),
-                max_binary_ops=int(
-                    section.get("max_query_operators", DEFAULT_PARSE_LIMITS.max_binary_ops)
-                ),
+                max_length=q.max_query_length,
+                max_depth=q.max_query_depth,
+                max_binary_ops=q.max_query_operators,
             ),
         )
 

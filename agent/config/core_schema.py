@@ -1,289 +1,30 @@
-"""YAML configuration: loaded, expanded, validated against a schema, typed.
+"""The core's configuration schema: every section but those plugins contribute.
 
-Every error names the file, the key path (``ingest.statsd.port``), what was
-found and what was expected, because a daemon that refuses to start must say
-exactly why. Plugins add sections through the ``config_schema`` hook and are
-validated by the same code as the core.
+The example config (``tsagent example-config``) and the configuration
+reference are generated from this table, so its help texts are the docs.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import os
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from agent.config.checks import (
+    DURATION_CHECKS,
+    check_bcrypt,
+    check_child_routes,
+    check_duration,
+    check_listen,
+    check_matchers,
+    check_non_negative,
+    check_positive,
+    check_receivers,
+    check_regex,
+    check_share,
+    check_timestamp,
+    check_timezone,
+)
+from agent.config.schema import Field, Schema
 from agent.durations import parse_duration
-
-
-class ConfigError(Exception):
-    """One or more configuration errors; ``str()`` lists them all."""
-
-    def __init__(self, errors: list[str], source: str = "<config>") -> None:
-        self.errors = errors
-        self.source = source
-        super().__init__("\n".join(f"{source}: {e}" for e in errors))
-
-
-# --- schema -----------------------------------------------------------------
-
-Check = Callable[[Any], str | None]
-
-
-@dataclass(frozen=True)
-class Field:
-    """A leaf key: its type, default and help (which the example config mirrors)."""
-
-    type: type | tuple[type, ...]
-    default: Any
-    help: str = ""
-    choices: tuple[Any, ...] | None = None
-    check: Check | None = None
-    nullable: bool = False
-    item: Schema | Field | None = None  # for list fields: schema of each element
-
-
-@dataclass(frozen=True)
-class Schema:
-    """A mapping section with known keys (unknown keys are errors)."""
-
-    fields: Mapping[str, Field | Schema]
-    help: str = ""
-    open: bool = False  # accept any key (values must still be of ``value_type``)
-    value: Field | Schema | None = None  # schema of each value when ``open``
-
-
-_TYPE_NAMES = {
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    list: "a list",
-    dict: "a mapping",
-}
-
-
-def _type_name(t: type | tuple[type, ...]) -> str:
-    if isinstance(t, tuple):
-        return " or ".join(_TYPE_NAMES.get(x, x.__name__) for x in t)
-    return _TYPE_NAMES.get(t, t.__name__)
-
-
-def _found(value: Any) -> str:
-    if value is None:
-        return "null"
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(
-        type(value), type(value).__name__
-    )
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{kind} {text}"
-
-
-def _is_type(value: Any, t: type | tuple[type, ...]) -> bool:
-    types = t if isinstance(t, tuple) else (t,)
-    for x in types:
-        if x is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if x is int and isinstance(value, bool):
-            continue
-        if isinstance(value, x):
-            return True
-    return False
-
-
-def defaults(schema: Schema) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, f in schema.fields.items():
-        out[key] = defaults(f) if isinstance(f, Schema) else copy.deepcopy(f.default)
-    return out
-
-
-def validate(data: Any, schema: Schema, path: str, errors: list[str]) -> dict[str, Any]:
-    """Validate ``data`` against ``schema``; return it merged with defaults."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        errors.append(f"{path or '<top level>'}: expected a mapping, found {_found(data)}")
-        return defaults(schema)
-    out = defaults(schema)
-    for key, value in data.items():
-        key_path = f"{path}.{key}" if path else str(key)
-        spec: Field | Schema | None = schema.fields.get(key)
-        if spec is None and schema.open:
-            spec = schema.value
-        if spec is None:
-            if schema.open:
-                out[key] = value
-                continue
-            close = difflib.get_close_matches(str(key), list(schema.fields), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            known = ", ".join(sorted(schema.fields)) or "none"
-            errors.append(f"{key_path}: unknown key{hint}; known keys here: {known}")
-            continue
-        out[key] = _validate_value(value, spec, key_path, errors)
-    return out
-
-
-def _validate_value(value: Any, spec: Field | Schema, path: str, errors: list[str]) -> Any:
-    if isinstance(spec, Schema):
-        return validate(value, spec, path, errors)
-    if value is None:
-        if spec.nullable:
-            return None
-        errors.append(f"{path}: expected {_type_name(spec.type)}, found null")
-        return spec.default
-    if not _is_type(value, spec.type):
-        errors.append(f"{path}: expected {_type_name(spec.type)}, found {_found(value)}")
-        return spec.default
-    if spec.type is float and isinstance(value, int):
-        value = float(value)
-    if spec.choices is not None and value not in spec.choices:
-        choices = ", ".join(repr(c) for c in spec.choices)
-        errors.append(f"{path}: expected one of {choices}, found {_found(value)}")
-        return spec.default
-    if isinstance(value, list) and spec.item is not None:
-        value = [_validate_value(v, spec.item, f"{path}[{i}]", errors) for i, v in enumerate(value)]
-    if spec.check is not None:
-        problem = spec.check(value)
-        if problem:
-            errors.append(f"{path}: {problem}, found {_found(value)}")
-            return spec.default
-    return value
-
-
-# --- reusable checks --------------------------------------------------------
-
-
-def check_duration(value: Any) -> str | None:
-    try:
-        parse_duration(value)
-    except ValueError:
-        return "expected a duration such as 15s, 5m, 1h30m, 7d or a number of seconds"
-    return None
-
-
-def check_port(value: Any) -> str | None:
-    return None if 0 <= value <= 65535 else "expected a port number from 0 to 65535"
-
-
-def _check_share(value: Any) -> str | None:
-    if not 0 <= float(value) <= 1:
-        return "must be between 0 and 1"
-    return None
-
-
-def check_positive(value: Any) -> str | None:
-    return None if value > 0 else "expected a positive number"
-
-
-def check_non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "expected a number >= 0"
-
-
-def check_listen(value: Any) -> str | None:
-    try:
-        parse_listen(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[v6]:PORT`` into (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9201")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
-
-
-def check_timezone(value: Any) -> str | None:
-    if value == "":
-        return None
-    import zoneinfo
-
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        return "expected an IANA time zone name such as Europe/Berlin, or empty"
-    return None
-
-
-def parse_timestamp_ms(value: str | int) -> int:
-    """Milliseconds since the epoch from an int or an RFC 3339 string (``limits.min_timestamp``)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"{text!r} needs a time zone (Z or +hh:mm)")
-    return int(parsed.timestamp() * 1000)
-
-
-def check_timestamp(value: Any) -> str | None:
-    try:
-        parse_timestamp_ms(value)
-    except ValueError as exc:
-        return f"expected an RFC 3339 time or ms since the epoch: {exc}"
-    return None
-
-
-def check_regex(value: Any) -> str | None:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        return f"invalid regular expression ({exc})"
-    return None
-
-
-def check_bcrypt(value: Any) -> str | None:
-    if not re.match(r"^\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}$", value):
-        return (
-            "expected a bcrypt hash (generate one with `tsagent hash-password`); "
-            "plain-text passwords are not accepted"
-        )
-    return None
-
-
-def _check_matchers(value: Any) -> str | None:
-    from agent.alerting.routing import parse_matchers
-
-    try:
-        parse_matchers(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _check_child_routes(value: Any) -> str | None:
-    from agent.alerting.routing import RouteError, build_route
-
-    try:
-        build_route({"routes": value})
-    except RouteError as exc:
-        return str(exc).replace("alerting.route.routes", "", 1)
-    return None
-
-
-def _check_receivers(value: Any) -> str | None:
-    from agent.alerting.routing import check_receivers
-
-    errors = check_receivers(value)
-    return "; ".join(errors) if errors else None
-
-
-# --- the core schema --------------------------------------------------------
 
 DEFAULT_LISTEN = "127.0.0.1:9201"
 
@@ -367,7 +108,7 @@ ALERTING_NOTIFY_FIELDS: dict[str, Field | Schema] = {
         "alertmanager or a plugin's notifier; every entry takes send_resolved (default\n"
         "true). See docs/notifiers.md.",
         item=Field(dict, {}),
-        check=_check_receivers,
+        check=check_receivers,
     ),
     "route": Schema(
         {
@@ -402,7 +143,7 @@ ALERTING_NOTIFY_FIELDS: dict[str, Field | Schema] = {
                 [],
                 'Child routes only: label="v", label!="v", label=~"re", label!~"re".',
                 item=Field(str, ""),
-                check=_check_matchers,
+                check=check_matchers,
             ),
             "continue": Field(
                 bool, False, "Child routes only: keep matching later siblings after this one."
@@ -412,7 +153,7 @@ ALERTING_NOTIFY_FIELDS: dict[str, Field | Schema] = {
                 [],
                 "Child routes, with these same keys; unset ones inherit from the parent.",
                 item=Field(dict, {}),
-                check=_check_child_routes,
+                check=check_child_routes,
             ),
         },
         "Alertmanager-style routing tree; the root takes every alert.",
@@ -579,7 +320,7 @@ CORE_SCHEMA = Schema(
                     0.5,
                     "Log a warning when free pages are this share of the database file\n"
                     "(tsagent_storage_free_bytes); 0 never warns.",
-                    check=_check_share,
+                    check=check_share,
                 ),
                 "rollups": Schema(
                     {
@@ -830,200 +571,4 @@ CORE_SCHEMA = Schema(
 )
 
 
-# --- environment expansion --------------------------------------------------
-
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(data: Any, path: str, errors: list[str], env: Mapping[str, str]) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in string values (secrets stay out of files)."""
-    if isinstance(data, dict):
-        return {
-            k: expand_env(v, f"{path}.{k}" if path else str(k), errors, env)
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [expand_env(v, f"{path}[{i}]", errors, env) for i, v in enumerate(data)]
-    if isinstance(data, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            errors.append(f"{path}: environment variable {name} is not set")
-            return ""
-
-        return _ENV_RE.sub(sub, data)
-    return data
-
-
-# --- the typed result ---------------------------------------------------------
-
-
-@dataclass
-class Config:
-    """The validated configuration; ``raw`` keeps every section, plugins' included."""
-
-    raw: dict[str, Any]
-    source: str = "<defaults>"
-    extra_schemas: dict[str, Schema] = field(default_factory=dict)
-
-    def section(self, dotted: str) -> dict[str, Any]:
-        node: Any = self.raw
-        for part in dotted.split("."):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        return node if isinstance(node, dict) else {}
-
-    @property
-    def listen(self) -> tuple[str, int]:
-        return parse_listen(self.raw["listen"])
-
-    @property
-    def data_dir(self) -> Path:
-        return resolve_data_dir(self.raw["data_dir"])
-
-    def duration(self, dotted: str) -> float:
-        section, _, key = dotted.rpartition(".")
-        return parse_duration(self.section(section)[key])
-
-
-def resolve_data_dir(configured: str) -> Path:
-    if configured:
-        return Path(configured).expanduser()
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:  # systemd StateDirectory=; may hold several paths separated by ':'
-        return Path(state.split(":")[0])
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "tsagent"
-
-
-def build_schema(extra: Mapping[str, Schema]) -> Schema:
-    """Graft plugin sections into the core schema at their dotted paths."""
-    root: dict[str, Any] = dict(CORE_SCHEMA.fields)
-
-    def graft(fields: dict[str, Any], parts: list[str], schema: Schema) -> dict[str, Any]:
-        head, rest = parts[0], parts[1:]
-        if not rest:
-            existing = fields.get(head)
-            if isinstance(existing, Schema) and isinstance(schema, Schema) and existing.fields:
-                # Several plugins may contribute to one section ("export" itself and
-                # "export.remote_write"): merge instead of letting the last one win.
-                merged = {**existing.fields, **schema.fields}
-                fields[head] = Schema(merged, schema.help or existing.help)
-            else:
-                fields[head] = schema
-            return fields
-        existing = fields.get(head)
-        sub = dict(existing.fields) if isinstance(existing, Schema) else {}
-        help_text = existing.help if isinstance(existing, Schema) else ""
-        fields[head] = Schema(graft(sub, rest, schema), help_text)
-        return fields
-
-    for dotted, schema in extra.items():
-        root = graft(root, dotted.split("."), schema)
-    return Schema(root, CORE_SCHEMA.help)
-
-
-def load_config(
-    path: str | Path | None = None,
-    *,
-    text: str | None = None,
-    extra_schemas: Mapping[str, Schema] | None = None,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Config:
-    """Load, expand and validate. Raises :class:`ConfigError` listing every problem."""
-    source = str(path) if path is not None else "<defaults>"
-    if text is None and path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"cannot read file: {exc.strerror}"], source) from exc
-    data: Any = {}
-    if text:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            where = ""
-            mark = getattr(exc, "problem_mark", None)
-            if mark is not None:
-                where = f"line {mark.line + 1}, column {mark.column + 1}: "
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError([f"{where}invalid YAML: {problem}"], source) from exc
-    errors: list[str] = []
-    data = expand_env(data if data is not None else {}, "", errors, env or os.environ)
-    if overrides:
-        data = _apply_overrides(data if isinstance(data, dict) else {}, overrides)
-    schemas = dict(extra_schemas or {})
-    raw = validate(data, build_schema(schemas), "", errors)
-    if errors:
-        raise ConfigError(errors, source)
-    return Config(raw=raw, source=source, extra_schemas=schemas)
-
-
-def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``storage.retention``) from command-line flags over the file."""
-    data = copy.deepcopy(data)
-    for dotted, value in overrides.items():
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
-def peek_plugins_section(path: str | Path | None) -> dict[str, list[str]]:
-    """Read ``plugins.enabled/disabled`` before full validation.
-
-    Plugins must be loaded before the file can be validated (they add
-    sections to the schema), so this look is deliberately lenient; the full
-    validation that follows reports anything wrong here too.
-    """
-    out: dict[str, list[str]] = {"enabled": [], "disabled": []}
-    if path is None:
-        return out
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return out
-    section = data.get("plugins") if isinstance(data, dict) else None
-    if isinstance(section, dict):
-        for key in out:
-            value = section.get(key)
-            if isinstance(value, list):
-                out[key] = [str(v) for v in value]
-    return out
-
-
-def render_example(schema: Schema, indent: int = 0) -> str:
-    """The example config: every key, its default and its help, from the schema itself.
-
-    Generating it keeps ``config/tsagent.example.yaml`` true; a test compares
-    the committed file with this output.
-    """
-    lines: list[str] = []
-    pad = "  " * indent
-    for key, spec in schema.fields.items():
-        if spec.help:
-            lines.extend(f"{pad}# {h}" for h in spec.help.splitlines())
-        if isinstance(spec, Schema):
-            if not spec.fields:
-                lines.append(f"{pad}{key}: {{}}")
-                continue
-            lines.append(f"{pad}{key}:")
-            lines.append(render_example(spec, indent + 1).rstrip("\n"))
-            continue
-        if spec.choices:
-            lines.append(f"{pad}# one of: {', '.join(str(c) for c in spec.choices)}")
-        value = yaml.safe_dump(spec.default, default_flow_style=True).strip()
-        if value.endswith("\n..."):
-            value = value[: -len("\n...")]
-        value = value.removesuffix("...").strip()
-        lines.append(f"{pad}{key}: {value}")
-    return "\n".join(lines) + "\n"
+DURATION_CHECKS.update({_check_interval, _check_resolution})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from agent.config import Field, Schema, _type_name
+from agent.config.schema import Field, Schema, type_name
 
 HEADER = """\
 # Configuration reference
@@ -68,7 +68,7 @@ def _field_row(path: str, spec: Field, out: list[str]) -> None:
     meaning = spec.help
     if spec.choices:
         meaning += " One of: " + ", ".join(f"`{c}`" for c in spec.choices) + "."
-    kind = _type_name(spec.type) + (" or null" if spec.nullable else "")
+    kind = type_name(spec.type) + (" or null" if spec.nullable else "")
     out.append(f"| `{path}` | {kind} | {_default(spec.default)} | {_cell(meaning)} |")
 
 
