@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from aiohttp import web
 
-from agent.api.metadata import MetadataTable
 from agent.config import Config
-from agent.ingest_budget import IngestBudget
 from agent.metrics import AgentMetrics
 from agent.model import Labels
 from agent.plugin_host import PluginHost
@@ -29,16 +27,18 @@ from agent.query.extensions import RangeFunction
 from agent.storage.backfill import BackfillResult
 from agent.storage.codec import Codec
 from agent.storage.options import REJECT_CARDINALITY, AppendResult, Rejection
+from agent.web.api.metadata import MetadataTable
+from agent.web.ingest_budget import IngestBudget
 
 if TYPE_CHECKING:
     from agent.alerting.dispatch import Dispatcher, Notifier
     from agent.alerting.engine import RuleEngine
-    from agent.exporting import ExportHub
+    from agent.dataio.stream import StreamHub
+    from agent.forward.export_log import ExportHub
     from agent.query.service import QueryService
     from agent.root import Agent
     from agent.storage import Store
     from agent.storage.backfill import OnError
-    from agent.stream import StreamHub
 
 
 # Samples per store append of one large batch (see AgentContext.append).
@@ -118,7 +118,7 @@ class AgentContext:
     # Metric type/help/unit learnt by ingestors, served by /api/v1/metadata.
     metadata: MetadataTable = field(default_factory=MetadataTable)
     ready: bool = False
-    # Memory budget shared by the ingest endpoints for large requests (agent.ingest_budget).
+    # Memory budget shared by the ingest endpoints for large requests (agent.web.ingest_budget).
     ingest_budget: IngestBudget = field(default_factory=lambda: IngestBudget(48 * 1024 * 1024))
 
     def __post_init__(self) -> None:
@@ -151,7 +151,7 @@ class AgentContext:
 
     @property
     def streams(self) -> StreamHub:
-        """Live subscriptions to committed samples (see :mod:`agent.stream`)."""
+        """Live subscriptions to committed samples (see :mod:`agent.dataio.stream`)."""
         return self.require_agent().streams
 
     @property

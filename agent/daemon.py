@@ -20,13 +20,13 @@ from aiohttp import web
 from agent import __version__
 from agent.alerting.engine import AlertingOptions
 from agent.alerting.rules import load_configured_rules
-from agent.app import AUTH_KEY, CONTEXT_KEY, StartupError, make_app
 from agent.config import Config, ConfigError, load_config, peek_plugins_section
-from agent.http_guard import GuardedTCPSite, install_log_filters
 from agent.logsetup import setup_logging
 from agent.plugins import PluginError, PluginHost, get_plugin_manager
 from agent.sdnotify import monotonic_usec, notify
-from agent.security import Authenticator, make_ssl_context
+from agent.web.app import AUTH_KEY, CONTEXT_KEY, StartupError, make_app
+from agent.web.http_guard import GuardedTCPSite, install_log_filters
+from agent.web.security import Authenticator, make_ssl_context
 
 log = logging.getLogger("tsagent")
 

@@ -116,7 +116,7 @@ def register_exporters(ctx: AgentContext) -> list[Exporter] | None:
     (an ``export(batches, progress)`` coroutine) receives every accepted
     batch (appends and backfills) from the durable export log, in order and
     at least once, after it was committed: the same path the built-in
-    remote-write forwarder uses (see :mod:`agent.exporting`). Its ``name``
+    remote-write forwarder uses (see :mod:`agent.forward.export_log`). Its ``name``
     keys its durable position, so it must not change between restarts.
 
     :return: exporter objects (see :class:`agent.plugin_api.Exporter`).

@@ -44,33 +44,6 @@ from agent.analytics import (
 from agent.analytics import (
     promql as promql,
 )
-from agent.api.envelope import (
-    ApiError as ApiError,
-)
-from agent.api.envelope import (
-    bad_param as bad_param,
-)
-from agent.api.envelope import (
-    bool_param as bool_param,
-)
-from agent.api.envelope import (
-    duration_param as duration_param,
-)
-from agent.api.envelope import (
-    failure as failure,
-)
-from agent.api.envelope import (
-    form as form,
-)
-from agent.api.envelope import (
-    int_param as int_param,
-)
-from agent.api.envelope import (
-    success as success,
-)
-from agent.api.envelope import (
-    time_param as time_param,
-)
 from agent.config import (
     Config as Config,
 )
@@ -122,125 +95,101 @@ from agent.context import (
 from agent.context import (
     RouteGroup as RouteGroup,
 )
-from agent.export import (
+from agent.dataio.export import (
     TIME_FORMATS as TIME_FORMATS,
 )
-from agent.export import (
+from agent.dataio.export import (
     ExportError as ExportError,
 )
-from agent.export import (
+from agent.dataio.export import (
     export_csv as export_csv,
 )
-from agent.export import (
+from agent.dataio.export import (
     export_jsonl as export_jsonl,
 )
-from agent.export import (
+from agent.dataio.export import (
     format_value as format_value,
 )
-from agent.export import (
+from agent.dataio.export import (
     import_spec as import_spec,
 )
-from agent.export import (
+from agent.dataio.export import (
     label_columns as label_columns,
 )
-from agent.export import (
+from agent.dataio.export import (
     parse_selector as parse_selector,
 )
-from agent.export import (
+from agent.dataio.export import (
     select_series as select_series,
 )
-from agent.exporting import (
-    BatchExporter as BatchExporter,
-)
-from agent.exporting import (
-    ExportBatch as ExportBatch,
-)
-from agent.exporting import (
-    ExportOptions as ExportOptions,
-)
-from agent.exporting import (
-    ExportProgress as ExportProgress,
-)
-from agent.exporting import (
-    ExportStopped as ExportStopped,
-)
-from agent.importer import (
+from agent.dataio.importer import (
     CsvMapping as CsvMapping,
 )
-from agent.importer import (
+from agent.dataio.importer import (
     ImportReport as ImportReport,
 )
-from agent.importer import (
+from agent.dataio.importer import (
     MappingError as MappingError,
 )
-from agent.importer import (
+from agent.dataio.importer import (
     Problem as Problem,
 )
-from agent.importer import (
+from agent.dataio.importer import (
     mapping_from_json as mapping_from_json,
 )
-from agent.importer import (
+from agent.dataio.importer import (
     parse_csv_text as parse_csv_text,
 )
-from agent.importer import (
+from agent.dataio.importer import (
     parse_rfc3339 as parse_rfc3339,
 )
-from agent.importer import (
+from agent.dataio.importer import (
     resolve_chunked as resolve_chunked,
 )
-from agent.importer import (
+from agent.dataio.importer import (
     store_parsed as store_parsed,
 )
-from agent.ingest_http import (
-    SMALL_BYTES as SMALL_BYTES,
-)
-from agent.ingest_http import (
-    WEIGHT_CSV as WEIGHT_CSV,
-)
-from agent.ingest_http import (
-    WEIGHT_JSON as WEIGHT_JSON,
-)
-from agent.ingest_http import (
-    WEIGHT_TEXT as WEIGHT_TEXT,
-)
-from agent.ingest_http import (
-    OnError as OnError,
-)
-from agent.ingest_http import (
-    bad_request as bad_request,
-)
-from agent.ingest_http import (
-    busy as busy,
-)
-from agent.ingest_http import (
-    count as count,
-)
-from agent.ingest_http import (
-    extra_labels_param as extra_labels_param,
-)
-from agent.ingest_http import (
-    flag_param as flag_param,
-)
-from agent.ingest_http import (
-    on_error_param as on_error_param,
-)
-from agent.ingest_http import (
-    report_response as report_response,
-)
-from agent.ingest_http import (
-    unavailable as unavailable,
-)
-from agent.join import (
+from agent.dataio.join import (
     FILLS as FILLS,
 )
-from agent.join import (
+from agent.dataio.join import (
     JOIN_TYPES as JOIN_TYPES,
 )
-from agent.join import (
+from agent.dataio.join import (
     JoinError as JoinError,
 )
-from agent.join import (
+from agent.dataio.join import (
     join_series as join_series,
+)
+from agent.dataio.stream import (
+    Lagged as Lagged,
+)
+from agent.dataio.stream import (
+    SampleBatch as SampleBatch,
+)
+from agent.dataio.stream import (
+    Selection as Selection,
+)
+from agent.dataio.stream import (
+    Subscription as Subscription,
+)
+from agent.dataio.stream import (
+    live_query as live_query,
+)
+from agent.forward.export_log import (
+    BatchExporter as BatchExporter,
+)
+from agent.forward.export_log import (
+    ExportBatch as ExportBatch,
+)
+from agent.forward.export_log import (
+    ExportOptions as ExportOptions,
+)
+from agent.forward.export_log import (
+    ExportProgress as ExportProgress,
+)
+from agent.forward.export_log import (
+    ExportStopped as ExportStopped,
 )
 from agent.model import (
     METRIC_NAME as METRIC_NAME,
@@ -343,20 +292,71 @@ from agent.storage.codec import (
 from agent.storage.options import (
     SeriesData as SeriesData,
 )
-from agent.stream import (
-    Lagged as Lagged,
+from agent.web.api.envelope import (
+    ApiError as ApiError,
 )
-from agent.stream import (
-    SampleBatch as SampleBatch,
+from agent.web.api.envelope import (
+    bad_param as bad_param,
 )
-from agent.stream import (
-    Selection as Selection,
+from agent.web.api.envelope import (
+    bool_param as bool_param,
 )
-from agent.stream import (
-    Subscription as Subscription,
+from agent.web.api.envelope import (
+    duration_param as duration_param,
 )
-from agent.stream import (
-    live_query as live_query,
+from agent.web.api.envelope import (
+    failure as failure,
+)
+from agent.web.api.envelope import (
+    form as form,
+)
+from agent.web.api.envelope import (
+    int_param as int_param,
+)
+from agent.web.api.envelope import (
+    success as success,
+)
+from agent.web.api.envelope import (
+    time_param as time_param,
+)
+from agent.web.ingest import (
+    SMALL_BYTES as SMALL_BYTES,
+)
+from agent.web.ingest import (
+    WEIGHT_CSV as WEIGHT_CSV,
+)
+from agent.web.ingest import (
+    WEIGHT_JSON as WEIGHT_JSON,
+)
+from agent.web.ingest import (
+    WEIGHT_TEXT as WEIGHT_TEXT,
+)
+from agent.web.ingest import (
+    OnError as OnError,
+)
+from agent.web.ingest import (
+    bad_request as bad_request,
+)
+from agent.web.ingest import (
+    busy as busy,
+)
+from agent.web.ingest import (
+    count as count,
+)
+from agent.web.ingest import (
+    extra_labels_param as extra_labels_param,
+)
+from agent.web.ingest import (
+    flag_param as flag_param,
+)
+from agent.web.ingest import (
+    on_error_param as on_error_param,
+)
+from agent.web.ingest import (
+    report_response as report_response,
+)
+from agent.web.ingest import (
+    unavailable as unavailable,
 )
 from agent.wire import (
     uvarint as uvarint,

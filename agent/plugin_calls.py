@@ -1,7 +1,7 @@
 """How the core calls plugins' hooks: one plugin at a time, results checked.
 
-Shared by the application (``agent.app``) and the store setup
-(``agent.storage_setup``), so every hook call has the same failure handling:
+Shared by the application (``agent.web.app``) and the store setup
+(``agent.configured_store``), so every hook call has the same failure handling:
 an exception or a wrong result names the plugin, and is fatal only for a
 plugin listed in ``plugins.enabled``.
 """

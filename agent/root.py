@@ -9,7 +9,7 @@ the rest. The store keeps only what is storage (appends, reads, versions,
 compression, retention, cardinality); nothing below this module imports it,
 so data flows one way: ingestors -> store -> query -> exporters/notifiers.
 
-The daemon builds one ``Agent`` per application (``agent.app``) and plugins
+The daemon builds one ``Agent`` per application (``agent.web.app``) and plugins
 see it through ``AgentContext``, a read-only view.
 """
 
@@ -21,9 +21,9 @@ from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent import export as export_mod
-from agent import importer, join, stream
 from agent.alerting.engine import RuleEngine
+from agent.dataio import export as export_mod
+from agent.dataio import importer, join, stream
 from agent.model import Matcher, metric_name
 from agent.query.service import CacheMode, QueryOptions, QueryService, StepLike, TimeLike
 from agent.query.timezone import convert_timezone as _convert_timezone
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from agent.alerting.dispatch import Dispatcher
     from agent.alerting.engine import Callback, Clock, Rule
     from agent.analytics.anomaly import AnomalySeries
-    from agent.exporting import ExportHub
+    from agent.forward.export_log import ExportHub
     from agent.query.values import Result
     from agent.storage.backfill import OnError
 
@@ -46,7 +46,7 @@ class Agent:
 
     Build one with :meth:`open` (a database path) or around an open
     :class:`~agent.storage.Store`; ``async with`` closes what it owns. The
-    daemon's application owns one (see :mod:`agent.app`); a script may use
+    daemon's application owns one (see :mod:`agent.web.app`); a script may use
     one directly without any HTTP server::
 
         async with await open_agent("metrics.db") as agent:  # agent.library
@@ -68,7 +68,7 @@ class Agent:
         store.add_write_listener(self.queries.cache.on_write)
         self.queries.rollups = store.rollups
         self.streams = stream.StreamHub(store)
-        # Set by the daemon's lifecycle (agent.app) or, for library use, on first use.
+        # Set by the daemon's lifecycle (agent.web.app) or, for library use, on first use.
         self.rules: RuleEngine | None = None
         self.dispatcher: Dispatcher | None = None
         self.export_hub: ExportHub | None = None
@@ -211,7 +211,7 @@ class Agent:
         tags_filter: Any = None,
         **options: Any,
     ) -> AsyncIterator[str]:
-        """CSV export as an async iterator of text pieces; see :func:`agent.export.export_csv`.
+        """CSV export as an async iterator of text pieces (``agent.dataio.export.export_csv``).
 
         ``start``/``end`` in ms (or aware datetimes / RFC 3339); ``tags_filter``
         matchers, ``{label: value}`` or selector strings. The output imports back
@@ -238,7 +238,7 @@ class Agent:
         on_error: OnError = "skip",
         **options: Any,
     ) -> importer.ImportReport:
-        """Backfill a CSV file; see :func:`agent.importer.import_csv`."""
+        """Backfill a CSV file; see :func:`agent.dataio.importer.import_csv`."""
         return await importer.import_csv(
             self.store, file_path, mapping_config, on_error=on_error, **options
         )
@@ -250,7 +250,7 @@ class Agent:
         *,
         max_buffer: int = stream.DEFAULT_BUFFER,
     ) -> stream.Subscription:
-        """Samples as they are committed, for ids and/or matchers; see :mod:`agent.stream`.
+        """Samples as they are committed, for ids and/or matchers; see :mod:`agent.dataio.stream`.
 
         ``async with agent.stream_updates(matchers='cpu') as s: async for x in s: ...``
         yields ``StreamedSample``s and, when the consumer fell more than
@@ -265,7 +265,7 @@ class Agent:
         join_type: str | Callable[..., Any] = "inner",
         **options: Any,
     ) -> join.JoinResult:
-        """Align series by timestamp into rows; see :func:`agent.join.join_series`.
+        """Align series by timestamp into rows; see :func:`agent.dataio.join.join_series`.
 
         ``join_type`` ``inner``/``left``/``outer``/``asof`` or a callable;
         options ``start``, ``end``, ``tolerance``, ``step`` (all ms) and ``fill``.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.join import SeriesArrays, join_arrays
+from agent.dataio.join import SeriesArrays, join_arrays
 
 
 def make_series(n_series: int, n_samples: int, seed: int = 1) -> list[SeriesArrays]:

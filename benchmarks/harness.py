@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VICTORIA = Path("/usr/bin/victoria-metrics")
 PROMETHEUS = Path("/usr/bin/prometheus")
-TSAGENT_DB = "tsagent.db"  # agent.storage_setup.DB_FILE; not imported so --help stays cheap
+TSAGENT_DB = "tsagent.db"  # agent.configured_store.DB_FILE; not imported so --help stays cheap
 # tsagent's storage.flush_interval default: the "while running" snapshot waits this long.
 TSAGENT_FLUSH_INTERVAL_S = 60.0
 

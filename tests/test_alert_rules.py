@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.alerting.api import rfc3339nano, rules_data
 from agent.alerting.engine import ManualClock, RuleEngine
 from agent.alerting.rules import RulesError, load_rule_files, parse_rule_file
 from agent.alerting.template import (
@@ -24,11 +23,12 @@ from agent.alerting.template import (
     humanize,
     parse_template,
 )
-from agent.app import make_app
 from agent.cli import main
 from agent.context import context_of
 from agent.model import Labels, Matcher, is_stale_nan
 from agent.storage import StorageOptions, Store
+from agent.web.api.alerting import rfc3339nano, rules_data
+from agent.web.app import make_app
 from tests.conftest import FIXTURES
 from tests.storage_helpers.raw_codec import codecs
 

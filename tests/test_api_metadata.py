@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.app import CONTEXT_KEY
+from agent.web.app import CONTEXT_KEY
 from plugins.remote_write.wire import Metadata
 from tests.test_api_query import T0, api_client, get_json, post_json
 

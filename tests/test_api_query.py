@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.app import CONTEXT_KEY, make_app
 from agent.context import AgentContext
 from agent.model import Labels
 from agent.root import Agent
 from agent.storage import Store
+from agent.web.app import CONTEXT_KEY, make_app
 
 T0 = 1_700_000_000  # seconds; 2023-11-14T22:13:20Z
 STEP = 15

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.app import CONTEXT_KEY, StartupError, make_app
 from agent.plugin_api import hookimpl
-from agent.security import hash_password
+from agent.web.app import CONTEXT_KEY, StartupError, make_app
+from agent.web.security import hash_password
 from tests.fixture_plugins import recorder
 
 PASSWORD_HASH = hash_password("pw", rounds=4)

@@ -147,7 +147,7 @@ def test_storage_imports_nothing_above_the_model() -> None:
 
 
 def test_the_query_engine_imports_no_service_above_it() -> None:
-    above = ("agent.root", "agent.app", "agent.context", "agent.api", "agent.alerting")
+    above = ("agent.root", "agent.web.app", "agent.context", "agent.web.api", "agent.alerting")
     assert _violations("agent.query", (), above) == []
 
 

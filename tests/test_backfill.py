@@ -187,8 +187,8 @@ async def test_the_agent_backfills_many_series_in_calls_of_bounded_size(
     """Skip mode: one store transaction (and audit row) per BACKFILL_CHUNK_SERIES series,
     so live appends are acknowledged between them; abort mode stays one call."""
     from agent import context as context_mod
-    from agent.app import make_app
     from agent.context import CONTEXT_KEY
+    from agent.web.app import make_app
 
     config, host = make_config()  # type: ignore[operator]
     client = await aiohttp_client(make_app(config, host))  # type: ignore[operator]

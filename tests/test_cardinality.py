@@ -9,10 +9,10 @@ import cramjam
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.app import CONTEXT_KEY, make_app
 from agent.model import Matcher
 from agent.prompb import remote_pb2
 from agent.storage import CardinalityLimitExceeded, StorageOptions, Store
+from agent.web.app import CONTEXT_KEY, make_app
 from tests.storage_helpers.raw_codec import codecs
 
 T0 = 1_700_000_000_000
@@ -166,9 +166,9 @@ async def test_append_samples_reports_refused_rows(aiohttp_client: Any, make_con
 
 
 def test_rule_needs_a_cap(make_config: Any) -> None:
+    from agent.configured_store import limit_options
     from agent.context import AgentContext
     from agent.metrics import AgentMetrics
-    from agent.storage_setup import limit_options
 
     config, host = make_config("limits:\n  rules:\n    - {metric: m, label: user}\n")
     ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())

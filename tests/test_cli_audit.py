@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from agent.configured_store import DB_FILE
 from agent.storage import StorageOptions, Store
-from agent.storage_setup import DB_FILE
 from tests.conftest import tsagent_cmd
 from tests.storage_helpers.raw_codec import codecs
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from agent.app import make_app
 from agent.plugins import get_plugin_manager
 from agent.query.parser import parse
-from agent.security import hash_password
+from agent.web.app import make_app
+from agent.web.security import hash_password
 from plugins.dashboard import CSP, load_assets
 
 ROOT = Path(__file__).resolve().parent.parent

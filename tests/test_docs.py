@@ -190,7 +190,7 @@ def _check_yaml(b: Block, data: Any, tmp_path: Path, n: int, env: dict[str, str]
         done = _check_config(config, env)
         return None if done.returncode == 0 else done.stderr.strip()
     if "mapping" in title:
-        from agent.importer import MappingError, load_mapping
+        from agent.dataio.importer import MappingError, load_mapping
 
         try:
             load_mapping(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.export import (
+from agent.dataio.export import (
     ExportError,
     ExportStats,
     export_csv,
@@ -24,7 +24,7 @@ from agent.export import (
     write_csv,
     zone_of,
 )
-from agent.importer import CsvMapping, MappingError, import_csv, parse_csv_text
+from agent.dataio.importer import CsvMapping, MappingError, import_csv, parse_csv_text
 from agent.model import STALE_NAN, Labels, Matcher
 from agent.storage import StorageOptions, Store
 from tests.storage_helpers.raw_codec import codecs

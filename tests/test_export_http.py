@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.app import CONTEXT_KEY, make_app
 from agent.model import STALE_NAN, Labels
 from agent.storage.lock import DatabaseLock
+from agent.web.app import CONTEXT_KEY, make_app
 from tests.conftest import ROOT, tsagent_cmd
 
 T0 = 1_700_000_000_000

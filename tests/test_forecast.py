@@ -15,9 +15,9 @@ from agent.analytics.forecast import (
     linear_forecast,
     t_quantile,
 )
-from agent.app import CONTEXT_KEY, make_app
 from agent.model import make_labels
 from agent.query.errors import BadDataError
+from agent.web.app import CONTEXT_KEY, make_app
 
 T0 = 1_700_000_000_000
 STEP = 300_000  # 5 minutes

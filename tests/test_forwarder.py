@@ -26,10 +26,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.app import make_app
 from agent.config import ConfigError
 from agent.context import AgentContext, context_of
 from agent.prompb import remote_pb2
+from agent.web.app import make_app
 from plugins.forwarder.encode import compress, encode_labels, encode_request
 from plugins.forwarder.exporter import RemoteWriteExporter, parse_retry_after
 

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from aiohttp.test_utils import TestClient, TestServer
 
-from agent.app import make_app
 from agent.context import context_of
-from agent.exporting import ExportBatch
+from agent.forward.export_log import ExportBatch
 from agent.plugin_api import BatchExporter
 from agent.plugins import get_plugin_manager
+from agent.web.app import make_app
 
 T0 = 1_700_000_000_000
 

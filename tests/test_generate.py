@@ -18,10 +18,10 @@ from agent.analytics.generate import (
     pattern_values,
     send_remote_write,
 )
-from agent.app import CONTEXT_KEY, make_app
 from agent.cli import main
 from agent.model import Matcher
 from agent.storage import StorageOptions, Store
+from agent.web.app import CONTEXT_KEY, make_app
 from plugins.codecs import all_codecs
 
 START = 1_700_000_000_000

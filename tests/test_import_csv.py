@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.importer import (
+from agent.dataio.importer import (
     CsvMapping,
     MappingError,
     go_layout_to_strptime,

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from agent.app import CONTEXT_KEY, make_app
 from agent.model import Labels, Matcher
+from agent.web.app import CONTEXT_KEY, make_app
 
 T0 = 1_700_000_000_000
 

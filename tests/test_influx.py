@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.app import context_of, make_app
 from agent.model import Matcher
+from agent.web.app import context_of, make_app
 from plugins.influx.lineproto import LineError, Parser, parse_key, parse_value
 from tests.test_remote_write import metric_values
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.join import JoinError, SeriesArrays, align_exact, join_arrays
+from agent.dataio.join import JoinError, SeriesArrays, align_exact, join_arrays
 from agent.model import STALE_NAN, Labels
 from agent.root import Agent
 from agent.storage import StorageOptions, Store

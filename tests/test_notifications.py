@@ -704,7 +704,7 @@ async def test_long_downtime_neither_resolves_nor_renotifies_a_firing_group(
 
 
 async def test_misspelt_notifier_type_stops_startup(make_config: Callable[..., Any]) -> None:
-    from agent.app import StartupError, make_app
+    from agent.web.app import StartupError, make_app
 
     config, host = make_config(
         "alerting:\n  route: {receiver: ops}\n  receivers:\n    - name: ops\n"

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.alerting.model import Alert
-from agent.app import CONTEXT_KEY, make_app
+from agent.web.app import CONTEXT_KEY, make_app
 from tests.test_remote_write import V1_HEADERS, series, v1_body
 
 RULES = """

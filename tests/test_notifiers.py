@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry
 
 from agent.alerting.dispatch import Dispatcher, ManualClock, NotifyError
 from agent.alerting.model import Alert
-from agent.app import CONTEXT_KEY, make_app
 from agent.config import ConfigError
+from agent.web.app import CONTEXT_KEY, make_app
 from plugins.notifiers import NOTIFIERS
 from plugins.notifiers.mail import EmailNotifier
 from plugins.notifiers.slack import FIRING_COLOR, RESOLVED_COLOR

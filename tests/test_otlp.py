@@ -20,8 +20,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as mpb
 
-from agent.app import context_of, make_app
 from agent.model import Matcher
+from agent.web.app import context_of, make_app
 from plugins.otlp import decode_request
 from plugins.otlp.naming import (
     COUNTER,

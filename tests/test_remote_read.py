@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.app import CONTEXT_KEY, make_app
 from agent.model import STALE_NAN, Labels, make_labels
 from agent.prompb import remote_pb2, types_pb2
-from agent.security import hash_password
+from agent.web.app import CONTEXT_KEY, make_app
+from agent.web.security import hash_password
 from plugins.remote_read import chunks, wire
 
 LM = types_pb2.LabelMatcher

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.app import make_app
 from agent.context import context_of
 from agent.model import Matcher, MatchOp
 from agent.prompb import remote_pb2, types_pb2, write_v2_pb2
 from agent.storage import StoreFailed
+from agent.web.app import make_app
 
 V1_HEADERS = {
     "Content-Type": "application/x-protobuf",

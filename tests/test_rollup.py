@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.app import CONTEXT_KEY, make_app
 from agent.model import STALE_NAN, STALE_NAN_BITS, Labels
 from agent.query.values import Matrix, Vector
 from agent.root import Agent
 from agent.storage import StorageOptions, Store
 from agent.storage.rollup import Buckets, RollupOptions, decode_block, encode_block
+from agent.web.app import CONTEXT_KEY, make_app
 from plugins.codecs import all_codecs
 from tests.conftest import tsagent_cmd
 

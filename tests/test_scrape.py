@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.app import CONTEXT_KEY, make_app
 from agent.context import AgentContext
 from agent.model import Labels, Matcher, is_stale_nan, make_labels
+from agent.web.app import CONTEXT_KEY, make_app
 from plugins.scrape.scraper import ScrapeManager, TargetLoop
 
 Points = list[tuple[int, float]]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.security import Authenticator, hash_password, make_ssl_context
+from agent.web.security import Authenticator, hash_password, make_ssl_context
 
 HASH = hash_password("correct horse", rounds=4)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from agent.analytics.generate import generate, pattern_values
-from agent.app import context_of, make_app
 from agent.model import Matcher
+from agent.web.app import context_of, make_app
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

@@ -17,10 +17,10 @@ import pytest
 import statsd
 from datadog.dogstatsd.base import DogStatsd
 
-from agent.app import CONTEXT_KEY, StartupError, make_app
 from agent.config import ConfigError
 from agent.model import Matcher, MatchOp, is_stale_nan
 from agent.storage.errors import StorageError
+from agent.web.app import CONTEXT_KEY, StartupError, make_app
 from plugins.statsd import StatsdIngestor
 from tests.conftest import free_port
 from tests.test_app import samples as parse_metrics

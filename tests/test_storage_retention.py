@@ -320,10 +320,10 @@ async def test_invalid_retention_options(tmp_path: Path) -> None:
 
 
 def test_retention_flag_and_config_reach_the_store_options(tmp_path: Path) -> None:
+    from agent.configured_store import storage_options
     from agent.context import AgentContext
     from agent.metrics import AgentMetrics
     from agent.plugins import get_plugin_manager
-    from agent.storage_setup import storage_options
 
     args = build_parser().parse_args(["run", "--retention", "36h", "--data-dir", str(tmp_path)])
     cfg_file = tmp_path / "tsagent.yaml"

@@ -14,11 +14,11 @@ import aiohttp
 import numpy as np
 import pytest
 
-from agent.app import CONTEXT_KEY, make_app
+from agent.dataio.stream import Lagged, SampleBatch, StreamedSample
 from agent.model import STALE_NAN, Labels
 from agent.root import Agent
 from agent.storage import StorageOptions, Store
-from agent.stream import Lagged, SampleBatch, StreamedSample
+from agent.web.app import CONTEXT_KEY, make_app
 from tests.storage_helpers.raw_codec import codecs
 
 T0 = 1_700_000_000_000

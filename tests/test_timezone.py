@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.app import CONTEXT_KEY
 from agent.query.errors import BadDataError
 from agent.query.timezone import (
     DstRule,
@@ -29,6 +28,7 @@ from agent.query.timezone import (
     resolve_zone,
     zone,
 )
+from agent.web.app import CONTEXT_KEY
 from tests.test_api_query import api_client, get_json
 
 BERLIN = zone("Europe/Berlin")

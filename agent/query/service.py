@@ -4,7 +4,7 @@
 needs around it and what both front ends must agree on: the timeout, the
 sample limit, the result cache, the parsing of times and durations, and the
 local-time rules of :mod:`agent.query.timezone`. The HTTP handlers
-(:mod:`agent.api`) and ``Store.query``/``Store.query_range`` are thin layers
+(:mod:`agent.web.api`) and ``Store.query``/``Store.query_range`` are thin layers
 over it, so a Python caller gets exactly the ``data`` the API would send.
 """
 

@@ -416,7 +416,7 @@ class Store:
         out. Arrays are int64/int64/float64 (values as stored, NaN payloads
         intact) and must not be modified. Costs nothing while no listener is
         registered; a listener must be cheap (live streaming filters with one
-        numpy gather, see :mod:`agent.stream`). Rollbacks and retention
+        numpy gather, see :mod:`agent.dataio.stream`). Rollbacks and retention
         remove data and are reported only to write listeners.
         """
         self._sample_listeners.append(listener)

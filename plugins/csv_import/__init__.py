@@ -1,7 +1,7 @@
 """``POST /api/v1/import/csv``: CSV backfill through the running daemon.
 
 The same parser and mapping as ``tsagent import-csv`` and
-:func:`agent.importer.import_csv` (see :mod:`agent.importer`), so a file
+:func:`agent.dataio.importer.import_csv` (see :mod:`agent.dataio.importer`), so a file
 imported by the command and the same file posted here give the same data and
 the same report.  Two ways to describe the columns (exactly one per request):
 
@@ -12,7 +12,7 @@ the same report.  Two ways to describe the columns (exactly one per request):
 
 Also ``extra_label=name=value`` (repeatable) and ``on_error=skip|abort``.
 Everything is one backfill: any timestamp, one transaction, audited with the
-client address.  Answers are described in :mod:`agent.ingest_http`.
+client address.  Answers are described in :mod:`agent.web.ingest`.
 
 Configured under ``ingest.csv_import``; ``enabled`` takes effect at the next
 start (routes are fixed then), the rest per request.

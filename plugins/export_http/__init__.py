@@ -1,6 +1,6 @@
 """Data out over HTTP: exports, federation, live streams and joins (all in the ``read`` group).
 
-* ``GET /api/v1/export/csv``: raw samples as CSV (:mod:`agent.export`), streamed
+* ``GET /api/v1/export/csv``: raw samples as CSV (:mod:`agent.dataio.export`), streamed
   chunk by chunk; ``match[]`` (repeatable, default every series), ``start``/
   ``end`` (RFC 3339 or Unix seconds), ``time_format=rfc3339|unix_ms|unix_s``,
   ``tz`` (IANA zone of RFC 3339 timestamps, default UTC). The answer imports
@@ -15,7 +15,7 @@
   ``job``/``instance`` labels survive.
 * ``GET /api/v1/stream?match[]=...``: committed samples live, as Server-Sent
   Events (default) or, on a WebSocket upgrade, as JSON messages
-  (:mod:`agent.stream`). Events: ``subscribed`` (once, with the number of
+  (:mod:`agent.dataio.stream`). Events: ``subscribed`` (once, with the number of
   series matched so far), ``samples`` (``{"resultType":"matrix","result":[...]}``
   as in the query API, values as strings, times in seconds), ``lagged``
   (``{"dropped": N, "message": "lagged, N samples dropped"}``) when the
@@ -26,7 +26,7 @@
   result (the ``/api/v1/query`` response object, event ``result``) now and
   whenever samples of a series it reads are committed, at most once per
   ``interval`` (default and minimum ``export_http.stream_query_min_interval``).
-* ``GET /api/v1/join``: aligned rows of several series (:mod:`agent.join`):
+* ``GET /api/v1/join``: aligned rows of several series (:mod:`agent.dataio.join`):
   ``id`` (repeatable) and/or ``match[]`` (repeatable; ids first, in the order
   given, then matches in label order; the first series is the primary),
   ``start``/``end``, ``join=inner|left|outer|asof``, ``tolerance`` and

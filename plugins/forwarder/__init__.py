@@ -7,7 +7,7 @@ sample tsagent acknowledged reaches each upstream exactly once, in per-series
 order, across upstream outages, restarts and SIGKILL (at-least-once only
 for a crash in the single commit right after an upstream's 2xx). See
 :mod:`plugins.forwarder.exporter` for sending, sharding and retries, and
-:mod:`agent.exporting` for the queue itself.
+:mod:`agent.forward.export_log` for the queue itself.
 
 The upstream list is read at startup; a reload does not add or remove
 upstreams (restart for that), as with the listen address.

@@ -1,7 +1,7 @@
 """One remote-write upstream: a :class:`agent.plugin_api.BatchExporter`.
 
 The core hands ``export`` committed batches from the durable export log (see
-:mod:`agent.exporting`); this class turns them into remote-write requests:
+:mod:`agent.forward.export_log`); this class turns them into remote-write requests:
 
 * **series**: each store series is resolved once per upstream (``match``
   selectors, ``write_relabel_configs``, ``external_labels``) to encoded

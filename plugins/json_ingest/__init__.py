@@ -22,7 +22,7 @@ service's shape, or ``{"items": [...]}``) and goes
 through ``Store.backfill``: any timestamp, one transaction, one audit row,
 ``on_error=skip|abort``.  Every validation error names the item index and
 field, e.g. ``items[3].timestamp: expected RFC 3339 ...``; valid items are
-kept (unless ``on_error=abort``).  Answers: see :mod:`agent.ingest_http`.
+kept (unless ``on_error=abort``).  Answers: see :mod:`agent.web.ingest`.
 """
 
 from __future__ import annotations

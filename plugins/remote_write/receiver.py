@@ -212,7 +212,7 @@ class Receiver:
             self.m_decode.labels(version).observe(time.perf_counter() - started)
             return await self._store(request, version, decoded, cfg, v2_headers)
         # A large body: what it costs while decoded and stored is budgeted across
-        # ingest requests (agent.ingest_budget), so concurrent big bodies cannot add
+        # ingest requests (agent.web.ingest_budget), so concurrent big bodies cannot add
         # up past the memory the operator planned for; over budget, senders retry a
         # 429. A body over the limit is refused (413, in _decode) without a claim.
         try:

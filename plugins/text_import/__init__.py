@@ -19,7 +19,7 @@ pairs become labels, so scripts written for either keep working.
   rules apply), because pushes are usually current values; ``backfill=true``
   sends the request through ``Store.backfill`` instead, for historical dumps.
 
-Answers: see :mod:`agent.ingest_http` (200, or 400 listing lines; 413, 429, 503).
+Answers: see :mod:`agent.web.ingest` (200, or 400 listing lines; 413, 429, 503).
 """
 
 from __future__ import annotations

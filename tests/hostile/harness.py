@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.security import hash_password
+from agent.web.security import hash_password
 from tests.hostile.cases import V1, Case, now_ms, rw_v1
 
 GiB = 1024**3

@@ -13,8 +13,8 @@ from typing import Any
 import bcrypt
 import pytest
 
-from agent import security
-from agent.security import CACHE_TTL_S, FAILURE_WINDOW_S, MAX_FAILURES, Authenticator
+from agent.web import security
+from agent.web.security import CACHE_TTL_S, FAILURE_WINDOW_S, MAX_FAILURES, Authenticator
 
 HASH = security.hash_password("correct horse", rounds=4)
 
@@ -104,7 +104,7 @@ async def test_failures_are_rate_limited_per_address(
 
 
 async def test_http_answers_429_with_retry_after(aiohttp_client: Any, make_config: Any) -> None:
-    from agent.app import make_app
+    from agent.web.app import make_app
 
     config, host = make_config(
         f"auth:\n  read:\n    basic_auth:\n      alice: '{HASH}'\nplugins:\n  disabled: [scrape]\n"
@@ -123,7 +123,7 @@ async def test_http_answers_429_with_retry_after(aiohttp_client: Any, make_confi
 async def test_full_bcrypt_queue_answers_429_without_counting_a_failure(
     auth: Authenticator, bcrypt_threads: list[str]
 ) -> None:
-    from agent.security import MAX_PENDING
+    from agent.web.security import MAX_PENDING
 
     auth._pending = MAX_PENDING  # as if that many checks were waiting for a thread
     assert await auth.authorize("read", basic("alice", "correct horse"), "10.0.0.7") == 429

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from agent.alerting.rules import parse_rule_file
 from agent.alerting.template import TemplateData, TemplateError, parse_template
-from agent.importer import CsvMapping, ImportReport, MappingError, parse_csv
+from agent.dataio.importer import CsvMapping, ImportReport, MappingError, parse_csv
 from agent.prompb import remote_pb2
 from plugins.json_ingest import validate_item
 from plugins.remote_read import BadRequest, parse_request

@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import pytest
 
-from agent.app import make_app
 from agent.context import context_of
 from agent.model import Matcher, MatchOp
+from agent.web.app import make_app
 from tests.hostile.cases import V1, now_ms, rw_v1
 
 

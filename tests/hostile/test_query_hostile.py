@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from agent.app import CONTEXT_KEY, make_app
 from agent.model import Labels
 from agent.query.engine import Engine
 from agent.query.errors import QueryError
@@ -31,6 +30,7 @@ from agent.query.limits import (
 from agent.query.queryable import MemoryQueryable
 from agent.query.runner import LoopBridge, QueryRunner
 from agent.storage import Store
+from agent.web.app import CONTEXT_KEY, make_app
 
 T0 = 1_700_000_000  # seconds
 STEP = 15

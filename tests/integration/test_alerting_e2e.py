@@ -38,7 +38,7 @@ import pytest
 from aiohttp import web
 
 from agent.alerting.model import Alert
-from agent.app import CONTEXT_KEY, make_app
+from agent.web.app import CONTEXT_KEY, make_app
 from tests.integration.alertmanager_harness import ALERTMANAGER, running_alertmanager
 from tests.test_notifiers import Mailbox, cert, mail_cfg, smtp  # noqa: F401 - fixtures
 from tests.test_remote_write import V1_HEADERS, series, v1_body

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from agent.app import context_of, make_app
 from agent.model import Matcher
+from agent.web.app import context_of, make_app
 from tests.conftest import free_port
 from tests.integration.test_prometheus import Proc, http_get
 from tests.integration.test_victoriametrics import VICTORIA, victoria

@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from agent.app import context_of, make_app
 from agent.model import Matcher
+from agent.web.app import context_of, make_app
 from tests.conftest import free_port
 from tests.test_remote_write import metric_values
 

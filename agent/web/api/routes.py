@@ -510,7 +510,7 @@ class CacheCollector(Collector):
 def install(app: web.Application, ctx: AgentContext) -> list[Route]:
     """Prepare ``app`` for the API and return its routes (all in the ``read`` group).
 
-    The rollup endpoints (``agent.api.rollup_routes``) use the state set up
+    The rollup endpoints (``agent.web.api.rollup_routes``) use the state set up
     here and are added beside these by the app factory.
     """
     app[API_STATE] = ApiState(ctx)

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from urllib.parse import urlencode
 
 from agent.config import ConfigError
-from agent.export import (
+from agent.dataio.export import (
     CHUNK_SERIES,
     TIME_FORMATS,
     ExportError,
@@ -186,10 +186,10 @@ async def _export(
     end: int | None,
     show: bool,
 ) -> tuple[ExportStats, list[str]]:
+    from agent.configured_store import open_store
     from agent.context import AgentContext
     from agent.metrics import AgentMetrics
     from agent.storage import StoreLocked
-    from agent.storage_setup import open_store
 
     ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
     try:

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from agent.config import ConfigError
-from agent.importer import (
+from agent.dataio.importer import (
     CsvMapping,
     ImportReport,
     MappingError,
@@ -230,10 +230,10 @@ async def _import(
 ) -> ImportReport:
     import io
 
+    from agent.configured_store import open_store
     from agent.context import AgentContext
     from agent.metrics import AgentMetrics
     from agent.storage import StoreLocked
-    from agent.storage_setup import open_store
 
     ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
     try:

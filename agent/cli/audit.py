@@ -39,8 +39,8 @@ def add_audit_parser(
 
 def resolve_db(config_path: str | None, overrides: dict[str, Any]) -> Path:
     """The database ``tsagent run`` with the same ``-c``/``--data-dir`` would use."""
+    from agent.configured_store import DB_FILE
     from agent.daemon import load
-    from agent.storage_setup import DB_FILE
 
     config, _ = load(config_path, overrides)
     return config.data_dir / DB_FILE

@@ -166,7 +166,7 @@ def run_generate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     try:
         report = asyncio.run(_local(config, host, batches))
     except _Locked as exc:
-        from agent.import_cli import _endpoint
+        from agent.cli.importing import _endpoint
 
         url = _endpoint(config).replace("/api/v1/import/csv", "/api/v1/write")
         print(
@@ -200,10 +200,10 @@ def _start_ms(args: argparse.Namespace) -> int:
 
 
 async def _local(config: Any, host: Any, batches: list[GeneratedSeries]) -> WriteReport:
+    from agent.configured_store import open_store
     from agent.context import AgentContext
     from agent.metrics import AgentMetrics
     from agent.storage import StoreLocked
-    from agent.storage_setup import open_store
 
     ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
     try:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.export import TagsFilter, matcher_sets
+from agent.dataio.export import TagsFilter, matcher_sets
 from agent.model import Labels, Matcher
 
 if TYPE_CHECKING:

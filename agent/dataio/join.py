@@ -127,7 +127,7 @@ class JoinResult:
 
     def to_csv(self, time_format: str = "rfc3339", timezone: str | None = None) -> str:
         """Header ``timestamp,<series>...``; values spelled as in the CSV export; missing: empty."""
-        from agent.export import format_times, format_value, zone_of
+        from agent.dataio.export import format_times, format_value, zone_of
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

@@ -176,7 +176,7 @@ def time_bound(value: TimeArg, default: int, name: str) -> int:
             raise ExportError(f"{name}: a naive datetime is ambiguous; attach a time zone")
         return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
     if isinstance(value, str):
-        from agent.importer import parse_rfc3339
+        from agent.dataio.importer import parse_rfc3339
 
         try:
             return parse_rfc3339(value)

@@ -22,15 +22,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from agent.context import AgentContext
-from agent.importer import ImportReport, MappingError, parse_extra_labels
-
-# Re-exported for the push plugins (they import this module, not the budget's).
-from agent.ingest_budget import SMALL_BYTES as SMALL_BYTES
-from agent.ingest_budget import WEIGHT_CSV as WEIGHT_CSV
-from agent.ingest_budget import WEIGHT_JSON as WEIGHT_JSON
-from agent.ingest_budget import WEIGHT_TEXT as WEIGHT_TEXT
+from agent.dataio.importer import ImportReport, MappingError, parse_extra_labels
 from agent.storage.backfill import ON_ERROR_CHOICES
 from agent.storage.backfill import OnError as OnError
+
+# Re-exported for the push plugins (they import this module, not the budget's).
+from agent.web.ingest_budget import SMALL_BYTES as SMALL_BYTES
+from agent.web.ingest_budget import WEIGHT_CSV as WEIGHT_CSV
+from agent.web.ingest_budget import WEIGHT_JSON as WEIGHT_JSON
+from agent.web.ingest_budget import WEIGHT_TEXT as WEIGHT_TEXT
 
 REASON_INVALID = "invalid_input"
 __all__ = [

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent import __version__
-from agent.analytics.generate_cli import add_generate_parser
-from agent.audit_cli import add_audit_parser
+from agent.cli.audit import add_audit_parser
+from agent.cli.export import add_export_parser
+from agent.cli.generate import add_generate_parser
+from agent.cli.importing import add_import_parser
 from agent.config import ConfigError, check_duration, check_listen
-from agent.export_cli import add_export_parser
-from agent.import_cli import add_import_parser
 from agent.plugins import PluginError, get_plugin_manager
 
 
@@ -167,9 +167,9 @@ def cmd_retention(args: argparse.Namespace) -> int:
 async def _retention_once(config: Any, host: Any, *, vacuum: bool) -> dict[str, Any]:
     import sqlite3
 
+    from agent.configured_store import DB_FILE, open_store
     from agent.context import AgentContext
     from agent.metrics import AgentMetrics
-    from agent.storage_setup import DB_FILE, open_store
 
     ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
     store = await open_store(ctx)
@@ -263,9 +263,9 @@ def _utc(ms: int | None) -> str:
 
 
 async def _rollup_once(config: Any, host: Any) -> dict[str, Any] | None:
+    from agent.configured_store import DB_FILE, open_store
     from agent.context import AgentContext
     from agent.metrics import AgentMetrics
-    from agent.storage_setup import DB_FILE, open_store
 
     ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
     store = await open_store(ctx, background_rollups=False)
@@ -279,25 +279,25 @@ async def _rollup_once(config: Any, host: Any) -> dict[str, Any] | None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from agent.audit_cli import run_audit
+    from agent.cli.audit import run_audit
 
     return run_audit(args, _overrides(args))
 
 
 def cmd_import_csv(args: argparse.Namespace) -> int:
-    from agent.import_cli import run_import
+    from agent.cli.importing import run_import
 
     return run_import(args, _overrides(args))
 
 
 def cmd_export_csv(args: argparse.Namespace) -> int:
-    from agent.export_cli import run_export
+    from agent.cli.export import run_export
 
     return run_export(args, _overrides(args))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from agent.analytics.generate_cli import run_generate
+    from agent.cli.generate import run_generate
 
     return run_generate(args, _overrides(args))
 
@@ -388,7 +388,7 @@ def example_config() -> str:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    from agent.security import hash_password
+    from agent.web.security import hash_password
 
     try:
         if args.password_stdin:
@@ -438,7 +438,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 141  # 128 + SIGPIPE, as a shell reports a process killed by it
-
-
-if __name__ == "__main__":
-    sys.exit(main())

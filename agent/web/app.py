@@ -20,13 +20,13 @@ from prometheus_client import exposition
 from agent import __version__
 from agent.config import Config, ConfigError
 from agent.context import CONTEXT_KEY, AgentContext, Route
-from agent.context import context_of as context_of  # re-exported for callers of agent.app
-from agent.exporting import ExportHub, batch_exporters
+from agent.context import context_of as context_of  # re-exported for callers of agent.web.app
+from agent.forward.export_log import ExportHub, batch_exporters
 from agent.metrics import AgentMetrics
 from agent.plugin_calls import StartupError, call_each, collect, plugin_failed
 from agent.plugins import PluginHost, await_maybe
 from agent.query import extensions as query_extensions
-from agent.security import (
+from agent.web.security import (
     RATE_LIMITED,
     Authenticator,
     forbidden,
@@ -154,9 +154,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     The dispatcher, export hub and rule engine are added to the agent by the
     contexts that follow, in dependency order, and removed in reverse.
     """
+    from agent.configured_store import open_store
     from agent.query.service import QueryOptions
     from agent.root import Agent
-    from agent.storage_setup import open_store
 
     ctx = app[CONTEXT_KEY]
     store = await open_store(ctx)
@@ -320,10 +320,10 @@ def make_app(
     app[CONTEXT_KEY] = ctx
     app[AUTH_KEY] = Authenticator(config.raw["auth"])
     groups: dict[str, str] = {}
-    from agent.alerting.api import ROUTES as alerting_routes
-    from agent.api.rollup_routes import ROUTES as rollup_routes
-    from agent.api.routes import install as install_query_api  # imports the engine: lazily
-    from agent.api.service import service_routes
+    from agent.web.api.alerting import ROUTES as alerting_routes
+    from agent.web.api.rollup_routes import ROUTES as rollup_routes
+    from agent.web.api.routes import install as install_query_api  # imports the engine: lazily
+    from agent.web.api.service import service_routes
 
     routes = [
         *CORE_ROUTES,

@@ -65,7 +65,7 @@ log = logging.getLogger("tsagent.export")
 
 @runtime_checkable
 class BatchExporter(Protocol):
-    """An exporter fed from the durable export log (see :mod:`agent.exporting`).
+    """An exporter fed from the durable export log (see :mod:`agent.forward.export_log`).
 
     The built-in remote-write forwarder is one; a third-party exporter gets
     exactly the same batches the same way. ``name`` must be stable: it keys
@@ -79,10 +79,10 @@ class BatchExporter(Protocol):
     back-off, so delivery is at-least-once and in order, and nothing is ever
     skipped, across restarts and SIGKILL too. ``progress`` offers durable
     sub-positions (lanes) for exporters that deliver a call in parts, backlog
-    checks, and drop accounting; raising :class:`agent.exporting.ExportStopped`
+    checks, and drop accounting; raising :class:`agent.forward.export_log.ExportStopped`
     when ``progress.stopping`` ends the call without a retry at shutdown.
 
-    Optional attribute ``export_options`` (:class:`agent.exporting.ExportOptions`):
+    Optional attribute ``export_options`` (:class:`agent.forward.export_log.ExportOptions`):
     samples per call, how long to let a call fill up, and backlog bounds
     (drop-oldest, counted in ``tsagent_export_dropped_samples_total``).
     """

@@ -190,4 +190,4 @@ ROUTES = [
     Route("GET", "/api/v1/rules", rules_handler, "read"),
     Route("GET", "/api/v1/alerts", alerts_handler, "read"),
 ]
-"""Added to the daemon's routes by :func:`agent.app.make_app` (read group)."""
+"""Added to the daemon's routes by :func:`agent.web.app.make_app` (read group)."""
