@@ -1,10 +1,13 @@
 """tsagent: a small, plugin-based, Prometheus-compatible metrics agent.
 
-``hookimpl`` is re-exported here so a plugin needs only ``from agent import
-hookimpl`` (the same habit as datasette and pytest).
+``agent.Agent`` (:mod:`agent.root`) is the composition root and the Python
+API; it is imported on first use, so ``import agent.storage`` stays light.
+Plugins import :mod:`agent.plugin_api`, which re-exports ``hookimpl``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pluggy
 
@@ -15,4 +18,12 @@ ENTRY_POINT_GROUP = "tsagent"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-__all__ = ["ENTRY_POINT_GROUP", "PROJECT_NAME", "__version__", "hookimpl"]
+__all__ = ["ENTRY_POINT_GROUP", "PROJECT_NAME", "Agent", "__version__", "hookimpl"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Agent":  # lazily: the root imports every layer of the core
+        from agent.root import Agent
+
+        return Agent
+    raise AttributeError(f"module 'agent' has no attribute {name!r}")
