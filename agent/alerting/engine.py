@@ -27,47 +27,42 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-import xxhash
-from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry
 
 from agent.alerting import state as st
+from agent.alerting.groups import AlertingOptions as AlertingOptions
+from agent.alerting.groups import AlertSink as AlertSink
+from agent.alerting.groups import Callback as Callback
+from agent.alerting.groups import Group, Rule, _rule_keys
+from agent.alerting.groups import SampleWriter as SampleWriter
 from agent.alerting.model import Alert
-from agent.alerting.rules import GroupSpec, RuleSpec, parse_rule
+from agent.alerting.python_rules import (
+    ANOMALY_FUNCTIONS as ANOMALY_FUNCTIONS,
+)
+from agent.alerting.python_rules import (
+    CONDITIONS as CONDITIONS,
+)
+from agent.alerting.python_rules import python_rule_spec
+from agent.alerting.python_rules import threshold_expr as threshold_expr
+from agent.alerting.rule_metrics import RuleMetrics, _AlertsCollector
+from agent.alerting.rules import GroupSpec
 from agent.alerting.template import Template, TemplateData, TemplateError
 from agent.model import STALE_NAN, Labels, format_labels, make_labels
-from agent.query import ast
 from agent.query.engine import Engine
 from agent.query.queryable import Queryable
 from agent.query.values import Scalar, Vector
 
 if TYPE_CHECKING:
-    from agent.config import Config
     from agent.storage import Store
 
 log = logging.getLogger("tsagent.rules")
 
 PYTHON_GROUP = "define_alert"
 PYTHON_FILE = "<python>"
-CONDITIONS = (
-    ">",
-    ">=",
-    "<",
-    "<=",
-    "==",
-    "!=",
-    "absent",
-    "rate_of_change",
-    "anomaly",
-    "anomaly_robust",
-)
-ANOMALY_FUNCTIONS = {"anomaly": "zscore_over_time", "anomaly_robust": "robust_zscore_over_time"}
 CALLBACK_TIMEOUT_S = 30.0
 
 
@@ -100,192 +95,6 @@ class ManualClock:
     def advance(self, seconds: float) -> float:
         self.t += seconds
         return self.t
-
-
-class AlertSink(Protocol):
-    """What the rule engine hands alerts to (:class:`agent.alerting.dispatch.Dispatcher`)."""
-
-    async def submit(self, alerts: list[Alert], receiver: str | None = None) -> None: ...
-
-
-Callback = Callable[[Alert], Any]
-"""A ``define_alert`` callback: a function or coroutine function taking the :class:`Alert`."""
-
-SampleWriter = Callable[[list[tuple[Labels, int, float]]], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class AlertingOptions:
-    """The ``alerting`` config section, typed."""
-
-    evaluation_interval_s: float = 60.0
-    external_url: str = ""
-    external_labels: Mapping[str, str] = field(default_factory=dict)
-    lookback_ms: int = 300_000
-    resend_delay_s: float = 60.0
-    resolved_retention_s: float = st.RESOLVED_RETENTION_S
-
-    @classmethod
-    def from_config(cls, config: Config) -> AlertingOptions:
-        """The rule half of ``alerting``, through the typed views (durations in seconds)."""
-        alerting = config.typed("alerting")
-        return cls(
-            evaluation_interval_s=alerting.evaluation_interval,
-            external_url=alerting.external_url.rstrip("/"),
-            external_labels=dict(alerting.external_labels),
-            lookback_ms=int(config.typed("query").lookback_delta * 1000),
-            resend_delay_s=alerting.resend_delay,
-        )
-
-
-# --- runtime rules and groups ------------------------------------------------------------
-
-
-@dataclass
-class Rule:
-    """A rule as it runs: its spec plus health and timings for ``/api/v1/rules``."""
-
-    spec: RuleSpec
-    key: str  # persistence key: group key + identity (+ #n for duplicates)
-    health: str = "unknown"
-    last_error: str = ""
-    last_evaluation: float | None = None
-    evaluation_time: float = 0.0
-    series: set[Labels] = field(default_factory=set)  # written at the last evaluation
-    # alerting rules only
-    active: dict[str, st.ActiveAlert] = field(default_factory=dict)
-    callback: Callback | str | None = None
-    cooldown_s: float = 0.0
-
-    @property
-    def is_alert(self) -> bool:
-        return self.spec.kind == "alert"
-
-    def state(self) -> st.AlertState:
-        states = {a.state for a in self.active.values()}
-        for s in (st.AlertState.FIRING, st.AlertState.PENDING):
-            if s in states:
-                return s
-        return st.AlertState.INACTIVE
-
-
-@dataclass
-class Group:
-    name: str
-    file: str
-    interval_s: float
-    limit: int
-    query_offset_s: float
-    rules: list[Rule]
-    next_eval_ms: int = 0
-    last_evaluation: float | None = None
-    evaluation_time: float = 0.0
-
-    @property
-    def key(self) -> str:
-        return f"{self.file};{self.name}"
-
-    @property
-    def interval_ms(self) -> int:
-        return max(1, round(self.interval_s * 1000))
-
-    def offset_ms(self) -> int:
-        """Prometheus spreads groups over their interval by a hash of name and file."""
-        h = xxhash.xxh64_intdigest(f"{self.name}\xff{self.file}".encode())
-        return h % self.interval_ms
-
-    def eval_timestamp(self, now_ms: int) -> int:
-        """The latest aligned evaluation time at or before ``now_ms``."""
-        off = self.offset_ms()
-        adj = now_ms - off
-        return adj - adj % self.interval_ms + off
-
-
-def _rule_keys(group_key: str, specs: Iterable[RuleSpec]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for spec in specs:
-        base = f"{group_key}\x00{spec.identity}"
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        out.append(base if n == 0 else f"{base}#{n}")
-    return out
-
-
-# --- self-metrics ----------------------------------------------------------------------
-
-
-class _AlertsCollector(Collector):
-    """``tsagent_alerts{state}`` and rules per group, read at scrape time."""
-
-    def __init__(self, engine: RuleEngine) -> None:
-        self.engine = engine
-
-    def collect(self) -> Iterable[Metric]:
-        alerts = GaugeMetricFamily(
-            "tsagent_alerts", "Active alerts of all rules, by state.", labels=["state"]
-        )
-        counts = dict.fromkeys(("pending", "firing"), 0)
-        rules = GaugeMetricFamily(
-            "tsagent_rule_group_rules", "Rules per rule group.", labels=["rule_group"]
-        )
-        for group in self.engine.groups:
-            rules.add_metric([group.key], len(group.rules))
-            for rule in group.rules:
-                for a in rule.active.values():
-                    if a.state.value in counts:
-                        counts[a.state.value] += 1
-        for name, n in counts.items():
-            alerts.add_metric([name], n)
-        yield alerts
-        yield rules
-
-
-class RuleMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.evaluations = Counter(
-            "tsagent_rule_evaluations",
-            "Rule evaluations, by rule group.",
-            ["rule_group"],
-            registry=r,
-        )
-        self.failures = Counter(
-            "tsagent_rule_evaluation_failures",
-            "Rule evaluations that failed, by rule group.",
-            ["rule_group"],
-            registry=r,
-        )
-        self.duration = Summary(
-            "tsagent_rule_group_duration_seconds",
-            "Time to evaluate a whole rule group.",
-            ["rule_group"],
-            registry=r,
-        )
-        self.last_duration = Gauge(
-            "tsagent_rule_group_last_duration_seconds",
-            "Duration of the last evaluation of a rule group.",
-            ["rule_group"],
-            registry=r,
-        )
-        self.last_evaluation = Gauge(
-            "tsagent_rule_group_last_evaluation_timestamp_seconds",
-            "When the rule group was last evaluated (its aligned timestamp).",
-            ["rule_group"],
-            registry=r,
-        )
-        self.missed = Counter(
-            "tsagent_rule_group_iterations_missed",
-            "Evaluations skipped because the previous one ran late.",
-            ["rule_group"],
-            registry=r,
-        )
-        self.callback_failures = Counter(
-            "tsagent_alert_callback_failures",
-            "define_alert callbacks that raised or timed out, by rule.",
-            ["rule"],
-            registry=r,
-        )
 
 
 # --- the engine --------------------------------------------------------------------------
@@ -493,28 +302,20 @@ class RuleEngine:
         (keeping its alerts), and its alert state survives a restart once the
         program defines it again.
         """
-        expr = threshold_expr(self.store, series_id, threshold, condition, window)
-        for_s = _seconds(for_, "for_")
-        keep_s = _seconds(keep_firing_for, "keep_firing_for")
-        cooldown_s = _seconds(cooldown, "cooldown")
-        rule_labels = dict(labels or {})
-        if isinstance(callback, str):
-            if not callback:
-                raise ValueError("callback: a receiver name must not be empty")
-        elif callback is not None and not callable(callback):
-            raise TypeError("callback must be callable, a coroutine function, or a receiver name")
-        raw: dict[str, Any] = {
-            "alert": rule_id,
-            "expr": expr,
-            "for": for_s,
-            "keep_firing_for": keep_s,
-            "labels": rule_labels,
-            "annotations": dict(annotations or {}),
-        }
-        errors: list[str] = []
-        spec = parse_rule(raw, 1, errors)
-        if spec is None or errors:
-            raise ValueError(f"define_alert {rule_id!r}: " + "; ".join(errors))
+        spec, cooldown_s = python_rule_spec(
+            self.store,
+            rule_id,
+            series_id,
+            threshold,
+            condition,
+            callback,
+            for_=for_,
+            cooldown=cooldown,
+            window=window,
+            keep_firing_for=keep_firing_for,
+            labels=labels,
+            annotations=annotations,
+        )
         group = self.python_group
         if group is None:
             group = Group(PYTHON_GROUP, PYTHON_FILE, self.options.evaluation_interval_s, 0, 0.0, [])
@@ -846,81 +647,3 @@ def _render(tmpl: Template, data: TemplateData) -> str:
 
 def _load_state(conn: Any) -> dict[str, dict[str, st.ActiveAlert]]:
     return st.load_all(conn)
-
-
-def _seconds(value: float | str, what: str) -> float:
-    from agent.config import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def _number(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
-def threshold_expr(
-    store: Store | None,
-    series: int | str,
-    threshold: float | str | None,
-    condition: str,
-    window: float | str = "5m",
-) -> str:
-    """The PromQL expression ``define_alert`` evaluates (exposed for tests and the docs)."""
-    from agent.query.parser import parse
-
-    if isinstance(series, int) and not isinstance(series, bool):
-        if store is None:
-            raise ValueError("a series id needs a store to look its labels up")
-        try:
-            labels = store.labels(series)
-        except (KeyError, IndexError, LookupError):
-            raise ValueError(f"unknown series id {series}") from None
-        if not labels:
-            raise ValueError(f"unknown series id {series}")
-        selector = "{" + ",".join(f"{k}={_quote(v)}" for k, v in labels) + "}"
-    elif isinstance(series, str):
-        selector = series.strip()
-        node = ast.unwrap(parse(selector))
-        if not isinstance(node, ast.VectorSelector):
-            raise ValueError(f"not a series selector: {series!r}")
-    else:
-        raise TypeError("series_id must be a series id (int) or a selector (str)")
-    if condition not in CONDITIONS:
-        raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, not {condition!r}")
-    if condition == "absent":
-        span = threshold if threshold is not None else window
-        ms = round(_seconds(span, "threshold") * 1000)
-        if ms <= 0:
-            raise ValueError("absent needs a positive duration")
-        return f"absent_over_time({selector}[{ms}ms])"
-    if condition in ANOMALY_FUNCTIONS:
-        from agent.analytics.promql import ensure_registered
-
-        ensure_registered()  # the functions parse even without the daemon's plugins
-        if isinstance(threshold, str):
-            raise ValueError(f"condition {condition!r} needs a numeric threshold")
-        limit = 3.0 if threshold is None else float(threshold)
-        if not limit > 0:
-            raise ValueError(f"condition {condition!r} needs a positive threshold")
-        ms = round(_seconds(window, "window") * 1000)
-        fn = ANOMALY_FUNCTIONS[condition]
-        return f"abs({fn}({selector}[{ms}ms])) > {_number(limit)}"
-    if threshold is None or isinstance(threshold, str):
-        raise ValueError(f"condition {condition!r} needs a numeric threshold")
-    value = float(threshold)
-    if condition == "rate_of_change":
-        ms = round(_seconds(window, "window") * 1000)
-        op = "<" if value < 0 else ">"
-        return f"deriv({selector}[{ms}ms]) {op} {_number(value)}"
-    return f"{selector} {condition} {_number(value)}"
