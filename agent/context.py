@@ -31,8 +31,9 @@ from agent.web.api.metadata import MetadataTable
 from agent.web.ingest_budget import IngestBudget
 
 if TYPE_CHECKING:
-    from agent.alerting.dispatch import Dispatcher, Notifier
+    from agent.alerting.dispatch import Dispatcher
     from agent.alerting.engine import RuleEngine
+    from agent.alerting.notify import Notifier
     from agent.dataio.stream import StreamHub
     from agent.forward.export_log import ExportHub
     from agent.query.service import QueryService

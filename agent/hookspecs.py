@@ -35,7 +35,7 @@ import pluggy
 from agent import PROJECT_NAME
 
 if TYPE_CHECKING:
-    from agent.alerting.dispatch import Notifier
+    from agent.alerting.notify import Notifier
     from agent.config import Config, Schema
     from agent.context import AgentContext, Exporter, Ingestor, QueryFunction, Route
     from agent.storage.codec import Codec

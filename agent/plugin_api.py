@@ -15,352 +15,156 @@ return directly, so nothing on the per-sample path goes through pluggy.
 
 from __future__ import annotations
 
-from agent import __version__ as __version__
-from agent import hookimpl as hookimpl
-from agent.alerting.dispatch import (
-    Notifier as Notifier,
+from agent import (
+    __version__,
+    hookimpl,
 )
-from agent.alerting.dispatch import (
-    NotifyError as NotifyError,
+from agent.alerting.notify import (
+    Notifier,
+    NotifyError,
+    build_payload,
+    redact_text,
+    redact_url,
 )
-from agent.alerting.dispatch import (
-    build_payload as build_payload,
-)
-from agent.alerting.dispatch import (
-    redact_text as redact_text,
-)
-from agent.alerting.dispatch import (
-    redact_url as redact_url,
-)
-from agent.alerting.routing import (
-    check_alerting as check_alerting,
-)
+from agent.alerting.routing import check_alerting
 from agent.analytics import (
-    anomaly as anomaly,
-)
-from agent.analytics import (
-    forecast as forecast,
-)
-from agent.analytics import (
-    promql as promql,
+    anomaly,
+    forecast,
+    promql,
 )
 from agent.config import (
-    Config as Config,
-)
-from agent.config import (
-    Field as Field,
-)
-from agent.config import (
-    Schema as Schema,
-)
-from agent.config import (
-    check_duration as check_duration,
-)
-from agent.config import (
-    check_listen as check_listen,
-)
-from agent.config import (
-    check_non_negative as check_non_negative,
-)
-from agent.config import (
-    check_positive as check_positive,
-)
-from agent.config import (
-    parse_duration as parse_duration,
-)
-from agent.config import (
-    parse_listen as parse_listen,
-)
-from agent.config import (
-    validate as validate,
+    Config,
+    Field,
+    Schema,
+    check_duration,
+    check_listen,
+    check_non_negative,
+    check_positive,
+    parse_duration,
+    parse_listen,
+    validate,
 )
 from agent.context import (
-    AgentContext as AgentContext,
-)
-from agent.context import (
-    Exporter as Exporter,
-)
-from agent.context import (
-    Handler as Handler,
-)
-from agent.context import (
-    Ingestor as Ingestor,
-)
-from agent.context import (
-    QueryFunction as QueryFunction,
-)
-from agent.context import (
-    Route as Route,
-)
-from agent.context import (
-    RouteGroup as RouteGroup,
+    AgentContext,
+    Exporter,
+    Handler,
+    Ingestor,
+    QueryFunction,
+    Route,
+    RouteGroup,
 )
 from agent.dataio.export import (
-    TIME_FORMATS as TIME_FORMATS,
-)
-from agent.dataio.export import (
-    ExportError as ExportError,
-)
-from agent.dataio.export import (
-    export_csv as export_csv,
-)
-from agent.dataio.export import (
-    export_jsonl as export_jsonl,
-)
-from agent.dataio.export import (
-    format_value as format_value,
-)
-from agent.dataio.export import (
-    import_spec as import_spec,
-)
-from agent.dataio.export import (
-    label_columns as label_columns,
-)
-from agent.dataio.export import (
-    parse_selector as parse_selector,
-)
-from agent.dataio.export import (
-    select_series as select_series,
+    TIME_FORMATS,
+    ExportError,
+    export_csv,
+    export_jsonl,
+    format_value,
+    import_spec,
+    label_columns,
+    parse_selector,
+    select_series,
 )
 from agent.dataio.importer import (
-    CsvMapping as CsvMapping,
-)
-from agent.dataio.importer import (
-    ImportReport as ImportReport,
-)
-from agent.dataio.importer import (
-    MappingError as MappingError,
-)
-from agent.dataio.importer import (
-    Problem as Problem,
-)
-from agent.dataio.importer import (
-    mapping_from_json as mapping_from_json,
-)
-from agent.dataio.importer import (
-    parse_csv_text as parse_csv_text,
-)
-from agent.dataio.importer import (
-    parse_rfc3339 as parse_rfc3339,
-)
-from agent.dataio.importer import (
-    resolve_chunked as resolve_chunked,
-)
-from agent.dataio.importer import (
-    store_parsed as store_parsed,
+    CsvMapping,
+    ImportReport,
+    MappingError,
+    Problem,
+    mapping_from_json,
+    parse_csv_text,
+    parse_rfc3339,
+    resolve_chunked,
+    store_parsed,
 )
 from agent.dataio.join import (
-    FILLS as FILLS,
-)
-from agent.dataio.join import (
-    JOIN_TYPES as JOIN_TYPES,
-)
-from agent.dataio.join import (
-    JoinError as JoinError,
-)
-from agent.dataio.join import (
-    join_series as join_series,
+    FILLS,
+    JOIN_TYPES,
+    JoinError,
+    join_series,
 )
 from agent.dataio.stream import (
-    Lagged as Lagged,
-)
-from agent.dataio.stream import (
-    SampleBatch as SampleBatch,
-)
-from agent.dataio.stream import (
-    Selection as Selection,
-)
-from agent.dataio.stream import (
-    Subscription as Subscription,
-)
-from agent.dataio.stream import (
-    live_query as live_query,
+    Lagged,
+    SampleBatch,
+    Selection,
+    Subscription,
+    live_query,
 )
 from agent.forward.export_log import (
-    BatchExporter as BatchExporter,
-)
-from agent.forward.export_log import (
-    ExportBatch as ExportBatch,
-)
-from agent.forward.export_log import (
-    ExportOptions as ExportOptions,
-)
-from agent.forward.export_log import (
-    ExportProgress as ExportProgress,
-)
-from agent.forward.export_log import (
-    ExportStopped as ExportStopped,
+    BatchExporter,
+    ExportBatch,
+    ExportOptions,
+    ExportProgress,
+    ExportStopped,
 )
 from agent.model import (
-    METRIC_NAME as METRIC_NAME,
+    METRIC_NAME,
+    STALE_NAN,
+    STALE_NAN_BITS,
+    Labels,
+    Matcher,
+    MatchOp,
+    format_labels,
+    make_labels,
+    metric_name,
+    valid_label_name,
+    valid_metric_name,
 )
-from agent.model import (
-    STALE_NAN as STALE_NAN,
-)
-from agent.model import (
-    STALE_NAN_BITS as STALE_NAN_BITS,
-)
-from agent.model import (
-    Labels as Labels,
-)
-from agent.model import (
-    Matcher as Matcher,
-)
-from agent.model import (
-    MatchOp as MatchOp,
-)
-from agent.model import (
-    format_labels as format_labels,
-)
-from agent.model import (
-    make_labels as make_labels,
-)
-from agent.model import (
-    metric_name as metric_name,
-)
-from agent.model import (
-    valid_label_name as valid_label_name,
-)
-from agent.model import (
-    valid_metric_name as valid_metric_name,
-)
-from agent.prompb import (
-    remote_pb2 as remote_pb2,
-)
-from agent.prompb import (
-    types_pb2 as types_pb2,
-)
-from agent.prompb import (
-    write_v2_pb2 as write_v2_pb2,
-)
-from agent.query import (
-    ast as ast,
-)
-from agent.query.blocks import RangeData as RangeData
+from agent.prompb import remote_pb2, types_pb2, write_v2_pb2
+from agent.query import ast
+from agent.query.blocks import RangeData
 from agent.query.errors import (
-    BadDataError as BadDataError,
+    BadDataError,
+    QueryError,
 )
-from agent.query.errors import (
-    QueryError as QueryError,
-)
-from agent.query.extensions import RangeFunction as RangeFunction
-from agent.query.parser import (
-    parse as parse,
-)
-from agent.query.service import (
-    parse_duration_param as parse_duration_param,
-)
+from agent.query.extensions import RangeFunction
+from agent.query.parser import parse
+from agent.query.service import parse_duration_param
 from agent.query.timezone import (
-    DstRule as DstRule,
-)
-from agent.query.timezone import (
-    parse_time as parse_time,
+    DstRule,
+    parse_time,
 )
 from agent.storage import (
-    AppendResult as AppendResult,
-)
-from agent.storage import (
-    BackPressure as BackPressure,
-)
-from agent.storage import (
-    StorageError as StorageError,
-)
-from agent.storage import (
-    Store as Store,
-)
-from agent.storage import (
-    UnknownSeries as UnknownSeries,
+    AppendResult,
+    BackPressure,
+    StorageError,
+    Store,
+    UnknownSeries,
 )
 from agent.storage.codec import (
-    Codec as Codec,
+    Codec,
+    CorruptBlobError,
+    RawCodec,
+    as_bytes,
+    check_arrays,
+    check_count,
 )
-from agent.storage.codec import (
-    CorruptBlobError as CorruptBlobError,
-)
-from agent.storage.codec import (
-    RawCodec as RawCodec,
-)
-from agent.storage.codec import (
-    as_bytes as as_bytes,
-)
-from agent.storage.codec import (
-    check_arrays as check_arrays,
-)
-from agent.storage.codec import (
-    check_count as check_count,
-)
-from agent.storage.options import (
-    SeriesData as SeriesData,
-)
+from agent.storage.options import SeriesData
 from agent.web.api.envelope import (
-    ApiError as ApiError,
-)
-from agent.web.api.envelope import (
-    bad_param as bad_param,
-)
-from agent.web.api.envelope import (
-    bool_param as bool_param,
-)
-from agent.web.api.envelope import (
-    duration_param as duration_param,
-)
-from agent.web.api.envelope import (
-    failure as failure,
-)
-from agent.web.api.envelope import (
-    form as form,
-)
-from agent.web.api.envelope import (
-    int_param as int_param,
-)
-from agent.web.api.envelope import (
-    success as success,
-)
-from agent.web.api.envelope import (
-    time_param as time_param,
+    ApiError,
+    bad_param,
+    bool_param,
+    duration_param,
+    failure,
+    form,
+    int_param,
+    success,
+    time_param,
 )
 from agent.web.ingest import (
-    SMALL_BYTES as SMALL_BYTES,
+    SMALL_BYTES,
+    WEIGHT_CSV,
+    WEIGHT_JSON,
+    WEIGHT_TEXT,
+    OnError,
+    bad_request,
+    busy,
+    count,
+    extra_labels_param,
+    flag_param,
+    on_error_param,
+    report_response,
+    unavailable,
 )
-from agent.web.ingest import (
-    WEIGHT_CSV as WEIGHT_CSV,
-)
-from agent.web.ingest import (
-    WEIGHT_JSON as WEIGHT_JSON,
-)
-from agent.web.ingest import (
-    WEIGHT_TEXT as WEIGHT_TEXT,
-)
-from agent.web.ingest import (
-    OnError as OnError,
-)
-from agent.web.ingest import (
-    bad_request as bad_request,
-)
-from agent.web.ingest import (
-    busy as busy,
-)
-from agent.web.ingest import (
-    count as count,
-)
-from agent.web.ingest import (
-    extra_labels_param as extra_labels_param,
-)
-from agent.web.ingest import (
-    flag_param as flag_param,
-)
-from agent.web.ingest import (
-    on_error_param as on_error_param,
-)
-from agent.web.ingest import (
-    report_response as report_response,
-)
-from agent.web.ingest import (
-    unavailable as unavailable,
-)
-from agent.wire import (
-    uvarint as uvarint,
-)
+from agent.wire import uvarint
 
 __all__ = [
     "FILLS",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.alerting.dispatch import Notifier
+from agent.alerting.notify import Notifier
 from agent.context import AgentContext, Exporter, Ingestor, Route
 from agent.plugin_host import PluginFailure, protocol_problem
 

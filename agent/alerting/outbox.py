@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -274,3 +274,20 @@ class Outbox:
                 args,
             )
         )
+
+
+def raw_alert(alert: Alert) -> dict[str, Any]:
+    """An alert as the outbox stores it (JSON-able); :func:`alert_from_raw` reverses it."""
+    return {
+        "labels": dict(alert.labels),
+        "annotations": dict(alert.annotations),
+        "status": alert.status,
+        "starts_at": alert.starts_at,
+        "ends_at": alert.ends_at,
+        "generator_url": alert.generator_url,
+        "value": alert.value,
+    }
+
+
+def alert_from_raw(data: Mapping[str, Any]) -> Alert:
+    return Alert(**data)
