@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,34 +24,29 @@ from typing import Any
 
 import numpy as np
 
-from agent.model import Labels, Matcher, metric_name
+from agent.model import Labels, Matcher
 from agent.storage import (
     audit,
     backfill,
     bounds,
     db,
-    recompress,
     retention,
     rollup,
     space,
-    versions,
 )
 from agent.storage.cardinality import (
     CardinalityOptions,
-    CardinalityStats,
     Limiter,
     LimitRule,
-    top_stats,
 )
 from agent.storage.codec import Codec, RawCodec
 from agent.storage.errors import (
     BackPressure,
-    CardinalityLimitExceeded,
     StorageError,
     UnknownSeries,
 )
 from agent.storage.head import INT64_MIN, Head
-from agent.storage.index import SeriesIndex, canonical_labels
+from agent.storage.index import SeriesIndex
 from agent.storage.lock import DatabaseLock
 from agent.storage.options import (
     REJECT_OUT_OF_BOUNDS,
@@ -63,9 +56,12 @@ from agent.storage.options import (
     SelectedArrays,
     SeriesData,
     StorageOptions,
-    StoreStats,
 )
 from agent.storage.segments import CodecChooser, decode_merge, fetch_segments, probe_segments
+from agent.storage.store_base import WriteListener as WriteListener
+from agent.storage.store_listeners import ListenerParts
+from agent.storage.store_maintenance import MaintenanceParts
+from agent.storage.store_series import SeriesParts
 from agent.storage.wal import (
     BatchRecord,
     TxnHook,
@@ -79,14 +75,11 @@ from agent.storage.writer import Counters, SampleListener, Writer, notify_sample
 log = logging.getLogger(__name__)
 
 READER_THREADS = 2
-# Longest a clean shutdown spends giving free pages back (see Store.reclaim).
-FINAL_RECLAIM_SECONDS = 10.0
-
-WriteListener = Callable[[np.ndarray | None, int, int], None]
-"""Called as ``listener(series_ids or None for any, min_t, max_t)`` after data changed."""
 
 
-class Store:
+class Store(SeriesParts, MaintenanceParts, ListenerParts):
+    """The storage facade (module docstring); parts: store_series, _maintenance, _listeners."""
+
     def __init__(
         self, path: Path, options: StorageOptions, chooser: CodecChooser, conn: sqlite3.Connection
     ) -> None:
@@ -308,55 +301,6 @@ class Store:
             except Exception:
                 log.exception("periodic flush failed")
 
-    async def checkpoint(self) -> int:
-        """Rewrite the log as a compact copy of the head now (the writer also does this by
-        itself as the log grows); returns the checkpoint's bytes."""
-        return await self._w.checkpoint()
-
-    async def reclaim(self, *, final: bool = False) -> space.DiskUsage:
-        """Give free pages back and reset the ``-wal`` (see :mod:`agent.storage.space`).
-
-        Each step is its own short job on the SQL thread, so appends are served
-        between steps. ``final`` (at shutdown, writer stopped) frees every page
-        and truncates the ``-wal`` to zero.
-        """
-        loop = asyncio.get_running_loop()
-        conn, sql = self._conn, self._sql_thread
-        min_bytes = self.options.reclaim_min_bytes
-        # At shutdown, within a budget: a stop must stay well inside systemd's timeout.
-        deadline = time.monotonic() + FINAL_RECLAIM_SECONDS
-        if final or await loop.run_in_executor(sql, space.worth_reclaiming, conn, min_bytes):
-            while await loop.run_in_executor(sql, space.reclaim_step, conn):
-                if (self._closed and not final) or (final and time.monotonic() > deadline):
-                    break
-        if final:
-            await loop.run_in_executor(sql, space.truncate_wal, conn)
-        else:
-            await loop.run_in_executor(sql, space.checkpoint, conn)
-            await self.refresh_disk_usage()
-        return self._disk
-
-    async def refresh_disk_usage(self) -> space.DiskUsage:
-        """Measure the file (on a reader) for ``stats()``; warn once when free pages pile up."""
-        usage: space.DiskUsage = await self.run_read(lambda c: space.measure(c, self.path))
-        self._disk = usage
-        share = self.options.free_pages_warn_share
-        if 0 < share <= usage.free_share and usage.free_bytes >= self.options.reclaim_min_bytes:
-            if not self._free_warned:
-                self._free_warned = True
-                log.warning(
-                    "%.0f%% of %s is free pages (%d bytes); storage.free_pages_warn_share is"
-                    " %.2f. A database created before auto_vacuum=INCREMENTAL needs one"
-                    " `tsagent retention --once --vacuum` with the daemon stopped.",
-                    100 * usage.free_share,
-                    self.path,
-                    usage.free_bytes,
-                    share,
-                )
-        else:
-            self._free_warned = False
-        return usage
-
     async def start_rollups(
         self, options: rollup.RollupOptions, *, background: bool = True
     ) -> rollup.RollupManager:
@@ -384,63 +328,6 @@ class Store:
         if background:
             manager.start()
         return manager
-
-    def add_write_listener(self, listener: WriteListener) -> None:
-        """Call ``listener(series_ids, min_t, max_t)`` on the event loop after each change.
-
-        Every path that changes stored samples calls it once per committed
-        batch, after the commit (append, backfill, record_write, rollback,
-        retention; ``series_ids`` None means "any series"). It must be cheap:
-        it runs inline on the write path. The query cache invalidates with it.
-        """
-        self._write_listeners.append(listener)
-
-    def remove_write_listener(self, listener: WriteListener) -> None:
-        with contextlib.suppress(ValueError):
-            self._write_listeners.remove(listener)
-
-    def notify_written(self, series_ids: np.ndarray | None, min_t: int, max_t: int) -> None:
-        """Tell the write listeners that samples in [min_t, max_t] of these series changed."""
-        for listener in list(self._write_listeners):
-            try:
-                listener(series_ids, min_t, max_t)
-            except Exception:
-                log.exception("write listener failed")
-
-    def add_sample_listener(self, listener: SampleListener) -> None:
-        """Call ``listener(series_ids, timestamps, values)`` with the samples of each commit.
-
-        Called on the event loop right after each group commit (appends) and
-        each backfill or ``record_write`` commit, in commit order, with
-        exactly the samples stored: duplicates and rejected samples are left
-        out. Arrays are int64/int64/float64 (values as stored, NaN payloads
-        intact) and must not be modified. Costs nothing while no listener is
-        registered; a listener must be cheap (live streaming filters with one
-        numpy gather, see :mod:`agent.dataio.stream`). Rollbacks and retention
-        remove data and are reported only to write listeners.
-        """
-        self._sample_listeners.append(listener)
-
-    def remove_sample_listener(self, listener: SampleListener) -> None:
-        with contextlib.suppress(ValueError):
-            self._sample_listeners.remove(listener)
-
-    @property
-    def sample_listener_count(self) -> int:
-        """Registered sample listeners (tests check that disconnects clean up)."""
-        return len(self._sample_listeners)
-
-    def add_transaction_hook(self, hook: TxnHook, *, backfills: bool = False) -> None:
-        """Run ``hook`` inside every group-commit transaction (e.g. an audit insert).
-
-        With ``backfills`` it also runs inside each backfill's transaction, with
-        one record (``op="backfill"``, ``seq`` None) holding the stored samples:
-        the export log needs every accepted batch, while the audit hook must
-        not see backfills (they write their own audit row).
-        """
-        self._w.hooks.append(hook)
-        if backfills:
-            self._backfill_hooks.append(hook)
 
     async def run_in_transaction(
         self,
@@ -480,201 +367,6 @@ class Store:
         return self._writer
 
     # --- series -------------------------------------------------------------------------
-
-    def series_id(self, labels: Labels) -> int | None:
-        sid = self._index.lookup(labels)
-        if sid is None:
-            sid = self._index.lookup(canonical_labels(labels))
-        return sid
-
-    async def get_or_create_series(self, labels_list: list[Labels]) -> list[int]:
-        """Ids for label sets, creating missing series durably before returning.
-
-        Raises :class:`CardinalityLimitExceeded` when a limit refuses some new
-        series; ingestors that keep the rest call :meth:`resolve_series`.
-        """
-        ids, refused = await self.resolve_series(labels_list)
-        if refused:
-            raise CardinalityLimitExceeded(ids, refused)
-        return ids
-
-    async def resolve_series(self, labels_list: list[Labels]) -> tuple[list[int], dict[int, str]]:
-        """Ids for label sets (0 where refused) and {position: reason} for the refused.
-
-        Existing series always resolve; only new series are checked against
-        the cardinality limits, so traffic on known series keeps flowing.
-        """
-        out: list[int] = []
-        missing: list[int] = []
-        wanted: list[Labels] = []
-        lookup = self._index.lookup
-        too_big: dict[int, str] = {}
-        for lab in labels_list:
-            sid = lookup(lab)
-            if sid is None:
-                canon = canonical_labels(lab)
-                if not canon:
-                    raise ValueError("a series needs at least one non-empty label")
-                if canon is not lab:
-                    sid = lookup(canon)
-                problem = None if sid is not None else bounds.label_problem(self._bounds, canon)
-                if problem is not None:
-                    too_big[len(out)] = f"label limit: {problem}"
-                elif sid is None:
-                    missing.append(len(out))
-                    wanted.append(canon)
-            out.append(sid if sid is not None else 0)
-        refused: dict[int, str] = {}
-        if wanted:
-            dropped = self._limiter.admit(wanted)
-            if dropped:
-                refused = {missing[i]: reason for i, reason in dropped.items()}
-                keep = [i for i in range(len(wanted)) if i not in dropped]
-                missing = [missing[i] for i in keep]
-                wanted = [wanted[i] for i in keep]
-        if wanted:
-            try:
-                created = await self._w.create(wanted)
-            except BaseException:
-                self._limiter.forget_reservations(len(wanted))
-                raise
-            self._limiter.created(created)
-            for pos, sid in zip(missing, created, strict=True):
-                out[pos] = sid
-        return out, refused | too_big
-
-    def timestamp_problems(self, timestamps: Sequence[int] | np.ndarray) -> list[tuple[int, str]]:
-        """(position, reason) of timestamps outside ``limits`` (see :mod:`agent.storage.bounds`).
-
-        ``append`` and ``backfill`` refuse those samples anyway; ingestors ask
-        first so that no series is created for samples that will be refused,
-        and so an all-or-nothing batch creates nothing.
-        """
-        ts = np.asarray(timestamps, dtype=np.int64)
-        return bounds.split_timestamps(self._bounds, ts, now_ms())[1] if ts.size else []
-
-    def out_of_bounds(self, timestamps: np.ndarray) -> np.ndarray | None:
-        """Boolean mask of timestamps outside ``limits``, or None when all are inside.
-
-        Vectorised, for callers with millions of samples; the reasons come
-        from :meth:`timestamp_problems`.
-        """
-        lo, hi = bounds.time_window(self._bounds, now_ms())
-        bad = (timestamps < lo) | (timestamps > hi)
-        return bad if bad.any() else None
-
-    def label_problems(self, labels_list: Sequence[Labels]) -> dict[int, str]:
-        """{position: reason} of label sets that would be refused as new series (label limits)."""
-        out: dict[int, str] = {}
-        for i, lab in enumerate(labels_list):
-            if self.series_id(lab) is None:
-                problem = bounds.label_problem(self._bounds, canonical_labels(lab))
-                if problem is not None:
-                    out[i] = f"label limit: {problem}"
-        return out
-
-    def cardinality_stats(self, limit: int = 10) -> CardinalityStats:
-        """Top label names, values and metrics by series count (``/api/v1/status/tsdb``)."""
-        index = self._index
-        return top_stats(index.label_names(), index.value_counts, len(index), limit)
-
-    async def limit_cardinality(
-        self, series_id_or_metric: int | str, tag_key: str | None, max_values: int
-    ) -> None:
-        """Cap a metric's distinct values of ``tag_key`` (or, with no key, its series).
-
-        Persisted, so the cap survives a restart; it applies to series created
-        from now on (existing series are never cut off).
-        """
-        if isinstance(series_id_or_metric, int):
-            metric = dict(self.labels(series_id_or_metric)).get("__name__", "")
-        else:
-            metric = series_id_or_metric
-        if max_values < 0:
-            raise ValueError("max_values must be >= 0")
-        label = tag_key or ""
-        await self._w.job(lambda conn: Limiter.save_api_rule(conn, metric, label, max_values))
-        self._limiter.set_api_rule(metric, label, max_values)
-
-    def labels(self, series_id: int) -> Labels:
-        return self._index.labels(series_id)
-
-    def label_names(self) -> list[str]:
-        return self._index.label_names()
-
-    def label_values(self, name: str) -> list[str]:
-        return self._index.label_values(name)
-
-    def match_series(self, matchers: list[Matcher]) -> list[int]:
-        return self._index.match(matchers).tolist()
-
-    def newest_timestamps(self, series_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Newest sample time ever stored per series (INT64_MIN for none), from memory.
-
-        The series and label endpoints use it to leave out series that ended
-        before the requested start without reading any samples.
-        """
-        ids = np.asarray(series_ids, dtype=np.int64)
-        max_t = self._head.max_t
-        out = np.full(ids.size, INT64_MIN, dtype=np.int64)
-        ok = ids < max_t.size
-        out[ok] = max_t[ids[ok]]
-        return out
-
-    async def time_bounds(self) -> tuple[int, int] | None:
-        """(oldest, newest) sample timestamp in segments and head, or None when empty."""
-
-        def run() -> tuple[int | None, int | None]:
-            row = self._reader_conn().execute("SELECT min(min_t), max(max_t) FROM segments")
-            lo, hi = row.fetchone()
-            return lo, hi
-
-        lo, hi = await asyncio.get_running_loop().run_in_executor(self._readers, run)
-        head = self._head
-        ids = head.series_with_data()
-        first = head.earliest(ids.tolist())
-        if first is not None:
-            lo = first if lo is None else min(lo, first)
-            # A series' newest sample is in the head whenever the head holds any of it
-            # (out-of-order ones are older), or else in segments: max_t bounds both.
-            last = int(head.max_t[ids].max())
-            hi = last if hi is None else max(hi, last)
-        return None if lo is None or hi is None else (int(lo), int(hi))
-
-    async def earliest_from(self, start_ms: int) -> int | None:
-        """The oldest sample timestamp at or after ``start_ms`` (segments and head), or None.
-
-        Lets background passes that walk time (rollups) jump over empty
-        spans: a lone sample decades before the rest must not cost one step
-        per block in between. Exact, and cheap: an index read for segments
-        starting later, a read of only the segments that straddle
-        ``start_ms``, and the head from ``start_ms`` on.
-        """
-
-        def run() -> tuple[int | None, list[int]]:
-            conn = self._reader_conn()
-            later = conn.execute(
-                "SELECT min(min_t) FROM segments WHERE min_t >= ?", (start_ms,)
-            ).fetchone()[0]
-            straddle = conn.execute(
-                "SELECT DISTINCT series_id FROM segments WHERE min_t < ? AND max_t >= ?",
-                (start_ms, start_ms),
-            ).fetchall()
-            return later, [int(r[0]) for r in straddle]
-
-        later, straddle = await asyncio.get_running_loop().run_in_executor(self._readers, run)
-        best = later
-        end = 2**63 - 1 if later is None else int(later)
-        for _sid, t, _v in await self.read_many(straddle, start_ms, end):
-            if t.size:
-                best = int(t[0]) if best is None else min(best, int(t[0]))
-        head = self._head
-        ids = head.series_with_data()
-        ids = ids[self.newest_timestamps(ids) >= start_ms]  # only series with data that late
-        first = head.earliest(ids.tolist(), start_ms)
-        if first is not None and first <= end:
-            best = first if best is None else min(best, first)
-        return None if best is None else int(best)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -951,203 +643,6 @@ class Store:
 
     # --- maintenance ------------------------------------------------------------------
 
-    async def apply_compression(
-        self, series_id: int, method: str, block_size: int | None = None
-    ) -> recompress.CompressionResult:
-        """Re-encode a series' stored segments with ``method`` in one transaction.
-
-        Head samples are not touched. ``block_size`` defaults to the store's.
-        Raises ``ValueError`` for an unknown codec, naming the known ones.
-        """
-        if not self._index.exists(series_id):
-            raise UnknownSeries(f"unknown series id {series_id}")
-        block = self.options.block_size if block_size is None else block_size
-        return await recompress.apply_compression(self._w, self._chooser, series_id, method, block)
-
-    async def apply_retention(self, *, now_ms: int | None = None) -> retention.RetentionResult:
-        """Delete what is older than its retention now (or at ``now_ms``); see ``retention``."""
-        result = await retention.run_pass(
-            self._w, self._index, self._retention, self.options.flush_chunk_series, now_ms
-        )
-        if result.samples and result.min_t is not None and result.max_t is not None:
-            self.notify_written(None, result.min_t, result.max_t)
-        return result
-
-    async def vacuum(self) -> int:
-        """Full VACUUM (switches an old file to incremental auto_vacuum); returns the mode.
-
-        Rewrites the whole file, so only for maintenance with no other process
-        using the database; it runs on the SQL thread between writer jobs.
-        """
-        w = self._w
-        return await asyncio.get_running_loop().run_in_executor(
-            w.executor, retention.full_vacuum, w.conn
-        )
-
-    async def compression_stats(self) -> recompress.CompressionStats:
-        """Bytes per sample per codec and per metric name, over stored segments only."""
-        if self._closed:
-            raise StorageError("store is closed")
-        head_samples = self._head.samples
-        loop = asyncio.get_running_loop()
-        usage = await loop.run_in_executor(
-            self._readers, lambda: recompress.segment_usage(self._reader_conn())
-        )
-        labels = self._index.labels
-        return recompress.summarise(usage, lambda sid: metric_name(labels(sid)), head_samples)
-
     # --- versioned writes and the audit trail -------------------------------------------
 
-    def _edit_ctx(self) -> versions.EditContext:
-        return versions.EditContext(
-            self._head, self._index, self._chooser, self.options.block_size, self._counters
-        )
-
-    def _known_series(self, series: int | Labels) -> int:
-        if isinstance(series, int | np.integer):
-            sid: int | None = int(series)
-        else:
-            sid = self.series_id(series)
-        if sid is None or not self._index.exists(sid):
-            raise UnknownSeries(f"unknown series {series!r}")
-        return sid
-
-    async def record_write(
-        self,
-        series: int | Labels,
-        timestamp: int,
-        value: float,
-        tags: Mapping[str, Any] | None = None,
-        user_id: str | None = None,
-        *,
-        source: str = "api",
-    ) -> int:
-        """Write one sample, replacing any value at that timestamp; returns the audit id.
-
-        Unlike ``append`` a different value at an existing timestamp wins; the
-        old one is kept in ``versions`` (see :mod:`agent.storage.versions`).
-        Labels of a series that does not exist yet create it. ``tags`` (JSON
-        values) go into the audit row's detail, not into the labels.
-        """
-        if isinstance(series, int | np.integer):
-            sid = self._known_series(int(series))
-        else:
-            [sid] = await self.get_or_create_series([series])
-        if tags is not None:
-            json.dumps(dict(tags))  # fail here, not inside the writer's transaction
-        t = int(timestamp)
-        bits = versions.value_bits(float(value))
-        ctx = self._edit_ctx()
-        at = now_ms()
-
-        def sql(conn: sqlite3.Connection) -> tuple[int, versions.SeriesEdit]:
-            return versions.record_write_sql(
-                conn, ctx, sid, t, bits, user=user_id, source=source, tags=tags, at_ms=at
-            )
-
-        def after(res: tuple[int, versions.SeriesEdit]) -> int:
-            versions.apply_edits(ctx, [res[1]])
-            if self._sample_listeners:
-                notify_samples(
-                    self._sample_listeners,
-                    np.array([sid], dtype=np.int64),
-                    np.array([t], dtype=np.int64),
-                    np.array([bits], dtype=np.uint64),
-                )
-            return res[0]
-
-        result: int = await self._w.job(sql, after)
-        self.notify_written(np.array([sid], dtype=np.int64), t, t)
-        return result
-
-    async def history(self, series: int | Labels, timestamp: int) -> list[versions.Version]:
-        """Every value the point has held, oldest first, the current one last."""
-        sid = self._known_series(series)
-        t = int(timestamp)
-        # Current value first, history second: a write landing in between then
-        # shows up as an extra history entry rather than going missing.
-        ts, vals = await self.read_series(sid, t, t)
-        current = int(vals[:1].view(np.uint64)[0]) if ts.size else None
-
-        def run() -> list[versions.Version]:
-            conn = self._reader_conn()
-            states = versions.history_states(conn, sid, t, current)
-            return versions.to_versions(conn, states, current)
-
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
-
-    async def rollback(
-        self,
-        audit_id: int | None = None,
-        *,
-        before_ms: int | None = None,
-        user_id: str | None = None,
-        source: str = "api",
-    ) -> int:
-        """Restore every value as it was before audit row ``audit_id`` (or time ``before_ms``).
-
-        Undoes ``record_write``s and earlier rollbacks and removes samples
-        appended since; the rollback is itself audited and versioned, so it can
-        be rolled back in turn.  Retention deletions are not undone.  Returns
-        the rollback's audit id.
-        """
-        if (audit_id is None) == (before_ms is None):
-            raise ValueError("give exactly one of audit_id and before_ms")
-        ctx = self._edit_ctx()
-        at = now_ms()
-
-        def sql(conn: sqlite3.Connection) -> tuple[int, list[versions.SeriesEdit]]:
-            return versions.rollback_sql(
-                conn,
-                ctx,
-                audit_id=audit_id,
-                before_ms=before_ms,
-                user=user_id,
-                source=source,
-                at_ms=at,
-            )
-
-        touched: list[int] = []
-
-        def after(res: tuple[int, list[versions.SeriesEdit]]) -> int:
-            versions.apply_edits(ctx, res[1])
-            touched.extend(e.series_id for e in res[1])
-            return res[0]
-
-        result: int = await self._w.job(sql, after)
-        if touched:  # samples at any time may have come back or gone: all time
-            self.notify_written(np.array(touched, dtype=np.int64), INT64_MIN, 2**63 - 1)
-        return result
-
-    async def verify_audit(self) -> audit.VerifyResult:
-        """Check the audit chain on a reader connection (a consistent snapshot)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._readers, lambda: audit.verify_chain(self._reader_conn())
-        )
-
     # --- stats ----------------------------------------------------------------------------
-
-    def stats(self) -> StoreStats:
-        c = self._counters
-        h = self._head
-        return StoreStats(
-            active_series=h.active,
-            total_series=len(self._index),
-            head_samples=h.samples,
-            head_bytes=h.bytes_estimate(),
-            wal_rows=c.wal_rows,
-            segments=c.segments,
-            flushes=c.flushes,
-            flushed_samples=c.flushed_samples,
-            flush_seconds=c.flush_seconds,
-            commits=c.commits,
-            appends=c.appends,
-            appended_samples=c.appended_samples,
-            duplicate_samples=c.duplicate_samples,
-            replayed_samples=c.replayed_samples,
-            rejected=dict(c.rejected),
-            cardinality_rejected=dict(self._limiter.rejected),
-            checkpoints=c.checkpoints,
-            disk=self._disk,
-        )
