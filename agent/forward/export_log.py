@@ -41,8 +41,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -51,7 +50,6 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.model import Labels
 from agent.storage.db import LEGACY_SET, Migrations
 from agent.storage.wal import BatchRecord, decode_batch
 
@@ -60,7 +58,19 @@ if TYPE_CHECKING:
 
     from agent.storage import Store
 
+from agent.forward.batches import ExportBatch, ExportOptions, ExportStopped, now_ms
+
 log = logging.getLogger("tsagent.export")
+
+__all__ = [
+    "BatchExporter",
+    "ExportBatch",
+    "ExportHub",
+    "ExportOptions",
+    "ExportProgress",
+    "ExportStopped",
+    "batch_exporters",
+]
 
 
 @runtime_checkable
@@ -136,62 +146,6 @@ def m040_export_log(conn: sqlite3.Connection) -> None:
         " updated_ms INTEGER NOT NULL,"
         " PRIMARY KEY (consumer, lane))"
     )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class ExportOptions:
-    """How the core feeds one exporter; an exporter sets ``export_options`` to change them.
-
-    ``max_samples`` is a target per ``export`` call (a call holds at least
-    one whole batch, so a large batch may exceed it); ``max_wait_s`` lets
-    samples accumulate that long before a call that would be smaller than
-    ``max_samples`` (0: call as soon as anything is there). Backlog bounds of
-    0 mean unbounded.
-    """
-
-    max_samples: int = 10_000
-    max_wait_s: float = 0.0
-    max_backlog_samples: int = 0
-    max_backlog_age_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ExportBatch:
-    """One committed batch: the samples an append (or backfill) stored, in stored order.
-
-    ``seq`` is the batch's export-log position (increasing, never reused).
-    ``values`` keep their exact bits (staleness markers included). Series ids
-    are the store's; ``labels(series_id)`` names them.
-    """
-
-    seq: int
-    created_ms: int
-    op: str  # "append" or "backfill"
-    source: str
-    series_ids: np.ndarray
-    timestamps: np.ndarray
-    values: np.ndarray
-    labels: Callable[[int], Labels]
-    cum_before: int = 0  # samples in the log before this batch (for backlog checks)
-
-    def __len__(self) -> int:
-        return int(self.series_ids.size)
-
-    def samples(self) -> Iterator[tuple[Labels, int, float]]:
-        """(labels, ms, value) triples: the convenient, slower way to read a batch."""
-        labels = self.labels
-        for sid, t, v in zip(
-            self.series_ids.tolist(), self.timestamps.tolist(), self.values.tolist(), strict=True
-        ):
-            yield labels(sid), t, v
-
-
-class ExportStopped(Exception):
-    """Raised by an exporter that noticed ``progress.stopping``: not delivered, no retry."""
 
 
 class ExportProgress:
