@@ -17,6 +17,7 @@ from agent.storage import (
     audit,
     recompress,
     retention,
+    rollback,
     space,
     versions,
 )
@@ -233,7 +234,7 @@ class MaintenanceParts(StoreBase):
         at = now_ms()
 
         def sql(conn: sqlite3.Connection) -> tuple[int, list[versions.SeriesEdit]]:
-            return versions.rollback_sql(
+            return rollback.rollback_sql(
                 conn,
                 ctx,
                 audit_id=audit_id,
