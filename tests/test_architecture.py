@@ -170,6 +170,17 @@ def test_plugins_import_only_the_plugin_api(plugin: str) -> None:
     assert _violations(f"plugins.{plugin}", ("agent.plugin_api",), ("agent",)) == []
 
 
+def test_the_third_party_example_imports_only_the_plugin_api() -> None:
+    """contrib/tsagent-heartbeat is what plugin authors copy: it must show the rule."""
+    package = ROOT / "contrib" / "tsagent-heartbeat" / "tsagent_heartbeat"
+    imported = set()
+    for path in package.rglob("*.py"):
+        for name in _imported_names("tsagent_heartbeat", path):
+            if name == "agent" or name.startswith("agent."):
+                imported.add(_resolve(name) or name)
+    assert imported == {"agent.plugin_api"}
+
+
 def test_the_plugin_api_is_what_plugins_use() -> None:
     import agent.plugin_api as api
 

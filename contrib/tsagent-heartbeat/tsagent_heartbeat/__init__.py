@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.config import Field, Schema, check_duration, parse_duration
+from agent.plugin_api import Field, Schema, check_duration, hookimpl, parse_duration
 from tsagent_heartbeat.jsonl_export import SECTION as EXPORT_SECTION
 from tsagent_heartbeat.jsonl_export import JsonLinesExporter
 
