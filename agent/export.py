@@ -53,7 +53,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -63,6 +62,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher, metric_name, neutralize_cell
+from agent.query.numfmt import csv_number, jsonl_number
 
 if TYPE_CHECKING:
     from agent.storage import Store
@@ -197,17 +197,6 @@ def zone_of(name: str | tzinfo | None) -> tzinfo:
 
 
 # --- formatting -------------------------------------------------------------------------
-
-
-def format_value(v: float) -> str:
-    """Exact text for a float: ``repr`` reads back bit-identical; NaN/Inf as Prometheus spells."""
-    if v != v:
-        return "NaN"
-    if v == math.inf:
-        return "+Inf"
-    if v == -math.inf:
-        return "-Inf"
-    return repr(v)
 
 
 def _offsets_ms(ts: np.ndarray, zone: tzinfo) -> np.ndarray:
@@ -381,7 +370,7 @@ async def export_csv(
             times = format_times(t, time_format, zone)
             buf.write(
                 "".join(
-                    f"{tt},{middle},{format_value(x)}\n"
+                    f"{tt},{middle},{csv_number(x)}\n"
                     for tt, x in zip(times, v.tolist(), strict=True)
                 )
             )
@@ -426,16 +415,6 @@ async def write_csv(
     return stats
 
 
-def _json_value(v: float) -> object:
-    if v != v:
-        return None
-    if v == math.inf:
-        return "+Inf"
-    if v == -math.inf:
-        return "-Inf"
-    return v
-
-
 async def export_jsonl(
     store: Store,
     series_ids: Sequence[int] | None = None,
@@ -463,7 +442,7 @@ async def export_jsonl(
                 continue
             values = v.tolist()
             if not np.isfinite(v).all():
-                values = [_json_value(x) for x in values]
+                values = [jsonl_number(x) for x in values]
             line = {"metric": dict(store.labels(sid)), "values": values, "timestamps": t.tolist()}
             lines.append(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
             stats.series += 1

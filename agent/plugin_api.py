@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 # module: the hook marker, configuration schemas, label rules and the store's
 # errors (all leaf modules: importing them here makes no cycle).
 from agent import hookimpl
+from agent.clock import Clock, ManualClock, SystemClock
 from agent.config import Field, Schema, check_duration, check_non_negative, check_positive
 from agent.config import parse_duration as parse_duration
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
@@ -25,19 +26,39 @@ if TYPE_CHECKING:
 
     from agent.context import AgentContext
     from agent.exporting import ExportBatch, ExportProgress
+    from agent.query.numfmt import format_value, json_number
+
+# Loaded on first use: ``agent.storage`` imports this module (``Codec``), and
+# ``agent.query`` imports the storage layer, so an eager import would be a cycle.
+_LAZY = {"format_value": "agent.query.numfmt", "json_number": "agent.query.numfmt"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agent.plugin_api' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 # (``AgentContext`` is importable from here under ``TYPE_CHECKING``, for annotations.)
 __all__ = [
     "METRIC_NAME",
     "BackPressure",
+    "Clock",
     "Field",
     "Labels",
+    "ManualClock",
     "Schema",
     "StorageError",
+    "SystemClock",
     "check_duration",
     "check_non_negative",
     "check_positive",
+    "format_value",
     "hookimpl",
+    "json_number",
     "parse_duration",
     "uvarint",
     "valid_label_name",

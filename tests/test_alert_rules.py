@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from agent.alerting.api import rfc3339nano, rules_data
-from agent.alerting.engine import ManualClock, RuleEngine
+from agent.alerting.engine import RuleEngine
 from agent.alerting.rules import RulesError, load_rule_files, parse_rule_file
 from agent.alerting.template import (
     TemplateData,
@@ -26,6 +26,7 @@ from agent.alerting.template import (
 )
 from agent.app import make_app
 from agent.cli import main
+from agent.clock import ManualClock
 from agent.context import context_of
 from agent.model import Labels, Matcher, is_stale_nan
 from agent.storage import StorageOptions, Store

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.alerting.engine import AlertingOptions, ManualClock, RuleEngine, threshold_expr
+from agent.alerting.engine import AlertingOptions, RuleEngine, threshold_expr
 from agent.alerting.model import Alert
 from agent.alerting.rules import parse_rule_file
 from agent.alerting.state import (
@@ -24,6 +24,7 @@ from agent.alerting.state import (
     AlertState,
     update_alerts,
 )
+from agent.clock import ManualClock
 from agent.model import Labels, Matcher, is_stale_nan
 from agent.storage import StorageOptions, Store
 from tests.storage_helpers.raw_codec import codecs

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from agent.alerting.engine import ManualClock, RuleEngine, threshold_expr
+from agent.alerting.engine import RuleEngine, threshold_expr
 from agent.analytics.anomaly import (
     detect_anomalies,
     rolling_mean_std,
@@ -23,6 +23,7 @@ from agent.analytics.anomaly import (
     shift_back,
 )
 from agent.analytics.synthetic import evaluate, planted
+from agent.clock import ManualClock
 from agent.model import make_labels
 from agent.query.errors import BadDataError
 from agent.storage import StorageOptions, Store

@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 
 from agent.alerting.dispatch import (
     Dispatcher,
-    ManualClock,
     NotifyError,
     build_payload,
     redact_text,
@@ -25,6 +24,7 @@ from agent.alerting.dispatch import (
 )
 from agent.alerting.model import Alert
 from agent.alerting.routing import RouteError, build_route, check_alerting, parse_matchers
+from agent.clock import ManualClock
 from agent.storage import StorageOptions, Store
 from tests.storage_helpers.raw_codec import codecs
 

@@ -23,9 +23,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from agent.alerting.dispatch import Dispatcher, ManualClock, NotifyError
+from agent.alerting.dispatch import Dispatcher, NotifyError
 from agent.alerting.model import Alert
 from agent.app import CONTEXT_KEY, make_app
+from agent.clock import ManualClock
 from agent.config import ConfigError
 from plugins.notifiers import NOTIFIERS
 from plugins.notifiers.mail import EmailNotifier

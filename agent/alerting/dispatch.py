@@ -33,7 +33,7 @@ the future, so Alertmanager resolves them by itself if tsagent goes away.
 
 Time comes from an injectable clock, so tests step through group_wait,
 group_interval, repeat_interval and retry backoff without sleeping: build the
-dispatcher with a :class:`ManualClock`, ``start(background=False)``, then
+dispatcher with a :class:`agent.clock.ManualClock`, ``start(background=False)``, then
 ``clock.advance(...)`` and ``await dispatcher.tick()``.
 
 Python callbacks are receivers too: ``register_callback(name, fn)``; ``fn``
@@ -54,11 +54,10 @@ import contextlib
 import inspect
 import logging
 import re
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter
@@ -74,6 +73,7 @@ from agent.alerting.routing import (
     labels_text,
     receiver_targets,
 )
+from agent.clock import Clock, SystemClock
 from agent.config import parse_duration
 from agent.plugin_api import Notifier
 
@@ -88,34 +88,6 @@ RESOLVED_RETENTION = 15 * 60.0
 MAX_IDLE_SLEEP = 5.0
 
 Callback = Callable[[list[Alert]], Any]
-
-
-# --- time ---------------------------------------------------------------------------
-
-
-class Clock(Protocol):
-    """Unix seconds; the only source of time in the dispatcher."""
-
-    def now(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-
-class ManualClock:
-    """A clock tests move by hand, so every interval is exercised without sleeping."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> float:
-        self.t += seconds
-        return self.t
 
 
 # --- errors and redaction ---------------------------------------------------------
@@ -800,12 +772,9 @@ def _unraw(data: Mapping[str, Any]) -> Alert:
 
 __all__ = [
     "RECEIVER_LABEL",
-    "Clock",
     "Dispatcher",
-    "ManualClock",
     "NotifyError",
     "Settings",
-    "SystemClock",
     "build_payload",
     "labels_text",
     "redact_text",

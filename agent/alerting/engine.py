@@ -42,9 +42,11 @@ from agent.alerting import state as st
 from agent.alerting.model import Alert
 from agent.alerting.rules import GroupSpec, RuleSpec, parse_rule
 from agent.alerting.template import Template, TemplateData, TemplateError
+from agent.clock import Clock, SystemClock
 from agent.model import STALE_NAN, Labels, format_labels, make_labels
 from agent.query import ast
 from agent.query.engine import Engine
+from agent.query.numfmt import promql_literal
 from agent.query.queryable import Queryable
 from agent.query.values import Scalar, Vector
 
@@ -74,34 +76,6 @@ CALLBACK_TIMEOUT_S = 30.0
 
 
 # --- collaborators ---------------------------------------------------------------------
-
-
-class Clock(Protocol):
-    def now(self) -> float:
-        """Unix seconds."""
-        ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-
-class ManualClock:
-    """A clock tests move by hand: nothing happens until they say so."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.t = float(start)
-
-    def now(self) -> float:
-        return self.t
-
-    def set(self, t: float) -> None:
-        self.t = float(t)
-
-    def advance(self, seconds: float) -> float:
-        self.t += seconds
-        return self.t
 
 
 class AlertSink(Protocol):
@@ -865,14 +839,6 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _number(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
 def threshold_expr(
     store: Store | None,
     series: int | str,
@@ -919,15 +885,15 @@ def threshold_expr(
             raise ValueError(f"condition {condition!r} needs a positive threshold")
         ms = round(_seconds(window, "window") * 1000)
         fn = ANOMALY_FUNCTIONS[condition]
-        return f"abs({fn}({selector}[{ms}ms])) > {_number(limit)}"
+        return f"abs({fn}({selector}[{ms}ms])) > {promql_literal(limit)}"
     if threshold is None or isinstance(threshold, str):
         raise ValueError(f"condition {condition!r} needs a numeric threshold")
     value = float(threshold)
     if condition == "rate_of_change":
         ms = round(_seconds(window, "window") * 1000)
         op = "<" if value < 0 else ">"
-        return f"deriv({selector}[{ms}ms]) {op} {_number(value)}"
-    return f"{selector} {condition} {_number(value)}"
+        return f"deriv({selector}[{ms}ms]) {op} {promql_literal(value)}"
+    return f"{selector} {condition} {promql_literal(value)}"
 
 
 # --- module-level conveniences -----------------------------------------------------------------

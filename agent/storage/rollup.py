@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import sqlite3
 import struct
 import time
@@ -928,12 +927,3 @@ def bucket_answer(name: str, st: WindowStats) -> tuple[np.ndarray, np.ndarray]:
         if name == "last_over_time":
             return st.last, present
     raise ValueError(f"{name} cannot be answered from rollups")
-
-
-def format_float(v: float) -> float | str:
-    """JSON-safe number: NaN and infinities as Prometheus spells them."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return v
