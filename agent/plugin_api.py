@@ -18,7 +18,7 @@ from agent.clock import Clock, ManualClock, SystemClock
 from agent.config import Field, Schema, check_duration, check_non_negative, check_positive
 from agent.config import parse_duration as parse_duration
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.wire import uvarint
+from agent.wire import WireError, read_uvarint, uvarint
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,6 +53,7 @@ __all__ = [
     "Schema",
     "StorageError",
     "SystemClock",
+    "WireError",
     "check_duration",
     "check_non_negative",
     "check_positive",
@@ -60,6 +61,7 @@ __all__ = [
     "hookimpl",
     "json_number",
     "parse_duration",
+    "read_uvarint",
     "uvarint",
     "valid_label_name",
     "valid_metric_name",

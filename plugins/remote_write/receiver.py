@@ -37,6 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from agent.context import AgentContext
 from agent.model import format_labels
+from agent.plugin_api import read_uvarint
 from agent.storage import BackPressure, StorageError, UnknownSeries
 from plugins.remote_write import v2 as v2_codec
 from plugins.remote_write.wire import (
@@ -45,7 +46,6 @@ from plugins.remote_write.wire import (
     DecodeError,
     SeriesIssue,
     decode_write_request,
-    read_varint,
 )
 
 REASON_CARDINALITY = "cardinality_limit"
@@ -218,7 +218,7 @@ class Receiver:
         # up past the memory the operator planned for; over budget, senders retry a
         # 429. A body over the limit is refused (413, in _decode) without a claim.
         try:
-            claim = read_varint(body, 0)[0]
+            claim = read_uvarint(body, 0, DecodeError)[0]
         except DecodeError:
             claim = len(body)
         if claim > cfg["max_decompressed_bytes"]:
@@ -250,7 +250,7 @@ class Receiver:
         """
         # Snappy block format: a uvarint of the decompressed size, then the data.
         try:
-            size, _ = read_varint(body, 0)
+            size, _ = read_uvarint(body, 0, DecodeError)
         except DecodeError:
             return 400, "bad snappy data: no length header"
         max_plain = cfg["max_decompressed_bytes"]

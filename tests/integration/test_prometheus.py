@@ -46,6 +46,7 @@ from typing import Any
 import cramjam
 import pytest
 
+from agent.wire import read_uvarint
 from plugins.prompb import remote_pb2, types_pb2
 from plugins.remote_read import chunks
 from tests.conftest import free_port
@@ -516,7 +517,7 @@ def test_xor_chunks_byte_identical_to_promtool(tmp_path: Path) -> None:
         assert data[:4] == bytes.fromhex("85bd40dd")  # chunk segment magic
         pos = 8
         while pos < len(data):
-            size, pos = chunks.read_uvarint(data, pos)
+            size, pos = read_uvarint(data, pos)
             encoding, chunk = data[pos], data[pos + 1 : pos + 1 + size]
             crc = int.from_bytes(data[pos + 1 + size : pos + 5 + size], "big")
             assert crc == chunks.crc32c(data[pos : pos + 1 + size])
