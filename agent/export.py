@@ -57,12 +57,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, TextIO
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
 from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher, metric_name, neutralize_cell
+from agent.query.errors import BadDataError
 from agent.query.numfmt import csv_number, jsonl_number
+from agent.query.timezone import zone as zone_named
 
 if TYPE_CHECKING:
     from agent.storage import Store
@@ -191,8 +192,8 @@ def zone_of(name: str | tzinfo | None) -> tzinfo:
     if isinstance(name, tzinfo):
         return name
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return zone_named(name)
+    except BadDataError:
         raise ExportError(f"unknown time zone {name!r}") from None
 
 
