@@ -62,7 +62,7 @@ import numpy as np
 
 from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher, metric_name, neutralize_cell
 from agent.query.errors import BadDataError
-from agent.query.numfmt import csv_number, jsonl_number
+from agent.query.numfmt import jsonl_number, text_number
 from agent.query.timezone import zone as zone_named
 
 if TYPE_CHECKING:
@@ -371,7 +371,7 @@ async def export_csv(
             times = format_times(t, time_format, zone)
             buf.write(
                 "".join(
-                    f"{tt},{middle},{csv_number(x)}\n"
+                    f"{tt},{middle},{text_number(x)}\n"
                     for tt, x in zip(times, v.tolist(), strict=True)
                 )
             )

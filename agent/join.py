@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from agent.model import STALE_NAN_BITS, Labels, format_labels
-from agent.query.numfmt import csv_number, json_number
+from agent.query.numfmt import json_number, text_number
 
 if TYPE_CHECKING:
     from agent.storage import Store
@@ -134,7 +134,7 @@ class JoinResult:
         w.writerow(["timestamp", *self.column_names()])
         times = format_times(self.timestamps, time_format, zone_of(timezone))
         cols = [
-            [csv_number(x) if ok else "" for x, ok in zip(v.tolist(), p.tolist(), strict=True)]
+            [text_number(x) if ok else "" for x, ok in zip(v.tolist(), p.tolist(), strict=True)]
             for v, p in zip(self.values, self.present, strict=True)
         ]
         w.writerows(zip(times, *cols, strict=True))

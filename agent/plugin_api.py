@@ -30,7 +30,17 @@ if TYPE_CHECKING:
 
 # Loaded on first use: ``agent.storage`` imports this module (``Codec``), and
 # ``agent.query`` imports the storage layer, so an eager import would be a cycle.
-_LAZY = {"format_value": "agent.query.numfmt", "json_number": "agent.query.numfmt"}
+_LAZY = {
+    "format_value": "agent.query.numfmt",
+    "json_number": "agent.query.numfmt",
+    "text_number": "agent.query.numfmt",
+    # The Prometheus API error envelope: one mapping of errors to errorType and status.
+    "ApiError": "agent.api.envelope",
+    "api_errors": "agent.api.envelope",
+    "error_body": "agent.api.envelope",
+    "error_of": "agent.api.envelope",
+    "failure": "agent.api.envelope",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -375,6 +375,7 @@ async def live_query(
     lets a server check its connection. A query reading no series (``time()``)
     is re-evaluated every interval. Raises the query's parse error at once.
     """
+    from agent.api.envelope import error_body
     from agent.query.errors import QueryError
     from agent.query.service import parsed
 
@@ -391,7 +392,7 @@ async def live_query(
         try:
             answer = await store.queries.instant(expr, time.time_ns() // 1_000_000, cache="off")
         except QueryError as exc:
-            return {"status": "error", "errorType": exc.error_type, "error": str(exc)}
+            return error_body(exc.error_type, str(exc))
         out: dict[str, Any] = {"status": "success", "data": answer.data()}
         annos = answer.annotations
         if annos.warnings:

@@ -24,17 +24,17 @@ compares them on random and awkward values).
 This module is also the one place a float becomes text anywhere in the agent
 (one spelling of NaN and the infinities per output format):
 
-========================  ============================  =====================
-format                    function                      NaN / +Inf / -Inf
-========================  ============================  =====================
-API sample values, text   :func:`format_value`          ``NaN``/``+Inf``/``-Inf``
-JSON API numbers          :func:`json_number`           ``"NaN"``/``"+Inf"``/``"-Inf"``
-CSV export and joins      :func:`csv_number`            ``NaN``/``+Inf``/``-Inf``
-JSON-lines export         :func:`jsonl_number`          ``null``/``"+Inf"``/``"-Inf"``
-PromQL annotations        :func:`go_g`                  ``NaN``/``+Inf``/``-Inf``
-OpenMetrics labels        :func:`openmetrics_float`     ``NaN``/``+Inf``/``-Inf``
-PromQL number literals    :func:`promql_literal`        ``NaN``/``Inf``/``-Inf``
-========================  ============================  =====================
+=========================  =========================  ===============================
+format                     function                   NaN / +Inf / -Inf
+=========================  =========================  ===============================
+API sample values, text    :func:`format_value`       ``NaN`` ``+Inf`` ``-Inf``
+JSON API numbers           :func:`json_number`        ``"NaN"`` ``"+Inf"`` ``"-Inf"``
+CSV, joins, /federate      :func:`text_number`        ``NaN`` ``+Inf`` ``-Inf``
+JSON-lines export          :func:`jsonl_number`       ``null`` ``"+Inf"`` ``"-Inf"``
+PromQL annotations         :func:`go_g`               ``NaN`` ``+Inf`` ``-Inf``
+OpenMetrics labels         :func:`openmetrics_float`  ``NaN`` ``+Inf`` ``-Inf``
+PromQL number literals     :func:`promql_literal`     ``NaN`` ``Inf`` ``-Inf``
+=========================  =========================  ===============================
 """
 
 from __future__ import annotations
@@ -336,8 +336,8 @@ def jsonl_number(v: float) -> float | str | None:
     return special_text(v) or float(v)
 
 
-def csv_number(v: float) -> str:
-    """A CSV cell: Python's shortest round-trip ``repr`` (``1.0``, ``1e-10``), exact on import."""
+def text_number(v: float) -> str:
+    """A CSV cell or /federate value: shortest round-trip ``repr`` (``1.0``, ``1e-10``), exact."""
     return special_text(v) or repr(float(v))
 
 

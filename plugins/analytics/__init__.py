@@ -40,7 +40,6 @@ from agent.api.envelope import (
     bad_param,
     bool_param,
     duration_param,
-    failure,
     form,
     int_param,
     success,
@@ -48,10 +47,9 @@ from agent.api.envelope import (
 )
 from agent.context import AgentContext
 from agent.model import Matcher
-from agent.plugin_api import Route
-from agent.query.errors import BadDataError, QueryError
+from agent.plugin_api import Route, api_errors
+from agent.query.errors import BadDataError
 from agent.query.timezone import DstRule
-from agent.storage.errors import StorageError
 
 DEFAULT_RANGE_MS = 3_600_000
 DEFAULT_LIMIT = 100
@@ -82,17 +80,7 @@ class Handlers:
 
     @staticmethod
     def wrap(fn: Any) -> Any:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            try:
-                return await fn(request)
-            except ApiError as exc:
-                return failure(exc.error_type, str(exc))
-            except QueryError as exc:
-                return failure(exc.error_type, str(exc))
-            except StorageError as exc:
-                return failure("unavailable", str(exc))
-
-        return handler
+        return api_errors(fn)
 
     async def detect(self, request: web.Request) -> web.StreamResponse:
         params = await form(request)
