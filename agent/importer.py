@@ -57,6 +57,7 @@ from agent.model import metric_name as metric_name_of
 from agent.query.errors import BadDataError
 from agent.query.timezone import local_candidates
 from agent.query.timezone import zone as zone_named
+from agent.rejections import rejection_positions
 from agent.storage.backfill import ON_ERROR_CHOICES, OnError
 
 if TYPE_CHECKING:
@@ -1080,15 +1081,9 @@ def _report_refused(
 
 def _report_rejections(parsed: ParsedCsv, sids: np.ndarray, rejected: Sequence[Any]) -> None:
     """Name the row of each sample the store refused (a conflict with stored data)."""
-    order = np.lexsort((parsed.timestamps, sids))
-    ss, st = sids[order], parsed.timestamps[order]
     bad_rows: set[int] = set()
-    for r in rejected:
-        lo = int(np.searchsorted(ss, r.series_id, "left"))
-        hi = int(np.searchsorted(ss, r.series_id, "right"))
-        k = lo + int(np.searchsorted(st[lo:hi], r.timestamp))
-        if k < hi and int(st[k]) == r.timestamp:
-            i = int(order[k])
+    for r, i in zip(rejected, rejection_positions(rejected, sids, parsed.timestamps), strict=True):
+        if i is not None:
             row = int(parsed.rows[i])
             bad_rows.add(row)
             parsed.report.add(

@@ -18,6 +18,7 @@ from agent.clock import Clock, ManualClock, SystemClock
 from agent.config import Field, Schema, check_duration, check_non_negative, check_positive
 from agent.config import parse_duration as parse_duration
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.rejections import rejection_message, rejection_positions
 from agent.wire import WireError, read_uvarint, uvarint
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ __all__ = [
     "json_number",
     "parse_duration",
     "read_uvarint",
+    "rejection_message",
+    "rejection_positions",
     "uvarint",
     "valid_label_name",
     "valid_metric_name",

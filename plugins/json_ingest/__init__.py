@@ -51,7 +51,7 @@ from agent.ingest_http import (
     unavailable,
 )
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.plugin_api import Route
+from agent.plugin_api import Route, rejection_message, rejection_positions
 from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.json"
@@ -371,22 +371,14 @@ def _apply(
     report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
     if not result.rejected:
         return
-    # The store reports (series, timestamp); of several items sending the same pair
-    # the first one wins, so a refusal belongs to the last ones.
-    where: dict[tuple[int, int], list[int | None]] = {}
-    if ids is not None and timestamps is not None:
-        for key, idx in zip(zip(ids, timestamps, strict=True), indices, strict=True):
-            where.setdefault(key, []).append(idx)
-    for r in result.rejected:
-        found = where.get((r.series_id, r.timestamp))
-        idx = found.pop() if found else (indices[0] if len(indices) == 1 else None)
-        if r.reason == "duplicate_timestamp":
-            msg = "a different value is already stored at this timestamp (duplicate_timestamp)"
-        else:
-            msg = (
-                f"refused by the store ({r.reason}): older than the newest sample of this"
-                " series; send history to POST /backfill/import"
-            )
+    found = (
+        rejection_positions(result.rejected, ids, timestamps)
+        if ids is not None and timestamps is not None
+        else [None] * len(result.rejected)
+    )
+    for r, pos in zip(result.rejected, found, strict=True):
+        idx = indices[pos] if pos is not None else (indices[0] if len(indices) == 1 else None)
+        msg = rejection_message(r, "send history to POST /backfill/import")
         report.add(Problem(idx, "timestamp", msg, kind="item"))
         report.rejected += 1
         report.store_rejected += 1

@@ -51,7 +51,7 @@ from agent.ingest_http import (
     unavailable,
 )
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.plugin_api import Route
+from agent.plugin_api import Route, rejection_message, rejection_positions
 from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.prometheus_text"
@@ -300,21 +300,10 @@ def _apply(
     report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
     if not result.rejected:
         return
-    where: dict[tuple[int, int], list[int]] = {}
-    for key, no in zip(zip(ids, ts, strict=True), lines, strict=True):
-        where.setdefault(key, []).append(no)
-    for r in result.rejected:
-        found = where.get((r.series_id, r.timestamp))
-        line_no = found.pop() if found else None
-        if r.reason == "duplicate_timestamp":
-            msg = "a different value was already stored at this timestamp (duplicate_timestamp)"
-        elif r.detail:
-            msg = f"refused by the store ({r.reason}): {r.detail}"
-        else:
-            msg = (
-                f"refused by the store ({r.reason}): older than the newest sample of this"
-                " series; add backfill=true to import history"
-            )
+    found = rejection_positions(result.rejected, ids, ts)
+    for r, pos in zip(result.rejected, found, strict=True):
+        line_no = lines[pos] if pos is not None else None
+        msg = rejection_message(r, "add backfill=true to import history")
         report.add(Problem(line_no, None, msg, kind="line"))
         report.rejected += 1
         report.store_rejected += 1
