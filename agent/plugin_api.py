@@ -17,6 +17,7 @@ from agent import hookimpl
 from agent.clock import Clock, ManualClock, SystemClock
 from agent.config import Field, Schema, check_duration, check_non_negative, check_positive
 from agent.config import parse_duration as parse_duration
+from agent.httpclient import authorization, client_ssl_context
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
 from agent.rejections import rejection_message, rejection_positions
 from agent.wire import WireError, read_uvarint, uvarint
@@ -65,9 +66,11 @@ __all__ = [
     "StorageError",
     "SystemClock",
     "WireError",
+    "authorization",
     "check_duration",
     "check_non_negative",
     "check_positive",
+    "client_ssl_context",
     "format_value",
     "hookimpl",
     "json_number",

@@ -20,6 +20,7 @@ from typing import Any
 
 from agent.config import Field, Schema, check_duration, parse_duration
 from agent.model import Labels, Matcher, valid_label_name
+from agent.plugin_api import client_ssl_context
 from plugins.scrape.config import RELABEL_SCHEMA
 from plugins.scrape.relabel import RelabelError, RelabelRule, compile_rule
 
@@ -216,13 +217,12 @@ class UpstreamSpec:
             t.get(k) for k in ("ca_file", "cert_file", "insecure_skip_verify")
         ):
             return None
-        ctx = ssl.create_default_context(cafile=t.get("ca_file") or None)
-        if t.get("cert_file"):
-            ctx.load_cert_chain(t["cert_file"], t.get("key_file") or None)
-        if t.get("insecure_skip_verify"):
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return client_ssl_context(
+            ca_file=t.get("ca_file"),
+            cert_file=t.get("cert_file"),
+            key_file=t.get("key_file"),
+            insecure_skip_verify=bool(t.get("insecure_skip_verify")),
+        )
 
 
 def upstreams(raw: Mapping[str, Any]) -> list[dict[str, Any]]:

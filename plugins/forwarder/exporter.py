@@ -37,7 +37,6 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -47,6 +46,7 @@ from prometheus_client import Counter, Histogram
 from agent import __version__
 from agent.exporting import ExportBatch, ExportOptions, ExportProgress, ExportStopped
 from agent.model import Labels
+from agent.plugin_api import authorization
 from plugins.forwarder.config import UpstreamSpec
 from plugins.forwarder.encode import compress, encode_labels, encode_request
 from plugins.scrape.relabel import process
@@ -356,15 +356,15 @@ class RemoteWriteExporter:
 
     def _auth_headers(self) -> dict[str, str]:
         spec = self.spec
-        if spec.basic_auth is not None:
-            user, password, password_file = spec.basic_auth
-            if password_file:
-                password = Path(password_file).read_text().strip()
-            return {"Authorization": aiohttp.BasicAuth(user, password).encode()}
-        token = spec.bearer_token
-        if spec.bearer_token_file:
-            token = Path(spec.bearer_token_file).read_text().strip()
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        user, password, password_file = spec.basic_auth or ("", "", "")
+        header = authorization(
+            username=user,
+            password=password,
+            password_file=password_file,
+            credentials=spec.bearer_token,
+            credentials_file=spec.bearer_token_file,
+        )
+        return {"Authorization": header} if header else {}
 
     async def _post(self, body: bytes) -> _Answer:
         session = self._session

@@ -25,6 +25,7 @@ import aiosmtplib
 
 from agent.alerting.dispatch import NotifyError, build_payload, redact_text
 from agent.config import Field, Schema, check_listen
+from agent.plugin_api import client_ssl_context
 from plugins.notifiers.common import (
     SEND_RESOLVED,
     entry_config,
@@ -147,11 +148,9 @@ def build_message(payload: Mapping[str, Any], cfg: Mapping[str, Any]) -> EmailMe
 
 
 def _tls_context(cfg: Mapping[str, Any]) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=cfg["ca_file"] or None)
-    if cfg["insecure_skip_verify"]:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return client_ssl_context(
+        ca_file=cfg["ca_file"], insecure_skip_verify=bool(cfg["insecure_skip_verify"])
+    )
 
 
 class EmailNotifier:

@@ -22,7 +22,6 @@ Series ids are cached per target keyed on the series text exactly as exposed
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -30,7 +29,6 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -44,6 +42,7 @@ from agent.model import (
     valid_label_name,
     valid_metric_name,
 )
+from agent.plugin_api import authorization, client_ssl_context
 from plugins.scrape.config import SECTION, HttpSpec, JobSpec, compile_jobs
 from plugins.scrape.discovery import Discovery
 from plugins.scrape.parse import ExposedLabels, Parsed, ParseError, parse
@@ -109,37 +108,28 @@ class ScrapeResult:
     error: str = ""
 
 
-def _read_secret(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8").strip()
-
-
 def authorization_header(http: HttpSpec) -> str | None:
     """The Authorization header for a job; secret files are read at every scrape (rotation)."""
     try:
-        if http.basic_username:
-            password = http.basic_password
-            if http.basic_password_file:
-                password = _read_secret(http.basic_password_file)
-            raw = f"{http.basic_username}:{password}".encode()
-            return "Basic " + base64.b64encode(raw).decode("ascii")
-        credentials = http.auth_credentials
-        if http.auth_credentials_file:
-            credentials = _read_secret(http.auth_credentials_file)
-        if credentials:
-            return f"{http.auth_type} {credentials}"
+        return authorization(
+            username=http.basic_username,
+            password=http.basic_password,
+            password_file=http.basic_password_file,
+            credentials=http.auth_credentials,
+            credentials_file=http.auth_credentials_file,
+            auth_type=http.auth_type,
+        )
     except OSError as exc:
         raise ScrapeError(f"cannot read credentials: {exc}") from None
-    return None
 
 
 def ssl_context(http: HttpSpec) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=http.ca_file or None)
-    if http.cert_file:
-        ctx.load_cert_chain(http.cert_file, http.key_file or None)
-    if http.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return client_ssl_context(
+        ca_file=http.ca_file,
+        cert_file=http.cert_file,
+        key_file=http.key_file,
+        insecure_skip_verify=http.insecure_skip_verify,
+    )
 
 
 class HttpClient:
