@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 # What a plugin needs besides these protocols, so that a plugin imports only this
 # module: the hook marker, configuration schemas, label rules and the store's
 # errors (all leaf modules: importing them here makes no cycle).
-from agent import hookimpl
+from agent import exposition, hookimpl
 from agent.clock import Clock, ManualClock, SystemClock
 from agent.config import Field, Schema, check_duration, check_non_negative, check_positive
 from agent.config import parse_duration as parse_duration
@@ -71,6 +71,7 @@ __all__ = [
     "check_non_negative",
     "check_positive",
     "client_ssl_context",
+    "exposition",
     "format_value",
     "hookimpl",
     "json_number",

@@ -42,10 +42,9 @@ from agent.model import (
     valid_label_name,
     valid_metric_name,
 )
-from agent.plugin_api import authorization, client_ssl_context
+from agent.plugin_api import authorization, client_ssl_context, exposition
 from plugins.scrape.config import SECTION, HttpSpec, JobSpec, compile_jobs
 from plugins.scrape.discovery import Discovery
-from plugins.scrape.parse import ExposedLabels, Parsed, ParseError, parse
 from plugins.scrape.relabel import process
 from plugins.scrape.targets import TargetSpec, targets_of
 
@@ -260,7 +259,7 @@ class TargetLoop:
 
     # --- one scrape ---------------------------------------------------------------
 
-    def _mutate(self, exposed: ExposedLabels) -> ExposedLabels | None:
+    def _mutate(self, exposed: exposition.ExposedLabels) -> exposition.ExposedLabels | None:
         """Target labels (honor_labels / exported_ on clashes), then metric relabeling."""
         lb = {k: v for k, v in exposed.items() if v}
         if self.job.honor_labels:
@@ -284,7 +283,7 @@ class TargetLoop:
                         break
         return process(lb, self.job.metric_relabel) if self.job.metric_relabel else lb
 
-    def _finish_labels(self, final: ExposedLabels) -> Labels:
+    def _finish_labels(self, final: exposition.ExposedLabels) -> Labels:
         """Check what Prometheus checks on a new series; a failure fails the scrape."""
         name = final.get(METRIC_NAME, "")
         if not name:
@@ -308,12 +307,12 @@ class TargetLoop:
             final.setdefault(k, v)
         return make_labels(final)
 
-    async def _fetch_and_parse(self) -> Parsed:
+    async def _fetch_and_parse(self) -> exposition.Parsed:
         body, content_type = await self.client.fetch(self.target, self.job)
         if content_type.lower().startswith("application/openmetrics-text"):
             # prometheus-client's parser is pure Python: keep the event loop responsive.
-            return await asyncio.to_thread(parse, body, content_type)
-        return parse(body, content_type)
+            return await asyncio.to_thread(exposition.parse, body, content_type)
+        return exposition.parse(body, content_type)
 
     async def scrape_once(self, scrape_time: float) -> ScrapeResult:
         """Scrape, then store samples, staleness markers and the report in one append."""
@@ -399,7 +398,7 @@ class TargetLoop:
                     duplicates,
                     too_new,
                 )
-        except (ScrapeError, ParseError) as exc:
+        except (ScrapeError, exposition.ParseError) as exc:
             error = str(exc)
         if error:
             ids, stamps, values, cur = [], [], [], set()

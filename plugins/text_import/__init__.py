@@ -4,10 +4,11 @@ As VictoriaMetrics serves it, and with its Pushgateway-style variant
 ``/api/v1/import/prometheus/metrics/job/<job>[/<label>/<value>...]`` whose path
 pairs become labels, so scripts written for either keep working.
 
-* Parsing: ``prometheus_client``'s parsers, one sample line at a time, so one
-  bad line is reported with its line number and the other lines are still
-  written (the whole-document parsers stop at the first error).  The text
-  format is used unless ``Content-Type`` is ``application/openmetrics-text``.
+* Parsing: the scraper's strict parser (:mod:`agent.exposition`, through
+  ``agent.plugin_api``), one sample line at a time, so one bad line is
+  reported with its line number and the other lines are still written (the
+  whole-document parsers stop at the first error).  The text format is used
+  unless ``Content-Type`` is ``application/openmetrics-text``.
   Comment, ``# HELP``/``# TYPE``/``# UNIT`` and ``# EOF`` lines are skipped:
   sample names are stored exactly as sent (no ``_total`` munging).
 * Timestamps are optional: a line without one gets the request's arrival
@@ -30,10 +31,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as om_families,
-)
-from prometheus_client.parser import text_string_to_metric_families as text_families
 
 from agent import hookimpl
 from agent.config import Field, Schema, check_non_negative, check_positive
@@ -51,7 +48,7 @@ from agent.ingest_http import (
     unavailable,
 )
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.plugin_api import Route, rejection_message, rejection_positions
+from agent.plugin_api import Route, exposition, rejection_message, rejection_positions
 from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.prometheus_text"
@@ -82,28 +79,21 @@ def config_schema() -> dict[str, Schema]:
     }
 
 
-def _text_line(line: str) -> Parsed:
-    samples = [s for fam in text_families(line + "\n") for s in fam.samples]
-    if len(samples) != 1:
+def _sample(rows: list[exposition.Row], labels_of: Callable[[str], dict[str, str]]) -> Parsed:
+    if len(rows) != 1:
         raise ValueError("expected exactly one sample")
-    s = samples[0]
-    ms = None if s.timestamp is None else round(float(s.timestamp) * 1000)
-    return s.name, dict(s.labels), float(s.value), ms
+    series, value, ms = rows[0]
+    labels = dict(labels_of(series))
+    return labels.pop(METRIC_NAME), labels, value, ms
+
+
+def _text_line(line: str) -> Parsed:
+    return _sample(exposition.parse_text(line, number_lines=False), exposition.parse_series)
 
 
 def _om_line(line: str) -> Parsed:
-    samples = [s for fam in om_families(line + "\n# EOF\n") for s in fam.samples]
-    if len(samples) != 1:
-        raise ValueError("expected exactly one sample")
-    s = samples[0]
-    ts: Any = s.timestamp
-    if ts is None:
-        ms = None
-    elif hasattr(ts, "sec"):
-        ms = int(ts.sec) * 1000 + int(ts.nsec) // 1_000_000
-    else:
-        ms = round(float(ts) * 1000)
-    return s.name, dict(s.labels), float(s.value), ms
+    page = exposition.parse_openmetrics(line + "\n# EOF\n")
+    return _sample(page.rows, page.labels_of)
 
 
 def parse_lines(
