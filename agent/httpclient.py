@@ -12,8 +12,13 @@ both through :mod:`agent.plugin_api`.
 from __future__ import annotations
 
 import base64
+import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from agent.config import Field, Schema
 
 
 def client_ssl_context(
@@ -31,6 +36,30 @@ def client_ssl_context(
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def tls_config_schema() -> Schema:
+    """The ``tls_config`` section of an outgoing connection (Prometheus' names)."""
+    return Schema(
+        {
+            "ca_file": Field(str, ""),
+            "cert_file": Field(str, "", "Client certificate (with key_file)."),
+            "key_file": Field(str, ""),
+            "server_name": Field(str, "", "Expected server name (SNI and verification)."),
+            "insecure_skip_verify": Field(bool, False),
+        }
+    )
+
+
+def tls_config_errors(tls: Mapping[str, Any], path: str) -> list[str]:
+    """Problems of a ``tls_config`` at config path ``path`` (files that are not there)."""
+    errors = []
+    if bool(tls.get("cert_file")) != bool(tls.get("key_file")):
+        errors.append(f"{path}: cert_file and key_file go together")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if tls.get(key) and not os.path.isfile(tls[key]):
+            errors.append(f"{path}.{key}: no such file {tls[key]!r}")
+    return errors
 
 
 def read_secret(path: str) -> str:

@@ -17,9 +17,14 @@ from agent import exposition, hookimpl
 from agent.clock import Clock, ManualClock, SystemClock
 from agent.config import Field, Schema, check_duration, check_non_negative, check_positive
 from agent.config import parse_duration as parse_duration
-from agent.httpclient import authorization, client_ssl_context
+from agent.httpclient import (
+    authorization,
+    client_ssl_context,
+    tls_config_errors,
+    tls_config_schema,
+)
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.rejections import rejection_message, rejection_positions
+from agent.rejections import fold_append_result, rejection_message, rejection_positions
 from agent.wire import WireError, read_uvarint, uvarint
 
 if TYPE_CHECKING:
@@ -37,11 +42,11 @@ _LAZY = {
     "json_number": "agent.query.numfmt",
     "text_number": "agent.query.numfmt",
     # The Prometheus API error envelope: one mapping of errors to errorType and status.
-    "ApiError": "agent.api.envelope",
-    "api_errors": "agent.api.envelope",
-    "error_body": "agent.api.envelope",
-    "error_of": "agent.api.envelope",
-    "failure": "agent.api.envelope",
+    "ApiError": "agent.api.errors",
+    "api_errors": "agent.api.errors",
+    "error_body": "agent.api.errors",
+    "error_of": "agent.api.errors",
+    "failure": "agent.api.errors",
 }
 
 
@@ -62,6 +67,7 @@ __all__ = [
     "Field",
     "Labels",
     "ManualClock",
+    "Rejection",
     "Schema",
     "StorageError",
     "SystemClock",
@@ -72,6 +78,7 @@ __all__ = [
     "check_positive",
     "client_ssl_context",
     "exposition",
+    "fold_append_result",
     "format_value",
     "hookimpl",
     "json_number",
@@ -79,6 +86,8 @@ __all__ = [
     "read_uvarint",
     "rejection_message",
     "rejection_positions",
+    "tls_config_errors",
+    "tls_config_schema",
     "uvarint",
     "valid_label_name",
     "valid_metric_name",
@@ -186,3 +195,4 @@ QueryFunction = Callable[..., Any]
 
 # Last: the storage package imports ``Codec`` from this module.
 from agent.storage.errors import BackPressure, StorageError  # noqa: E402
+from agent.storage.options import Rejection  # noqa: E402

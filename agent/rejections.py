@@ -11,13 +11,13 @@ it through :mod:`agent.plugin_api`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from agent.storage.options import Rejection
+    from agent.storage.options import AppendResult, Rejection
 
 
 def rejection_positions(
@@ -59,3 +59,33 @@ def rejection_message(r: Rejection, history_hint: str) -> str:
         f"refused by the store ({r.reason}): older than the newest sample of this series;"
         f" {history_hint}"
     )
+
+
+class Tally(Protocol):
+    """The counters of an import report (:class:`agent.importer.ImportReport`) this fills in."""
+
+    duplicates: int
+    stored: int
+    rejected: int
+    store_rejected: int
+
+    def add(self, problem: Any) -> None: ...
+
+
+def fold_append_result(
+    report: Tally,
+    result: AppendResult,
+    ids: Sequence[int] | np.ndarray,
+    timestamps: Sequence[int] | np.ndarray,
+    problem: Callable[[int | None, Rejection], Any],
+) -> None:
+    """Fold the store's answer into ``report``: counts, and ``problem(position, rejection)``
+    for each refused sample (position as from :func:`rejection_positions`)."""
+    report.duplicates = result.duplicates
+    stored = getattr(result, "stored", None)
+    report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
+    positions = rejection_positions(result.rejected, ids, timestamps)
+    for r, pos in zip(result.rejected, positions, strict=True):
+        report.add(problem(pos, r))
+        report.rejected += 1
+        report.store_rejected += 1

@@ -375,7 +375,7 @@ async def live_query(
     lets a server check its connection. A query reading no series (``time()``)
     is re-evaluated every interval. Raises the query's parse error at once.
     """
-    from agent.api.envelope import error_body
+    from agent.api.errors import error_body
     from agent.query.errors import QueryError
     from agent.query.service import parsed
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from agent.alerting.state import ActiveAlert, AlertState
 from agent.alerting.template import go_float_e
-from agent.api.envelope import failure
+from agent.api.errors import failure
 from agent.plugin_api import Route
 
 if TYPE_CHECKING:

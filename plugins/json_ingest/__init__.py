@@ -51,7 +51,7 @@ from agent.ingest_http import (
     unavailable,
 )
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.plugin_api import Route, rejection_message, rejection_positions
+from agent.plugin_api import Rejection, Route, fold_append_result, rejection_message
 from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.json"
@@ -366,22 +366,13 @@ def _apply(
     timestamps: Sequence[int] | None = None,
 ) -> None:
     """Fold the store's answer into the report; refused samples named by item index."""
-    report.duplicates = result.duplicates
-    stored = getattr(result, "stored", None)
-    report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
-    if not result.rejected:
-        return
-    found = (
-        rejection_positions(result.rejected, ids, timestamps)
-        if ids is not None and timestamps is not None
-        else [None] * len(result.rejected)
-    )
-    for r, pos in zip(result.rejected, found, strict=True):
+
+    def problem(pos: int | None, r: Rejection) -> Problem:
         idx = indices[pos] if pos is not None else (indices[0] if len(indices) == 1 else None)
         msg = rejection_message(r, "send history to POST /backfill/import")
-        report.add(Problem(idx, "timestamp", msg, kind="item"))
-        report.rejected += 1
-        report.store_rejected += 1
+        return Problem(idx, "timestamp", msg, kind="item")
+
+    fold_append_result(report, result, ids or [], timestamps or [], problem)
 
 
 @hookimpl

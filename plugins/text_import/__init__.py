@@ -48,7 +48,7 @@ from agent.ingest_http import (
     unavailable,
 )
 from agent.model import METRIC_NAME, Labels, valid_label_name, valid_metric_name
-from agent.plugin_api import Route, exposition, rejection_message, rejection_positions
+from agent.plugin_api import Rejection, Route, exposition, fold_append_result, rejection_message
 from agent.storage import AppendResult, BackPressure, StorageError, Store
 
 SECTION = "ingest.prometheus_text"
@@ -285,18 +285,11 @@ def _prepare(
 def _apply(
     report: ImportReport, result: AppendResult, ids: list[int], ts: list[int], lines: list[int]
 ) -> None:
-    report.duplicates = result.duplicates
-    stored = getattr(result, "stored", None)
-    report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
-    if not result.rejected:
-        return
-    found = rejection_positions(result.rejected, ids, ts)
-    for r, pos in zip(result.rejected, found, strict=True):
-        line_no = lines[pos] if pos is not None else None
+    def problem(pos: int | None, r: Rejection) -> Problem:
         msg = rejection_message(r, "add backfill=true to import history")
-        report.add(Problem(line_no, None, msg, kind="line"))
-        report.rejected += 1
-        report.store_rejected += 1
+        return Problem(lines[pos] if pos is not None else None, None, msg, kind="line")
+
+    fold_append_result(report, result, ids, ts, problem)
 
 
 @hookimpl
