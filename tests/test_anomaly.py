@@ -4,9 +4,7 @@ API over a store, the PromQL functions and the ``anomaly`` alert condition."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,8 +24,7 @@ from agent.analytics.synthetic import evaluate, planted
 from agent.clock import ManualClock
 from agent.model import make_labels
 from agent.query.errors import BadDataError
-from agent.storage import StorageOptions, Store
-from tests.storage_helpers.raw_codec import codecs
+from agent.storage import Store
 
 BERLIN = ZoneInfo("Europe/Berlin")
 HOUR = 3_600_000
@@ -36,13 +33,6 @@ DAY = 24 * HOUR
 
 def ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "t.db", StorageOptions(flush_interval_s=3600), codecs())
-    yield s
-    await s.close()
 
 
 # --- baselines against direct computations --------------------------------------------------

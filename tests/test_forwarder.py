@@ -32,6 +32,7 @@ from agent.context import AgentContext, context_of
 from plugins.forwarder.encode import compress, encode_labels, encode_request
 from plugins.forwarder.exporter import RemoteWriteExporter, parse_retry_after
 from plugins.prompb import remote_pb2
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 STALE_BITS = 0x7FF0000000000002
@@ -177,14 +178,6 @@ async def start(agents: list[Agent], make_config: Any, text: str) -> Agent:
     return agent
 
 
-async def until(what: str, cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def series(name: str, **labels: str) -> Key:
     return tuple(sorted({"__name__": name, **labels}.items()))
 
@@ -289,7 +282,7 @@ async def test_forwards_with_external_labels_relabel_and_match(
             (series("other"), T0, 4.0),
         ]
     )
-    await until("2 series upstream", lambda: upstream.count() == 3)
+    await wait_until("2 series upstream", lambda: upstream.count() == 3)
     got = upstream.samples()
     assert got == {
         (
@@ -312,7 +305,7 @@ async def test_forwards_with_external_labels_relabel_and_match(
     assert h["Authorization"] == "Bearer s3cret"
     m = await agent.metrics()
     assert m[("tsagent_forwarder_sent_samples_total", (("upstream", "up1"),))] == 3
-    await until("pending 0", lambda: agent.ctx.exporters != [])
+    await wait_until("pending 0", lambda: agent.ctx.exporters != [])
 
 
 async def test_backfills_reach_the_forwarder(
@@ -324,7 +317,7 @@ async def test_backfills_reach_the_forwarder(
         [sid, sid], [T0 - 10_000, T0 - 5_000], [1.0, 2.0], source="bf"
     )
     assert result.accepted == 2
-    await until("backfill upstream", lambda: upstream.count() == 2)
+    await wait_until("backfill upstream", lambda: upstream.count() == 2)
     assert upstream.samples() == {
         series("hist"): [(T0 - 10_000, bits(1.0)), (T0 - 5_000, bits(2.0))]
     }
@@ -352,14 +345,14 @@ async def test_batching_by_size_and_deadline(
     agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
     rows = [(series("s", i=str(i)), T0, float(i)) for i in range(250)]
     await agent.ingest(rows)
-    await until("250 samples", lambda: upstream.count() == 250)
+    await wait_until("250 samples", lambda: upstream.count() == 250)
     # Full requests first, the remainder once the deadline passed (no wall-time bound here:
     # an upper bound on elapsed time only measures how busy the machine is).
     assert [sum(len(t.samples) for t in r.timeseries) for r in upstream.accepted] == [100, 100, 50]
 
     started = time.monotonic()
     await agent.ingest([(series("s", i="x"), T0, 1.0)] * 1)
-    await until("the lone sample", lambda: upstream.count() == 251)
+    await wait_until("the lone sample", lambda: upstream.count() == 251)
     waited = time.monotonic() - started
     assert waited >= 0.3, waited  # held until batch_send_deadline
 
@@ -381,7 +374,7 @@ async def test_per_series_order_with_concurrent_shards(
         for key, t, v in rows:
             want.setdefault(key, []).append((t, bits(v)))
         await agent.ingest(rows)
-    await until("all samples", lambda: upstream.count() == 180, timeout=10)
+    await wait_until("all samples", lambda: upstream.count() == 180, timeout=10)
     assert upstream.samples() == want  # arrival order per series == stored order
     assert len(upstream.attempts) > len(upstream.accepted)
 
@@ -399,7 +392,7 @@ async def test_retries_with_exponential_backoff(
 
     agent.exporter().sleep = record
     await agent.ingest([(series("r"), T0, 1.0)])
-    await until("delivery", lambda: upstream.count() == 1)
+    await wait_until("delivery", lambda: upstream.count() == 1)
     assert delays == [0.03, 0.06, 0.1, 0.1, 0.1]  # doubling, capped at max_backoff
     assert len(upstream.attempts) == 6 and len(upstream.accepted) == 1
     m = await agent.metrics()
@@ -424,7 +417,7 @@ async def test_retry_after_is_honoured(
 
     agent.exporter().sleep = record
     await agent.ingest([(series("ra"), T0, 1.0)])
-    await until("delivery", lambda: upstream.count() == 1)
+    await wait_until("delivery", lambda: upstream.count() == 1)
     assert delays == [7.0, 2.0, 0.12]  # the back-off keeps doubling underneath
 
 
@@ -435,9 +428,9 @@ async def test_4xx_is_not_retried_and_dropped(
     queue = "{shards: 1, batch_send_deadline: 5ms}"
     agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
     await agent.ingest([(series("bad"), T0, 1.0), (series("bad2"), T0, 1.0)])
-    await until("the refusal", lambda: len(upstream.attempts) == 1)
+    await wait_until("the refusal", lambda: len(upstream.attempts) == 1)
     await agent.ingest([(series("good"), T0, 1.0)])
-    await until("the next batch", lambda: upstream.count() == 1)
+    await wait_until("the next batch", lambda: upstream.count() == 1)
     assert len(upstream.attempts) == 2  # the 400 was not retried
     assert upstream.samples() == {series("good"): [(T0, bits(1.0))]}
     m = await agent.metrics()
@@ -457,9 +450,9 @@ async def test_429_dropped_when_retry_disabled(
     queue = "{shards: 1, batch_send_deadline: 5ms, retry_on_http_429: false}"
     agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
     await agent.ingest([(series("x"), T0, 1.0)])
-    await until("the refusal", lambda: len(upstream.attempts) == 1)
+    await wait_until("the refusal", lambda: len(upstream.attempts) == 1)
     await agent.ingest([(series("y"), T0, 1.0)])
-    await until("the second batch", lambda: upstream.count() == 1)
+    await wait_until("the second batch", lambda: upstream.count() == 1)
     assert upstream.samples() == {series("y"): [(T0, bits(1.0))]}
     assert len(upstream.attempts) == 2
 
@@ -507,10 +500,10 @@ def _flat(req: remote_pb2.WriteRequest) -> list[tuple[Key, int]]:
 
 
 async def until_pending_zero(agent: Agent, name: str = "remote_write:up1") -> None:
-    deadline = time.monotonic() + 5
-    while (await agent.metrics()).get((PENDING, (("exporter", name),))) != 0:
-        assert time.monotonic() < deadline, "pending never reached 0"
-        await asyncio.sleep(0.02)
+    async def zero() -> bool:
+        return (await agent.metrics()).get((PENDING, (("exporter", name),))) == 0
+
+    await wait_until(f"{name}: no pending samples", zero, 5, 0.02)
 
 
 async def test_backlog_bounded_by_age_drops_oldest(
@@ -526,7 +519,7 @@ async def test_backlog_bounded_by_age_drops_oldest(
     await asyncio.sleep(0.8)
     await agent.ingest([(series("new"), T0, 2.0)])
     upstream.default = Answer()
-    await until("the new batch", lambda: upstream.count() >= 1)
+    await wait_until("the new batch", lambda: upstream.count() >= 1)
     await until_pending_zero(agent)
     assert upstream.samples() == {series("new"): [(T0, bits(2.0))]}
     m = await agent.metrics()
@@ -553,14 +546,14 @@ async def test_restart_during_outage_resumes_exactly(
 
     for r in range(3):
         await ingest_round(agent, r)
-    await until("first rounds", lambda: upstream.count() == 27)
+    await wait_until("first rounds", lambda: upstream.count() == 27)
     # Outage: the upstream accepts a few more requests (some shards progress, their
     # lanes are saved), then fails everything.
     upstream.script = [Answer(), Answer(), Answer()]
     upstream.default = Answer(503)
     for r in range(3, 8):
         await ingest_round(agent, r)
-    await until("the partial progress", lambda: len(upstream.attempts) >= 8)
+    await wait_until("the partial progress", lambda: len(upstream.attempts) >= 8)
     before = (await agent.metrics())[(PENDING, (("exporter", "remote_write:up1"),))]
     assert before > 0
     await agent.stop()
@@ -568,7 +561,7 @@ async def test_restart_during_outage_resumes_exactly(
     upstream.default = Answer()
     agent = await start(agents, make_config, text)
     await ingest_round(agent, 8)
-    await until("everything", lambda: upstream.count() >= 81, timeout=10)
+    await wait_until("everything", lambda: upstream.count() >= 81, timeout=10)
     await until_pending_zero(agent)
     got = upstream.samples()
     dupes = {k: [x for x, n in Counter(v).items() if n > 1] for k, v in got.items()}
@@ -594,13 +587,13 @@ export:
 """
         agent = await start(agents, make_config, text)
         await agent.ingest([(series("two"), T0, 1.0)])
-        await until("a", lambda: upstream.count() == 1)
-        await until("b failing", lambda: len(other.attempts) >= 2)
+        await wait_until("a", lambda: upstream.count() == 1)
+        await wait_until("b failing", lambda: len(other.attempts) >= 2)
         await until_pending_zero(agent, "remote_write:a")
         m = await agent.metrics()
         assert m[(PENDING, (("exporter", "remote_write:b"),))] == 1
         other.default = Answer()
-        await until("b", lambda: other.count() == 1)
+        await wait_until("b", lambda: other.count() == 1)
         await until_pending_zero(agent, "remote_write:b")
         # Rows are trimmed once both passed them (the newest row always stays).
         conn = agent.ctx.require_store()

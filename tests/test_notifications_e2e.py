@@ -17,6 +17,7 @@ from aiohttp import web
 
 from agent.alerting.model import Alert
 from agent.app import CONTEXT_KEY, make_app
+from tests.conftest import wait_until
 from tests.test_remote_write import V1_HEADERS, series, v1_body
 
 RULES = """
@@ -76,13 +77,8 @@ alerting:
         resp = await client.post("/api/v1/write", data=body, headers=V1_HEADERS)
         assert resp.status == 204, await resp.text()
 
-    async def until(what: str, cond: Callable[[], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; got {posts}")
+    async def until(what: str, cond: Callable[[], bool]) -> None:
+        await wait_until(what, cond, 20, 0.1, detail=lambda: f"got {posts}")
 
     def statuses(path: str) -> list[str]:
         out = []

@@ -22,7 +22,7 @@ from agent.config import ConfigError
 from agent.model import Matcher, MatchOp, is_stale_nan
 from agent.storage.errors import StorageError
 from plugins.statsd import StatsdIngestor
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.test_app import samples as parse_metrics
 
 END = 2**62
@@ -429,10 +429,11 @@ async def test_flush_loop_runs_by_itself(start: Any) -> None:
     h = await start("flush_interval: 0.05")
     raw_udp(h.udp_port, b"auto:1|c")
     await h.wait_lines(1)
-    for _ in range(200):
-        if (await h.series("auto")).get(()):
-            break
-        await asyncio.sleep(0.02)
+
+    async def stored() -> bool:
+        return bool((await h.series("auto")).get(()))
+
+    await wait_until("the auto-flushed series", stored)
     assert (await h.series("auto"))[()][0] == 1.0
 
 

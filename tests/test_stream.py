@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,22 +14,15 @@ import pytest
 
 from agent.app import CONTEXT_KEY, make_app
 from agent.model import STALE_NAN, Labels
-from agent.storage import StorageOptions, Store
+from agent.storage import Store
 from agent.stream import Lagged, SampleBatch, StreamedSample, hub_for
-from tests.storage_helpers.raw_codec import codecs
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 
 
 def lab(name: str, **kv: str) -> Labels:
     return tuple(sorted({"__name__": name, **kv}.items()))
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "s.db", StorageOptions(flush_interval_s=3600), codecs())
-    yield s
-    await s.close()
 
 
 async def test_python_api_yields_committed_samples_of_matching_series(store: Store) -> None:
@@ -118,12 +109,6 @@ async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, A
             data.append(line[6:])
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def client(aiohttp_client: Any, make_config: Any) -> Any:
     config, host = make_config(
@@ -159,7 +144,9 @@ async def test_sse_receives_live_samples_and_cleans_up(client: Any) -> None:
     name, data = await anext(events)
     assert [v[1] for v in data["result"][0]["values"]] == ["2", "3", "4"]
     resp.close()
-    await wait_for(lambda: store.sample_listener_count == baseline)
+    await wait_until(
+        "store.sample_listener_count == baseline", lambda: store.sample_listener_count == baseline
+    )
     assert len(hub_for(store)) == 0
 
 
@@ -179,7 +166,9 @@ async def test_websocket_receives_live_samples_and_cleans_up(client: Any) -> Non
         seen += [float(v[1]) for s in msg["result"] for v in s["values"]]
     assert seen == [20.0, 21.0, 22.0]
     await ws.close()
-    await wait_for(lambda: store.sample_listener_count == baseline)
+    await wait_until(
+        "store.sample_listener_count == baseline", lambda: store.sample_listener_count == baseline
+    )
 
 
 async def test_live_query_reevaluates_on_new_data(client: Any) -> None:
@@ -200,7 +189,7 @@ async def test_live_query_reevaluates_on_new_data(client: Any) -> None:
     assert second["data"]["result"][0]["value"][1] == "3"
     resp.close()
     store = ctx.require_store()
-    await wait_for(lambda: len(hub_for(store)) == 0)
+    await wait_until("no hub left", lambda: len(hub_for(store)) == 0)
 
     bad = await client.get("/api/v1/stream/query", params={"query": "sum("})
     assert bad.status == 400 and (await bad.json())["errorType"] == "bad_data"
