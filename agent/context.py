@@ -12,6 +12,7 @@ import numpy as np
 from aiohttp import web
 
 from agent.api.metadata import MetadataTable
+from agent.clock import Clock, SystemClock
 from agent.config import Config
 from agent.ingest_budget import IngestBudget
 from agent.metrics import AgentMetrics
@@ -62,6 +63,8 @@ class AgentContext:
     ready: bool = False
     # Memory budget shared by the ingest endpoints for large requests (agent.ingest_budget).
     ingest_budget: IngestBudget = field(default_factory=lambda: IngestBudget(48 * 1024 * 1024))
+    # The time the rule engine, the dispatcher and the export log go by (a ManualClock in tests).
+    clock: Clock = field(default_factory=SystemClock)
 
     def __post_init__(self) -> None:
         server = self.config.raw.get("server") or {}

@@ -27,6 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import make_app
+from agent.clock import ManualClock
 from agent.config import ConfigError
 from agent.context import AgentContext, context_of
 from plugins.forwarder.encode import compress, encode_labels, encode_request
@@ -124,14 +125,15 @@ export:
 class Agent:
     """tsagent in-process; ``restart`` reopens on the same data directory."""
 
-    def __init__(self, make_config: Any, text: str) -> None:
+    def __init__(self, make_config: Any, text: str, clock: ManualClock | None = None) -> None:
         self.make_config = make_config
         self.text = text
+        self.clock = clock
         self.client: TestClient | None = None
 
     async def start(self) -> Agent:
         config, host = self.make_config(self.text)
-        self.client = TestClient(TestServer(make_app(config, host)))
+        self.client = TestClient(TestServer(make_app(config, host, clock=self.clock)))
         await self.client.start_server()
         return self
 
@@ -172,8 +174,10 @@ async def agents() -> Any:
         await a.stop()
 
 
-async def start(agents: list[Agent], make_config: Any, text: str) -> Agent:
-    agent = await Agent(make_config, text).start()
+async def start(
+    agents: list[Agent], make_config: Any, text: str, clock: ManualClock | None = None
+) -> Agent:
+    agent = await Agent(make_config, text, clock).start()
     agents.append(agent)
     return agent
 
@@ -342,19 +346,24 @@ async def test_batching_by_size_and_deadline(
     upstream: Upstream, make_config: Any, agents: list[Agent]
 ) -> None:
     queue = "{max_samples_per_send: 100, batch_send_deadline: 400ms, shards: 1}"
-    agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
+    clock = ManualClock(time.time())
+    agent = await start(agents, make_config, upstream_yaml(upstream.url, queue), clock)
     rows = [(series("s", i=str(i)), T0, float(i)) for i in range(250)]
     await agent.ingest(rows)
+    # More than max_samples_per_send is there: sent at once, in full requests first.
     await wait_until("250 samples", lambda: upstream.count() == 250)
-    # Full requests first, the remainder once the deadline passed (no wall-time bound here:
-    # an upper bound on elapsed time only measures how busy the machine is).
     assert [sum(len(t.samples) for t in r.timeseries) for r in upstream.accepted] == [100, 100, 50]
 
-    started = time.monotonic()
+    # A lone sample waits for batch_send_deadline on the agent's clock, however long the
+    # wall clock runs (this wait cannot make the test flaky: only a bug would send it).
     await agent.ingest([(series("s", i="x"), T0, 1.0)] * 1)
-    await wait_until("the lone sample", lambda: upstream.count() == 251)
-    waited = time.monotonic() - started
-    assert waited >= 0.3, waited  # held until batch_send_deadline
+    await asyncio.sleep(0.5)
+    assert upstream.count() == 250
+    clock.advance(0.399)
+    await asyncio.sleep(0.5)
+    assert upstream.count() == 250
+    clock.advance(0.002)
+    await wait_until("the lone sample after the deadline", lambda: upstream.count() == 251)
 
 
 async def test_per_series_order_with_concurrent_shards(
@@ -477,10 +486,10 @@ async def test_backlog_bounded_by_size_drops_oldest(
         m = await agent.metrics()
         return sum(v for k, v in m.items() if k[0] == dropped_key)
 
-    deadline = time.monotonic() + 5
-    while await dropped() < 200:
-        assert time.monotonic() < deadline, await agent.metrics()
-        await asyncio.sleep(0.02)
+    async def all_dropped() -> bool:
+        return await dropped() >= 200
+
+    await wait_until("200 samples dropped", all_dropped, 5, 0.02)
     m = await agent.metrics()
     assert m[(PENDING, (("exporter", "remote_write:up1"),))] <= 100
     upstream.default = Answer()
@@ -514,20 +523,28 @@ async def test_backlog_bounded_by_age_drops_oldest(
         "{shards: 1, batch_send_deadline: 5ms, min_backoff: 1ms, max_backoff: 20ms,"
         " max_backlog_age: 500ms}"
     )
-    agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
+    clock = ManualClock(time.time())
+    agent = await start(agents, make_config, upstream_yaml(upstream.url, queue), clock)
     await agent.ingest([(series("old"), T0, 1.0)])
-    await asyncio.sleep(0.8)
-    await agent.ingest([(series("new"), T0, 2.0)])
-    upstream.default = Answer()
-    await wait_until("the new batch", lambda: upstream.count() >= 1)
-    await until_pending_zero(agent)
-    assert upstream.samples() == {series("new"): [(T0, bits(2.0))]}
-    m = await agent.metrics()
+    clock.advance(0.01)  # past batch_send_deadline: the old batch goes out, and fails
+    await wait_until("a refused attempt", lambda: len(upstream.attempts) >= 1)
+    clock.advance(0.8)  # the old batch is now older than max_backlog_age
     key = (
         "tsagent_export_dropped_samples_total",
         (("exporter", "remote_write:up1"), ("reason", "backlog_age")),
     )
-    assert m[key] == 1
+
+    async def dropped() -> bool:
+        return (await agent.metrics()).get(key) == 1
+
+    await wait_until("the old batch dropped for its age", dropped)
+    await agent.ingest([(series("new"), T0, 2.0)])
+    clock.advance(0.01)
+    upstream.default = Answer()
+    await wait_until("the new batch", lambda: upstream.count() >= 1)
+    await until_pending_zero(agent)
+    assert upstream.samples() == {series("new"): [(T0, bits(2.0))]}
+    assert (await agent.metrics())[key] == 1
 
 
 async def test_restart_during_outage_resumes_exactly(
