@@ -12,9 +12,10 @@ remains fast.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.plugins import PluginHost
     from agent.storage import Store
+
+
+# What ``agent.cli`` passes to each command's ``add_*_parser``: adds -c/--data-dir/...
+AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 class DaemonRunning(Exception):

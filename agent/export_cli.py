@@ -17,13 +17,19 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from agent.cli_setup import DaemonRunning, bearer_hint, daemon_url, load_config, offline_store
+from agent.cli_setup import (
+    AddCommon,
+    DaemonRunning,
+    bearer_hint,
+    daemon_url,
+    load_config,
+    offline_store,
+)
 from agent.export import (
     CHUNK_SERIES,
     TIME_FORMATS,
@@ -36,8 +42,6 @@ from agent.export import (
     select_series,
     zone_of,
 )
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def add_export_parser(sub: Any, add_common: AddCommon) -> None:

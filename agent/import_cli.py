@@ -21,12 +21,12 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
 from agent.cli_setup import (
+    AddCommon,
     DaemonRunning,
     bearer_hint,
     daemon_url,
@@ -42,8 +42,6 @@ from agent.importer import (
     parse_extra_labels,
     store_parsed,
 )
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def add_import_parser(sub: Any, add_common: AddCommon) -> None:

@@ -10,6 +10,7 @@ passes without having seen the thing happen.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import os
 import shutil
@@ -69,8 +70,15 @@ def wait_until_sync(
     interval: float = 0.01,
     detail: Callable[[], str] | None = None,
 ) -> Any:
-    """:func:`wait_until` for a test that runs no event loop (subprocess tests)."""
-    return asyncio.run(wait_until(what, check, timeout, interval, detail))
+    """:func:`wait_until` for a blocking test (subprocess tests): it blocks the caller."""
+    waiting = wait_until(what, check, timeout, interval, detail)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(waiting)
+    # Called from a coroutine: its loop is blocked for the while, as with time.sleep.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, waiting).result()
 
 
 # --- stores ------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agent.analytics.generate import (
@@ -26,9 +25,14 @@ from agent.analytics.generate import (
     send_remote_write,
     write_to_store,
 )
-from agent.cli_setup import DaemonRunning, daemon_url, load_config, offline_store, print_json
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
+from agent.cli_setup import (
+    AddCommon,
+    DaemonRunning,
+    daemon_url,
+    load_config,
+    offline_store,
+    print_json,
+)
 
 
 def _seconds(text: str) -> float:
