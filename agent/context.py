@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from aiohttp import web
 
+from agent.clock import Clock, SystemClock
 from agent.config import Config
 from agent.metrics import AgentMetrics
 from agent.model import Labels
@@ -121,6 +122,8 @@ class AgentContext:
     ready: bool = False
     # Memory budget shared by the ingest endpoints for large requests (agent.web.ingest_budget).
     ingest_budget: IngestBudget = field(default_factory=lambda: IngestBudget(48 * 1024 * 1024))
+    # The time the rule engine, the dispatcher and the export log go by (a ManualClock in tests).
+    clock: Clock = field(default_factory=SystemClock)
 
     def __post_init__(self) -> None:
         server = self.config.raw.get("server") or {}

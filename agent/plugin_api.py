@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from agent import (
     __version__,
+    exposition,
     hookimpl,
 )
 from agent.alerting.notify import (
@@ -32,6 +33,7 @@ from agent.analytics import (
     forecast,
     promql,
 )
+from agent.clock import Clock, ManualClock, SystemClock
 from agent.config import (
     Config,
     Field,
@@ -58,7 +60,6 @@ from agent.dataio.export import (
     ExportError,
     export_csv,
     export_jsonl,
-    format_value,
     import_spec,
     label_columns,
     parse_selector,
@@ -95,6 +96,7 @@ from agent.forward.export_log import (
     ExportProgress,
     ExportStopped,
 )
+from agent.httpclient import authorization, client_ssl_context, tls_config_errors, tls_config_schema
 from agent.model import (
     METRIC_NAME,
     STALE_NAN,
@@ -116,12 +118,14 @@ from agent.query.errors import (
     QueryError,
 )
 from agent.query.extensions import RangeFunction
+from agent.query.numfmt import format_value, json_number, text_number
 from agent.query.parser import parse
 from agent.query.service import parse_duration_param
 from agent.query.timezone import (
     DstRule,
     parse_time,
 )
+from agent.rejections import fold_append_result, rejection_message, rejection_positions
 from agent.storage import (
     AppendResult,
     BackPressure,
@@ -137,18 +141,17 @@ from agent.storage.codec import (
     check_arrays,
     check_count,
 )
-from agent.storage.options import SeriesData
+from agent.storage.options import Rejection, SeriesData
 from agent.web.api.envelope import (
-    ApiError,
     bad_param,
     bool_param,
     duration_param,
-    failure,
     form,
     int_param,
     success,
     time_param,
 )
+from agent.web.api.errors import ApiError, api_errors, error_body, error_of, failure
 from agent.web.ingest import (
     SMALL_BYTES,
     WEIGHT_CSV,
@@ -164,7 +167,7 @@ from agent.web.ingest import (
     report_response,
     unavailable,
 )
-from agent.wire import uvarint
+from agent.wire import WireError, read_uvarint, uvarint
 
 __all__ = [
     "FILLS",
@@ -183,6 +186,7 @@ __all__ = [
     "BackPressure",
     "BadDataError",
     "BatchExporter",
+    "Clock",
     "Codec",
     "Config",
     "CorruptBlobError",
@@ -201,6 +205,7 @@ __all__ = [
     "JoinError",
     "Labels",
     "Lagged",
+    "ManualClock",
     "MappingError",
     "MatchOp",
     "Matcher",
@@ -213,6 +218,7 @@ __all__ = [
     "RangeData",
     "RangeFunction",
     "RawCodec",
+    "Rejection",
     "Route",
     "RouteGroup",
     "SampleBatch",
@@ -222,11 +228,15 @@ __all__ = [
     "StorageError",
     "Store",
     "Subscription",
+    "SystemClock",
     "UnknownSeries",
+    "WireError",
     "__version__",
     "anomaly",
+    "api_errors",
     "as_bytes",
     "ast",
+    "authorization",
     "bad_param",
     "bad_request",
     "bool_param",
@@ -239,13 +249,18 @@ __all__ = [
     "check_listen",
     "check_non_negative",
     "check_positive",
+    "client_ssl_context",
     "count",
     "duration_param",
+    "error_body",
+    "error_of",
     "export_csv",
     "export_jsonl",
+    "exposition",
     "extra_labels_param",
     "failure",
     "flag_param",
+    "fold_append_result",
     "forecast",
     "form",
     "format_labels",
@@ -254,6 +269,7 @@ __all__ = [
     "import_spec",
     "int_param",
     "join_series",
+    "json_number",
     "label_columns",
     "live_query",
     "make_labels",
@@ -269,15 +285,21 @@ __all__ = [
     "parse_selector",
     "parse_time",
     "promql",
+    "read_uvarint",
     "redact_text",
     "redact_url",
+    "rejection_message",
+    "rejection_positions",
     "remote_pb2",
     "report_response",
     "resolve_chunked",
     "select_series",
     "store_parsed",
     "success",
+    "text_number",
     "time_param",
+    "tls_config_errors",
+    "tls_config_schema",
     "types_pb2",
     "unavailable",
     "uvarint",

@@ -1,4 +1,5 @@
-"""Protobuf wire primitives shared by the encoders (forwarder, remote read, codecs, OTLP).
+"""Protobuf wire primitives shared by the encoders and decoders (forwarder, remote write and
+read, codecs, OTLP).
 
 One implementation, so every encoder writes negative int64 values the same
 way (two's complement, ten bytes, as protobuf does) instead of each copy
@@ -10,6 +11,10 @@ from __future__ import annotations
 _MASK64 = (1 << 64) - 1
 
 
+class WireError(ValueError):
+    """Malformed wire data (a truncated or overlong varint)."""
+
+
 def uvarint(n: int) -> bytes:
     """Unsigned LEB128 of ``n`` taken modulo 2^64 (a negative int64 as its two's complement)."""
     n &= _MASK64
@@ -19,3 +24,30 @@ def uvarint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def read_uvarint(
+    buf: bytes | bytearray | memoryview, pos: int, error: type[Exception] = WireError
+) -> tuple[int, int]:
+    """``(value, next position)`` of the unsigned LEB128 varint at ``pos``.
+
+    Raises ``error`` (the caller's own ``ValueError`` subclass, so decoders
+    keep their error type) for a varint cut off by the end of ``buf``, one
+    longer than ten bytes, or one beyond 64 bits (as protobuf refuses it).
+    """
+    result = 0
+    shift = 0
+    n = len(buf)
+    while True:
+        if pos >= n:
+            raise error("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if result > _MASK64:
+                raise error("varint exceeds 64 bits")
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise error("varint longer than 10 bytes")

@@ -1,14 +1,25 @@
-"""Shared fixtures: configs in temporary data directories, apps, real subprocesses."""
+"""Shared fixtures: configs in temporary data directories, stores, apps, real subprocesses.
+
+Also the one way a test waits for something to happen: :func:`wait_until`
+(or :func:`wait_until_sync` in a test without an event loop) polls a check
+and fails the test, naming what it waited for, when the time is up. A
+polling loop that falls through silently after its last try is a test that
+passes without having seen the thing happen.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +29,94 @@ from agent.config import Config
 from agent.daemon import reload_config
 from agent.plugins import PluginHost, get_plugin_manager
 from agent.root import Agent
+from agent.storage import StorageOptions, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+# --- waiting ----------------------------------------------------------------------------------
+
+
+async def wait_until(
+    what: str,
+    check: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``check`` (plain or async) until it returns something truthy, and return that.
+
+    Fails the test with ``timed out after ... waiting for <what>`` (and
+    ``detail()``, e.g. a process log) when ``timeout`` seconds pass first;
+    never returns without the condition.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            extra = f"\n{detail()}" if detail is not None else ""
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}{extra}")
+        await asyncio.sleep(interval)
+
+
+def wait_until_sync(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    detail: Callable[[], str] | None = None,
+) -> Any:
+    """:func:`wait_until` for a blocking test (subprocess tests): it blocks the caller."""
+    waiting = wait_until(what, check, timeout, interval, detail)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(waiting)
+    # Called from a coroutine: its loop is blocked for the while, as with time.sleep.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, waiting).result()
+
+
+# --- stores ------------------------------------------------------------------------------------
+
+
+async def open_store(
+    path: Path, codec: str | None = None, *, all_codecs: bool = False, **opts: Any
+) -> Store:
+    """A store for a test, with no background flush or retention pass unless asked for.
+
+    ``path`` is a data directory (the database is ``path/tsagent.db``) or a
+    ``*.db`` file. Codecs: the bit-exact test codec, or every codec plugin
+    with ``all_codecs`` or a ``codec`` (which becomes the default codec).
+    """
+    from tests.storage_helpers.raw_codec import codecs
+
+    opts.setdefault("flush_interval_s", 3600.0)
+    opts.setdefault("retention_interval_s", 3600.0)
+    if codec is not None:
+        opts["default_codec"] = codec
+    db = path if path.suffix == ".db" else path / "tsagent.db"
+    if codec is not None or all_codecs:
+        from plugins.codecs import all_codecs as plugin_codecs
+
+        return await Store.open(db, StorageOptions(**opts), {c.name: c for c in plugin_codecs()})
+    return await Store.open(db, StorageOptions(**opts), codecs())
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """An open test store in ``tmp_path`` (see :func:`open_store`), closed afterwards."""
+    s = await open_store(tmp_path)
+    yield s
+    await s.close()
+
+
+# --- configs and processes ---------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from agent.alerting.engine import ManualClock, RuleEngine
+from agent.alerting.engine import RuleEngine
 from agent.alerting.rules import RulesError, load_rule_files, parse_rule_file
 from agent.alerting.template import (
     TemplateData,
@@ -24,13 +24,13 @@ from agent.alerting.template import (
     parse_template,
 )
 from agent.cli import main
+from agent.clock import ManualClock
 from agent.context import context_of
 from agent.model import Labels, Matcher, is_stale_nan
-from agent.storage import StorageOptions, Store
+from agent.storage import Store
 from agent.web.api.alerting import rfc3339nano, rules_data
 from agent.web.app import make_app
 from tests.conftest import FIXTURES
-from tests.storage_helpers.raw_codec import codecs
 
 RULES_DIR = FIXTURES / "rules"
 T0 = 1_700_000_040.0
@@ -213,13 +213,6 @@ def test_check_config_validates_rule_files(tmp_path: Path, capsys: Any) -> None:
 
 
 # --- recording rules ----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "t.db", StorageOptions(flush_interval_s=3600), codecs())
-    yield s
-    await s.close()
 
 
 RECORDING = """

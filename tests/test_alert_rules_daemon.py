@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_sync
 from tests.test_daemon import Daemon, get, metric
 
 GOOD = """
@@ -41,15 +40,16 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
 
 def poll(url: str, ready: Any, timeout: float = 20.0) -> Any:
     """Ask the daemon until ``ready(body)`` holds; the daemon's own clock drives evaluation."""
-    deadline = time.monotonic() + timeout
-    body: Any = None
-    while time.monotonic() < deadline:
+    last: list[Any] = [None]
+
+    def check() -> Any:
         status, text = get(url)
-        body = json.loads(text) if status == 200 else None
-        if body is not None and ready(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{url}: condition not met; last answer {body}")
+        last[0] = body = json.loads(text) if status == 200 else None
+        return body if body is not None and ready(body) else None
+
+    return wait_until_sync(
+        f"{url} to answer as expected", check, timeout, 0.1, lambda: f"last answer {last[0]}"
+    )
 
 
 def logged(d: Daemon) -> str:

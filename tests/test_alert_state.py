@@ -8,14 +8,13 @@ checked to the second without sleeping.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from agent.alerting.engine import AlertingOptions, ManualClock, RuleEngine, threshold_expr
+from agent.alerting.engine import AlertingOptions, RuleEngine, threshold_expr
 from agent.alerting.model import Alert
 from agent.alerting.rules import parse_rule_file
 from agent.alerting.state import (
@@ -24,9 +23,10 @@ from agent.alerting.state import (
     AlertState,
     update_alerts,
 )
+from agent.clock import ManualClock
 from agent.model import Labels, Matcher, is_stale_nan
-from agent.storage import StorageOptions, Store
-from tests.storage_helpers.raw_codec import codecs
+from agent.storage import Store
+from tests.conftest import open_store
 
 T0 = 1_700_000_040.0  # a whole minute
 
@@ -47,17 +47,6 @@ class FakeDispatcher:
 
 def lab(name: str, **kv: str) -> Labels:
     return tuple(sorted({"__name__": name, **kv}.items()))
-
-
-async def open_store(path: Path) -> Store:
-    return await Store.open(path / "tsagent.db", StorageOptions(flush_interval_s=3600), codecs())
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await open_store(tmp_path)
-    yield s
-    await s.close()
 
 
 async def put(store: Store, t: float, value: float, name: str = "load", **labels: str) -> None:

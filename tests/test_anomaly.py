@@ -4,16 +4,14 @@ API over a store, the PromQL functions and the ``anomaly`` alert condition."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 
-from agent.alerting.engine import ManualClock, RuleEngine, threshold_expr
+from agent.alerting.engine import RuleEngine, threshold_expr
 from agent.analytics.anomaly import (
     detect_anomalies,
     rolling_mean_std,
@@ -23,11 +21,11 @@ from agent.analytics.anomaly import (
     shift_back,
 )
 from agent.analytics.synthetic import evaluate, planted
+from agent.clock import ManualClock
 from agent.model import make_labels
 from agent.query.errors import BadDataError
 from agent.root import Agent
-from agent.storage import StorageOptions, Store
-from tests.storage_helpers.raw_codec import codecs
+from agent.storage import Store
 
 BERLIN = ZoneInfo("Europe/Berlin")
 HOUR = 3_600_000
@@ -36,13 +34,6 @@ DAY = 24 * HOUR
 
 def ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "t.db", StorageOptions(flush_interval_s=3600), codecs())
-    yield s
-    await s.close()
 
 
 # --- baselines against direct computations --------------------------------------------------

@@ -15,8 +15,8 @@ from agent.query import BadDataError, ExecutionError, Matrix, Scalar, Vector
 from agent.query.service import QueryTimeout
 from agent.query.timezone import convert_timezone
 from agent.root import Agent
-from agent.storage import StorageOptions, Store
-from tests.storage_helpers.raw_codec import codecs
+from agent.storage import Store
+from tests.conftest import open_store
 from tests.test_api_query import slow_reads
 
 T0 = 1_700_000_000  # seconds
@@ -28,7 +28,7 @@ def lab(name: str, **kv: str) -> Labels:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "t.db", StorageOptions(flush_interval_s=3600), codecs())
+    s = await open_store(tmp_path)
     ids = await s.get_or_create_series([lab("req_total", job="a"), lab("req_total", job="b")])
     t = (T0 + np.arange(121) * 30) * 1000
     for n, sid in enumerate(ids):

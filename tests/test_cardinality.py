@@ -11,19 +11,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.model import Matcher
 from agent.prompb import remote_pb2
-from agent.storage import CardinalityLimitExceeded, StorageOptions, Store
+from agent.storage import CardinalityLimitExceeded
 from agent.web.app import CONTEXT_KEY, make_app
-from tests.storage_helpers.raw_codec import codecs
+from tests.conftest import open_store
 
 T0 = 1_700_000_000_000
 
 
 def req_labels(metric: str, **labels: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted({"__name__": metric, **labels}.items()))
-
-
-async def open_store(path: Path, **options: Any) -> Store:
-    return await Store.open(path, StorageOptions(**options), codecs())
 
 
 async def test_label_value_cap_refuses_only_new_series(tmp_path: Path) -> None:

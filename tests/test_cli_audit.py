@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.configured_store import DB_FILE
-from agent.storage import StorageOptions, Store
-from tests.conftest import tsagent_cmd
-from tests.storage_helpers.raw_codec import codecs
+from agent.storage import Store
+from tests.conftest import open_store, tsagent_cmd
 
 T0 = 1_700_000_000_000
 
@@ -25,10 +24,6 @@ def run_cli(env: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=60,
     )
-
-
-async def open_store(data_dir: Path) -> Store:
-    return await Store.open(data_dir / DB_FILE, StorageOptions(flush_interval_s=3600), codecs())
 
 
 async def fill(store: Store, batches: int) -> None:

@@ -102,3 +102,44 @@ def test_rollup_once_prints_dates_not_epoch_milliseconds(
     for when, ms in zip(shown, (3_600_000,), strict=True):
         later = datetime.fromtimestamp(done_to[str(ms)] / 1000, UTC)
         assert timedelta(0) <= later - when <= timedelta(milliseconds=ms), human.stdout
+
+
+def test_offline_commands_name_the_running_daemon_instead_of_a_traceback(
+    tmp_path: Path, subprocess_env: dict[str, Any]
+) -> None:
+    """Every offline command opens the store through agent.cli.setup and says who holds it."""
+    from agent.configured_store import DB_FILE
+    from agent.storage.lock import DatabaseLock
+
+    data = tmp_path / "data"
+    data.mkdir()
+    csv = tmp_path / "in.csv"
+    csv.write_text("1700000000,1\n")
+    lock = DatabaseLock(data / DB_FILE)
+    lock.acquire()  # as a running daemon does
+    try:
+        common = ["--data-dir", str(data)]
+        expected = {
+            ("retention", "--once", *common): (1, "retention failed"),
+            ("rollup", "--once", *common): (1, "rollup failed"),
+            ("export-csv", *common): (2, "/api/v1/export/csv?"),
+            ("import-csv", *common, "--format", "1:time:unix_s,2:metric:x", str(csv)): (
+                2,
+                "/api/v1/import/csv?",
+            ),
+            ("generate", "--metric", "m", "--duration", "60", *common): (2, "/api/v1/write"),
+        }
+        for args, (code, text) in expected.items():
+            proc = subprocess.run(
+                [*tsagent_cmd(), *args],
+                env=subprocess_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert proc.returncode == code, (args, proc.stderr)
+            assert "Traceback" not in proc.stderr, proc.stderr
+            assert "in use by another process" in proc.stderr, proc.stderr
+            assert text in proc.stderr, proc.stderr
+    finally:
+        lock.release()

@@ -167,9 +167,15 @@ def test_realistic_shapes(codec: Codec, n: int) -> None:
 @pytest.mark.parametrize("codec", CODECS, ids=IDS)
 def test_decoded_arrays_are_writable(codec: Codec) -> None:
     ts = np.arange(10, dtype=np.int64)
-    got_ts, got_vs = codec.decode(codec.encode(ts, np.ones(10)), 10)
+    blob = codec.encode(ts, np.ones(10))
+    got_ts, got_vs = codec.decode(blob, 10)
+    assert got_ts.flags.writeable and got_vs.flags.writeable
     got_ts[0] = 5
     got_vs[0] = 5.0
+    assert got_ts[0] == 5 and got_vs[0] == 5.0
+    # The writes went to the caller's own arrays, not into the blob or shared buffers.
+    again_ts, again_vs = codec.decode(blob, 10)
+    assert again_ts[0] == 0 and again_vs[0] == 1.0
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=IDS)

@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -25,7 +24,7 @@ from agent.model import Matcher
 from agent.prompb import remote_pb2
 from agent.storage import StorageOptions, Store
 from plugins.codecs import all_codecs
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 SERIES = 40
 T0 = 1_600_000_000_000
@@ -104,18 +103,17 @@ def start(data: Path, cfg: Path, port: int, log: Path) -> subprocess.Popen[bytes
 
 
 async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
+
+        async def ready() -> bool:
             assert proc.poll() is None, "daemon exited early"
             try:
                 async with session.get(f"http://127.0.0.1:{port}/-/ready") as r:
-                    if r.status == 200:
-                        return
+                    return r.status == 200
             except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("daemon never became ready")
+                return False
+
+        await wait_until("the daemon to be ready", ready, 30, 0.05)
 
 
 @pytest.mark.parametrize("config", [CONFIG, MAINTENANCE_CONFIG], ids=["plain", "maintenance"])
@@ -134,8 +132,14 @@ async def test_sigkill_during_remote_write_loses_nothing(tmp_path: Path, config:
             senders = [
                 asyncio.create_task(send_until_dead(url, s + offset, acked)) for s in range(3)
             ]
-            await asyncio.sleep(1.5)
+            before = len(acked)  # some acknowledged writes in this round, then the kill
+            await wait_until("acknowledged writes", lambda n=before: len(acked) >= n + 30, 30, 0.05)
             if config is MAINTENANCE_CONFIG:
+
+                async def checkpointed(port: int = port) -> bool:
+                    return await checkpoints_so_far(port) > 0
+
+                await wait_until("a checkpoint before the kill", checkpointed, 30, 0.05)
                 checkpoints.append(await checkpoints_so_far(port))
             os.kill(proc.pid, signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*senders), 30)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, tsagent_cmd
+from tests.conftest import ROOT, free_port, tsagent_cmd, wait_until_sync
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 
@@ -33,16 +33,6 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0, ""
-
-
-def wait_until(check: object, what: str, timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()  # type: ignore[operator]
-        if got:
-            return got
-        time.sleep(0.25)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_prometheus_scrapes_federate(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
@@ -106,7 +96,9 @@ def test_prometheus_scrapes_federate(tmp_path: Path, subprocess_env: dict[str, s
             stderr=log,
         )
         try:
-            wait_until(lambda: get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, "tsagent")
+            wait_until_sync(
+                "tsagent", lambda: get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, 60, 0.25
+            )
             query = urllib.parse.quote("edge_temp")
             url = f"http://127.0.0.1:{prom_port}/api/v1/query?query={query}"
 
@@ -117,7 +109,7 @@ def test_prometheus_scrapes_federate(tmp_path: Path, subprocess_env: dict[str, s
                 result = json.loads(body)["data"]["result"]
                 return result if len(result) == 2 else None
 
-            result = wait_until(federated, "Prometheus to federate edge_temp")
+            result = wait_until_sync("Prometheus to federate edge_temp", federated, 60, 0.25)
         finally:
             for proc in (prom, agent):
                 proc.terminate()

@@ -26,12 +26,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.clock import ManualClock
 from agent.config import ConfigError
 from agent.context import AgentContext, context_of
 from agent.prompb import remote_pb2
 from agent.web.app import make_app
 from plugins.forwarder.encode import compress, encode_labels, encode_request
 from plugins.forwarder.exporter import RemoteWriteExporter, parse_retry_after
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 STALE_BITS = 0x7FF0000000000002
@@ -123,14 +125,15 @@ export:
 class Agent:
     """tsagent in-process; ``restart`` reopens on the same data directory."""
 
-    def __init__(self, make_config: Any, text: str) -> None:
+    def __init__(self, make_config: Any, text: str, clock: ManualClock | None = None) -> None:
         self.make_config = make_config
         self.text = text
+        self.clock = clock
         self.client: TestClient | None = None
 
     async def start(self) -> Agent:
         config, host = self.make_config(self.text)
-        self.client = TestClient(TestServer(make_app(config, host)))
+        self.client = TestClient(TestServer(make_app(config, host, clock=self.clock)))
         await self.client.start_server()
         return self
 
@@ -171,18 +174,12 @@ async def agents() -> Any:
         await a.stop()
 
 
-async def start(agents: list[Agent], make_config: Any, text: str) -> Agent:
-    agent = await Agent(make_config, text).start()
+async def start(
+    agents: list[Agent], make_config: Any, text: str, clock: ManualClock | None = None
+) -> Agent:
+    agent = await Agent(make_config, text, clock).start()
     agents.append(agent)
     return agent
-
-
-async def until(what: str, cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def series(name: str, **labels: str) -> Key:
@@ -289,7 +286,7 @@ async def test_forwards_with_external_labels_relabel_and_match(
             (series("other"), T0, 4.0),
         ]
     )
-    await until("2 series upstream", lambda: upstream.count() == 3)
+    await wait_until("2 series upstream", lambda: upstream.count() == 3)
     got = upstream.samples()
     assert got == {
         (
@@ -312,7 +309,7 @@ async def test_forwards_with_external_labels_relabel_and_match(
     assert h["Authorization"] == "Bearer s3cret"
     m = await agent.metrics()
     assert m[("tsagent_forwarder_sent_samples_total", (("upstream", "up1"),))] == 3
-    await until("pending 0", lambda: agent.ctx.exporters != [])
+    await wait_until("pending 0", lambda: agent.ctx.exporters != [])
 
 
 async def test_backfills_reach_the_forwarder(
@@ -324,7 +321,7 @@ async def test_backfills_reach_the_forwarder(
         [sid, sid], [T0 - 10_000, T0 - 5_000], [1.0, 2.0], source="bf"
     )
     assert result.accepted == 2
-    await until("backfill upstream", lambda: upstream.count() == 2)
+    await wait_until("backfill upstream", lambda: upstream.count() == 2)
     assert upstream.samples() == {
         series("hist"): [(T0 - 10_000, bits(1.0)), (T0 - 5_000, bits(2.0))]
     }
@@ -349,19 +346,24 @@ async def test_batching_by_size_and_deadline(
     upstream: Upstream, make_config: Any, agents: list[Agent]
 ) -> None:
     queue = "{max_samples_per_send: 100, batch_send_deadline: 400ms, shards: 1}"
-    agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
+    clock = ManualClock(time.time())
+    agent = await start(agents, make_config, upstream_yaml(upstream.url, queue), clock)
     rows = [(series("s", i=str(i)), T0, float(i)) for i in range(250)]
     await agent.ingest(rows)
-    await until("250 samples", lambda: upstream.count() == 250)
-    # Full requests first, the remainder once the deadline passed (no wall-time bound here:
-    # an upper bound on elapsed time only measures how busy the machine is).
+    # More than max_samples_per_send is there: sent at once, in full requests first.
+    await wait_until("250 samples", lambda: upstream.count() == 250)
     assert [sum(len(t.samples) for t in r.timeseries) for r in upstream.accepted] == [100, 100, 50]
 
-    started = time.monotonic()
+    # A lone sample waits for batch_send_deadline on the agent's clock, however long the
+    # wall clock runs (this wait cannot make the test flaky: only a bug would send it).
     await agent.ingest([(series("s", i="x"), T0, 1.0)] * 1)
-    await until("the lone sample", lambda: upstream.count() == 251)
-    waited = time.monotonic() - started
-    assert waited >= 0.3, waited  # held until batch_send_deadline
+    await asyncio.sleep(0.5)
+    assert upstream.count() == 250
+    clock.advance(0.399)
+    await asyncio.sleep(0.5)
+    assert upstream.count() == 250
+    clock.advance(0.002)
+    await wait_until("the lone sample after the deadline", lambda: upstream.count() == 251)
 
 
 async def test_per_series_order_with_concurrent_shards(
@@ -381,7 +383,7 @@ async def test_per_series_order_with_concurrent_shards(
         for key, t, v in rows:
             want.setdefault(key, []).append((t, bits(v)))
         await agent.ingest(rows)
-    await until("all samples", lambda: upstream.count() == 180, timeout=10)
+    await wait_until("all samples", lambda: upstream.count() == 180, timeout=10)
     assert upstream.samples() == want  # arrival order per series == stored order
     assert len(upstream.attempts) > len(upstream.accepted)
 
@@ -399,7 +401,7 @@ async def test_retries_with_exponential_backoff(
 
     agent.exporter().sleep = record
     await agent.ingest([(series("r"), T0, 1.0)])
-    await until("delivery", lambda: upstream.count() == 1)
+    await wait_until("delivery", lambda: upstream.count() == 1)
     assert delays == [0.03, 0.06, 0.1, 0.1, 0.1]  # doubling, capped at max_backoff
     assert len(upstream.attempts) == 6 and len(upstream.accepted) == 1
     m = await agent.metrics()
@@ -424,7 +426,7 @@ async def test_retry_after_is_honoured(
 
     agent.exporter().sleep = record
     await agent.ingest([(series("ra"), T0, 1.0)])
-    await until("delivery", lambda: upstream.count() == 1)
+    await wait_until("delivery", lambda: upstream.count() == 1)
     assert delays == [7.0, 2.0, 0.12]  # the back-off keeps doubling underneath
 
 
@@ -435,9 +437,9 @@ async def test_4xx_is_not_retried_and_dropped(
     queue = "{shards: 1, batch_send_deadline: 5ms}"
     agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
     await agent.ingest([(series("bad"), T0, 1.0), (series("bad2"), T0, 1.0)])
-    await until("the refusal", lambda: len(upstream.attempts) == 1)
+    await wait_until("the refusal", lambda: len(upstream.attempts) == 1)
     await agent.ingest([(series("good"), T0, 1.0)])
-    await until("the next batch", lambda: upstream.count() == 1)
+    await wait_until("the next batch", lambda: upstream.count() == 1)
     assert len(upstream.attempts) == 2  # the 400 was not retried
     assert upstream.samples() == {series("good"): [(T0, bits(1.0))]}
     m = await agent.metrics()
@@ -457,9 +459,9 @@ async def test_429_dropped_when_retry_disabled(
     queue = "{shards: 1, batch_send_deadline: 5ms, retry_on_http_429: false}"
     agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
     await agent.ingest([(series("x"), T0, 1.0)])
-    await until("the refusal", lambda: len(upstream.attempts) == 1)
+    await wait_until("the refusal", lambda: len(upstream.attempts) == 1)
     await agent.ingest([(series("y"), T0, 1.0)])
-    await until("the second batch", lambda: upstream.count() == 1)
+    await wait_until("the second batch", lambda: upstream.count() == 1)
     assert upstream.samples() == {series("y"): [(T0, bits(1.0))]}
     assert len(upstream.attempts) == 2
 
@@ -484,10 +486,10 @@ async def test_backlog_bounded_by_size_drops_oldest(
         m = await agent.metrics()
         return sum(v for k, v in m.items() if k[0] == dropped_key)
 
-    deadline = time.monotonic() + 5
-    while await dropped() < 200:
-        assert time.monotonic() < deadline, await agent.metrics()
-        await asyncio.sleep(0.02)
+    async def all_dropped() -> bool:
+        return await dropped() >= 200
+
+    await wait_until("200 samples dropped", all_dropped, 5, 0.02)
     m = await agent.metrics()
     assert m[(PENDING, (("exporter", "remote_write:up1"),))] <= 100
     upstream.default = Answer()
@@ -507,10 +509,10 @@ def _flat(req: remote_pb2.WriteRequest) -> list[tuple[Key, int]]:
 
 
 async def until_pending_zero(agent: Agent, name: str = "remote_write:up1") -> None:
-    deadline = time.monotonic() + 5
-    while (await agent.metrics()).get((PENDING, (("exporter", name),))) != 0:
-        assert time.monotonic() < deadline, "pending never reached 0"
-        await asyncio.sleep(0.02)
+    async def zero() -> bool:
+        return (await agent.metrics()).get((PENDING, (("exporter", name),))) == 0
+
+    await wait_until(f"{name}: no pending samples", zero, 5, 0.02)
 
 
 async def test_backlog_bounded_by_age_drops_oldest(
@@ -521,20 +523,28 @@ async def test_backlog_bounded_by_age_drops_oldest(
         "{shards: 1, batch_send_deadline: 5ms, min_backoff: 1ms, max_backoff: 20ms,"
         " max_backlog_age: 500ms}"
     )
-    agent = await start(agents, make_config, upstream_yaml(upstream.url, queue))
+    clock = ManualClock(time.time())
+    agent = await start(agents, make_config, upstream_yaml(upstream.url, queue), clock)
     await agent.ingest([(series("old"), T0, 1.0)])
-    await asyncio.sleep(0.8)
-    await agent.ingest([(series("new"), T0, 2.0)])
-    upstream.default = Answer()
-    await until("the new batch", lambda: upstream.count() >= 1)
-    await until_pending_zero(agent)
-    assert upstream.samples() == {series("new"): [(T0, bits(2.0))]}
-    m = await agent.metrics()
+    clock.advance(0.01)  # past batch_send_deadline: the old batch goes out, and fails
+    await wait_until("a refused attempt", lambda: len(upstream.attempts) >= 1)
+    clock.advance(0.8)  # the old batch is now older than max_backlog_age
     key = (
         "tsagent_export_dropped_samples_total",
         (("exporter", "remote_write:up1"), ("reason", "backlog_age")),
     )
-    assert m[key] == 1
+
+    async def dropped() -> bool:
+        return (await agent.metrics()).get(key) == 1
+
+    await wait_until("the old batch dropped for its age", dropped)
+    await agent.ingest([(series("new"), T0, 2.0)])
+    clock.advance(0.01)
+    upstream.default = Answer()
+    await wait_until("the new batch", lambda: upstream.count() >= 1)
+    await until_pending_zero(agent)
+    assert upstream.samples() == {series("new"): [(T0, bits(2.0))]}
+    assert (await agent.metrics())[key] == 1
 
 
 async def test_restart_during_outage_resumes_exactly(
@@ -553,14 +563,14 @@ async def test_restart_during_outage_resumes_exactly(
 
     for r in range(3):
         await ingest_round(agent, r)
-    await until("first rounds", lambda: upstream.count() == 27)
+    await wait_until("first rounds", lambda: upstream.count() == 27)
     # Outage: the upstream accepts a few more requests (some shards progress, their
     # lanes are saved), then fails everything.
     upstream.script = [Answer(), Answer(), Answer()]
     upstream.default = Answer(503)
     for r in range(3, 8):
         await ingest_round(agent, r)
-    await until("the partial progress", lambda: len(upstream.attempts) >= 8)
+    await wait_until("the partial progress", lambda: len(upstream.attempts) >= 8)
     before = (await agent.metrics())[(PENDING, (("exporter", "remote_write:up1"),))]
     assert before > 0
     await agent.stop()
@@ -568,7 +578,7 @@ async def test_restart_during_outage_resumes_exactly(
     upstream.default = Answer()
     agent = await start(agents, make_config, text)
     await ingest_round(agent, 8)
-    await until("everything", lambda: upstream.count() >= 81, timeout=10)
+    await wait_until("everything", lambda: upstream.count() >= 81, timeout=10)
     await until_pending_zero(agent)
     got = upstream.samples()
     dupes = {k: [x for x, n in Counter(v).items() if n > 1] for k, v in got.items()}
@@ -594,13 +604,13 @@ export:
 """
         agent = await start(agents, make_config, text)
         await agent.ingest([(series("two"), T0, 1.0)])
-        await until("a", lambda: upstream.count() == 1)
-        await until("b failing", lambda: len(other.attempts) >= 2)
+        await wait_until("a", lambda: upstream.count() == 1)
+        await wait_until("b failing", lambda: len(other.attempts) >= 2)
         await until_pending_zero(agent, "remote_write:a")
         m = await agent.metrics()
         assert m[(PENDING, (("exporter", "remote_write:b"),))] == 1
         other.default = Answer()
-        await until("b", lambda: other.count() == 1)
+        await wait_until("b", lambda: other.count() == 1)
         await until_pending_zero(agent, "remote_write:b")
         # Rows are trimmed once both passed them (the newest row always stays).
         conn = agent.ctx.require_store()

@@ -21,6 +21,7 @@ from agent.forward.export_log import ExportBatch
 from agent.plugin_api import BatchExporter
 from agent.plugins import get_plugin_manager
 from agent.web.app import make_app
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 
@@ -58,7 +59,7 @@ async def test_contrib_exporter_receives_every_batch_once(make_config: Any, tmp_
         await ctx.append_samples([((("__name__", "a"), ("job", "x")), T0, 1.5)], source="t")
         [sid] = await ctx.require_store().get_or_create_series([(("__name__", "b"),)])
         await ctx.backfill([sid], [T0 - 60_000], [float("nan")], source="import")
-        await _until(lambda: exp.written == 2)
+        await wait_until("exp.written == 2", lambda: exp.written == 2)
 
     await run(first)
     rows = read_lines(out)
@@ -70,7 +71,7 @@ async def test_contrib_exporter_receives_every_batch_once(make_config: Any, tmp_
     async def second(ctx: Any) -> None:
         [exp] = [e for e in ctx.exporters if e.name == "jsonl"]
         await ctx.append_samples([((("__name__", "a"), ("job", "x")), T0 + 1, 2.0)], source="t")
-        await _until(lambda: exp.written == 1)
+        await wait_until("exp.written == 1", lambda: exp.written == 1)
         # A redelivery of what is already in the file (a crash between the write and
         # tsagent's commit looks like this) adds nothing.
         last = rows_now = read_lines(out)[-1]
@@ -94,13 +95,3 @@ async def test_contrib_exporter_receives_every_batch_once(make_config: Any, tmp_
         ("b", T0 - 60_000),
         ("a", T0 + 1),
     ]
-
-
-async def _until(cond: Any, timeout: float = 5.0) -> None:
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)

@@ -19,9 +19,8 @@ from agent.dataio.importer import (
     parse_rfc3339,
 )
 from agent.model import Labels, Matcher
-from agent.storage import StorageOptions, Store
-from plugins.codecs import all_codecs
-from tests.conftest import ROOT, free_port, tsagent_cmd
+from agent.storage import Store
+from tests.conftest import ROOT, free_port, open_store, tsagent_cmd
 
 
 def lab(name: str, **kv: str) -> Labels:
@@ -34,11 +33,7 @@ def ms(text: str) -> int:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(
-        tmp_path / "tsagent.db",
-        StorageOptions(flush_interval_s=3600, default_codec="zstd-xor"),
-        {c.name: c for c in all_codecs()},
-    )
+    s = await open_store(tmp_path, "zstd-xor")
     yield s
     await s.close()
 

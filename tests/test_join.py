@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +10,7 @@ import pytest
 from agent.dataio.join import JoinError, SeriesArrays, align_exact, join_arrays
 from agent.model import STALE_NAN, Labels
 from agent.root import Agent
-from agent.storage import StorageOptions, Store
-from tests.storage_helpers.raw_codec import codecs
+from agent.storage import Store
 
 N = None
 
@@ -186,13 +183,6 @@ def test_errors_and_edges() -> None:
 
 def lab(name: str, **kv: str) -> Labels:
     return tuple(sorted({"__name__": name, **kv}.items()))
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    st = await Store.open(tmp_path / "j.db", StorageOptions(flush_interval_s=3600), codecs())
-    yield st
-    await st.close()
 
 
 async def test_join_series_reads_the_store(store: Store, agent: Agent) -> None:

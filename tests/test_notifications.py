@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 
 from agent.alerting.dispatch import (
     Dispatcher,
-    ManualClock,
     NotifyError,
     build_payload,
     redact_text,
@@ -25,8 +24,9 @@ from agent.alerting.dispatch import (
 )
 from agent.alerting.model import Alert
 from agent.alerting.routing import RouteError, build_route, check_alerting, parse_matchers
-from agent.storage import StorageOptions, Store
-from tests.storage_helpers.raw_codec import codecs
+from agent.clock import ManualClock
+from agent.storage import Store
+from tests.conftest import open_store
 
 T0 = 1_700_000_000.0
 
@@ -567,10 +567,6 @@ def test_redact_url() -> None:
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Path]:
     yield tmp_path / "tsagent.db"
-
-
-async def open_store(path: Path) -> Store:
-    return await Store.open(path, StorageOptions(), codecs())
 
 
 async def test_pending_notification_survives_restart_and_is_delivered_once(

@@ -1,12 +1,13 @@
-"""The issue's "done when", in-process and on the real clock: a rule fires on data that
-arrived by remote-write, and every channel hears exactly one notification per group
-and exactly one resolve (webhook and Slack at local HTTP servers, a Python callback).
+"""The issue's "done when", in-process: a rule fires on data that arrived by
+remote-write, and every channel hears exactly one notification per group and exactly
+one resolve (webhook and Slack at local HTTP servers, a Python callback). The agent
+runs on a ManualClock: each step is one evaluation interval, so "several more
+evaluations bring nothing new" is checked without sleeping.
 The full version, with email through a real SMTP server, a callback reached through
 the route tree and a real Alertmanager, is tests/integration/test_alerting_e2e.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from typing import Any
 from aiohttp import web
 
 from agent.alerting.model import Alert
+from agent.clock import ManualClock
 from agent.web.app import CONTEXT_KEY, make_app
+from tests.conftest import wait_until
 from tests.test_remote_write import V1_HEADERS, series, v1_body
 
 RULES = """
@@ -61,8 +64,10 @@ alerting:
     group_interval: 1s
 """
     )
-    client = await aiohttp_client(make_app(config, host))
+    clock = ManualClock(time.time())
+    client = await aiohttp_client(make_app(config, host, clock=clock))
     ctx = client.app[CONTEXT_KEY]
+    assert ctx.rules is not None and ctx.dispatcher is not None
     called: list[list[Alert]] = []
     ctx.dispatcher.register_callback("py", called.append)
     webhook_alerts: list[str] = []
@@ -70,19 +75,14 @@ alerting:
     async def write(room: str, value: float) -> None:
         body = v1_body(
             series(
-                [("__name__", "temperature"), ("room", room)], [(int(time.time() * 1000), value)]
+                [("__name__", "temperature"), ("room", room)], [(int(clock.now() * 1000), value)]
             )
         )
         resp = await client.post("/api/v1/write", data=body, headers=V1_HEADERS)
         assert resp.status == 204, await resp.text()
 
-    async def until(what: str, cond: Callable[[], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; got {posts}")
+    async def until(what: str, cond: Callable[[], bool]) -> None:
+        await wait_until(what, cond, 20, 0.1, detail=lambda: f"got {posts}")
 
     def statuses(path: str) -> list[str]:
         out = []
@@ -91,10 +91,16 @@ alerting:
                 out.append(body.get("status") or body["attachments"][0]["title"].split("]")[0][1:])
         return out
 
-    for _ in range(6):  # several evaluations while hot
-        await write("lab", 40.0)
-        await write("office", 35.0)
-        await asyncio.sleep(0.5)
+    async def step() -> None:
+        """One rule interval (and group_interval) on the agent's clock, and its deliveries."""
+        assert ctx.rules is not None and ctx.dispatcher is not None
+        clock.advance(1.0)
+        await ctx.rules.tick()
+        await ctx.dispatcher.tick()
+
+    await write("lab", 40.0)
+    await write("office", 35.0)
+    await step()
     await until("the firing notifications", lambda: len(posts) >= 2)
     firing = next(body for p, body in posts if p == "/webhook")
     assert firing["groupKey"] == '{}:{alertname="TooHot"}'
@@ -105,12 +111,16 @@ alerting:
         "office is 35 degrees",
     }
     await ctx.dispatcher.submit(
-        [Alert({"alertname": "Direct"}, starts_at=time.time())], receiver="py"
+        [Alert({"alertname": "Direct"}, starts_at=clock.now())], receiver="py"
     )
     await write("lab", 20.0)
     await write("office", 20.0)
+    await step()  # the rule resolves
+    await step()  # the group's next flush
     await until("the resolves", lambda: statuses("/webhook").count("resolved") >= 1)
-    await asyncio.sleep(3)  # several more evaluations and group intervals: nothing new
+    for _ in range(3):  # several more evaluations and group intervals: nothing new
+        await step()
+    await until("the dispatcher to be idle", lambda: not ctx.dispatcher.pending)
     assert statuses("/webhook") == ["firing", "resolved"]
     assert statuses("/services/T/B/X") == ["FIRING:2", "RESOLVED"]
     assert [[a.labels["alertname"] for a in call] for call in called] == [["Direct"]]

@@ -5,7 +5,6 @@ openssl). Also: config checking, the daemon wiring and /metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -23,15 +22,16 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from agent.alerting.dispatch import Dispatcher, ManualClock, NotifyError
+from agent.alerting.dispatch import Dispatcher, NotifyError
 from agent.alerting.model import Alert
+from agent.clock import ManualClock
 from agent.config import ConfigError
 from agent.web.app import CONTEXT_KEY, make_app
 from plugins.notifiers import NOTIFIERS
 from plugins.notifiers.mail import EmailNotifier
 from plugins.notifiers.slack import FIRING_COLOR, RESOLVED_COLOR
 from plugins.notifiers.webhook import WebhookNotifier
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 T0 = 1_700_000_000.0
 
@@ -489,15 +489,11 @@ alerting:
     ctx = client.app[CONTEXT_KEY]
     assert ctx.dispatcher is not None and "webhook" in ctx.notifiers
     await ctx.dispatcher.submit([alert()])
-    for _ in range(200):
-        if sink.requests:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until("the webhook request", lambda: sink.requests)
     assert sink.json(0)["externalURL"] == "http://agent.example"
-    for _ in range(100):
+
+    async def counted() -> bool:
         text = await (await client.get("/metrics")).text()
-        if 'tsagent_notifications_total{notifier="webhook",result="success"} 1.0' in text:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        raise AssertionError(text)
+        return 'tsagent_notifications_total{notifier="webhook",result="success"} 1.0' in text
+
+    await wait_until("the success counted in /metrics", counted)

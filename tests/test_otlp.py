@@ -21,6 +21,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as mpb
 
 from agent.model import Matcher
+from agent.plugin_api import format_value
 from agent.web.app import context_of, make_app
 from plugins.otlp import decode_request
 from plugins.otlp.naming import (
@@ -34,7 +35,7 @@ from plugins.otlp.naming import (
     label_name,
     metric_name,
 )
-from plugins.otlp.translate import Settings, Translator, format_float
+from plugins.otlp.translate import Settings, Translator
 from tests.test_remote_write import metric_values
 
 T_NS = 1_700_000_000_000_000_000
@@ -133,10 +134,10 @@ def test_label_names() -> None:
 
 
 def test_format_float_like_go() -> None:
-    assert format_float(0.005) == "0.005"
-    assert format_float(10.0) == "10"
-    assert format_float(1e21) == "1000000000000000000000"
-    assert format_float(math.inf) == "+Inf"
+    assert format_value(0.005) == "0.005"
+    assert format_value(10.0) == "10"
+    assert format_value(1e21) == "1000000000000000000000"
+    assert format_value(math.inf) == "+Inf"
 
 
 # --- translation ---------------------------------------------------------------------

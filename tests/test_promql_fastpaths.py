@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from agent.query.cache import Dependencies, QueryCache
-from agent.query.numfmt import format_cells, pack
+from agent.query.numfmt import format_cells, format_value, pack
 from agent.query.service import QueryAnswer, encode_data, result_from_data
-from agent.query.values import Matrix, Sample, Series, Vector, format_value
+from agent.query.values import Matrix, Sample, Series, Vector
 from tests.test_query_cache import key
 
 AWKWARD = [

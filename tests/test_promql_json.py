@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from agent.query.values import Matrix, Sample, Series, Vector, format_value, format_values
+from agent.query.numfmt import format_value, format_values
+from agent.query.values import Matrix, Sample, Series, Vector
 
 SPECIAL = [
     0.0,

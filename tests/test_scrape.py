@@ -24,6 +24,7 @@ from agent.context import AgentContext
 from agent.model import Labels, Matcher, is_stale_nan, make_labels
 from agent.web.app import CONTEXT_KEY, make_app
 from plugins.scrape.scraper import ScrapeManager, TargetLoop
+from tests.conftest import wait_until
 
 Points = list[tuple[int, float]]
 
@@ -99,18 +100,10 @@ def only_loop(ctx: AgentContext) -> TargetLoop:
     return loop
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 async def scrape_n(ctx: AgentContext, n: int) -> None:
     """Wait for n completed scrapes of the only target, then stop scraping."""
     loop = only_loop(ctx)
-    await wait_until(lambda: loop.completed >= n)
+    await wait_until("loop.completed >= n", lambda: loop.completed >= n)
     await manager(ctx).stop()
 
 
@@ -237,7 +230,7 @@ async def test_timeout_fails_the_scrape(
     addr = await serve(aiohttp_server, target)
     ctx = await start(aiohttp_client, make_config, job_yaml(addr))
     loop = only_loop(ctx)
-    await wait_until(lambda: loop.completed >= 2)
+    await wait_until("loop.completed >= 2", lambda: loop.completed >= 2)
     assert loop.last is not None and "timed out after 0.15s" in loop.last.error
     await scrape_n(ctx, 3)
     _, up = await read_one(ctx, "up")
@@ -262,7 +255,7 @@ async def test_sample_limit_fails_the_whole_scrape(
     ctx = await start(aiohttp_client, make_config, job_yaml(addr, extra))
     loop = only_loop(ctx)
     # e is dropped before the limit is applied, so 4 samples remain: still one too many
-    await wait_until(lambda: loop.completed >= 2)
+    await wait_until("loop.completed >= 2", lambda: loop.completed >= 2)
     assert loop.last is not None and "sample_limit exceeded (4 samples" in loop.last.error
     await scrape_n(ctx, 3)
     _, up = await read_one(ctx, "up")
@@ -283,7 +276,7 @@ async def test_body_size_limit_fails_the_scrape(
     addr = await serve(aiohttp_server, target)
     ctx = await start(aiohttp_client, make_config, job_yaml(addr, "        body_size_limit: 100\n"))
     loop = only_loop(ctx)
-    await wait_until(lambda: loop.completed >= 2)
+    await wait_until("loop.completed >= 2", lambda: loop.completed >= 2)
     assert loop.last is not None and "body size limit of 100 bytes exceeded" in loop.last.error
     await scrape_n(ctx, 3)
     _, a = await read_one(ctx, "a")
@@ -298,7 +291,7 @@ async def test_label_limit_fails_the_scrape(
     addr = await serve(aiohttp_server, target)
     ctx = await start(aiohttp_client, make_config, job_yaml(addr, "        label_limit: 5\n"))
     loop = only_loop(ctx)
-    await wait_until(lambda: loop.completed >= 2)
+    await wait_until("loop.completed >= 2", lambda: loop.completed >= 2)
     assert loop.last is not None and "label_limit exceeded (metric: b" in loop.last.error
     await scrape_n(ctx, 3)
     assert [v for _, v in (await read_one(ctx, "up"))[1]] == [1.0, 0.0, 1.0]
@@ -360,7 +353,7 @@ ingest:
 """
     ctx = await start(aiohttp_client, make_config, text)
     loops = list(manager(ctx).loops.values())
-    await wait_until(lambda: all(lp.completed >= 2 for lp in loops))
+    await wait_until("two scrapes of every target", lambda: all(lp.completed >= 2 for lp in loops))
     await manager(ctx).stop()
     up = {labels: [v for _, v in pts] for labels, pts in (await read(ctx, "up")).items()}
     by_job = {dict(labels)["job"]: values for labels, values in up.items()}
@@ -397,7 +390,7 @@ ingest:
 """
     ctx = await start(aiohttp_client, make_config, text)
     loops = list(manager(ctx).loops.values())
-    await wait_until(lambda: all(lp.completed >= 2 for lp in loops))
+    await wait_until("two scrapes of every target", lambda: all(lp.completed >= 2 for lp in loops))
     await manager(ctx).stop()
     m = await read(ctx, "m")
     honored = m[lab(__name__="m", job="pushed", instance="i-1")]
@@ -489,12 +482,13 @@ ingest:
     ctx = await start(aiohttp_client, make_config, text(f"'{a1}', '{a2}'"))
     m = manager(ctx)
     await wait_until(
-        lambda: len(m.loops) == 2 and all(lp.completed >= 1 for lp in m.loops.values())
+        "both targets scraped",
+        lambda: len(m.loops) == 2 and all(lp.completed >= 1 for lp in m.loops.values()),
     )
     # a reload that drops the second target: the core swaps ctx.config, the manager follows
     new_config, _ = make_config(text(f"'{a1}'"))
     ctx.config = new_config
-    await wait_until(lambda: len(m.loops) == 1, timeout=5)
+    await wait_until("one target left", lambda: len(m.loops) == 1, timeout=5)
     removed = (await read(ctx, "s"))[lab(__name__="s", job="t", instance=a2)]
     assert removed[-1][1] != removed[-1][1] and is_stale_nan(removed[-1][1])
     up_removed = (await read(ctx, "up"))[lab(__name__="up", job="t", instance=a2)]
@@ -502,7 +496,7 @@ ingest:
     # the remaining target keeps scraping, then stopping marks it stale too
     [kept] = m.loops.values()
     done = kept.completed
-    await wait_until(lambda: kept.completed >= done + 1)
+    await wait_until("kept.completed >= done + 1", lambda: kept.completed >= done + 1)
     await m.stop()
     kept_points = (await read(ctx, "s"))[lab(__name__="s", job="t", instance=a1)]
     assert all(v == 1.0 for _, v in kept_points[:-1]) and is_stale_nan(kept_points[-1][1])

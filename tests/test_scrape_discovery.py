@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from plugins.scrape.discovery import FileProvider, parse_groups
-from tests.test_scrape import Page, Target, lab, manager, read, serve, start, wait_until
+from tests.conftest import wait_until
+from tests.test_scrape import Page, Target, lab, manager, read, serve, start
 
 PAGE = "# TYPE up_probe gauge\nup_probe 1\n"
 
@@ -92,21 +93,23 @@ async def test_file_sd_targets_meta_labels_and_changes(
     async def probes() -> dict[Any, Any]:
         return await read(ctx, "up_probe")
 
-    await wait_until(lambda: len(m.loops) == 1)
+    await wait_until("one scrape loop", lambda: len(m.loops) == 1)
     [first] = m.loops.values()
     assert first.target.labels == lab(instance=a, job="sd", sd_file="web", team="web")
     # A new file: picked up within a watch interval, without a reload.
     (sd_dir / "db.json").write_text(json.dumps([{"targets": [b], "labels": {"team": "db"}}]))
-    await wait_until(lambda: len(m.loops) == 2, timeout=10)
+    await wait_until("two scrape loops", lambda: len(m.loops) == 2, timeout=10)
     assert first in m.loops.values()  # the unchanged target's loop was not restarted
     got = {dict(loop.target.labels)["sd_file"] for loop in m.loops.values()}
     assert got == {"web", "db"}
-    await wait_until(lambda: all(loop.completed >= 1 for loop in m.loops.values()))
+    await wait_until(
+        "every target scraped", lambda: all(loop.completed >= 1 for loop in m.loops.values())
+    )
     data = await probes()
     assert lab(__name__="up_probe", instance=b, job="sd", sd_file="db", team="db") in data
     # Removing the file removes the target.
     (sd_dir / "db.json").unlink()
-    await wait_until(lambda: len(m.loops) == 1, timeout=10)
+    await wait_until("one scrape loop", lambda: len(m.loops) == 1, timeout=10)
 
 
 async def test_http_sd(aiohttp_server: Any, aiohttp_client: Any, make_config: Any) -> None:
@@ -130,10 +133,10 @@ async def test_http_sd(aiohttp_server: Any, aiohttp_client: Any, make_config: An
 """
     ctx = await start(aiohttp_client, make_config, sd_yaml(extra))
     m = manager(ctx)
-    await wait_until(lambda: len(m.loops) == 1)
+    await wait_until("one scrape loop", lambda: len(m.loops) == 1)
     [loop] = m.loops.values()
     assert loop.target.labels == lab(dc="eu", instance=a, job="sd", sd_source=url)
-    await wait_until(lambda: loop.completed >= 1)
+    await wait_until("loop.completed >= 1", lambda: loop.completed >= 1)
     assert lab(__name__="up_probe", dc="eu", instance=a, job="sd", sd_source=url) in await read(
         ctx, "up_probe"
     )

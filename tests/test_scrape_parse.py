@@ -9,7 +9,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from plugins.scrape.parse import ParseError, parse, parse_series, parse_text
+from agent.exposition import ParseError, parse, parse_series, parse_text
 
 Flat = dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, int | None]]
 

@@ -22,7 +22,7 @@ from agent.model import Matcher, MatchOp, is_stale_nan
 from agent.storage.errors import StorageError
 from agent.web.app import CONTEXT_KEY, StartupError, make_app
 from plugins.statsd import StatsdIngestor
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.test_app import samples as parse_metrics
 
 END = 2**62
@@ -52,11 +52,17 @@ class Harness:
 
     async def wait_lines(self, n: int, timeout: float = 10.0) -> None:
         """UDP is fire and forget: wait until the listener has seen ``n`` lines in total."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.handled() < n:
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"only {self.handled()} of {n} lines arrived")
-            await asyncio.sleep(0.005)
+        await wait_until(
+            f"{n} lines at the listener",
+            lambda: self.handled() >= n,
+            timeout,
+            0.005,
+            detail=lambda: f"only {self.handled()} arrived",
+        )
+
+    async def wait_read(self, reads_before: int) -> None:
+        """Until the TCP server has read again since it had done ``reads_before`` reads."""
+        await wait_until("a TCP read", lambda: self.ing.tcp_reads > reads_before)
 
     async def series(self, name: str) -> dict[tuple[tuple[str, str], ...], list[float]]:
         """Stored values of every series named ``name``, by its other labels."""
@@ -228,13 +234,15 @@ async def test_tcp_client_partial_lines_and_line_limit(start: Any) -> None:
 
     _reader, writer = await asyncio.open_connection("127.0.0.1", h.tcp_port)
     for piece in (b"split.co", b"unter:4|", b"c\nsplit.counter:1|c\r\nnext:1", b"|g\n"):
+        reads = h.ing.tcp_reads
         writer.write(piece)
         await writer.drain()
-        await asyncio.sleep(0.02)  # separate reads on the server
+        await h.wait_read(reads)  # each piece in reads of its own on the server
+    reads = h.ing.tcp_reads
     writer.write(b"long." + b"x" * 150 + b":1|c\n")  # over max_line_bytes in one read
     writer.write(b"longer." + b"y" * 120)  # over the limit before its newline arrives
     await writer.drain()
-    await asyncio.sleep(0.05)
+    await h.wait_read(reads)
     writer.write(b"yyy:1|c\nafter.long:1|c\nat.eof:9|g")  # no newline before closing
     await writer.drain()
     writer.close()
@@ -429,10 +437,11 @@ async def test_flush_loop_runs_by_itself(start: Any) -> None:
     h = await start("flush_interval: 0.05")
     raw_udp(h.udp_port, b"auto:1|c")
     await h.wait_lines(1)
-    for _ in range(200):
-        if (await h.series("auto")).get(()):
-            break
-        await asyncio.sleep(0.02)
+
+    async def stored() -> bool:
+        return bool((await h.series("auto")).get(()))
+
+    await wait_until("the auto-flushed series", stored)
     assert (await h.series("auto"))[()][0] == 1.0
 
 

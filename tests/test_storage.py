@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from agent.storage import (
     StoreFailed,
     UnknownSeries,
 )
+from tests.conftest import open_store, wait_until
 from tests.storage_helpers.raw_codec import codecs
 
 T0 = 1_700_000_000_000
@@ -31,18 +32,6 @@ def lab(name: str, **kv: str) -> Labels:
 
 def bits(values: np.ndarray | Sequence[float]) -> list[int]:
     return np.asarray(values, dtype=np.float64).view(np.uint64).tolist()
-
-
-async def open_store(path: Path, **opts: object) -> Store:
-    options = StorageOptions(flush_interval_s=3600, **opts)  # type: ignore[arg-type]
-    return await Store.open(path / "tsagent.db", options, codecs())
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await open_store(tmp_path)
-    yield s
-    await s.close()
 
 
 async def test_append_read_round_trip(store: Store) -> None:
@@ -340,10 +329,7 @@ async def test_replay_exactly_once(tmp_path: Path) -> None:
     s = await open_store(tmp_path, block_size=8)
     assert s.stats().replayed_samples == 15
     await put(5, 12)  # crosses block_size: the writer flushes those series itself
-    for _ in range(100):
-        if s.stats().flushes:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until("the writer's own flush", lambda: s.stats().flushes)
     assert s.stats().segments > 0
     await put(12, 14)  # head data after the flush
     in_head = s.stats().head_samples
@@ -370,10 +356,7 @@ async def test_log_trimmed_only_past_every_series(tmp_path: Path) -> None:
     a, b = await s.get_or_create_series([lab("a"), lab("b")])
     await s.append([a, b], [T0, T0], [1.0, 1.0])  # one row shared by both series
     await s.append([a] * 4, [T0 + 1, T0 + 2, T0 + 3, T0 + 4], [2.0] * 4)  # a hits block_size
-    for _ in range(100):
-        if s.stats().flushes:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until("the writer's own flush", lambda: s.stats().flushes)
     assert s.stats().flushes == 1
     # Row 1 still holds b's only sample, so it must survive the trim, and rows are
     # trimmed below the oldest still-needed one: row 2 stays too but is skipped on replay.
@@ -391,10 +374,7 @@ async def test_age_based_periodic_flush(tmp_path: Path) -> None:
     s = await Store.open(tmp_path / "db", options, codecs())
     [sid] = await s.get_or_create_series([lab("m")])
     await s.append([sid], [T0], [1.0])
-    for _ in range(200):
-        if s.stats().head_samples == 0:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until("an empty head", lambda: s.stats().head_samples == 0)
     assert s.stats().head_samples == 0 and s.stats().segments == 1
     assert (await s.read_series(sid, 0, T0))[1].tolist() == [1.0]
     await s.close()
@@ -424,10 +404,7 @@ async def test_back_pressure(tmp_path: Path) -> None:
     with pytest.raises(BackPressure):
         await s.append(ids, [T0 + 100] * 100, [1.0] * 100)
     # The store relieves the pressure by flushing; then appends go through again.
-    for _ in range(200):
-        if s.stats().head_samples == 0:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until("an empty head", lambda: s.stats().head_samples == 0)
     res = await s.append(ids, [T0 + 100] * 100, [1.0] * 100)
     assert res.accepted == 100
     await s.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.model import STALE_NAN, STALE_NAN_BITS, Labels
-from agent.storage import StorageOptions, Store
+from agent.storage import Store
 from agent.storage.audit import (
     decode_points,
     encode_points,
@@ -22,7 +21,7 @@ from agent.storage.audit import (
 )
 from agent.storage.db import connect, transaction
 from agent.storage.wal import decode_batch, encode_batch
-from tests.storage_helpers.raw_codec import codecs
+from tests.conftest import open_store
 
 T0 = 1_700_000_000_000
 
@@ -33,18 +32,6 @@ def lab(name: str, **kv: str) -> Labels:
 
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "tsagent.db"
-
-
-async def open_store(tmp_path: Path, **opts: object) -> Store:
-    options = StorageOptions(flush_interval_s=3600, **opts)  # type: ignore[arg-type]
-    return await Store.open(db_path(tmp_path), options, codecs())
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await open_store(tmp_path)
-    yield s
-    await s.close()
 
 
 def audit_rows(path: Path) -> list[Any]:

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from agent.model import NORMAL_NAN_BITS, STALE_NAN_BITS, Labels
 from agent.storage import StorageError, StorageOptions, Store, UnknownSeries
 from agent.storage.recompress import CompressionResult
 from plugins.codecs import all_codecs
+from tests.conftest import open_store
 
 T0 = 1_700_000_000_000
 CODECS = [c.name for c in all_codecs()]
@@ -38,11 +38,6 @@ def sample_data(n: int = 1000, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     bits[6] = np.float64(np.inf).view(np.uint64)
     bits[n - 1] = STALE_NAN_BITS
     return ts, bits.view(np.float64)
-
-
-async def open_store(path: Path, codec: str = "raw", **opts: Any) -> Store:
-    options = StorageOptions(flush_interval_s=3600, default_codec=codec, **opts)
-    return await Store.open(path / "tsagent.db", options, {c.name: c for c in all_codecs()})
 
 
 def db_figures(path: Path, sid: int) -> tuple[set[str], int, int, int]:
@@ -149,7 +144,7 @@ async def test_overlapping_blocks_are_merged_like_a_read(tmp_path: Path) -> None
 
 
 async def test_unknown_codec_series_and_block_size_are_rejected(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+    store = await open_store(tmp_path, "raw")
     try:
         [sid] = await store.get_or_create_series([lab("m")])
         await store.append([sid], [T0], [1.0])

@@ -21,6 +21,7 @@ from agent.model import Labels, Matcher
 from agent.storage import StorageOptions, Store, space
 from agent.storage.index import canonical_labels
 from agent.storage.wal import decode_batch, encode_batch, pack_batch
+from tests.conftest import open_store
 from tests.storage_helpers.raw_codec import codecs
 
 T0 = 1_700_000_000_000
@@ -41,7 +42,7 @@ def node_labels(i: int) -> Labels:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "f.db", StorageOptions(flush_interval_s=3600), codecs())
+    s = await open_store(tmp_path / "f.db")
     yield s
     await s.close()
 

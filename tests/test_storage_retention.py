@@ -17,10 +17,9 @@ import pytest
 from agent.cli import _overrides, build_parser
 from agent.config import load_config
 from agent.model import STALE_NAN_BITS, Labels
-from agent.storage import StorageError, StorageOptions, Store
+from agent.storage import StorageError, Store
 from agent.storage.audit import verify_chain
-from plugins.codecs import all_codecs
-from tests.conftest import ROOT, tsagent_cmd
+from tests.conftest import ROOT, open_store, tsagent_cmd, wait_until
 
 T = 1_700_000_000_000
 H = 3_600_000
@@ -30,13 +29,6 @@ ALL = (-(2**63), 2**63 - 1)
 
 def lab(name: str, **kv: str) -> Labels:
     return tuple(sorted({"__name__": name, **kv}.items()))
-
-
-async def open_store(path: Path, **opts: Any) -> Store:
-    opts.setdefault("retention_interval_s", 3600.0)  # no background pass during a test
-    opts.setdefault("flush_interval_s", 3600.0)
-    options = StorageOptions(**opts)
-    return await Store.open(path / "tsagent.db", options, {c.name: c for c in all_codecs()})
 
 
 def values_for(ts: np.ndarray) -> np.ndarray:
@@ -67,7 +59,9 @@ def db_query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 async def test_global_retention_deletes_exactly_the_old_samples(tmp_path: Path, codec: str) -> None:
     now = T + 24 * H
     cutoff = now - 10 * H  # == T + 14h, on the 10-minute grid: that sample is kept
-    store = await open_store(tmp_path, retention_ms=10 * H, block_size=100, default_codec=codec)
+    store = await open_store(
+        tmp_path, retention_ms=10 * H, block_size=100, default_codec=codec, all_codecs=True
+    )
     flushed, head_mixed, head_old, head_new = await store.get_or_create_series(
         [lab("flushed"), lab("head_mixed"), lab("head_old"), lab("head_new")]
     )
@@ -119,12 +113,12 @@ async def test_global_retention_deletes_exactly_the_old_samples(tmp_path: Path, 
     assert (await store.apply_retention(now_ms=now)).samples == 0
     await store.close()
     # Restart: the log replays into the head, and what retention deleted stays deleted.
-    store = await open_store(tmp_path, block_size=100, default_codec=codec)
+    store = await open_store(tmp_path, block_size=100, default_codec=codec, all_codecs=True)
     await check(store)
     assert store.stats().replayed_samples == keep[head_mixed].size + keep[head_new].size
     await store.flush(all=True)
     await store.close()
-    store = await open_store(tmp_path, default_codec=codec)
+    store = await open_store(tmp_path, default_codec=codec, all_codecs=True)
     await check(store)
     await store.close()
 
@@ -136,6 +130,7 @@ async def test_per_metric_rules_first_match_wins(tmp_path: Path) -> None:
         retention_ms=24 * H,
         retention_rules=[("keep_.*", 0), ("short|keep_short", 2 * H), ("sh.*", 12 * H)],
         block_size=50,
+        all_codecs=True,
     )
     names = ["keep_me", "keep_short", "short", "shorter", "other"]
     ids = await store.get_or_create_series([lab(n, x="1") for n in names])
@@ -167,7 +162,7 @@ async def test_per_metric_rules_first_match_wins(tmp_path: Path) -> None:
 
 
 async def test_backfill_of_1970_with_retention_zero(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, retention_ms=0, block_size=4)
+    store = await open_store(tmp_path, retention_ms=0, block_size=4, all_codecs=True)
     [sid] = await store.get_or_create_series([lab("history")])
     ts = np.arange(0, 10_000, 1000, dtype=np.int64)
     res = await store.append([sid] * ts.size, ts, values_for(ts))
@@ -177,7 +172,7 @@ async def test_backfill_of_1970_with_retention_zero(tmp_path: Path) -> None:
     result = await store.apply_retention()  # wall clock: 1970 is very old, and still kept
     assert result.samples == 0 and result.transactions == 0
     await store.close()
-    store = await open_store(tmp_path)
+    store = await open_store(tmp_path, all_codecs=True)
     assert_exact(await store.read_series(sid, *ALL), np.arange(0, 12_000, 1000))
     await store.close()
 
@@ -186,21 +181,21 @@ async def test_old_samples_are_accepted_with_retention_and_survive_until_a_pass(
     tmp_path: Path,
 ) -> None:
     """No age check on arrival; a backfill after a pass is not hidden on replay either."""
-    store = await open_store(tmp_path, retention_ms=H)
+    store = await open_store(tmp_path, retention_ms=H, all_codecs=True)
     a, b = await store.get_or_create_series([lab("a"), lab("b")])
     await store.append([a], [T], [1.0])
     assert (await store.apply_retention(now_ms=T + 2 * H)).samples == 1
     res = await store.append([b, b], [T - H, T], values_for(np.array([T - H, T])))
     assert res.accepted == 2 and not res.rejected
     await store.close()
-    store = await open_store(tmp_path, retention_ms=H)
+    store = await open_store(tmp_path, retention_ms=H, all_codecs=True)
     assert_exact(await store.read_series(b, *ALL), np.array([T - H, T]))
     assert (await store.read_series(a, *ALL))[0].size == 0
     await store.close()
 
 
 async def test_incremental_vacuum_returns_space(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, retention_ms=H, block_size=500)
+    store = await open_store(tmp_path, retention_ms=H, block_size=500, all_codecs=True)
     ids = await store.get_or_create_series([lab("big", i=str(i)) for i in range(40)])
     ts = grid(T, T + 5000 * 1000, 1000)
     for sid in ids:
@@ -227,7 +222,7 @@ async def test_old_database_without_auto_vacuum_is_converted_by_vacuum(tmp_path:
     conn = sqlite3.connect(tmp_path / "tsagent.db")
     conn.execute("CREATE TABLE predates_auto_vacuum (x)")  # fixes auto_vacuum=NONE
     conn.close()
-    store = await open_store(tmp_path, retention_ms=H, block_size=100)
+    store = await open_store(tmp_path, retention_ms=H, block_size=100, all_codecs=True)
     ids = await store.get_or_create_series([lab("m", i=str(i)) for i in range(20)])
     ts = grid(T, T + 4000 * 1000, 1000)
     for sid in ids:
@@ -246,7 +241,9 @@ async def test_old_database_without_auto_vacuum_is_converted_by_vacuum(tmp_path:
 
 
 async def test_deletion_is_audited(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, retention_ms=H, block_size=10, flush_chunk_series=2)
+    store = await open_store(
+        tmp_path, retention_ms=H, block_size=10, flush_chunk_series=2, all_codecs=True
+    )
     ids = await store.get_or_create_series([lab("m", i=str(i)) for i in range(3)])
     ts = grid(T, T + 3 * H)
     for sid in ids:
@@ -283,7 +280,7 @@ async def test_content_hash_depends_on_what_was_deleted(tmp_path: Path) -> None:
     for i, value in enumerate([1.0, 2.0, 1.0]):
         d = tmp_path / str(i)
         d.mkdir()
-        store = await open_store(d, retention_ms=H)
+        store = await open_store(d, retention_ms=H, all_codecs=True)
         [sid] = await store.get_or_create_series([lab("m")])
         await store.append([sid, sid], [T, T + 1], [value, 5.0])
         result = await store.apply_retention(now_ms=T + 2 * H)
@@ -294,28 +291,29 @@ async def test_content_hash_depends_on_what_was_deleted(tmp_path: Path) -> None:
 
 async def test_background_task_enforces_retention(tmp_path: Path) -> None:
     now = time.time_ns() // 1_000_000
-    store = await open_store(tmp_path, retention_ms=H, retention_interval_s=0.05)
+    store = await open_store(tmp_path, retention_ms=H, retention_interval_s=0.05, all_codecs=True)
     [sid] = await store.get_or_create_series([lab("m")])
     ts = grid(now - 3 * H - 5 * 60_000, now)  # no sample within 5 minutes of the cutoff
     await store.append([sid] * ts.size, ts, values_for(ts))
     await store.flush(all=True)
-    for _ in range(200):
+
+    async def trimmed() -> bool:
         got = (await store.read_series(sid, *ALL))[0]
-        if got.size and got[0] >= now - H:
-            break
-        await asyncio.sleep(0.05)
+        return bool(got.size) and got[0] >= now - H
+
+    await wait_until("the background retention pass", trimmed, 10, 0.05)
     assert_exact(await store.read_series(sid, *ALL), ts[ts >= now - H])
     await store.close()
 
 
 async def test_invalid_retention_options(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="retention rule regex"):
-        await open_store(tmp_path, retention_rules=[("(", H)])
+        await open_store(tmp_path, retention_rules=[("(", H)], all_codecs=True)
     with pytest.raises(StorageError, match="retention must be >= 0"):
-        await open_store(tmp_path, retention_ms=-1)
+        await open_store(tmp_path, retention_ms=-1, all_codecs=True)
     with pytest.raises(StorageError, match="retention_interval_s"):
-        await open_store(tmp_path, retention_interval_s=0)
-    store = await open_store(tmp_path)
+        await open_store(tmp_path, retention_interval_s=0, all_codecs=True)
+    store = await open_store(tmp_path, all_codecs=True)
     await store.close()
 
 
@@ -348,7 +346,7 @@ def test_retention_flag_and_config_reach_the_store_options(tmp_path: Path) -> No
 
 
 async def _seed(data_dir: Path, now: int) -> tuple[np.ndarray, list[int]]:
-    store = await open_store(data_dir, block_size=50)
+    store = await open_store(data_dir, block_size=50, all_codecs=True)
     ids = await store.get_or_create_series([lab("cpu"), lab("debug_x")])
     ts = grid(now - 5 * H, now - 60_000)
     for sid in ids:
@@ -385,7 +383,7 @@ def test_cli_retention_once(tmp_path: Path, subprocess_env: dict[str, Any]) -> N
     assert len(report["audit_ids"]) == 1
 
     async def check() -> None:
-        store = await open_store(data_dir)
+        store = await open_store(data_dir, all_codecs=True)
         try:
             assert_exact(await store.read_series(ids[0], *ALL), ts[ts >= started - 3 * H])
             assert_exact(await store.read_series(ids[1], *ALL), ts[ts >= started - H])
@@ -421,7 +419,7 @@ def test_cli_retention_requires_once() -> None:
 async def test_expired_points_lose_their_versions_and_rollback_does_not_restore_them(
     tmp_path: Path,
 ) -> None:
-    store = await open_store(tmp_path, retention_ms=H)
+    store = await open_store(tmp_path, retention_ms=H, all_codecs=True)
     [sid] = await store.get_or_create_series([lab("edited")])
     await store.append([sid, sid], [T, T + 2 * H], [1.0, 5.0])
     write_id = await store.record_write(sid, T, 2.0, user_id="alice")

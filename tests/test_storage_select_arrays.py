@@ -14,13 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.model import STALE_NAN, Matcher, MatchOp
-from agent.storage import StorageOptions, Store
-from tests.storage_helpers.raw_codec import codecs
-
-
-async def open_store(path: Path) -> Store:
-    options = StorageOptions(flush_interval_s=3600, block_size=4)
-    return await Store.open(path / "tsagent.db", options, codecs())
+from agent.storage import Store
+from tests.conftest import open_store
 
 
 def labels(i: int) -> tuple[tuple[str, str], ...]:
@@ -43,7 +38,7 @@ async def check_equal(store: Store, matchers: list[Matcher], start: int, end: in
 
 
 async def test_select_arrays_equals_select(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+    store = await open_store(tmp_path, block_size=4)
     try:
         ids = await store.get_or_create_series([labels(i) for i in range(10)])
         # Series 0-3: flushed into segments (block_size 4 -> several rows), then more
@@ -80,7 +75,7 @@ async def test_many_series_use_the_cached_label_order_and_bulk_head_read(tmp_pat
     """Over 256 series the label order comes from a cached rank and head reads are
     one masked join; series created after the rank was built must slot in correctly."""
     rng = np.random.default_rng(7)
-    store = await open_store(tmp_path)
+    store = await open_store(tmp_path, block_size=4)
     try:
 
         def many(i: int) -> tuple[tuple[str, str], ...]:

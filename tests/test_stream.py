@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,22 +15,15 @@ import pytest
 from agent.dataio.stream import Lagged, SampleBatch, StreamedSample
 from agent.model import STALE_NAN, Labels
 from agent.root import Agent
-from agent.storage import StorageOptions, Store
+from agent.storage import Store
 from agent.web.app import CONTEXT_KEY, make_app
-from tests.storage_helpers.raw_codec import codecs
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 
 
 def lab(name: str, **kv: str) -> Labels:
     return tuple(sorted({"__name__": name, **kv}.items()))
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "s.db", StorageOptions(flush_interval_s=3600), codecs())
-    yield s
-    await s.close()
 
 
 async def test_python_api_yields_committed_samples_of_matching_series(
@@ -121,12 +112,6 @@ async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, A
             data.append(line[6:])
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def client(aiohttp_client: Any, make_config: Any) -> Any:
     config, host = make_config(
@@ -152,7 +137,7 @@ async def test_sse_receives_live_samples_and_cleans_up(client: Any) -> None:
     assert data["resultType"] == "matrix"
     [series] = data["result"]
     assert series["metric"] == {"__name__": "up", "job": "a"}
-    assert series["values"] == [[T0 / 1000, "1.0"]]
+    assert series["values"] == [[T0 / 1000, "1"]]  # as /api/v1/query_range writes it
     # More than the buffer (3) at once: the client is told what it lost.
     sid = store.series_id(lab("up", job="a"))
     assert sid is not None
@@ -160,9 +145,11 @@ async def test_sse_receives_live_samples_and_cleans_up(client: Any) -> None:
     name, data = await anext(events)
     assert (name, data) == ("lagged", {"dropped": 2, "message": "lagged, 2 samples dropped"})
     name, data = await anext(events)
-    assert [v[1] for v in data["result"][0]["values"]] == ["2.0", "3.0", "4.0"]
+    assert [v[1] for v in data["result"][0]["values"]] == ["2", "3", "4"]
     resp.close()
-    await wait_for(lambda: store.sample_listener_count == baseline)
+    await wait_until(
+        "store.sample_listener_count == baseline", lambda: store.sample_listener_count == baseline
+    )
     assert len(client.app[CONTEXT_KEY].streams) == 0
 
 
@@ -182,7 +169,9 @@ async def test_websocket_receives_live_samples_and_cleans_up(client: Any) -> Non
         seen += [float(v[1]) for s in msg["result"] for v in s["values"]]
     assert seen == [20.0, 21.0, 22.0]
     await ws.close()
-    await wait_for(lambda: store.sample_listener_count == baseline)
+    await wait_until(
+        "store.sample_listener_count == baseline", lambda: store.sample_listener_count == baseline
+    )
 
 
 async def test_live_query_reevaluates_on_new_data(client: Any) -> None:
@@ -202,7 +191,7 @@ async def test_live_query_reevaluates_on_new_data(client: Any) -> None:
     _, second = await anext(events)
     assert second["data"]["result"][0]["value"][1] == "3"
     resp.close()
-    await wait_for(lambda: len(ctx.streams) == 0)
+    await wait_until("no subscription left", lambda: len(ctx.streams) == 0)
 
     bad = await client.get("/api/v1/stream/query", params={"query": "sum("})
     assert bad.status == 400 and (await bad.json())["errorType"] == "bad_data"

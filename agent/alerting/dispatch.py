@@ -33,7 +33,7 @@ the future, so Alertmanager resolves them by itself if tsagent goes away.
 
 Time comes from an injectable clock, so tests step through group_wait,
 group_interval, repeat_interval and retry backoff without sleeping: build the
-dispatcher with a :class:`ManualClock`, ``start(background=False)``, then
+dispatcher with a :class:`agent.clock.ManualClock`, ``start(background=False)``, then
 ``clock.advance(...)`` and ``await dispatcher.tick()``.
 
 Python callbacks are receivers too: ``register_callback(name, fn)``; ``fn``
@@ -53,10 +53,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -99,6 +98,7 @@ from agent.alerting.routing import (
     labels_text,
     receiver_targets,
 )
+from agent.clock import Clock, SystemClock
 
 log = logging.getLogger("tsagent.alerting")
 
@@ -111,34 +111,6 @@ RESOLVED_RETENTION = 15 * 60.0
 MAX_IDLE_SLEEP = 5.0
 
 Callback = Callable[[list[Alert]], Any]
-
-
-# --- time ---------------------------------------------------------------------------
-
-
-class Clock(Protocol):
-    """Unix seconds; the only source of time in the dispatcher."""
-
-    def now(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-
-class ManualClock:
-    """A clock tests move by hand, so every interval is exercised without sleeping."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> float:
-        self.t += seconds
-        return self.t
 
 
 # --- the dispatcher ---------------------------------------------------------------
@@ -645,12 +617,9 @@ def _needs_update(
 
 __all__ = [
     "RECEIVER_LABEL",
-    "Clock",
     "Dispatcher",
-    "ManualClock",
     "NotifyError",
     "Settings",
-    "SystemClock",
     "build_payload",
     "labels_text",
     "redact_text",

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
@@ -51,6 +51,7 @@ from agent.alerting.python_rules import threshold_expr as threshold_expr
 from agent.alerting.rule_metrics import RuleMetrics, _AlertsCollector
 from agent.alerting.rules import GroupSpec
 from agent.alerting.template import Template, TemplateData, TemplateError
+from agent.clock import Clock, SystemClock
 from agent.model import STALE_NAN, Labels, format_labels, make_labels
 from agent.query.engine import Engine
 from agent.query.queryable import Queryable
@@ -67,34 +68,6 @@ CALLBACK_TIMEOUT_S = 30.0
 
 
 # --- collaborators ---------------------------------------------------------------------
-
-
-class Clock(Protocol):
-    def now(self) -> float:
-        """Unix seconds."""
-        ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-
-class ManualClock:
-    """A clock tests move by hand: nothing happens until they say so."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.t = float(start)
-
-    def now(self) -> float:
-        return self.t
-
-    def set(self, t: float) -> None:
-        self.t = float(t)
-
-    def advance(self, seconds: float) -> float:
-        self.t += seconds
-        return self.t
 
 
 # --- the engine --------------------------------------------------------------------------

@@ -8,13 +8,13 @@ same states, ``ALERTS`` series, persistence and API as a rule file's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from agent.alerting.rules import RuleSpec, parse_rule
 from agent.durations import parse_duration
 from agent.query import ast
+from agent.query.numfmt import promql_literal
 
 if TYPE_CHECKING:
     from agent.storage import Store
@@ -86,14 +86,6 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _number(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
 def threshold_expr(
     store: Store | None,
     series: int | str,
@@ -140,12 +132,12 @@ def threshold_expr(
             raise ValueError(f"condition {condition!r} needs a positive threshold")
         ms = round(_seconds(window, "window") * 1000)
         fn = ANOMALY_FUNCTIONS[condition]
-        return f"abs({fn}({selector}[{ms}ms])) > {_number(limit)}"
+        return f"abs({fn}({selector}[{ms}ms])) > {promql_literal(limit)}"
     if threshold is None or isinstance(threshold, str):
         raise ValueError(f"condition {condition!r} needs a numeric threshold")
     value = float(threshold)
     if condition == "rate_of_change":
         ms = round(_seconds(window, "window") * 1000)
         op = "<" if value < 0 else ">"
-        return f"deriv({selector}[{ms}ms]) {op} {_number(value)}"
-    return f"{selector} {condition} {_number(value)}"
+        return f"deriv({selector}[{ms}ms]) {op} {promql_literal(value)}"
+    return f"{selector} {condition} {promql_literal(value)}"

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from agent.query.numfmt import special_text
+
 
 class TemplateError(ValueError):
     """The template cannot be parsed, or a function got arguments it cannot use."""
@@ -43,17 +45,9 @@ def _shortest_digits(v: float) -> tuple[str, int]:
     return text, exp + len(digits) - 1
 
 
-def _go_special(v: float) -> str | None:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return None
-
-
 def go_float(v: float) -> str:
     """Go's ``%v`` of a float64 (``strconv.FormatFloat(v, 'g', -1, 64)``): 1e6 is ``1e+06``."""
-    special = _go_special(v)
+    special = special_text(v)
     if special is not None:
         return special
     if v == 0:
@@ -71,7 +65,7 @@ def go_float(v: float) -> str:
 
 def go_float_e(v: float) -> str:
     """``strconv.FormatFloat(v, 'e', -1, 64)``: how Prometheus's API prints alert values."""
-    special = _go_special(v)
+    special = special_text(v)
     if special is not None:
         return special
     if v == 0:
@@ -83,7 +77,7 @@ def go_float_e(v: float) -> str:
 
 def _go_g(v: float, prec: int) -> str:
     """Go's ``%.Ng`` (Python's ``%g`` agrees except for the spelling of NaN and infinities)."""
-    special = _go_special(v)
+    special = special_text(v)
     if special is not None:
         return special
     return f"%.{prec}g" % v
@@ -233,7 +227,7 @@ def printf(fmt: Any, *args: Any) -> str:
             except TemplateError:
                 out.append(f"%!{verb}({to_text(arg)})")
                 continue
-            special = _go_special(f)
+            special = special_text(f)
             out.append((spec + "s") % special if special else (spec + verb) % f)
         else:
             raise TemplateError(f"printf: unsupported verb %{verb}")

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from agent.query.errors import BadDataError
-from agent.query.values import format_time, format_values
+from agent.query.numfmt import format_values
+from agent.query.values import format_time
 
 METHODS = ("linear", "holt_winters")
 ALPHAS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7)

@@ -17,13 +17,19 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from agent.config import ConfigError
+from agent.cli.setup import (
+    AddCommon,
+    DaemonRunning,
+    bearer_hint,
+    daemon_url,
+    load_config,
+    offline_store,
+)
 from agent.dataio.export import (
     CHUNK_SERIES,
     TIME_FORMATS,
@@ -36,9 +42,6 @@ from agent.dataio.export import (
     select_series,
     zone_of,
 )
-from agent.plugins import PluginError
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def add_export_parser(sub: Any, add_common: AddCommon) -> None:
@@ -112,37 +115,24 @@ class _Progress:
 
 
 def _endpoint(config: Any, args: argparse.Namespace) -> str:
-    host, port = config.listen
-    tls = config.raw.get("server", {}).get("tls", {}) or {}
-    scheme = "https" if tls.get("cert_file") else "http"
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
     params: list[tuple[str, str]] = [("match[]", m) for m in args.match]
     for key in ("start", "end"):
         if getattr(args, key):
             params.append((key, getattr(args, key)))
     if args.jsonl:
-        return f"{scheme}://{host}:{port}/api/v1/export?{urlencode(params)}"
+        return daemon_url(config, f"/api/v1/export?{urlencode(params)}")
     params += [("time_format", args.time_format), ("tz", args.timezone)]
-    return f"{scheme}://{host}:{port}/api/v1/export/csv?{urlencode(params)}"
-
-
-class _Locked(Exception):
-    pass
+    return daemon_url(config, f"/api/v1/export/csv?{urlencode(params)}")
 
 
 def run_export(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from agent.daemon import load
     from agent.query.timezone import parse_time
 
     err = sys.stderr
-    try:
-        config, host = load(args.config, overrides)
-    except (ConfigError, PluginError) as exc:
-        print(exc, file=err)
+    loaded = load_config(args.config, overrides, err)
+    if loaded is None:
         return 2
+    config, host = loaded
     try:
         zone = zone_of(args.timezone)
         start = None if args.start is None else parse_time(args.start, zone)
@@ -154,9 +144,8 @@ def run_export(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     show = args.progress == "always" or (args.progress == "auto" and err.isatty() and to_file)
     try:
         stats, labels = asyncio.run(_export(config, host, args, start, end, show))
-    except _Locked as exc:
-        auth = config.raw.get("auth", {}).get("read", {}) or {}
-        hint = ' -H "Authorization: Bearer $TOKEN"' if auth.get("bearer_tokens") else ""
+    except DaemonRunning as exc:
+        hint = bearer_hint(config, "read")
         out = f" -o {args.output}" if to_file else ""
         print(
             f"tsagent export-csv: {exc}\n"
@@ -186,17 +175,7 @@ async def _export(
     end: int | None,
     show: bool,
 ) -> tuple[ExportStats, list[str]]:
-    from agent.configured_store import open_store
-    from agent.context import AgentContext
-    from agent.metrics import AgentMetrics
-    from agent.storage import StoreLocked
-
-    ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
-    try:
-        store = await open_store(ctx)
-    except StoreLocked as exc:
-        raise _Locked(str(exc)) from None
-    try:
+    async with offline_store(config, host) as store:
         filt = args.match or None
         labels = label_columns(store, select_series(store, None, filt))
         stats = ExportStats()
@@ -225,5 +204,3 @@ async def _export(
         if bar is not None:
             bar(stats.series_total, stats.series_total, stats.samples, final=True)
         return stats, labels
-    finally:
-        await store.close()

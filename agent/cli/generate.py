@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agent.analytics.generate import (
@@ -27,10 +25,14 @@ from agent.analytics.generate import (
     send_remote_write,
     write_to_store,
 )
-from agent.config import ConfigError
-from agent.plugins import PluginError
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
+from agent.cli.setup import (
+    AddCommon,
+    DaemonRunning,
+    daemon_url,
+    load_config,
+    offline_store,
+    print_json,
+)
 
 
 def _seconds(text: str) -> float:
@@ -104,10 +106,6 @@ def add_generate_parser(sub: Any, add_common: AddCommon) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-class _Locked(Exception):
-    pass
-
-
 def run_generate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     err = sys.stderr
     if args.series < 1:
@@ -156,19 +154,14 @@ def run_generate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
             print(f"tsagent generate: {exc}", file=err)
             return 2 if "cannot reach" in str(exc) else 1
         return _print(report, args, f"sent to {args.remote_write}")
-    from agent.daemon import load
-
-    try:
-        config, host = load(args.config, overrides)
-    except (ConfigError, PluginError) as exc:
-        print(exc, file=err)
+    loaded = load_config(args.config, overrides, err)
+    if loaded is None:
         return 2
+    config, host = loaded
     try:
         report = asyncio.run(_local(config, host, batches))
-    except _Locked as exc:
-        from agent.cli.importing import _endpoint
-
-        url = _endpoint(config).replace("/api/v1/import/csv", "/api/v1/write")
+    except DaemonRunning as exc:
+        url = daemon_url(config, "/api/v1/write")
         print(
             f"tsagent generate: {exc}\nThe daemon is running and holds the database. Send the"
             f" samples through it instead:\n  tsagent generate {_argv_hint()}"
@@ -200,25 +193,13 @@ def _start_ms(args: argparse.Namespace) -> int:
 
 
 async def _local(config: Any, host: Any, batches: list[GeneratedSeries]) -> WriteReport:
-    from agent.configured_store import open_store
-    from agent.context import AgentContext
-    from agent.metrics import AgentMetrics
-    from agent.storage import StoreLocked
-
-    ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
-    try:
-        store = await open_store(ctx)
-    except StoreLocked as exc:
-        raise _Locked(str(exc)) from None
-    try:
+    async with offline_store(config, host) as store:
         return await write_to_store(store, batches)
-    finally:
-        await store.close()
 
 
 def _print(report: WriteReport, args: argparse.Namespace, where: str) -> int:
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        print_json(report.to_json())
     else:
         print(
             f"{args.metric}: {report.samples} samples of {report.series} series {where}"

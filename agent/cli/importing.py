@@ -21,12 +21,19 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from agent.config import ConfigError
+from agent.cli.setup import (
+    AddCommon,
+    DaemonRunning,
+    bearer_hint,
+    daemon_url,
+    load_config,
+    offline_store,
+    print_json,
+)
 from agent.dataio.importer import (
     CsvMapping,
     ImportReport,
@@ -35,9 +42,6 @@ from agent.dataio.importer import (
     parse_extra_labels,
     store_parsed,
 )
-from agent.plugins import PluginError
-
-AddCommon = Callable[[argparse.ArgumentParser], None]
 
 
 def add_import_parser(sub: Any, add_common: AddCommon) -> None:
@@ -163,26 +167,12 @@ def _mapping(args: argparse.Namespace) -> tuple[CsvMapping, str]:
     return mapping, query
 
 
-def _endpoint(config: Any) -> str:
-    host, port = config.listen
-    tls = config.raw.get("server", {}).get("tls", {}) or {}
-    scheme = "https" if tls.get("cert_file") else "http"
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}/api/v1/import/csv"
-
-
 def run_import(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from agent.daemon import load
-
     err = sys.stderr
-    try:
-        config, host = load(args.config, overrides)
-    except (ConfigError, PluginError) as exc:
-        print(exc, file=err)
+    loaded = load_config(args.config, overrides, err)
+    if loaded is None:
         return 2
+    config, host = loaded
     try:
         mapping, query = _mapping(args)
     except (MappingError, OSError) as exc:
@@ -198,14 +188,14 @@ def run_import(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     bar = ProgressBar(size, err, tty=err.isatty()) if show else None
     try:
         report = asyncio.run(_import(config, host, path, mapping, args, bar))
-    except _Locked as exc:
-        auth = config.raw.get("auth", {}).get("write", {}) or {}
-        hint = ' -H "Authorization: Bearer $TOKEN"' if auth.get("bearer_tokens") else ""
+    except DaemonRunning as exc:
+        hint = bearer_hint(config, "write")
+        url = daemon_url(config, "/api/v1/import/csv")
         print(
             f"tsagent import-csv: {exc}\n"
             "The daemon is running and holds the database. Import through its HTTP endpoint"
             " instead (same mapping, same result):\n"
-            f"  curl{hint} --data-binary @{args.file} '{_endpoint(config)}?{query}'",
+            f"  curl{hint} --data-binary @{args.file} '{url}?{query}'",
             file=err,
         )
         return 2
@@ -214,10 +204,6 @@ def run_import(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 2
     _print_report(report, args, path)
     return 0 if report.ok else 1
-
-
-class _Locked(Exception):
-    pass
 
 
 async def _import(
@@ -230,17 +216,7 @@ async def _import(
 ) -> ImportReport:
     import io
 
-    from agent.configured_store import open_store
-    from agent.context import AgentContext
-    from agent.metrics import AgentMetrics
-    from agent.storage import StoreLocked
-
-    ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
-    try:
-        store = await open_store(ctx)
-    except StoreLocked as exc:
-        raise _Locked(str(exc)) from None
-    try:
+    async with offline_store(config, host) as store:
         loop = asyncio.get_running_loop()
 
         def parse() -> Any:
@@ -266,8 +242,6 @@ async def _import(
         return await store_parsed(
             store, parsed, on_error=args.on_error, source=args.source, client=_client()
         )
-    finally:
-        await store.close()
 
 
 def _client() -> str:
@@ -282,7 +256,7 @@ def _print_report(report: ImportReport, args: argparse.Namespace, path: Path) ->
     if args.json:
         data = report.to_dict(max_problems=max(args.max_errors, 0))
         data["seconds"] = round(report.seconds, 3)
-        print(json.dumps(data, indent=2))
+        print_json(data, sort_keys=False)
         return
     rate = report.received / report.seconds if report.seconds > 0 else 0.0
     if report.aborted:

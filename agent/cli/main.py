@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -132,21 +131,19 @@ def cmd_retention(args: argparse.Namespace) -> int:
     """
     import asyncio
 
-    from agent.daemon import load
+    from agent.cli.setup import DaemonRunning, load_config, print_json
     from agent.storage import StorageError
 
-    try:
-        config, host = load(args.config, _overrides(args))
-    except (ConfigError, PluginError) as exc:
-        print(exc, file=sys.stderr)
+    loaded = load_config(args.config, _overrides(args))
+    if loaded is None:
         return 2
     try:
-        report = asyncio.run(_retention_once(config, host, vacuum=args.vacuum))
-    except (StorageError, ValueError, OSError) as exc:
+        report = asyncio.run(_retention_once(*loaded, vacuum=args.vacuum))
+    except (DaemonRunning, StorageError, ValueError, OSError) as exc:
         print(f"retention failed: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print_json(report)
         return 0
     print(
         f"{report['db']}: deleted {report['samples']} samples of {report['series']} series"
@@ -167,18 +164,13 @@ def cmd_retention(args: argparse.Namespace) -> int:
 async def _retention_once(config: Any, host: Any, *, vacuum: bool) -> dict[str, Any]:
     import sqlite3
 
-    from agent.configured_store import DB_FILE, open_store
-    from agent.context import AgentContext
-    from agent.metrics import AgentMetrics
+    from agent.cli.setup import offline_store
+    from agent.configured_store import DB_FILE
 
-    ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
-    store = await open_store(ctx)
-    try:
+    async with offline_store(config, host) as store:
         res = await store.apply_retention()
         if vacuum:
             await store.vacuum()
-    finally:
-        await store.close()
     db_path = config.data_dir / DB_FILE
     conn = sqlite3.connect(db_path)
     try:
@@ -208,17 +200,15 @@ def cmd_rollup(args: argparse.Namespace) -> int:
     """One rollup pass with the daemon stopped (the store lock refuses a running daemon's DB)."""
     import asyncio
 
-    from agent.daemon import load
-    from agent.storage import StorageError, StoreLocked
+    from agent.cli.setup import DaemonRunning, load_config, print_json
+    from agent.storage import StorageError
 
-    try:
-        config, host = load(args.config, _overrides(args))
-    except (ConfigError, PluginError) as exc:
-        print(exc, file=sys.stderr)
+    loaded = load_config(args.config, _overrides(args))
+    if loaded is None:
         return 2
     try:
-        report = asyncio.run(_rollup_once(config, host))
-    except StoreLocked as exc:
+        report = asyncio.run(_rollup_once(*loaded))
+    except DaemonRunning as exc:
         print(
             f"rollup failed: {exc}; the running daemon computes rollups itself"
             " every storage.rollups.interval",
@@ -232,7 +222,7 @@ def cmd_rollup(args: argparse.Namespace) -> int:
         print("rollups are disabled (storage.rollups.enabled: false)", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print_json(report)
         return 0
     print(
         f"{report['db']}: {report['blocks_rolled']} blocks rolled up,"
@@ -263,18 +253,13 @@ def _utc(ms: int | None) -> str:
 
 
 async def _rollup_once(config: Any, host: Any) -> dict[str, Any] | None:
-    from agent.configured_store import DB_FILE, open_store
-    from agent.context import AgentContext
-    from agent.metrics import AgentMetrics
+    from agent.cli.setup import offline_store
+    from agent.configured_store import DB_FILE
 
-    ctx = AgentContext(config=config, plugins=host, metrics=AgentMetrics())
-    store = await open_store(ctx, background_rollups=False)
-    try:
+    async with offline_store(config, host, background_rollups=False) as store:
         if store.rollups is None:
             return None
         result = await store.rollups.run_once()
-    finally:
-        await store.close()
     return {"db": str(config.data_dir / DB_FILE), **result.to_json()}
 
 
@@ -341,7 +326,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for p in host.loaded.values()
     ]
     if getattr(args, "json", False):
-        print(json.dumps(rows, indent=2))
+        from agent.cli.setup import print_json
+
+        print_json(rows, sort_keys=False)
     else:
         for r in rows:
             kind = "built-in" if r["builtin"] else "third-party"

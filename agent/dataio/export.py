@@ -53,16 +53,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, TextIO
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
 from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher, metric_name, neutralize_cell
+from agent.query.errors import BadDataError
+from agent.query.numfmt import jsonl_number, text_number
+from agent.query.timezone import zone as zone_named
 
 if TYPE_CHECKING:
     from agent.storage import Store
@@ -191,23 +192,12 @@ def zone_of(name: str | tzinfo | None) -> tzinfo:
     if isinstance(name, tzinfo):
         return name
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+        return zone_named(name)
+    except BadDataError:
         raise ExportError(f"unknown time zone {name!r}") from None
 
 
 # --- formatting -------------------------------------------------------------------------
-
-
-def format_value(v: float) -> str:
-    """Exact text for a float: ``repr`` reads back bit-identical; NaN/Inf as Prometheus spells."""
-    if v != v:
-        return "NaN"
-    if v == math.inf:
-        return "+Inf"
-    if v == -math.inf:
-        return "-Inf"
-    return repr(v)
 
 
 def _offsets_ms(ts: np.ndarray, zone: tzinfo) -> np.ndarray:
@@ -381,7 +371,7 @@ async def export_csv(
             times = format_times(t, time_format, zone)
             buf.write(
                 "".join(
-                    f"{tt},{middle},{format_value(x)}\n"
+                    f"{tt},{middle},{text_number(x)}\n"
                     for tt, x in zip(times, v.tolist(), strict=True)
                 )
             )
@@ -426,16 +416,6 @@ async def write_csv(
     return stats
 
 
-def _json_value(v: float) -> object:
-    if v != v:
-        return None
-    if v == math.inf:
-        return "+Inf"
-    if v == -math.inf:
-        return "-Inf"
-    return v
-
-
 async def export_jsonl(
     store: Store,
     series_ids: Sequence[int] | None = None,
@@ -463,7 +443,7 @@ async def export_jsonl(
                 continue
             values = v.tolist()
             if not np.isfinite(v).all():
-                values = [_json_value(x) for x in values]
+                values = [jsonl_number(x) for x in values]
             line = {"metric": dict(store.labels(sid)), "values": values, "timestamps": t.tolist()}
             lines.append(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
             stats.series += 1

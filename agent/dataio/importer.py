@@ -49,12 +49,15 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
 from agent.model import METRIC_NAME, Labels, restore_cell, valid_label_name, valid_metric_name
 from agent.model import metric_name as metric_name_of
+from agent.query.errors import BadDataError
+from agent.query.timezone import local_candidates
+from agent.query.timezone import zone as zone_named
+from agent.rejections import rejection_positions
 from agent.storage.backfill import ON_ERROR_CHOICES, OnError
 
 if TYPE_CHECKING:
@@ -197,24 +200,23 @@ def parse_rfc3339(text: str) -> int:
 def localize(naive: datetime, zone: tzinfo, ambiguous: str = "reject") -> datetime:
     """Attach ``zone`` to a wall-clock time, refusing times DST makes doubtful.
 
-    Non-existent (skipped by a spring-forward) → ValueError always.  Ambiguous
+    The candidates come from :func:`agent.query.timezone.local_candidates` (the one
+    DST resolver). Non-existent (skipped by a spring-forward) → ValueError always. Ambiguous
     (repeated by a fall-back) → ValueError unless ``ambiguous`` picks the
     ``earlier`` (fold=0) or ``later`` (fold=1) occurrence.
     """
-    first = naive.replace(tzinfo=zone, fold=0)
-    second = naive.replace(tzinfo=zone, fold=1)
-    if first.utcoffset() == second.utcoffset():
-        return first
-    back = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
-    if back != naive:
+    found = local_candidates(naive, zone)
+    if len(found) == 1:
+        return found[0]
+    if not found:
         raise ValueError(
             f"local time {naive.isoformat(' ')} does not exist in {zone}"
             " (skipped when clocks moved forward)"
         )
     if ambiguous == "earlier":
-        return first
+        return found[0]
     if ambiguous == "later":
-        return second
+        return found[1]
     raise ValueError(
         f"local time {naive.isoformat(' ')} is ambiguous in {zone} (it occurs twice when"
         " clocks move back); set timestamp.ambiguous to earlier or later to choose"
@@ -292,8 +294,8 @@ class TimeFormat:
         zone: tzinfo = UTC
         if timezone:
             try:
-                zone = ZoneInfo(timezone)
-            except (ZoneInfoNotFoundError, ValueError) as exc:
+                zone = zone_named(timezone)
+            except BadDataError as exc:
                 raise MappingError(f"timestamp.timezone: unknown time zone {timezone!r}") from exc
         if spec in TIME_FORMATS:
             return cls(spec, zone=zone, ambiguous=ambiguous)
@@ -1079,15 +1081,9 @@ def _report_refused(
 
 def _report_rejections(parsed: ParsedCsv, sids: np.ndarray, rejected: Sequence[Any]) -> None:
     """Name the row of each sample the store refused (a conflict with stored data)."""
-    order = np.lexsort((parsed.timestamps, sids))
-    ss, st = sids[order], parsed.timestamps[order]
     bad_rows: set[int] = set()
-    for r in rejected:
-        lo = int(np.searchsorted(ss, r.series_id, "left"))
-        hi = int(np.searchsorted(ss, r.series_id, "right"))
-        k = lo + int(np.searchsorted(st[lo:hi], r.timestamp))
-        if k < hi and int(st[k]) == r.timestamp:
-            i = int(order[k])
+    for r, i in zip(rejected, rejection_positions(rejected, sids, parsed.timestamps), strict=True):
+        if i is not None:
             row = int(parsed.rows[i])
             bad_rows.add(row)
             parsed.report.add(

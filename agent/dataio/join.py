@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from agent.model import STALE_NAN_BITS, Labels, format_labels
+from agent.query.numfmt import json_number, text_number
 
 if TYPE_CHECKING:
     from agent.storage import Store
@@ -112,7 +112,7 @@ class JoinResult:
     def to_json(self) -> dict[str, Any]:
         """The API ``data`` object: series, column names and rows (seconds, values or null)."""
         cols = [
-            [_json_value(x) if ok else None for x, ok in zip(v.tolist(), p.tolist(), strict=True)]
+            [json_number(x) if ok else None for x, ok in zip(v.tolist(), p.tolist(), strict=True)]
             for v, p in zip(self.values, self.present, strict=True)
         ]
         secs = (self.timestamps / 1000).tolist()
@@ -127,26 +127,18 @@ class JoinResult:
 
     def to_csv(self, time_format: str = "rfc3339", timezone: str | None = None) -> str:
         """Header ``timestamp,<series>...``; values spelled as in the CSV export; missing: empty."""
-        from agent.dataio.export import format_times, format_value, zone_of
+        from agent.dataio.export import format_times, zone_of
 
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["timestamp", *self.column_names()])
         times = format_times(self.timestamps, time_format, zone_of(timezone))
         cols = [
-            [format_value(x) if ok else "" for x, ok in zip(v.tolist(), p.tolist(), strict=True)]
+            [text_number(x) if ok else "" for x, ok in zip(v.tolist(), p.tolist(), strict=True)]
             for v, p in zip(self.values, self.present, strict=True)
         ]
         w.writerows(zip(times, *cols, strict=True))
         return buf.getvalue()
-
-
-def _json_value(v: float) -> float | str:
-    if v != v:
-        return "NaN"
-    if v in (math.inf, -math.inf):
-        return "+Inf" if v > 0 else "-Inf"
-    return v
 
 
 # --- placing one series into rows ----------------------------------------------------------------

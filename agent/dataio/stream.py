@@ -373,6 +373,7 @@ async def live_query(
     """
     from agent.query.errors import QueryError
     from agent.query.service import parsed
+    from agent.web.api.errors import error_body
 
     node, _sig = parsed(expr)  # raises BadDataError for a bad query, before anything streams
     alternatives = selectors_of(node)
@@ -383,7 +384,7 @@ async def live_query(
         try:
             answer = await queries.instant(expr, time.time_ns() // 1_000_000, cache="off")
         except QueryError as exc:
-            return {"status": "error", "errorType": exc.error_type, "error": str(exc)}
+            return error_body(exc.error_type, str(exc))
         out: dict[str, Any] = {"status": "success", "data": answer.data()}
         annos = answer.annotations
         if annos.warnings:

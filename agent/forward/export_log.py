@@ -50,6 +50,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.clock import Clock, SystemClock
 from agent.storage.db import LEGACY_SET, Migrations
 from agent.storage.wal import BatchRecord, decode_batch
 
@@ -208,7 +209,7 @@ class _Subscription:
         o = self.options
         if o.max_backlog_samples and self.hub.tail_cum - cum_before > o.max_backlog_samples:
             return DROP_BACKLOG_SAMPLES
-        if o.max_backlog_age_s and now_ms() - created_ms > o.max_backlog_age_s * 1000:
+        if o.max_backlog_age_s and self.hub.now_ms() - created_ms > o.max_backlog_age_s * 1000:
             return DROP_BACKLOG_AGE
         return None
 
@@ -254,7 +255,7 @@ class _BacklogCollector(Collector):
             "Age of the oldest undelivered batch (since it was ingested), by exporter; 0 if none.",
             labels=["exporter"],
         )
-        now = now_ms()
+        now = self.hub.now_ms()
         for sub in self.hub.subscriptions:
             n = max(0, self.hub.tail_cum - sub.position_cum)
             pending.add_metric([sub.name], n)
@@ -269,8 +270,13 @@ class ExportHub:
 
     name = "export-log"
 
-    def __init__(self, store: Store, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, store: Store, registry: CollectorRegistry, clock: Clock | None = None
+    ) -> None:
         self.store = store
+        # Batches enter the log at this clock's time; backlog ages and batch deadlines
+        # go by it too (a test steps a ManualClock instead of sleeping).
+        self.clock: Clock = clock or SystemClock()
         self.subscriptions: list[_Subscription] = []
         self.metrics = ExportMetrics(registry)
         registry.register(_BacklogCollector(self))
@@ -279,6 +285,9 @@ class ExportHub:
         self.stopping = False
         self._stop_event = asyncio.Event()
         self._installed = False
+
+    def now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
 
     # --- the transaction hook (SQL thread) ----------------------------------------------
 
@@ -290,12 +299,13 @@ class ExportHub:
         last = conn.execute("SELECT id, cum FROM export_log ORDER BY id DESC LIMIT 1").fetchone()
         cum = int(last[1]) if last else 0
         tail_id = int(last[0]) if last else 0
+        created_ms = self.now_ms()  # the hub's clock: backlog ages and deadlines agree with it
         for rec in rows:
             cum += rec.stored
             cur = conn.execute(
                 "INSERT INTO export_log(created_ms, op, source, count, cum, data)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (rec.created_ms, rec.op, rec.source, rec.stored, cum, rec.compact()),
+                (created_ms, rec.op, rec.source, rec.stored, cum, rec.compact()),
             )
             tail_id = int(cur.lastrowid or 0)
         # Published before the commit; if the commit fails the store refuses all
@@ -482,7 +492,7 @@ class ExportHub:
         if not (o.max_backlog_samples or o.max_backlog_age_s):
             return
         pos, tail_cum = sub.position, self.tail_cum
-        age_limit = now_ms() - int(o.max_backlog_age_s * 1000) if o.max_backlog_age_s else None
+        age_limit = self.now_ms() - int(o.max_backlog_age_s * 1000) if o.max_backlog_age_s else None
         size_limit = tail_cum - o.max_backlog_samples if o.max_backlog_samples else None
 
         def find(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
@@ -566,7 +576,7 @@ class ExportHub:
         sub.oldest_pending_ms = batches[0].created_ms
         o = sub.options
         if o.max_wait_s and self.tail_cum - sub.position_cum < o.max_samples:
-            due = batches[0].created_ms + o.max_wait_s * 1000 - now_ms()
+            due = batches[0].created_ms + o.max_wait_s * 1000 - self.now_ms()
             if due > 0:
                 await self._wait(sub, min(due / 1000, IDLE_POLL_S))
                 return False

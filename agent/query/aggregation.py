@@ -20,8 +20,9 @@ from agent.model import METRIC_NAME, Labels, make_labels, valid_label_name
 from agent.query.blocks import Block
 from agent.query.errors import ExecutionError
 from agent.query.limits import checkpoint
+from agent.query.numfmt import format_value, go_g
 from agent.query.rangefuncs import kahan_inc, quantile_values
-from agent.query.values import Annotations, format_value
+from agent.query.values import Annotations
 
 Arr = np.ndarray
 
@@ -326,7 +327,7 @@ def aggregate(
         bad = np.isnan(param) | (param < 0) | (param > 1)
         for q in np.unique(param[bad]).tolist() if bad.any() else []:
             annos.warn(
-                f"PromQL warning: quantile value should be between 0 and 1, got {_go_g(q)}"
+                f"PromQL warning: quantile value should be between 0 and 1, got {go_g(q)}"
                 + param_pos
             )
     if len(block) == 0:
@@ -346,26 +347,6 @@ def aggregate(
     else:
         out, seen = _simple(op, block, grp)
     return Block(list(grp.keys), out, seen, _group_drop(block, grp)).compact()
-
-
-def _go_g(v: float) -> str:
-    """Go's ``%g`` for the values that appear in annotations."""
-    if np.isnan(v):
-        return "NaN"
-    if np.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    text = repr(float(v))
-    return text[:-2] if text.endswith(".0") else text
-
-
-def openmetrics_float(v: float) -> str:
-    """OpenMetrics float text (``0.5``, ``1.0``, ``+Inf``), used for quantile labels."""
-    if np.isnan(v):
-        return "NaN"
-    if np.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    text = repr(float(v))
-    return text if ("." in text or "e" in text) else text + ".0"
 
 
 def ratio_offset(labels: Labels) -> float:
@@ -396,7 +377,7 @@ def _select_k(
             cap = 1.0 if r > 1 else -1.0
             annos.warn(
                 "PromQL warning: ratio value should be between -1 and 1, "
-                f"got {_go_g(r)}, capping to {_go_g(cap)}" + param_pos
+                f"got {go_g(r)}, capping to {go_g(cap)}" + param_pos
             )
         ratio = np.clip(param, -1.0, 1.0)
     else:

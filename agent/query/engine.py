@@ -37,6 +37,7 @@ from agent.query.blocks import (
 )
 from agent.query.errors import BadDataError, ExecutionError
 from agent.query.limits import QueryBudget
+from agent.query.numfmt import go_g, openmetrics_float
 from agent.query.parser import parse
 from agent.query.queryable import Queryable, SelectedArraysLike, select_arrays
 from agent.query.values import (
@@ -569,7 +570,7 @@ class _Evaluator:
             out = functions.histogram_quantile(
                 q, block, self.annos, self.pos(arg_node), self.pos(node.args[0]), self.delayed
             )
-            qtext = aggregation.openmetrics_float(float(q[0]))
+            qtext = openmetrics_float(float(q[0]))
             labels = [tuple(sorted({**dict(lab), label: qtext}.items())) for lab in out.labels]
             parts.append(Block(labels, out.values, out.present, out.drop))
         if not parts:
@@ -672,7 +673,7 @@ class _Evaluator:
             for val in np.unique(q[bad]).tolist() if bad.any() else []:
                 self.annos.warn(
                     "PromQL warning: quantile value should be between 0 and 1, got "
-                    + aggregation._go_g(val)
+                    + go_g(val)
                     + self.pos(node.args[0])
                 )
             v = rangefuncs.quantile_over_time(data, lo, hi, q)

@@ -18,6 +18,7 @@ from agent.model import METRIC_NAME, Labels, MatchOp, compile_anchored, valid_la
 from agent.query import ast
 from agent.query.blocks import Block, merge_same_labels
 from agent.query.errors import ExecutionError
+from agent.query.numfmt import go_g
 from agent.query.values import Annotations
 
 Arr = np.ndarray
@@ -389,11 +390,7 @@ def histogram_quantile(
     steps = len(q)
     bad = np.isnan(q) | (q < 0) | (q > 1)
     for v in np.unique(q[bad]).tolist() if bad.any() else []:
-        annos.warn(
-            "PromQL warning: quantile value should be between 0 and 1, got "
-            + ("NaN" if math.isnan(v) else repr(v).removesuffix(".0"))
-            + pos
-        )
+        annos.warn("PromQL warning: quantile value should be between 0 and 1, got " + go_g(v) + pos)
     keys, members, rows, bounds = classic_histograms(block, annos, info_pos, delayed)
     out_vals = np.full((len(keys), steps), np.nan)
     out_pres = np.zeros((len(keys), steps), dtype=bool)

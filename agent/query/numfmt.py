@@ -1,6 +1,6 @@
 """Vectorised shortest round-trip formatting of float64 arrays, as Go's ``'f', -1``.
 
-:func:`agent.query.values.format_value` (``repr`` digits, positional notation)
+:func:`format_value` (``repr`` digits, positional notation)
 costs about half a microsecond per value; a range result of 50,000 series by
 20 steps has a million of them. :func:`format_cells` produces the same text
 for a whole array with a handful of numpy passes:
@@ -17,14 +17,31 @@ for a whole array with a handful of numpy passes:
    digit count) column map.
 
 NaN, infinities, fractions below 1e-7, whole numbers of 2**53 and above, and
-undecided values go through :func:`agent.query.values.format_value` one by
+undecided values go through :func:`format_value` one by
 one; the bytes are the same either way (``tests/test_promql_fastpaths.py``
 compares them on random and awkward values).
+
+This module is also the one place a float becomes text anywhere in the agent
+(one spelling of NaN and the infinities per output format):
+
+=========================  =========================  ===============================
+format                     function                   NaN / +Inf / -Inf
+=========================  =========================  ===============================
+API sample values, text    :func:`format_value`       ``NaN`` ``+Inf`` ``-Inf``
+JSON API numbers           :func:`json_number`        ``"NaN"`` ``"+Inf"`` ``"-Inf"``
+CSV, joins, /federate      :func:`text_number`        ``NaN`` ``+Inf`` ``-Inf``
+JSON-lines export          :func:`jsonl_number`       ``null`` ``"+Inf"`` ``"-Inf"``
+PromQL annotations         :func:`go_g`               ``NaN`` ``+Inf`` ``-Inf``
+OpenMetrics labels         :func:`openmetrics_float`  ``NaN`` ``+Inf`` ``-Inf``
+PromQL number literals     :func:`promql_literal`     ``NaN`` ``Inf`` ``-Inf``
+=========================  =========================  ===============================
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from decimal import Decimal
 
 import numpy as np
 
@@ -185,12 +202,14 @@ def _digit_matrix(d: np.ndarray, ndig: np.ndarray) -> np.ndarray:
     return out.view(np.uint8)[:, 3:]
 
 
-def format_cells(values: np.ndarray, slow: Callable[[float], str]) -> np.ndarray:
+def format_cells(values: np.ndarray, slow: Callable[[float], str] | None = None) -> np.ndarray:
     """``slow(v)`` of every value as ASCII bytes in a NUL-padded ``(n, WIDTH)`` uint8 array.
 
-    ``slow`` is :func:`agent.query.values.format_value`, used for what the bulk
-    path leaves out; its output must fit ``WIDTH`` bytes or it widens the array.
+    ``slow`` (default :func:`format_value`) is used for what the bulk path
+    leaves out; its output must fit ``WIDTH`` bytes or it widens the array.
     """
+    if slow is None:
+        slow = format_value
     v = np.ascontiguousarray(values, dtype=np.float64).ravel()
     n = len(v)
     out = np.zeros((n, WIDTH), dtype=np.uint8)
@@ -253,3 +272,97 @@ def pack(cells: np.ndarray) -> bytes:
     """The non-NUL bytes of ``cells`` in order (rows joined without separators)."""
     flat = cells.ravel()
     return flat[flat != 0].tobytes()
+
+
+# --- one value at a time ---------------------------------------------------------------
+
+
+def format_value(v: float) -> str:
+    """Prometheus's text form of a float sample value (Go's ``FormatFloat(v, 'f', -1, 64)``)."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if v == 0:
+        return "-0" if math.copysign(1.0, v) < 0 else "0"
+    text = repr(float(v))
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")
+    if text.endswith(".0"):
+        text = text[:-2]
+    return text
+
+
+def format_values(values: np.ndarray) -> list[str]:
+    """:func:`format_value` of every element, with the common cases at ``repr`` speed.
+
+    Shortest round-trip ``repr`` is what Go prints too, except for the
+    ``.0`` of whole numbers (dropped here) and exponents, NaN and infinities
+    (left to :func:`format_value`; all of them contain an ``e`` or ``n``).
+    """
+    out = list(map(repr, values.tolist()))
+    for i, r in enumerate(out):
+        if r[-2:] == ".0":
+            out[i] = r[:-2]
+        elif "e" in r or "n" in r:
+            out[i] = format_value(float(r))
+    return out
+
+
+def special_text(v: float) -> str | None:
+    """Prometheus's spelling of NaN and the infinities; None for a finite value."""
+    if v != v:
+        return "NaN"
+    if v == math.inf:
+        return "+Inf"
+    if v == -math.inf:
+        return "-Inf"
+    return None
+
+
+def json_number(v: float) -> float | str:
+    """A number in a JSON API answer: a JSON number, or NaN/Inf as Prometheus's strings."""
+    return special_text(v) or float(v)
+
+
+def jsonl_number(v: float) -> float | str | None:
+    """A value in the JSON-lines export (VictoriaMetrics' format): NaN is ``null``.
+
+    VictoriaMetrics writes NaN as ``null`` and its importer (like ours) reads
+    it back as NaN; the infinities are ``"+Inf"``/``"-Inf"`` (JSON has none).
+    """
+    if v != v:
+        return None
+    return special_text(v) or float(v)
+
+
+def text_number(v: float) -> str:
+    """A CSV cell or /federate value: shortest round-trip ``repr`` (``1.0``, ``1e-10``), exact."""
+    return special_text(v) or repr(float(v))
+
+
+def go_g(v: float) -> str:
+    """Go's ``%g`` of the values PromQL puts in annotations (``repr`` without a trailing ``.0``)."""
+    special = special_text(v)
+    if special is not None:
+        return special
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def openmetrics_float(v: float) -> str:
+    """OpenMetrics float text (``0.5``, ``1.0``, ``+Inf``), used for quantile labels."""
+    special = special_text(v)
+    if special is not None:
+        return special
+    text = repr(float(v))
+    return text if ("." in text or "e" in text) else text + ".0"
+
+
+def promql_literal(v: float) -> str:
+    """``v`` as a PromQL number literal (``NaN``, ``Inf``, ``-Inf``, ``0.5``)."""
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "Inf" if v > 0 else "-Inf"
+    return repr(float(v))

@@ -9,47 +9,14 @@ float seconds.
 from __future__ import annotations
 
 import json
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
 
 from agent.model import Labels
-
-
-def format_value(v: float) -> str:
-    """Prometheus's text form of a float sample value."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if v == 0:
-        return "-0" if math.copysign(1.0, v) < 0 else "0"
-    text = repr(float(v))
-    if "e" in text or "E" in text:
-        text = format(Decimal(text), "f")
-    if text.endswith(".0"):
-        text = text[:-2]
-    return text
-
-
-def format_values(values: np.ndarray) -> list[str]:
-    """:func:`format_value` of every element, with the common cases at ``repr`` speed.
-
-    Shortest round-trip ``repr`` is what Go prints too, except for the
-    ``.0`` of whole numbers (dropped here) and exponents, NaN and infinities
-    (left to :func:`format_value`; all of them contain an ``e`` or ``n``).
-    """
-    out = list(map(repr, values.tolist()))
-    for i, r in enumerate(out):
-        if r[-2:] == ".0":
-            out[i] = r[:-2]
-        elif "e" in r or "n" in r:
-            out[i] = format_value(float(r))
-    return out
+from agent.query.numfmt import format_cells, format_value
 
 
 def _dumps(value: Any) -> str:
@@ -110,15 +77,13 @@ def _points_json(times: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarr
 
 
 def _points_json_serial(times: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-    from agent.query.numfmt import format_cells
-
     if len(values) == 0:
         return b"", np.zeros(0, dtype=np.int64)
     uniq, inverse = np.unique(times, return_inverse=True)
     heads = [f',[{_dumps(format_time(int(t)))},"'.encode() for t in uniq.tolist()]
     width = max(len(h) for h in heads)
     head_cells = np.array(heads, dtype=f"S{width}").view(np.uint8).reshape(len(heads), width)
-    vals = format_cells(values, format_value)
+    vals = format_cells(values)
     cells = np.empty((len(values), width + vals.shape[1] + 2), dtype=np.uint8)
     cells[:, :width] = head_cells[inverse.ravel()]
     cells[:, width : width + vals.shape[1]] = vals

@@ -99,9 +99,6 @@ from agent.storage.rollup_blocks import (
     floor_to as floor_to,
 )
 from agent.storage.rollup_blocks import (
-    format_float as format_float,
-)
-from agent.storage.rollup_blocks import (
     lowest_block as lowest_block,
 )
 from agent.storage.rollup_blocks import (

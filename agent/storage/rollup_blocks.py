@@ -10,7 +10,6 @@ can be read (and tested) without the manager's scheduling.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import struct
 from collections.abc import Callable, Sequence
@@ -368,12 +367,3 @@ def bucket_answer(name: str, st: WindowStats) -> tuple[np.ndarray, np.ndarray]:
         if name == "last_over_time":
             return st.last, present
     raise ValueError(f"{name} cannot be answered from rollups")
-
-
-def format_float(v: float) -> float | str:
-    """JSON-safe number: NaN and infinities as Prometheus spells them."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return v

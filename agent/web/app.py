@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import exposition
 
 from agent import __version__
+from agent.clock import Clock
 from agent.config import Config, ConfigError
 from agent.context import CONTEXT_KEY, AgentContext, Route
 from agent.context import context_of as context_of  # re-exported for callers of agent.web.app
@@ -190,6 +191,7 @@ async def _dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
             ctx.notifiers,
             store=ctx.store,
             registry=ctx.metrics.registry,
+            clock=ctx.clock,
         )
         await dispatcher.start()
     except Exception as exc:
@@ -265,7 +267,7 @@ async def _start_export_hub(ctx: AgentContext) -> ExportHub | None:
     batch = batch_exporters(ctx.exporters)
     if not batch:
         return None
-    hub = ExportHub(ctx.require_store(), ctx.metrics.registry)
+    hub = ExportHub(ctx.require_store(), ctx.metrics.registry, clock=ctx.clock)
     try:
         await hub.open(batch)
     except Exception as exc:
@@ -296,6 +298,7 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
         dispatcher=lambda: ctx.dispatcher,
         registry=ctx.metrics.registry,
         writer=lambda rows: ctx.append_samples(rows, source="rule"),
+        clock=ctx.clock,
     )
     engine.set_groups(groups)
     await engine.start()
@@ -309,10 +312,20 @@ async def _rules_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(
-    config: Config, plugins: PluginHost, metrics: AgentMetrics | None = None
+    config: Config,
+    plugins: PluginHost,
+    metrics: AgentMetrics | None = None,
+    *,
+    clock: Clock | None = None,
 ) -> web.Application:
-    """The daemon's application; usable directly with pytest-aiohttp."""
+    """The daemon's application; usable directly with pytest-aiohttp.
+
+    ``clock`` (default: the system clock) is the time of the rule engine, the
+    alert dispatcher and the export log, so tests can step it by hand.
+    """
     ctx = AgentContext(config=config, plugins=plugins, metrics=metrics or AgentMetrics())
+    if clock is not None:
+        ctx.clock = clock
     app = web.Application(
         middlewares=[_metrics_middleware, _security_middleware],
         client_max_size=config.raw["server"]["max_body_bytes"],

@@ -39,14 +39,12 @@ from agent.plugin_api import (
     BadDataError,
     DstRule,
     Matcher,
-    QueryError,
     Route,
-    StorageError,
     anomaly,
+    api_errors,
     bad_param,
     bool_param,
     duration_param,
-    failure,
     forecast,
     form,
     hookimpl,
@@ -85,17 +83,7 @@ class Handlers:
 
     @staticmethod
     def wrap(fn: Any) -> Any:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            try:
-                return await fn(request)
-            except ApiError as exc:
-                return failure(exc.error_type, str(exc))
-            except QueryError as exc:
-                return failure(exc.error_type, str(exc))
-            except StorageError as exc:
-                return failure("unavailable", str(exc))
-
-        return handler
+        return api_errors(fn)
 
     async def detect(self, request: web.Request) -> web.StreamResponse:
         params = await form(request)

@@ -13,9 +13,11 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.plugin_api import CorruptBlobError as CorruptBlobError  # re-exported to the codecs
+from agent.plugin_api import WireError
 from agent.plugin_api import as_bytes as as_bytes
 from agent.plugin_api import check_arrays as check_arrays
 from agent.plugin_api import check_count as check_count
+from agent.plugin_api import read_uvarint as wire_uvarint
 from agent.plugin_api import uvarint as uvarint
 
 I64 = npt.NDArray[np.int64]
@@ -123,24 +125,11 @@ def decode_uvarints(codec: str, data: bytes, offset: int = 0) -> U64:
 
 
 def read_uvarint(codec: str, data: bytes, pos: int) -> tuple[int, int]:
-    """One scalar varint; cheaper than numpy for the handful of header fields."""
-    result = 0
-    shift = 0
-    end = len(data)
-    while True:
-        if pos >= end:
-            raise CorruptBlobError(f"{codec}: blob is truncated (inside a header varint)")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise CorruptBlobError(f"{codec}: corrupt blob (header varint too long)")
-    if result >= 1 << 64:
-        raise CorruptBlobError(f"{codec}: corrupt blob (header varint exceeds 64 bits)")
-    return result, pos
+    """One scalar varint of a blob header (:func:`agent.plugin_api.read_uvarint`)."""
+    try:
+        return wire_uvarint(data, pos)
+    except WireError as exc:
+        raise CorruptBlobError(f"{codec}: corrupt blob (header {exc})") from None
 
 
 def open_versioned(name: str, blob: bytes, count: int, version: int) -> tuple[int, bytes] | None:

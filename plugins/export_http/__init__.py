@@ -65,12 +65,13 @@ from agent.plugin_api import (
     SampleBatch,
     Schema,
     Selection,
-    StorageError,
     Subscription,
+    api_errors,
     check_duration,
     check_positive,
     export_csv,
     export_jsonl,
+    failure,
     format_value,
     hookimpl,
     import_spec,
@@ -83,6 +84,7 @@ from agent.plugin_api import (
     parse_selector,
     parse_time,
     select_series,
+    text_number,
 )
 
 SECTION = "export_http"
@@ -137,11 +139,6 @@ IDLE_CHECK_S = 0.5
 
 class BadRequest(Exception):
     pass
-
-
-def _error(status: int, error_type: str, message: str) -> web.Response:
-    body = {"status": "error", "errorType": error_type, "error": message}
-    return web.json_response(body, status=status)
 
 
 def _time(params: MultiMapping[str], name: str) -> int | None:
@@ -199,19 +196,9 @@ class Endpoints:
     def wrap(
         self, fn: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            try:
-                return await fn(request)
-            except (BadRequest, ExportError, JoinError) as exc:
-                return _error(400, "bad_data", str(exc))
-            except QueryError as exc:
-                return _error(
-                    400 if exc.error_type == "bad_data" else 422, exc.error_type, str(exc)
-                )
-            except (StorageError, RuntimeError) as exc:
-                return _error(503, "unavailable", str(exc))
-
-        return handler
+        return api_errors(
+            fn, bad_data=(BadRequest, ExportError, JoinError), unavailable=(RuntimeError,)
+        )
 
     # --- exports -----------------------------------------------------------------------
 
@@ -292,7 +279,7 @@ class Endpoints:
                     last_name = name
                 rest = ",".join(f'{k}="{_escape(val)}"' for k, val in labels if k != "__name__")
                 series = f"{name}{{{rest}}}" if rest else name
-                lines.append(f"{series} {format_value(float(v[-1]))} {int(t[-1])}")
+                lines.append(f"{series} {text_number(float(v[-1]))} {int(t[-1])}")
         body = "\n".join(lines) + ("\n" if lines else "")
         return web.Response(
             text=body, content_type="text/plain", charset="utf-8", headers={"Vary": "Accept"}
@@ -469,8 +456,7 @@ class Endpoints:
             max_rows=cfg["join_max_rows"],
         )
         if len(result) > cfg["join_max_rows"]:
-            return _error(
-                422,
+            return failure(
                 "execution",
                 f"join has {len(result)} rows, more than export_http.join_max_rows"
                 f" ({cfg['join_max_rows']}); narrow start/end or use a coarser step",
@@ -489,10 +475,6 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _prom_value(v: float) -> str:
-    return format_value(v)
-
-
 def _matrix(store: Any, batch: SampleBatch) -> dict[str, Any]:
     """A batch in the query API's matrix shape: one entry per series, samples in order."""
     order = np.argsort(batch.series_ids, kind="stable")
@@ -504,7 +486,7 @@ def _matrix(store: Any, batch: SampleBatch) -> dict[str, Any]:
     for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), sids.size], strict=True):
         sid = int(sids[lo])
         values = [
-            [t / 1000, _prom_value(v)]
+            [t / 1000, format_value(v)]
             for t, v in zip(ts[lo:hi].tolist(), vs[lo:hi].tolist(), strict=True)
         ]
         result.append({"metric": dict(store.labels(sid)), "values": values, "id": sid})

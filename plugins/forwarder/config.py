@@ -11,7 +11,6 @@ position and its metrics, so renaming an upstream starts it afresh),
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 from collections.abc import Mapping
@@ -24,7 +23,10 @@ from agent.plugin_api import (
     Matcher,
     Schema,
     check_duration,
+    client_ssl_context,
     parse_duration,
+    tls_config_errors,
+    tls_config_schema,
     valid_label_name,
 )
 from plugins.scrape.config import RELABEL_SCHEMA
@@ -150,15 +152,7 @@ UPSTREAM_SCHEMA = Schema(
         ),
         "bearer_token": Field(str, "", "Sent as Authorization: Bearer ..."),
         "bearer_token_file": Field(str, "", "Read at every request."),
-        "tls_config": Schema(
-            {
-                "ca_file": Field(str, ""),
-                "cert_file": Field(str, "", "Client certificate (with key_file)."),
-                "key_file": Field(str, ""),
-                "server_name": Field(str, "", "Expected server name (SNI and verification)."),
-                "insecure_skip_verify": Field(bool, False),
-            }
-        ),
+        "tls_config": tls_config_schema(),
         "queue": QUEUE_SCHEMA,
     }
 )
@@ -223,13 +217,12 @@ class UpstreamSpec:
             t.get(k) for k in ("ca_file", "cert_file", "insecure_skip_verify")
         ):
             return None
-        ctx = ssl.create_default_context(cafile=t.get("ca_file") or None)
-        if t.get("cert_file"):
-            ctx.load_cert_chain(t["cert_file"], t.get("key_file") or None)
-        if t.get("insecure_skip_verify"):
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return client_ssl_context(
+            ca_file=t.get("ca_file"),
+            cert_file=t.get("cert_file"),
+            key_file=t.get("key_file"),
+            insecure_skip_verify=bool(t.get("insecure_skip_verify")),
+        )
 
 
 def upstreams(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -293,12 +286,7 @@ def check(raw: Mapping[str, Any]) -> list[str]:
             errors.append(f"{path}: set bearer_token or bearer_token_file, not both")
         if ba.get("username") and (up.get("bearer_token") or up.get("bearer_token_file")):
             errors.append(f"{path}: at most one of basic_auth, bearer_token may be configured")
-        tls = up.get("tls_config", {})
-        if bool(tls.get("cert_file")) != bool(tls.get("key_file")):
-            errors.append(f"{path}.tls_config: cert_file and key_file go together")
-        for key in ("ca_file", "cert_file", "key_file"):
-            if tls.get(key) and not os.path.isfile(tls[key]):
-                errors.append(f"{path}.tls_config.{key}: no such file {tls[key]!r}")
+        errors += tls_config_errors(up.get("tls_config", {}), f"{path}.tls_config")
         q = up.get("queue", {})
         try:
             lo, hi = parse_duration(q["min_backoff"]), parse_duration(q["max_backoff"])

@@ -37,7 +37,6 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -51,6 +50,7 @@ from agent.plugin_api import (
     ExportStopped,
     Labels,
     __version__,
+    authorization,
 )
 from plugins.forwarder.config import UpstreamSpec
 from plugins.forwarder.encode import compress, encode_labels, encode_request
@@ -361,15 +361,15 @@ class RemoteWriteExporter:
 
     def _auth_headers(self) -> dict[str, str]:
         spec = self.spec
-        if spec.basic_auth is not None:
-            user, password, password_file = spec.basic_auth
-            if password_file:
-                password = Path(password_file).read_text().strip()
-            return {"Authorization": aiohttp.BasicAuth(user, password).encode()}
-        token = spec.bearer_token
-        if spec.bearer_token_file:
-            token = Path(spec.bearer_token_file).read_text().strip()
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        user, password, password_file = spec.basic_auth or ("", "", "")
+        header = authorization(
+            username=user,
+            password=password,
+            password_file=password_file,
+            credentials=spec.bearer_token,
+            credentials_file=spec.bearer_token_file,
+        )
+        return {"Authorization": header} if header else {}
 
     async def _post(self, body: bytes) -> _Answer:
         session = self._session

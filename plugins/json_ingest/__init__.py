@@ -48,6 +48,7 @@ from agent.plugin_api import (
     MappingError,
     OnError,
     Problem,
+    Rejection,
     Route,
     Schema,
     StorageError,
@@ -57,9 +58,11 @@ from agent.plugin_api import (
     check_non_negative,
     check_positive,
     count,
+    fold_append_result,
     hookimpl,
     on_error_param,
     parse_rfc3339,
+    rejection_message,
     report_response,
     resolve_chunked,
     unavailable,
@@ -379,30 +382,13 @@ def _apply(
     timestamps: Sequence[int] | None = None,
 ) -> None:
     """Fold the store's answer into the report; refused samples named by item index."""
-    report.duplicates = result.duplicates
-    stored = getattr(result, "stored", None)
-    report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
-    if not result.rejected:
-        return
-    # The store reports (series, timestamp); of several items sending the same pair
-    # the first one wins, so a refusal belongs to the last ones.
-    where: dict[tuple[int, int], list[int | None]] = {}
-    if ids is not None and timestamps is not None:
-        for key, idx in zip(zip(ids, timestamps, strict=True), indices, strict=True):
-            where.setdefault(key, []).append(idx)
-    for r in result.rejected:
-        found = where.get((r.series_id, r.timestamp))
-        idx = found.pop() if found else (indices[0] if len(indices) == 1 else None)
-        if r.reason == "duplicate_timestamp":
-            msg = "a different value is already stored at this timestamp (duplicate_timestamp)"
-        else:
-            msg = (
-                f"refused by the store ({r.reason}): older than the newest sample of this"
-                " series; send history to POST /backfill/import"
-            )
-        report.add(Problem(idx, "timestamp", msg, kind="item"))
-        report.rejected += 1
-        report.store_rejected += 1
+
+    def problem(pos: int | None, r: Rejection) -> Problem:
+        idx = indices[pos] if pos is not None else (indices[0] if len(indices) == 1 else None)
+        msg = rejection_message(r, "send history to POST /backfill/import")
+        return Problem(idx, "timestamp", msg, kind="item")
+
+    fold_append_result(report, result, ids or [], timestamps or [], problem)
 
 
 @hookimpl

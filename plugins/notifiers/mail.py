@@ -23,7 +23,15 @@ from typing import Any
 
 import aiosmtplib
 
-from agent.plugin_api import Field, NotifyError, Schema, build_payload, check_listen, redact_text
+from agent.plugin_api import (
+    Field,
+    NotifyError,
+    Schema,
+    build_payload,
+    check_listen,
+    client_ssl_context,
+    redact_text,
+)
 from plugins.notifiers.common import (
     SEND_RESOLVED,
     entry_config,
@@ -146,11 +154,9 @@ def build_message(payload: Mapping[str, Any], cfg: Mapping[str, Any]) -> EmailMe
 
 
 def _tls_context(cfg: Mapping[str, Any]) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=cfg["ca_file"] or None)
-    if cfg["insecure_skip_verify"]:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return client_ssl_context(
+        ca_file=cfg["ca_file"], insecure_skip_verify=bool(cfg["insecure_skip_verify"])
+    )
 
 
 class EmailNotifier:

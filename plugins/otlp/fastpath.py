@@ -28,6 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from agent.plugin_api import read_uvarint
 from plugins.otlp.naming import (
     COUNTER,
     GAUGE,
@@ -56,32 +57,18 @@ class FastPathError(ValueError):
     pass
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise FastPathError("varint too long")
-
-
 def _fields(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
     """(field, wire type, a, b): varint (value, 0), fixed (pos, 0), bytes (start, end)."""
     out = []
     pos = start
     while pos < end:
-        tag, pos = _varint(buf, pos)
+        tag, pos = read_uvarint(buf, pos, FastPathError)
         field, wt = tag >> 3, tag & 7
         if wt == 0:
-            v, pos = _varint(buf, pos)
+            v, pos = read_uvarint(buf, pos, FastPathError)
             out.append((field, 0, v, 0))
         elif wt == 2:
-            n, pos = _varint(buf, pos)
+            n, pos = read_uvarint(buf, pos, FastPathError)
             if pos + n > end:
                 raise FastPathError("length past the end")
             out.append((field, 2, pos, pos + n))
@@ -250,7 +237,7 @@ class FastReader:
                 if tag < 0x80:  # one-byte tags: every field of a data point
                     pos += 1
                 else:
-                    tag, pos = _varint(buf, pos)
+                    tag, pos = read_uvarint(buf, pos, FastPathError)
                 f, wt = tag >> 3, tag & 7
                 if wt == 1:
                     if f == 3:
@@ -265,7 +252,7 @@ class FastReader:
                     if n < 0x80:
                         pos += 1
                     else:
-                        n, pos = _varint(buf, pos)
+                        n, pos = read_uvarint(buf, pos, FastPathError)
                     if f == 7:
                         if attr_end == tag_start:  # contiguous run of attributes
                             attr_end = pos + n
@@ -278,7 +265,7 @@ class FastReader:
                             attr_start = attr_end = -2
                     pos += n
                 elif wt == 0:
-                    v, pos = _varint(buf, pos)
+                    v, pos = read_uvarint(buf, pos, FastPathError)
                     if f == 8:
                         flags = v
                 elif wt == 5:

@@ -37,13 +37,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
+from agent.plugin_api import format_value
 from plugins.otlp.naming import (
     COUNTER,
     GAUGE,
@@ -99,15 +99,6 @@ class Translation:
         self.values.append(value)
 
 
-def format_float(v: float) -> str:
-    """Go's ``strconv.FormatFloat(v, 'f', -1, 64)``: shortest digits, no exponent."""
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if math.isnan(v):
-        return "NaN"
-    return str(np.format_float_positional(v, trim="-"))
-
-
 def any_value_string(v: AnyValue) -> str:
     """pcommon ``Value.AsString``."""
     kind = v.WhichOneof("value")
@@ -131,7 +122,7 @@ def _double_string(d: float) -> str:
         return "Infinity" if d > 0 else "-Infinity"
     if math.isnan(d):
         return "NaN"
-    return format_float(d)
+    return format_value(d)
 
 
 def _any_json(v: AnyValue) -> Any:
@@ -352,7 +343,7 @@ class Translator:
         for bound, n in zip(pt.explicit_bounds, pt.bucket_counts, strict=False):
             cumulative += n
             value = STALE_NAN if stale else float(cumulative)
-            out.add(self._labels(base, bucket, ("le", format_float(bound))), ms, value)
+            out.add(self._labels(base, bucket, ("le", format_value(bound))), ms, value)
         out.add(
             self._labels(base, bucket, ("le", "+Inf")), ms, STALE_NAN if stale else float(pt.count)
         )
@@ -370,7 +361,7 @@ class Translator:
         out.add(self._labels(base, family + "_count"), ms, STALE_NAN if stale else float(pt.count))
         for q in pt.quantile_values:
             value = STALE_NAN if stale else q.value
-            out.add(self._labels(base, family, ("quantile", format_float(q.quantile))), ms, value)
+            out.add(self._labels(base, family, ("quantile", format_value(q.quantile))), ms, value)
 
     def _target_info(
         self,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from agent.plugin_api import uvarint
+from agent.plugin_api import read_uvarint, uvarint
 
 SAMPLES_PER_CHUNK = 120
 """Prometheus's head cuts a chunk at 120 samples; clients expect chunks of about that size."""
@@ -51,20 +51,6 @@ class ChunkError(ValueError):
 
 def _zigzag(value: int) -> int:
     return ((value << 1) ^ (value >> 63)) & _MASK64
-
-
-def read_uvarint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """Decode an unsigned varint at ``pos``; returns (value, next position)."""
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ChunkError("truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
 
 
 # --- CRC-32C -------------------------------------------------------------------------
@@ -106,7 +92,7 @@ def read_frames(body: bytes) -> Iterator[bytes]:
     pos = 0
     view = memoryview(body)
     while pos < len(body):
-        size, pos = read_uvarint(view, pos)
+        size, pos = read_uvarint(view, pos, ChunkError)
         if pos + 4 + size > len(body):
             raise ChunkError(f"frame of {size} bytes at {pos} runs past the end of the body")
         expected = int.from_bytes(view[pos : pos + 4], "big")

@@ -35,7 +35,14 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-from agent.plugin_api import AgentContext, BackPressure, StorageError, UnknownSeries, format_labels
+from agent.plugin_api import (
+    AgentContext,
+    BackPressure,
+    StorageError,
+    UnknownSeries,
+    format_labels,
+    read_uvarint,
+)
 from plugins.remote_write import v2 as v2_codec
 from plugins.remote_write.wire import (
     REASON_INVALID_LABELS,
@@ -43,7 +50,6 @@ from plugins.remote_write.wire import (
     DecodeError,
     SeriesIssue,
     decode_write_request,
-    read_varint,
 )
 
 REASON_CARDINALITY = "cardinality_limit"
@@ -216,7 +222,7 @@ class Receiver:
         # up past the memory the operator planned for; over budget, senders retry a
         # 429. A body over the limit is refused (413, in _decode) without a claim.
         try:
-            claim = read_varint(body, 0)[0]
+            claim = read_uvarint(body, 0, DecodeError)[0]
         except DecodeError:
             claim = len(body)
         if claim > cfg["max_decompressed_bytes"]:
@@ -248,7 +254,7 @@ class Receiver:
         """
         # Snappy block format: a uvarint of the decompressed size, then the data.
         try:
-            size, _ = read_varint(body, 0)
+            size, _ = read_uvarint(body, 0, DecodeError)
         except DecodeError:
             return 400, "bad snappy data: no length header"
         max_plain = cfg["max_decompressed_bytes"]

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from xxhash import xxh3_128_intdigest
 
-from agent.plugin_api import METRIC_NAME, Labels, valid_label_name, valid_metric_name
+from agent.plugin_api import METRIC_NAME, Labels, read_uvarint, valid_label_name, valid_metric_name
 
 _unpack_double = struct.Struct("<d").unpack_from
 
@@ -99,24 +99,6 @@ class Decoded:
 # --- primitives ------------------------------------------------------------------
 
 
-def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """(value, next position) of the unsigned varint at ``pos``."""
-    result = 0
-    shift = 0
-    n = len(buf)
-    while True:
-        if pos >= n:
-            raise DecodeError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & 0xFFFFFFFFFFFFFFFF, pos
-        shift += 7
-        if shift >= 70:
-            raise DecodeError("varint longer than 10 bytes")
-
-
 def _signed64(v: int) -> int:
     return v - _TWO_64 if v >= _TWO_63 else v
 
@@ -124,11 +106,11 @@ def _signed64(v: int) -> int:
 def skip_field(buf: bytes, pos: int, wire: int, end: int) -> int:
     """Position after a field's payload whose key was already read."""
     if wire == 0:
-        _, pos = read_varint(buf, pos)
+        _, pos = read_uvarint(buf, pos, DecodeError)
     elif wire == 1:
         pos += 8
     elif wire == 2:
-        ln, pos = read_varint(buf, pos)
+        ln, pos = read_uvarint(buf, pos, DecodeError)
         pos += ln
     elif wire == 5:
         pos += 4
@@ -141,7 +123,7 @@ def skip_field(buf: bytes, pos: int, wire: int, end: int) -> int:
 
 def _len_field(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """(start, end) of a length-delimited payload whose key was already read."""
-    ln, pos = read_varint(buf, pos)
+    ln, pos = read_uvarint(buf, pos, DecodeError)
     stop = pos + ln
     if stop > end:
         raise DecodeError("length-delimited field runs past the end of its message")
@@ -162,7 +144,7 @@ def parse_label(buf: bytes, pos: int, end: int) -> tuple[bytes, bytes]:
     """Raw (name, value) of one ``Label`` message."""
     name = value = b""
     while pos < end:
-        key, pos = read_varint(buf, pos)
+        key, pos = read_uvarint(buf, pos, DecodeError)
         fno, wire = key >> 3, key & 7
         if fno == 1 and wire == 2:
             a, pos = _len_field(buf, pos, end)
@@ -180,7 +162,7 @@ def parse_sample(buf: bytes, pos: int, end: int) -> tuple[int, float]:
     value = 0.0
     ts = 0
     while pos < end:
-        key, pos = read_varint(buf, pos)
+        key, pos = read_uvarint(buf, pos, DecodeError)
         fno, wire = key >> 3, key & 7
         if fno == 1 and wire == 1:
             if pos + 8 > end:
@@ -188,7 +170,7 @@ def parse_sample(buf: bytes, pos: int, end: int) -> tuple[int, float]:
             value = _unpack_double(buf, pos)[0]
             pos += 8
         elif fno == 2 and wire == 0:
-            v, pos = read_varint(buf, pos)
+            v, pos = read_uvarint(buf, pos, DecodeError)
             ts = _signed64(v)
         else:
             pos = skip_field(buf, pos, wire, end)
@@ -222,7 +204,7 @@ def parse_series(buf: bytes, s: int, e: int) -> RawSeries:
         if key < 0x80:
             pos += 1
         else:
-            key, pos = read_varint(buf, pos)
+            key, pos = read_uvarint(buf, pos, DecodeError)
         if key == 0x0A:  # field 1, a Label
             ln = buf[pos] if pos < e else 0x80
             if ln < 0x80:
@@ -376,10 +358,10 @@ def _parse_metadata(buf: bytes, pos: int, end: int) -> Metadata:
     mtype = 0
     name = help_ = unit = b""
     while pos < end:
-        key, pos = read_varint(buf, pos)
+        key, pos = read_uvarint(buf, pos, DecodeError)
         fno, wire = key >> 3, key & 7
         if fno == 1 and wire == 0:
-            mtype, pos = read_varint(buf, pos)
+            mtype, pos = read_uvarint(buf, pos, DecodeError)
         elif wire == 2 and fno in (2, 4, 5):
             a, pos = _len_field(buf, pos, end)
             if fno == 2:
@@ -438,7 +420,7 @@ def _decode_write_request(buf: bytes, cache: dict[Hashable, int]) -> Decoded:
                 s = p + 3
                 e = s + (b & 0x7F) + (buf[p + 2] << 7)
             else:
-                ln, s = read_varint(buf, p + 1)
+                ln, s = read_uvarint(buf, p + 1, DecodeError)
                 e = s + ln
             if e > n:
                 raise DecodeError("timeseries runs past the end of the request")
@@ -456,7 +438,7 @@ def _decode_write_request(buf: bytes, cache: dict[Hashable, int]) -> Decoded:
                 tb = buf[e - 6 : e]
                 t = tcache_get(tb)
                 if t is None:
-                    v, q = read_varint(tb, 0)
+                    v, q = read_uvarint(tb, 0, DecodeError)
                     t = _signed64(v) if q == 6 else None
                     if t is not None:
                         tcache[tb] = t
@@ -494,7 +476,7 @@ def _decode_write_request(buf: bytes, cache: dict[Hashable, int]) -> Decoded:
                         tb = buf[j + 1 : e]
                         t = tcache_get(tb)
                         if t is None:
-                            t = tcache[tb] = _signed64(read_varint(tb, 0)[0])
+                            t = tcache[tb] = _signed64(read_uvarint(tb, 0, DecodeError)[0])
                         key = series_key(view[s:tail])
                         sid = cache_get(key)
                         if sid is not None:
@@ -509,7 +491,7 @@ def _decode_write_request(buf: bytes, cache: dict[Hashable, int]) -> Decoded:
             a, p = _len_field(buf, p + 1, n)
             out.metadata.append(_parse_metadata(buf, a, p))
         else:
-            fkey, p = read_varint(buf, p)
+            fkey, p = read_uvarint(buf, p, DecodeError)
             p = skip_field(buf, p, fkey & 7, n)
     out.series = series
     return out

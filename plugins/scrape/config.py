@@ -10,7 +10,6 @@ turns the validated mapping into immutable specs the scraper runs.
 
 from __future__ import annotations
 
-import os
 import re
 import textwrap
 from collections.abc import Mapping
@@ -24,6 +23,8 @@ from agent.plugin_api import (
     check_duration,
     make_labels,
     parse_duration,
+    tls_config_errors,
+    tls_config_schema,
     valid_label_name,
 )
 from plugins.scrape.relabel import (
@@ -191,15 +192,7 @@ _JOB_SCHEMA = Schema(
         ),
         "bearer_token": Field(str, "", "Same as authorization.credentials."),
         "bearer_token_file": Field(str, "", "Same as authorization.credentials_file."),
-        "tls_config": Schema(
-            {
-                "ca_file": Field(str, ""),
-                "cert_file": Field(str, "", "Client certificate (with key_file)."),
-                "key_file": Field(str, ""),
-                "server_name": Field(str, "", "Expected server name (SNI and verification)."),
-                "insecure_skip_verify": Field(bool, False),
-            }
-        ),
+        "tls_config": tls_config_schema(),
         "static_configs": Field(
             list,
             [],
@@ -413,12 +406,7 @@ def check(section: Mapping[str, Any], prefix: str = SECTION) -> list[str]:
         ]
         if len(kinds) > 1:
             errors.append(f"{path}: at most one of {', '.join(kinds)} may be configured")
-        tls = job.get("tls_config", {})
-        if bool(tls.get("cert_file")) != bool(tls.get("key_file")):
-            errors.append(f"{path}.tls_config: cert_file and key_file go together")
-        for key in ("ca_file", "cert_file", "key_file"):
-            if tls.get(key) and not os.path.isfile(tls[key]):
-                errors.append(f"{path}.tls_config.{key}: no such file {tls[key]!r}")
+        errors += tls_config_errors(job.get("tls_config", {}), f"{path}.tls_config")
         for j, group in enumerate(job.get("static_configs", [])):
             for name_ in group.get("labels", {}):
                 if not valid_label_name(name_):

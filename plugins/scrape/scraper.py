@@ -22,7 +22,6 @@ Series ids are cached per target keyed on the series text exactly as exposed
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -30,7 +29,6 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -40,13 +38,15 @@ from agent.plugin_api import (
     STALE_NAN,
     Labels,
     __version__,
+    authorization,
+    client_ssl_context,
+    exposition,
     make_labels,
     valid_label_name,
     valid_metric_name,
 )
 from plugins.scrape.config import SECTION, HttpSpec, JobSpec, compile_jobs
 from plugins.scrape.discovery import Discovery
-from plugins.scrape.parse import ExposedLabels, Parsed, ParseError, parse
 from plugins.scrape.relabel import process
 from plugins.scrape.targets import TargetSpec, targets_of
 
@@ -109,37 +109,28 @@ class ScrapeResult:
     error: str = ""
 
 
-def _read_secret(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8").strip()
-
-
 def authorization_header(http: HttpSpec) -> str | None:
     """The Authorization header for a job; secret files are read at every scrape (rotation)."""
     try:
-        if http.basic_username:
-            password = http.basic_password
-            if http.basic_password_file:
-                password = _read_secret(http.basic_password_file)
-            raw = f"{http.basic_username}:{password}".encode()
-            return "Basic " + base64.b64encode(raw).decode("ascii")
-        credentials = http.auth_credentials
-        if http.auth_credentials_file:
-            credentials = _read_secret(http.auth_credentials_file)
-        if credentials:
-            return f"{http.auth_type} {credentials}"
+        return authorization(
+            username=http.basic_username,
+            password=http.basic_password,
+            password_file=http.basic_password_file,
+            credentials=http.auth_credentials,
+            credentials_file=http.auth_credentials_file,
+            auth_type=http.auth_type,
+        )
     except OSError as exc:
         raise ScrapeError(f"cannot read credentials: {exc}") from None
-    return None
 
 
 def ssl_context(http: HttpSpec) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=http.ca_file or None)
-    if http.cert_file:
-        ctx.load_cert_chain(http.cert_file, http.key_file or None)
-    if http.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return client_ssl_context(
+        ca_file=http.ca_file,
+        cert_file=http.cert_file,
+        key_file=http.key_file,
+        insecure_skip_verify=http.insecure_skip_verify,
+    )
 
 
 class HttpClient:
@@ -270,7 +261,7 @@ class TargetLoop:
 
     # --- one scrape ---------------------------------------------------------------
 
-    def _mutate(self, exposed: ExposedLabels) -> ExposedLabels | None:
+    def _mutate(self, exposed: exposition.ExposedLabels) -> exposition.ExposedLabels | None:
         """Target labels (honor_labels / exported_ on clashes), then metric relabeling."""
         lb = {k: v for k, v in exposed.items() if v}
         if self.job.honor_labels:
@@ -294,7 +285,7 @@ class TargetLoop:
                         break
         return process(lb, self.job.metric_relabel) if self.job.metric_relabel else lb
 
-    def _finish_labels(self, final: ExposedLabels) -> Labels:
+    def _finish_labels(self, final: exposition.ExposedLabels) -> Labels:
         """Check what Prometheus checks on a new series; a failure fails the scrape."""
         name = final.get(METRIC_NAME, "")
         if not name:
@@ -318,12 +309,12 @@ class TargetLoop:
             final.setdefault(k, v)
         return make_labels(final)
 
-    async def _fetch_and_parse(self) -> Parsed:
+    async def _fetch_and_parse(self) -> exposition.Parsed:
         body, content_type = await self.client.fetch(self.target, self.job)
         if content_type.lower().startswith("application/openmetrics-text"):
             # prometheus-client's parser is pure Python: keep the event loop responsive.
-            return await asyncio.to_thread(parse, body, content_type)
-        return parse(body, content_type)
+            return await asyncio.to_thread(exposition.parse, body, content_type)
+        return exposition.parse(body, content_type)
 
     async def scrape_once(self, scrape_time: float) -> ScrapeResult:
         """Scrape, then store samples, staleness markers and the report in one append."""
@@ -409,7 +400,7 @@ class TargetLoop:
                     duplicates,
                     too_new,
                 )
-        except (ScrapeError, ParseError) as exc:
+        except (ScrapeError, exposition.ParseError) as exc:
             error = str(exc)
         if error:
             ids, stamps, values, cur = [], [], [], set()

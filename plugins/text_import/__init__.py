@@ -4,10 +4,11 @@ As VictoriaMetrics serves it, and with its Pushgateway-style variant
 ``/api/v1/import/prometheus/metrics/job/<job>[/<label>/<value>...]`` whose path
 pairs become labels, so scripts written for either keep working.
 
-* Parsing: ``prometheus_client``'s parsers, one sample line at a time, so one
-  bad line is reported with its line number and the other lines are still
-  written (the whole-document parsers stop at the first error).  The text
-  format is used unless ``Content-Type`` is ``application/openmetrics-text``.
+* Parsing: the scraper's strict parser (:mod:`agent.exposition`, through
+  ``agent.plugin_api``), one sample line at a time, so one bad line is
+  reported with its line number and the other lines are still written (the
+  whole-document parsers stop at the first error).  The text format is used
+  unless ``Content-Type`` is ``application/openmetrics-text``.
   Comment, ``# HELP``/``# TYPE``/``# UNIT`` and ``# EOF`` lines are skipped:
   sample names are stored exactly as sent (no ``_total`` munging).
 * Timestamps are optional: a line without one gets the request's arrival
@@ -30,10 +31,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as om_families,
-)
-from prometheus_client.parser import text_string_to_metric_families as text_families
 
 from agent.plugin_api import (
     METRIC_NAME,
@@ -47,6 +44,7 @@ from agent.plugin_api import (
     Labels,
     MappingError,
     Problem,
+    Rejection,
     Route,
     Schema,
     StorageError,
@@ -56,9 +54,12 @@ from agent.plugin_api import (
     check_non_negative,
     check_positive,
     count,
+    exposition,
     extra_labels_param,
     flag_param,
+    fold_append_result,
     hookimpl,
+    rejection_message,
     report_response,
     resolve_chunked,
     unavailable,
@@ -94,28 +95,21 @@ def config_schema() -> dict[str, Schema]:
     }
 
 
-def _text_line(line: str) -> Parsed:
-    samples = [s for fam in text_families(line + "\n") for s in fam.samples]
-    if len(samples) != 1:
+def _sample(rows: list[exposition.Row], labels_of: Callable[[str], dict[str, str]]) -> Parsed:
+    if len(rows) != 1:
         raise ValueError("expected exactly one sample")
-    s = samples[0]
-    ms = None if s.timestamp is None else round(float(s.timestamp) * 1000)
-    return s.name, dict(s.labels), float(s.value), ms
+    series, value, ms = rows[0]
+    labels = dict(labels_of(series))
+    return labels.pop(METRIC_NAME), labels, value, ms
+
+
+def _text_line(line: str) -> Parsed:
+    return _sample(exposition.parse_text(line, number_lines=False), exposition.parse_series)
 
 
 def _om_line(line: str) -> Parsed:
-    samples = [s for fam in om_families(line + "\n# EOF\n") for s in fam.samples]
-    if len(samples) != 1:
-        raise ValueError("expected exactly one sample")
-    s = samples[0]
-    ts: Any = s.timestamp
-    if ts is None:
-        ms = None
-    elif hasattr(ts, "sec"):
-        ms = int(ts.sec) * 1000 + int(ts.nsec) // 1_000_000
-    else:
-        ms = round(float(ts) * 1000)
-    return s.name, dict(s.labels), float(s.value), ms
+    page = exposition.parse_openmetrics(line + "\n# EOF\n")
+    return _sample(page.rows, page.labels_of)
 
 
 def parse_lines(
@@ -307,29 +301,11 @@ def _prepare(
 def _apply(
     report: ImportReport, result: AppendResult, ids: list[int], ts: list[int], lines: list[int]
 ) -> None:
-    report.duplicates = result.duplicates
-    stored = getattr(result, "stored", None)
-    report.stored = stored if isinstance(stored, int) else result.accepted - result.duplicates
-    if not result.rejected:
-        return
-    where: dict[tuple[int, int], list[int]] = {}
-    for key, no in zip(zip(ids, ts, strict=True), lines, strict=True):
-        where.setdefault(key, []).append(no)
-    for r in result.rejected:
-        found = where.get((r.series_id, r.timestamp))
-        line_no = found.pop() if found else None
-        if r.reason == "duplicate_timestamp":
-            msg = "a different value was already stored at this timestamp (duplicate_timestamp)"
-        elif r.detail:
-            msg = f"refused by the store ({r.reason}): {r.detail}"
-        else:
-            msg = (
-                f"refused by the store ({r.reason}): older than the newest sample of this"
-                " series; add backfill=true to import history"
-            )
-        report.add(Problem(line_no, None, msg, kind="line"))
-        report.rejected += 1
-        report.store_rejected += 1
+    def problem(pos: int | None, r: Rejection) -> Problem:
+        msg = rejection_message(r, "add backfill=true to import history")
+        return Problem(lines[pos] if pos is not None else None, None, msg, kind="line")
+
+    fold_append_result(report, result, ids, ts, problem)
 
 
 @hookimpl

@@ -55,12 +55,15 @@ async def test_remote_write_out_of_bounds_names_the_bound_and_creates_no_series(
 async def test_text_import_bad_timestamps_keep_valid_lines_and_create_nothing_else(
     client: Any,
 ) -> None:
-    body = b"big_ts 1 9223372036854775807\nhuge_ts 1 1e300\nold_ts 1 -5\nfine 1\n"
+    # Timestamps are integers of milliseconds, as Prometheus' text parser reads them:
+    # one past int64, one in exponent notation, one before min_timestamp.
+    body = b"big_ts 1 9223372036854775808\nhuge_ts 1 1e300\nold_ts 1 -5\nfine 1\n"
     resp = await client.post("/api/v1/import/prometheus", data=body)
     report = await resp.json()
     assert resp.status == 400 and report["status"] == "partial"
     text = json.dumps(report)
     assert "int64" in text and "limits.min_timestamp" in text
+    assert "invalid number 1e300" in text
     assert names(client) == {"fine"}
 
 

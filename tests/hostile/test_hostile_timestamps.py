@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from agent.model import Labels
-from agent.storage import StorageOptions, Store
 from agent.storage.rollup import RollupOptions
-from plugins.codecs import all_codecs
+from tests.conftest import open_store
 
 INT64_MIN = -(2**63)
 ANCIENT = -(2**62)
@@ -36,21 +35,13 @@ def lab(name: str, **kv: str) -> Labels:
     return tuple(sorted({"__name__": name, **kv}.items()))
 
 
-async def open_store(path: Path, **opts: Any) -> Store:
-    opts.setdefault("retention_interval_s", 3600.0)
-    opts.setdefault("flush_interval_s", 3600.0)
-    return await Store.open(
-        path / "tsagent.db", StorageOptions(**opts), {c.name: c for c in all_codecs()}
-    )
-
-
 def recent() -> tuple[np.ndarray, np.ndarray]:
     t = T0 + np.arange(0, 3 * H, 15_000, dtype=np.int64)
     return t, np.arange(t.size, dtype=np.float64)
 
 
 async def test_ancient_and_future_samples_are_refused_naming_the_bound(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
+    store = await open_store(tmp_path, all_codecs=True)
     [sid] = await store.get_or_create_series([lab("x")])
     far = 2**62
     res = await store.append([sid, sid, sid], [ANCIENT, T0, far], [1.0, 2.0, 3.0])
@@ -74,7 +65,9 @@ async def test_ancient_and_future_samples_are_refused_naming_the_bound(tmp_path:
 
 
 async def test_label_limits_refuse_new_series_naming_limit_and_label(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, max_labels_per_series=5, max_label_value_length=10)
+    store = await open_store(
+        tmp_path, max_labels_per_series=5, max_label_value_length=10, all_codecs=True
+    )
     wide = tuple((f"l{i}", "v") for i in range(6))
     ids, refused = await store.resolve_series(
         [lab("ok"), lab("x", big="v" * 11), (("__name__", "y"), *wide), lab("n" * 5000)]
@@ -89,7 +82,7 @@ async def test_label_limits_refuse_new_series_naming_limit_and_label(tmp_path: P
 
 async def write_hostile_history(path: Path) -> list[int]:
     """A database holding samples at INT64_MIN and -2**62 next to ordinary recent data."""
-    store = await open_store(path, **UNBOUNDED)
+    store = await open_store(path, **UNBOUNDED, all_codecs=True)
     ids = await store.get_or_create_series([lab("attacked"), lab("normal"), lab("floor")])
     t, v = recent()
     for sid in ids[:2]:
@@ -103,7 +96,7 @@ async def write_hostile_history(path: Path) -> list[int]:
 
 async def test_database_holding_ancient_samples_heals(tmp_path: Path) -> None:
     ids = await write_hostile_history(tmp_path)
-    store = await open_store(tmp_path)  # default bounds now
+    store = await open_store(tmp_path, all_codecs=True)  # default bounds now
     manager = await store.start_rollups(RollupOptions(resolutions_ms=RES), background=False)
     result = await manager.run_once(now_ms=NOW)
     # One block walked per block holding data (3 h of data: 180 + 36 + 3), plus the
@@ -123,7 +116,7 @@ async def test_database_holding_ancient_samples_heals(tmp_path: Path) -> None:
 
 
 async def test_late_write_spanning_ages_recomputes_only_blocks_with_data(tmp_path: Path) -> None:
-    store = await open_store(tmp_path, **UNBOUNDED)
+    store = await open_store(tmp_path, **UNBOUNDED, all_codecs=True)
     [sid, other] = await store.get_or_create_series([lab("late"), lab("other")])
     t, v = recent()
     await store.append(np.full(t.size, other), t, v)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from aiohttp import web
 
 from agent.alerting.model import Alert
 from agent.web.app import CONTEXT_KEY, make_app
+from tests.conftest import wait_until
 from tests.integration.alertmanager_harness import ALERTMANAGER, running_alertmanager
 from tests.test_notifiers import Mailbox, cert, mail_cfg, smtp  # noqa: F401 - fixtures
 from tests.test_remote_write import V1_HEADERS, series, v1_body
@@ -65,20 +66,6 @@ groups:
 GROUP_KEY = '{}:{alertname="TooHot"}'
 TITLE_FIRING = "[FIRING:2] TooHot (page)"
 TITLE_RESOLVED = "[RESOLVED] TooHot (page)"
-
-
-async def until(what: str, check: Callable[[], Awaitable[bool] | bool], timeout: float) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -192,7 +179,7 @@ async def test_remote_write_rule_notifies_every_channel_once(
     async def evaluations(n: int) -> None:
         """Wait for ``n`` more evaluations of the rule file's group."""
         start = group.last_evaluation or 0.0
-        await until(
+        await wait_until(
             f"{n} evaluations",
             lambda: (group.last_evaluation or 0.0) >= start + n * group.interval_s,
             n * group.interval_s + 10,
@@ -220,7 +207,7 @@ async def test_remote_write_rule_notifies_every_channel_once(
         await write(40.0, 35.0)  # samples keep arriving while hot
         return all(heard("firing").values())
 
-    await until("a firing notification on every channel", all_firing, 20)
+    await wait_until("a firing notification on every channel", all_firing, 20)
     if alertmanager is not None:
         listed = await am_listed(alertmanager)
         assert sorted(listed) == ["lab", "office"]
@@ -232,21 +219,21 @@ async def test_remote_write_rule_notifies_every_channel_once(
     for _ in range(3):  # several more evaluations, still hot: nothing new anywhere
         await write(40.0, 35.0)
         await evaluations(1)
-    await until("the dispatcher to be idle", lambda: not ctx.dispatcher.pending, 10)
+    await wait_until("the dispatcher to be idle", lambda: not ctx.dispatcher.pending, 10)
     assert not any(heard("resolved").values())
 
     # --- resolved -------------------------------------------------------------------
     await write(20.0, 20.0)
-    await until("a resolve on every channel", lambda: all(heard("resolved").values()), 20)
+    await wait_until("a resolve on every channel", lambda: all(heard("resolved").values()), 20)
     if alertmanager is not None:
         am = alertmanager
 
         async def am_empty() -> bool:
             return not await am_listed(am)
 
-        await until("Alertmanager to drop the resolved alerts", am_empty, 10)
+        await wait_until("Alertmanager to drop the resolved alerts", am_empty, 10)
     await evaluations(3)  # resolved alerts are re-sent for 15m: still nothing new
-    await until("the dispatcher to be idle", lambda: not ctx.dispatcher.pending, 10)
+    await wait_until("the dispatcher to be idle", lambda: not ctx.dispatcher.pending, 10)
     if alertmanager is not None:
         await asyncio.sleep(2.5)  # Alertmanager's own group_interval (1s), twice over
 

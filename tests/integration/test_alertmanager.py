@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from aiohttp import web
 from agent.alerting.dispatch import Dispatcher
 from agent.alerting.model import Alert
 from plugins.notifiers.alertmanager import AlertmanagerNotifier
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.integration.alertmanager_harness import ALERTMANAGER, running_alertmanager
 
 pytestmark = [
@@ -39,16 +39,6 @@ pytestmark = [
         ".ci/run installs it)",
     ),
 ]
-
-
-async def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -128,7 +118,9 @@ async def test_alerts_pushed_grouped_resolved_and_silenced(
         listed = await am_alerts(alertmanager)
         return listed if len(listed) == 2 else None
 
-    listed = {a["labels"]["alertname"]: a for a in await wait_for("alerts in AM", both_listed)}
+    listed = {
+        a["labels"]["alertname"]: a for a in await wait_until("alerts in AM", both_listed, 20, 0.1)
+    }
     assert listed["DiskFull"]["status"]["state"] == "active"
     assert listed["DiskFull"]["annotations"] == {"summary": "DiskFull summary"}
     assert listed["DiskFull"]["generatorURL"] == "http://tsagent:9201/graph"
@@ -140,7 +132,7 @@ async def test_alerts_pushed_grouped_resolved_and_silenced(
     async def fired() -> bool:
         return any(p["status"] == "firing" for p in received)
 
-    await wait_for("Alertmanager's webhook", fired)
+    await wait_until("Alertmanager's webhook", fired, 20, 0.1)
     first = next(p for p in received if p["status"] == "firing")
     assert first["version"] == "4" and first["receiver"] == "hook"
     assert first["groupLabels"] == {"alertname": "DiskFull"}
@@ -152,7 +144,7 @@ async def test_alerts_pushed_grouped_resolved_and_silenced(
     async def resolved() -> bool:
         return any(p["status"] == "resolved" for p in received)
 
-    await wait_for("the resolve through Alertmanager", resolved)
+    await wait_until("the resolve through Alertmanager", resolved, 20, 0.1)
     await asyncio.sleep(2.5)  # a few more group_intervals: nothing about the silenced one
     names = {a["labels"]["alertname"] for p in received for a in p["alerts"]}
     assert names == {"DiskFull"}

@@ -30,7 +30,7 @@ import pytest
 
 from agent.model import Matcher
 from agent.web.app import context_of, make_app
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.test_remote_write import metric_values
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
@@ -114,15 +114,6 @@ def config(port: int, rules: list[dict[str, Any]], **extra: Any) -> str:
     return json.dumps({"ingest": {"mqtt": section}})
 
 
-async def wait_for(what: str, check: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def series(
     client: Any, name: str
 ) -> dict[tuple[tuple[str, str], ...], list[tuple[int, float]]]:
@@ -170,7 +161,7 @@ async def test_topics_payloads_and_bad_messages(
         async def arrived() -> bool:
             return len(await series(client, "home_temp|device_.*|mem_used")) == 4
 
-        await wait_for("four series", arrived)
+        await wait_until("four series", arrived, 30, 0.1)
     finally:
         pub.loop_stop()
         pub.disconnect()
@@ -194,7 +185,7 @@ async def test_topics_payloads_and_bad_messages(
         m = metric_values(await (await client.get("/metrics")).text())
         return m.get(("tsagent_mqtt_rejected_total", (("reason", "bad_payload"),)), 0) == 2
 
-    await wait_for("two bad payloads counted", counted)
+    await wait_until("two bad payloads counted", counted, 30, 0.1)
     m = metric_values(await (await client.get("/metrics")).text())
     assert m[("tsagent_mqtt_connected", ())] == 1
     assert m[("tsagent_samples_ingested_total", (("source", "mqtt"),))] == 4
@@ -265,7 +256,7 @@ async def test_broker_restart_while_publishing_qos1_nothing_lost(
             got = {int(v) for vals in data.values() for _, v in vals}
             return confirmed <= got
 
-        await wait_for("every acknowledged reading in the store", all_in, 60)
+        await wait_until("every acknowledged reading in the store", all_in, 60, 0.1)
     finally:
         broker.stop()
     data = await series(client, "meter_reading")
@@ -301,7 +292,7 @@ async def test_username_password(tmp_path: Path, aiohttp_client: Any, make_confi
         async def arrived() -> bool:
             return bool(await series(client, "auth_value"))
 
-        await wait_for("auth_value", arrived)
+        await wait_until("auth_value", arrived, 30, 0.1)
     finally:
         broker.stop()
 
@@ -382,6 +373,6 @@ async def test_tls(tmp_path: Path, aiohttp_client: Any, make_config: Any) -> Non
         async def arrived() -> bool:
             return bool(await series(client, "tls_value"))
 
-        await wait_for("tls_value", arrived)
+        await wait_until("tls_value", arrived, 30, 0.1)
     finally:
         broker.stop()

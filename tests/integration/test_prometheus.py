@@ -37,7 +37,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,8 +47,9 @@ import cramjam
 import pytest
 
 from agent.prompb import remote_pb2, types_pb2
+from agent.wire import read_uvarint
 from plugins.remote_read import chunks
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_sync
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 PROMTOOL = Path("/usr/bin/promtool")
@@ -72,15 +73,6 @@ Series = dict[tuple[tuple[str, str], ...], list[tuple[int, int]]]
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log()}")
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -163,10 +155,11 @@ class Proc:
             self.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
         log.close()
-        wait_for(
+        wait_until_sync(
             f"{self.name} to be ready",
             lambda: self.alive() and http_get(self.ready_url, 1)[0] == 200,
             timeout,
+            0.2,
             self.output,
         )
         return self
@@ -330,10 +323,11 @@ class Stack:
 
     def settled_window(self, min_scrapes: int) -> tuple[int, int]:
         """A window ending in the past that holds at least ``min_scrapes`` scrapes."""
-        wait_for(
+        wait_until_sync(
             f"{min_scrapes} scrapes",
             lambda: self.target.scrapes >= min_scrapes,
             min_scrapes * 1.5 + 10,
+            0.2,
             self.logs,
         )
         return self.started_ms, now_ms() - 1500
@@ -349,7 +343,7 @@ class Stack:
             return got == want
 
         try:
-            wait_for("tsagent to hold what Prometheus has", same, timeout, self.logs)
+            wait_until_sync("tsagent to hold what Prometheus has", same, timeout, 0.2, self.logs)
         except AssertionError as exc:
             raise AssertionError(f"{diff(want, got)}\n{exc}") from None
         return want
@@ -516,7 +510,7 @@ def test_xor_chunks_byte_identical_to_promtool(tmp_path: Path) -> None:
         assert data[:4] == bytes.fromhex("85bd40dd")  # chunk segment magic
         pos = 8
         while pos < len(data):
-            size, pos = chunks.read_uvarint(data, pos)
+            size, pos = read_uvarint(data, pos)
             encoding, chunk = data[pos], data[pos + 1 : pos + 1 + size]
             crc = int.from_bytes(data[pos + 1 + size : pos + 5 + size], "big")
             assert crc == chunks.crc32c(data[pos : pos + 1 + size])

@@ -29,8 +29,8 @@ import cramjam
 import pytest
 
 from agent.prompb import remote_pb2, types_pb2
-from tests.conftest import free_port
-from tests.integration.test_prometheus import CLI, ROOT, Proc, http_get, wait_for
+from tests.conftest import free_port, wait_until_sync
+from tests.integration.test_prometheus import CLI, ROOT, Proc, http_get
 
 VICTORIA = Path("/usr/bin/victoria-metrics")
 
@@ -202,16 +202,19 @@ def test_outage_sigkill_restart_exact_delivery(tmp_path: Path) -> None:
 
         # 1. Normal forwarding.
         ingest.rounds(10)
-        wait_for("the queue to drain", lambda: agent_metric(agent_port, pending) == 0, 20, logs)
+        wait_until_sync(
+            "the queue to drain", lambda: agent_metric(agent_port, pending) == 0, 20, 0.2, logs
+        )
         assert sum(len(v) for v in vm_export(vm_port).values()) == 10 * SERIES
 
         # 2. Upstream outage: keep ingesting; the backlog builds up.
         vm.stop()
         ingest.rounds(15)
-        wait_for(
+        wait_until_sync(
             "failed sends during the outage",
             lambda: (agent_metric(agent_port, "tsagent_forwarder_failures_total") or 0) > 0,
             10,
+            0.2,
             logs,
         )
         assert (agent_metric(agent_port, pending) or 0) >= 15 * SERIES
@@ -224,9 +227,13 @@ def test_outage_sigkill_restart_exact_delivery(tmp_path: Path) -> None:
 
         # 4. The upstream comes back on the same storage and port; the queue drains.
         vm.start()
-        wait_for("the backlog to drain", lambda: agent_metric(agent_port, pending) == 0, 30, logs)
+        wait_until_sync(
+            "the backlog to drain", lambda: agent_metric(agent_port, pending) == 0, 30, 0.2, logs
+        )
         ingest.rounds(3)
-        wait_for("the last rounds", lambda: agent_metric(agent_port, pending) == 0, 20, logs)
+        wait_until_sync(
+            "the last rounds", lambda: agent_metric(agent_port, pending) == 0, 20, 0.2, logs
+        )
 
         got = vm_export(vm_port)
         want = {k: sorted(v) for k, v in ingest.accepted.items()}

@@ -17,6 +17,7 @@ from aiohttp import web
 from agent.alerting.state import ActiveAlert, AlertState
 from agent.alerting.template import go_float_e
 from agent.context import Route
+from agent.web.api.errors import failure
 
 if TYPE_CHECKING:
     from agent.alerting.engine import Group, Rule, RuleEngine
@@ -138,9 +139,7 @@ def alerts_data(engine: RuleEngine) -> dict[str, Any]:
 
 
 def _bad(message: str) -> web.Response:
-    return web.json_response(
-        {"status": "error", "errorType": "bad_data", "error": message}, status=400
-    )
+    return failure("bad_data", message)
 
 
 def _engine(request: web.Request) -> RuleEngine | None:

@@ -20,28 +20,13 @@ from multidict import MultiDict, MultiDictProxy
 from agent.query.errors import BadDataError
 from agent.query.service import CacheMode, parse_duration_param
 from agent.query.timezone import MAX_TIME_MS, MIN_TIME_MS, DstRule, parse_time
-
-STATUS = {
-    "bad_data": 400,
-    "not_found": 404,
-    "execution": 422,
-    "internal": 500,
-    "timeout": 503,
-    "canceled": 503,
-    "unavailable": 503,
-}
-
-
-class ApiError(Exception):
-    """An error answer; raised anywhere in a handler, rendered by :func:`handle_errors`."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-
-    @property
-    def status(self) -> int:
-        return STATUS.get(self.error_type, 500)
+from agent.web.api.errors import STATUS as STATUS
+from agent.web.api.errors import ApiError as ApiError
+from agent.web.api.errors import Handler as Handler
+from agent.web.api.errors import api_errors as api_errors
+from agent.web.api.errors import error_body as error_body
+from agent.web.api.errors import error_of as error_of
+from agent.web.api.errors import failure as failure
 
 
 def bad_param(name: str, problem: str) -> ApiError:
@@ -69,13 +54,6 @@ def success(
     parts.append(b"}")
     return web.Response(
         body=b"".join(parts), content_type="application/json", headers=headers or None
-    )
-
-
-def failure(error_type: str, message: str) -> web.Response:
-    body = {"status": "error", "errorType": error_type, "error": message}
-    return web.Response(
-        body=_dumps(body), status=STATUS.get(error_type, 500), content_type="application/json"
     )
 
 

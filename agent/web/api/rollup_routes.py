@@ -24,9 +24,10 @@ from multidict import MultiDictProxy
 from agent.context import Route
 from agent.model import METRIC_NAME, STALE_NAN_BITS, Matcher
 from agent.query.engine import MAX_POINTS
+from agent.query.numfmt import json_number
 from agent.query.rollup_select import format_resolution
 from agent.query.timezone import DstRule
-from agent.storage.rollup import Buckets, SeriesBuckets, compute_buckets, format_float
+from agent.storage.rollup import Buckets, SeriesBuckets, compute_buckets
 
 from .envelope import ApiError, bad_param, duration_param, form, success, time_param
 from .routes import _selector, _service, api
@@ -102,12 +103,12 @@ def _bucket_json(bk: Buckets) -> list[dict[str, Any]]:
             {
                 "timestamp": int(bk.start[i]) / 1000,
                 "time": _iso(int(bk.start[i])),
-                "min": format_float(float(bk.min[i])),
-                "max": format_float(float(bk.max[i])),
-                "avg": format_float(total / count),
-                "sum": format_float(total),
+                "min": json_number(float(bk.min[i])),
+                "max": json_number(float(bk.max[i])),
+                "avg": json_number(total / count),
+                "sum": json_number(total),
                 "count": count,
-                "last": format_float(float(bk.last[i])),
+                "last": json_number(float(bk.last[i])),
             }
         )
     return out
@@ -178,7 +179,7 @@ async def query_raw(request: web.Request) -> web.StreamResponse:
         ts, vals = t[keep], v[keep]
         if ts.size:
             samples = [
-                [tt / 1000, format_float(vv)]
+                [tt / 1000, json_number(vv)]
                 for tt, vv in zip(ts.tolist(), vals.tolist(), strict=True)
             ]
             series.append({"labels": dict(store.labels(sid)), "samples": samples})

@@ -19,11 +19,10 @@ byte in shape:
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import platform
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -39,19 +38,18 @@ from agent.context import Route
 from agent.model import Labels, Matcher
 from agent.query import ast
 from agent.query.engine import MAX_POINTS
-from agent.query.errors import BadDataError, QueryError
+from agent.query.errors import BadDataError
 from agent.query.parser import parse
 from agent.query.service import QueryAnswer, QueryOptions, QueryService
 from agent.query.timezone import MIN_TIME_MS, DstRule, add_local_times
-from agent.storage.errors import StorageError
 
 from .envelope import (
     ApiError,
+    api_errors,
     bad_param,
     bool_param,
     cache_mode,
     duration_param,
-    failure,
     form,
     int_param,
     range_params,
@@ -63,8 +61,6 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.context import AgentContext
     from agent.storage import Store
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 TRUNCATED = "results truncated due to limit"
 
@@ -115,21 +111,7 @@ def _service(request: web.Request) -> tuple[Store, QueryService]:
     return store, service
 
 
-def api(fn: Handler) -> Handler:
-    """Turn every failure into Prometheus's error envelope with the matching status."""
-
-    @functools.wraps(fn)
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await fn(request)
-        except ApiError as exc:
-            return failure(exc.error_type, str(exc))
-        except QueryError as exc:
-            return failure(exc.error_type, str(exc))
-        except StorageError as exc:
-            return failure("canceled", f"query was canceled in query execution: {exc}")
-
-    return wrapper
+api = api_errors  # every query API handler answers errors in the one envelope
 
 
 # --- expression queries --------------------------------------------------------------------

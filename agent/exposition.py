@@ -1,4 +1,9 @@
-"""Exposition parsing for the scraper: Prometheus text 0.0.4 (own, cache-aware) and OpenMetrics.
+"""Exposition parsing: Prometheus text 0.0.4 (own, cache-aware) and OpenMetrics.
+
+The one text-exposition parser: scraping (``plugins/scrape``) parses pages
+with :func:`parse`, the push endpoint ``/api/v1/import/prometheus``
+(``plugins/text_import``) one line at a time with :func:`parse_text` and
+:func:`parse_series`; plugins reach it as ``agent.plugin_api.exposition``.
 
 Why our own text parser: prometheus-client's text parser takes ~40 ms for a
 2,600-line node-exporter page here, is documented as laxer than Prometheus
@@ -18,7 +23,8 @@ exemplars are ignored, ``_created`` samples are kept as series (Prometheus'
 default without created-timestamp ingestion).
 
 Any syntax error fails the whole scrape, as in Prometheus: a target that
-serves a broken page is down, rather than half-ingested.
+serves a broken page is down, rather than half-ingested. (The push endpoint
+instead reports each bad line and stores the others.)
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.plugin_api import METRIC_NAME
+from agent.model import METRIC_NAME
 
 # (series text, value, explicit timestamp in ms or None)
 Row = tuple[str, float, int | None]
@@ -108,22 +114,35 @@ def parse_series(text: str) -> ExposedLabels:
     return labels
 
 
-def _check_comment(line: str, lineno: int) -> None:
+def _check_comment(line: str, lineno: int, at: Callable[[int], str]) -> None:
     if line[1:2] not in (" ", "\t"):
         return  # "#HELP" without a blank is an ordinary comment to Prometheus too
     parts = line[1:].split(None, 2)
     if not parts or parts[0] not in ("HELP", "TYPE"):
         return  # an ordinary comment
     if len(parts) < 2 or not _METRIC_NAME_RE.fullmatch(parts[1].split(None, 1)[0]):
-        raise ParseError(f"line {lineno}: # {parts[0]} needs a valid metric name")
+        raise ParseError(f"{at(lineno)}# {parts[0]} needs a valid metric name")
     if parts[0] == "TYPE":
         rest = line[1:].split()
         if len(rest) != 3 or rest[2] not in TEXT_TYPES:
-            raise ParseError(f"line {lineno}: invalid # TYPE line {line[:80]!r}")
+            raise ParseError(f"{at(lineno)}invalid # TYPE line {line[:80]!r}")
 
 
-def parse_text(body: str) -> list[Row]:
-    """Split a Prometheus text page into rows; labels are left unparsed (see module doc)."""
+def _line_prefix(lineno: int) -> str:
+    return f"line {lineno}: "
+
+
+def _no_prefix(lineno: int) -> str:
+    return ""
+
+
+def parse_text(body: str, *, number_lines: bool = True) -> list[Row]:
+    """Split a Prometheus text page into rows; labels are left unparsed (see module doc).
+
+    Errors name the line (``line 7: ...``) unless ``number_lines`` is false,
+    for a caller that parses one line at a time and names it itself.
+    """
+    at = _line_prefix if number_lines else _no_prefix
     rows: list[Row] = []
     append = rows.append
     for lineno, raw_line in enumerate(body.split("\n"), 1):
@@ -131,7 +150,7 @@ def parse_text(body: str) -> list[Row]:
         if not line:
             continue
         if line[0] == "#":
-            _check_comment(line, lineno)
+            _check_comment(line, lineno, at)
             continue
         close = line.rfind("}")
         if close != -1:
@@ -146,12 +165,12 @@ def parse_text(body: str) -> list[Row]:
             series = line[:cut]
             fields = line[cut:].split()
         if not 1 <= len(fields) <= 2:
-            raise ParseError(f"line {lineno}: expected a value and an optional timestamp")
+            raise ParseError(f"{at(lineno)}expected a value and an optional timestamp")
         try:
             value = parse_float(fields[0])
             ts = parse_timestamp_ms(fields[1]) if len(fields) == 2 else None
         except ValueError as exc:
-            raise ParseError(f"line {lineno}: invalid number {exc}") from None
+            raise ParseError(f"{at(lineno)}invalid number {exc}") from None
         append((series, value, ts))
     return rows
 
