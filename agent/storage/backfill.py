@@ -50,10 +50,13 @@ into calls of some millions of samples; each call is then atomic on its own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -64,6 +67,7 @@ from agent.storage.segments import SegmentRow
 from agent.storage.wal import encode_batch, signed64
 
 if TYPE_CHECKING:
+    from agent.storage.head import Head
     from agent.storage.versions import EditContext
 
 OnError = Literal["skip", "abort"]
@@ -105,6 +109,10 @@ class BackfillPlan:
     stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
+class BackfillRaced(Exception):
+    """A block a prepared backfill was to merge into changed before the commit."""
+
+
 class BackfillAborted(Exception):
     """Raised inside the job to roll the transaction back; carries the report."""
 
@@ -114,7 +122,7 @@ class BackfillAborted(Exception):
 
 
 def _existing(
-    conn: sqlite3.Connection, ctx: EditContext, sid: int, t: np.ndarray
+    conn: sqlite3.Connection, ctx: EditContext, head: _HeadLike, sid: int, t: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, np.ndarray, np.ndarray]]]:
     """Bits already stored at each of ``t`` (sorted, unique), whether present, and the blocks.
 
@@ -124,7 +132,6 @@ def _existing(
     n = t.size
     bits = np.zeros(n, dtype=np.uint64)
     present = np.zeros(n, dtype=bool)
-    head = ctx.head
     bufs = head.buffers(sid)
     if bufs is not None:
         # Copies, not views: a live array('q') must never be left exporting its buffer.
@@ -164,6 +171,231 @@ def _existing(
     return bits, present, blocks
 
 
+@dataclass(slots=True)
+class Prepared:
+    """The encoded outcome of a backfill, before anything is written."""
+
+    rows: list[SegmentRow] = field(default_factory=list)
+    replaced: list[tuple[int]] = field(default_factory=list)
+    newest: list[tuple[int, int, int]] = field(default_factory=list)
+    stored_s: list[np.ndarray] = field(default_factory=list)
+    stored_t: list[np.ndarray] = field(default_factory=list)
+    stored_b: list[np.ndarray] = field(default_factory=list)
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    rows_written: int = 0
+
+
+class _HeadLike(Protocol):
+    seg_max_t: np.ndarray
+
+    def buffers(self, sid: int) -> tuple[np.ndarray, np.ndarray] | None: ...
+
+
+class HeadView:
+    """A copy of what the head holds for some series (taken on the event loop).
+
+    Lets :func:`prepare` run on a reader thread, off the writer: the live
+    head's buffers must only be touched on the loop.
+    """
+
+    def __init__(self, head: Head, sids: np.ndarray) -> None:
+        uniq = np.unique(sids)
+        uniq = uniq[(uniq >= 0) & (uniq < head.capacity)]
+        have = uniq[head.count[uniq] > 0]
+        self._bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if have.size:
+            counts, t, b = head.joined(have.tolist())
+            cut = np.cumsum(counts)[:-1]
+            for sid, ct, cb in zip(have.tolist(), np.split(t, cut), np.split(b, cut), strict=True):
+                if ct.size:
+                    self._bufs[sid] = (ct, cb)
+        self.seg_max_t = head.seg_max_t.copy()
+
+    def buffers(self, sid: int) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._bufs.get(sid)
+
+
+def _sort_dedupe(
+    sids: np.ndarray, ts: np.ndarray, bits: np.ndarray, prep: Prepared
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort by (series, time); repeats inside the call: the first of each run is the
+    candidate, an identical repeat a duplicate, a different one a conflict."""
+    n = sids.size
+    if n > 1:
+        ds = np.diff(sids)
+        if not bool(np.all((ds > 0) | ((ds == 0) & (np.diff(ts) >= 0)))):
+            order = np.lexsort((ts, sids))
+            sids, ts, bits = sids[order], ts[order], bits[order]
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        same[1:] = (sids[1:] == sids[:-1]) & (ts[1:] == ts[:-1])
+    if same.any():
+        run_head = np.maximum.accumulate(np.where(same, 0, np.arange(n)))
+        batch_dup = same & (bits == bits[run_head])
+        batch_conflict = same & ~batch_dup
+        prep.duplicates += int(batch_dup.sum())
+        prep.rejected.extend(
+            Rejection(s, t, REJECT_DUPLICATE_TIMESTAMP)
+            for s, t in zip(sids[batch_conflict].tolist(), ts[batch_conflict].tolist(), strict=True)
+        )
+        keep = ~same
+        sids, ts, bits = sids[keep], ts[keep], bits[keep]
+    return sids, ts, bits
+
+
+def _runs(sids: np.ndarray) -> tuple[list[int], list[int]]:
+    if not sids.size:
+        return [], []
+    brk = np.flatnonzero(sids[1:] != sids[:-1]) + 1
+    return np.concatenate(([0], brk)).tolist(), np.concatenate((brk, [sids.size])).tolist()
+
+
+def prepare(
+    conn: sqlite3.Connection,
+    ctx: EditContext,
+    sids: np.ndarray,
+    ts: np.ndarray,
+    bits: np.ndarray,
+    *,
+    on_error: OnError,
+    head: _HeadLike | None = None,
+    sink: Callable[[list[SegmentRow]], None] | None = None,
+    check_only: bool = False,
+) -> Prepared:
+    """Check a backfill against what is stored and encode its blocks, writing nothing.
+
+    ``head`` replaces ``ctx.head`` (a :class:`HeadView` when run off the
+    writer); ``sink`` receives the rows every ``_INSERT_BATCH`` (else they are
+    kept in the result); ``check_only`` stops after the conflict checks.
+    """
+    prep = Prepared()
+    sids, ts, bits = _sort_dedupe(sids, ts, bits, prep)
+    live: _HeadLike = head if head is not None else ctx.head
+    block = ctx.block_size
+    rows = prep.rows
+    for lo, hi in zip(*_runs(sids), strict=True):
+        sid = int(sids[lo])
+        t, b = ts[lo:hi], bits[lo:hi]
+        old_bits, present, blocks = _existing(conn, ctx, live, sid, t)
+        if present.any():
+            dup = present & (old_bits == b)
+            conflict = present & ~dup
+            prep.duplicates += int(dup.sum())
+            if conflict.any():
+                prep.rejected.extend(
+                    Rejection(sid, x, REJECT_DUPLICATE_TIMESTAMP) for x in t[conflict].tolist()
+                )
+            new = ~present
+            t, b = t[new], b[new]
+        if t.size == 0 or check_only:
+            continue
+        if on_error == "abort" and prep.rejected:
+            continue  # will roll back anyway; only the report still matters
+        codec = ctx.chooser.name_for(ctx.index.labels(sid))
+        free = np.ones(t.size, dtype=bool)
+        for rid, mn, mx, bt, bb in blocks:
+            a = int(np.searchsorted(t, mn, "left"))
+            z = int(np.searchsorted(t, mx, "right"))
+            if a >= z:
+                continue
+            take = free[a:z]
+            if not take.any():
+                continue
+            mt = np.concatenate((bt, t[a:z][take]))
+            mb = np.concatenate((bb, b[a:z][take]))
+            order = np.argsort(mt, kind="stable")
+            mt, mb = mt[order], mb[order]
+            free[a:z] = False
+            prep.replaced.append((rid,))
+            rows.extend(encode_blocks(sid, mt, mb.view(np.float64), codec, ctx.chooser, block))
+        if free.any():
+            ft, fb = t[free], b[free]
+            rows.extend(encode_blocks(sid, ft, fb.view(np.float64), codec, ctx.chooser, block))
+        prep.stored_s.append(np.full(t.size, sid, dtype=np.int64))
+        prep.stored_t.append(t)
+        prep.stored_b.append(b)
+        prep.newest.append((sid, int(t[-1]), int(b[-1])))
+        if sink is not None and len(rows) >= _INSERT_BATCH:
+            prep.rows_written += len(rows)
+            sink(rows)
+            rows.clear()
+    return prep
+
+
+# An abort-mode backfill of at least this many series (or samples) is prepared off
+# the writer (:func:`prepare_in_groups`), in groups of PREPARE_GROUP_SERIES series.
+OFF_WRITER_SERIES = 1_000
+OFF_WRITER_SAMPLES = 200_000
+PREPARE_GROUP_SERIES = 2_000
+
+
+def prepare_off_writer(sids: np.ndarray) -> bool:
+    """Whether a backfill is big enough to prepare off the writer."""
+    if sids.size >= OFF_WRITER_SAMPLES:
+        return True
+    return sids.size >= OFF_WRITER_SERIES and np.unique(sids).size >= OFF_WRITER_SERIES
+
+
+async def prepare_in_groups(
+    executor: Executor,
+    reader: Callable[[], sqlite3.Connection],
+    ctx: EditContext,
+    sids: np.ndarray,
+    ts: np.ndarray,
+    bits: np.ndarray,
+) -> Prepared:
+    """:func:`prepare` on reader threads, ``PREPARE_GROUP_SERIES`` series at a time.
+
+    Each group gets a :class:`HeadView` copied on the event loop just before;
+    the checks read segments through the thread's reader connection. After
+    the first rejection the remaining groups are only checked (for the report).
+    """
+    order = np.lexsort((ts, sids))
+    sids, ts, bits = sids[order], ts[order], bits[order]
+    starts, _ = _runs(sids)
+    cuts = [*starts[PREPARE_GROUP_SERIES::PREPARE_GROUP_SERIES], int(sids.size)]
+    loop = asyncio.get_running_loop()
+    total = Prepared()
+    lo = 0
+    for hi in cuts:
+        gs, gt, gb = sids[lo:hi], ts[lo:hi], bits[lo:hi]
+        view = HeadView(ctx.head, gs)
+        check_only = bool(total.rejected)
+
+        def run(
+            gs: np.ndarray = gs,
+            gt: np.ndarray = gt,
+            gb: np.ndarray = gb,
+            view: HeadView = view,
+            check_only: bool = check_only,
+        ) -> Prepared:
+            conn = reader()
+            conn.execute("BEGIN")  # one snapshot for the group's reads
+            try:
+                return prepare(
+                    conn, ctx, gs, gt, gb, on_error="abort", head=view, check_only=check_only
+                )
+            finally:
+                conn.execute("ROLLBACK")
+
+        part = await loop.run_in_executor(executor, run)
+        _merge(total, part)
+        lo = hi
+    return total
+
+
+def _merge(total: Prepared, part: Prepared) -> None:
+    total.rows.extend(part.rows)
+    total.replaced.extend(part.replaced)
+    total.newest.extend(part.newest)
+    total.stored_s.extend(part.stored_s)
+    total.stored_t.extend(part.stored_t)
+    total.stored_b.extend(part.stored_b)
+    total.duplicates += part.duplicates
+    total.rejected.extend(part.rejected)
+
+
 def backfill_sql(
     conn: sqlite3.Connection,
     ctx: EditContext,
@@ -181,101 +413,85 @@ def backfill_sql(
     Reads the head without changing it: the writer task is parked on this job,
     so no append or flush can run meanwhile.
     """
-    n = sids.size
-    if n > 1:
-        ds = np.diff(sids)
-        if not bool(np.all((ds > 0) | ((ds == 0) & (np.diff(ts) >= 0)))):
-            order = np.lexsort((ts, sids))
-            sids, ts, bits = sids[order], ts[order], bits[order]
-    # Repeats inside the call: the first of each (series, timestamp) run is the
-    # candidate, an identical repeat a duplicate, a different one a conflict.
-    same = np.zeros(n, dtype=bool)
-    if n > 1:
-        same[1:] = (sids[1:] == sids[:-1]) & (ts[1:] == ts[:-1])
-    duplicates = 0
-    rejected: list[Rejection] = []
-    if same.any():
-        run_head = np.maximum.accumulate(np.where(same, 0, np.arange(n)))
-        batch_dup = same & (bits == bits[run_head])
-        batch_conflict = same & ~batch_dup
-        duplicates += int(batch_dup.sum())
-        rejected.extend(
-            Rejection(s, t, REJECT_DUPLICATE_TIMESTAMP)
-            for s, t in zip(sids[batch_conflict].tolist(), ts[batch_conflict].tolist(), strict=True)
-        )
-        keep = ~same
-        sids, ts, bits = sids[keep], ts[keep], bits[keep]
+    prep = prepare(
+        conn,
+        ctx,
+        sids,
+        ts,
+        bits,
+        on_error=on_error,
+        sink=lambda rows: _insert(conn, rows),
+    )
+    return commit_sql(conn, prep, source=source, client=client, on_error=on_error, at_ms=at_ms)
 
+
+def _insert(conn: sqlite3.Connection, rows: list[SegmentRow]) -> None:
+    conn.executemany(_INSERT, rows)
+
+
+def recheck_sql(
+    conn: sqlite3.Connection, ctx: EditContext, prep: Prepared, touched: np.ndarray
+) -> None:
+    """Inside the commit job: re-check the prepared samples of series written meanwhile.
+
+    A prepared backfill was checked against a snapshot; series that got
+    writes since (``touched``, from the store's write listener) are checked
+    again against the live head and segments. A conflict is added to
+    ``prep.rejected``; an exact duplicate stays (stored twice, read once).
+    A block that a merge was to replace must still exist, else the backfill
+    is refused as a conflict with what replaced it.
+    """
+    if prep.replaced:
+        ids = [r[0] for r in prep.replaced]
+        found: set[int] = set()
+        for lo in range(0, len(ids), 500):
+            part = ids[lo : lo + 500]
+            marks = ",".join("?" * len(part))
+            found.update(
+                r[0] for r in conn.execute(f"SELECT id FROM segments WHERE id IN ({marks})", part)
+            )
+        gone = [i for i in ids if i not in found]
+        if gone:
+            raise BackfillRaced(f"{len(gone)} block(s) changed while the backfill was prepared")
+    if not touched.size or not prep.stored_s:
+        return
+    hit = np.isin(np.array([s for s, _, _ in prep.newest], dtype=np.int64), touched)
+    for k in np.flatnonzero(hit).tolist():
+        sid, t, b = int(prep.stored_s[k][0]), prep.stored_t[k], prep.stored_b[k]
+        old_bits, present, _ = _existing(conn, ctx, ctx.head, sid, t)
+        conflict = present & (old_bits != b)
+        if conflict.any():
+            prep.rejected.extend(
+                Rejection(sid, x, REJECT_DUPLICATE_TIMESTAMP) for x in t[conflict].tolist()
+            )
+
+
+def commit_sql(
+    conn: sqlite3.Connection,
+    prep: Prepared,
+    *,
+    source: str,
+    client: str | None,
+    on_error: OnError,
+    at_ms: int,
+) -> BackfillPlan:
+    """Write what :func:`prepare` encoded, the series' new frontiers and the audit row."""
     result = BackfillResult()
     plan = BackfillPlan(result)
-    rows: list[SegmentRow] = []
-    replaced: list[tuple[int]] = []
-    stored_s: list[np.ndarray] = []
-    stored_t: list[np.ndarray] = []
-    stored_b: list[np.ndarray] = []
-    block = ctx.block_size
-    if sids.size:
-        brk = np.flatnonzero(sids[1:] != sids[:-1]) + 1
-        starts = np.concatenate(([0], brk)).tolist()
-        ends = np.concatenate((brk, [sids.size])).tolist()
-    else:
-        starts = ends = []
-    for lo, hi in zip(starts, ends, strict=True):
-        sid = int(sids[lo])
-        t, b = ts[lo:hi], bits[lo:hi]
-        old_bits, present, blocks = _existing(conn, ctx, sid, t)
-        if present.any():
-            dup = present & (old_bits == b)
-            conflict = present & ~dup
-            duplicates += int(dup.sum())
-            if conflict.any():
-                rejected.extend(
-                    Rejection(sid, x, REJECT_DUPLICATE_TIMESTAMP) for x in t[conflict].tolist()
-                )
-            new = ~present
-            t, b = t[new], b[new]
-        if t.size == 0:
-            continue
-        if on_error == "abort" and rejected:
-            continue  # will roll back anyway; only the report still matters
-        codec = ctx.chooser.name_for(ctx.index.labels(sid))
-        free = np.ones(t.size, dtype=bool)
-        for rid, mn, mx, bt, bb in blocks:
-            a = int(np.searchsorted(t, mn, "left"))
-            z = int(np.searchsorted(t, mx, "right"))
-            if a >= z:
-                continue
-            take = free[a:z]
-            if not take.any():
-                continue
-            mt = np.concatenate((bt, t[a:z][take]))
-            mb = np.concatenate((bb, b[a:z][take]))
-            order = np.argsort(mt, kind="stable")
-            mt, mb = mt[order], mb[order]
-            free[a:z] = False
-            replaced.append((rid,))
-            rows.extend(encode_blocks(sid, mt, mb.view(np.float64), codec, ctx.chooser, block))
-        if free.any():
-            ft, fb = t[free], b[free]
-            rows.extend(encode_blocks(sid, ft, fb.view(np.float64), codec, ctx.chooser, block))
-        stored_s.append(np.full(t.size, sid, dtype=np.int64))
-        stored_t.append(t)
-        stored_b.append(b)
-        plan.newest.append((sid, int(t[-1]), int(b[-1])))
-        if len(rows) >= _INSERT_BATCH:
-            result.segments_written += len(rows)
-            conn.executemany(_INSERT, rows)
-            rows = []
-
+    plan.newest = prep.newest
+    rejected, duplicates = prep.rejected, prep.duplicates
     result.rejected = rejected
     result.duplicates = duplicates
     if on_error == "abort" and rejected:
         raise BackfillAborted(
             BackfillResult(rejected=rejected, duplicates=duplicates, aborted=True)
         )
-    if rows:
-        result.segments_written += len(rows)
-        conn.executemany(_INSERT, rows)
+    result.segments_written = prep.rows_written
+    rows = prep.rows
+    for lo in range(0, len(rows), _INSERT_BATCH):
+        conn.executemany(_INSERT, rows[lo : lo + _INSERT_BATCH])
+    result.segments_written += len(rows)
+    replaced = prep.replaced
     if replaced:
         conn.executemany("DELETE FROM segments WHERE id = ?", replaced)
     result.segments_replaced = len(replaced)
@@ -289,10 +505,10 @@ def backfill_sql(
             [(mt, signed64(mb), sid, mt) for sid, mt, mb in plan.newest],
         )
 
-    if stored_s:
-        s_all = np.concatenate(stored_s)
-        t_all = np.concatenate(stored_t)
-        b_all = np.concatenate(stored_b)
+    if prep.stored_s:
+        s_all = np.concatenate(prep.stored_s)
+        t_all = np.concatenate(prep.stored_t)
+        b_all = np.concatenate(prep.stored_b)
     else:
         s_all = t_all = np.zeros(0, dtype=np.int64)
         b_all = np.zeros(0, dtype=np.uint64)
