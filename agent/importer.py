@@ -970,7 +970,20 @@ async def store_parsed(
         return report
     if parsed.series_idx.size:
         used, inverse = np.unique(parsed.series_idx, return_inverse=True)
-        ids, refused = await resolve_chunked(store, [parsed.label_sets[i] for i in used.tolist()])
+        labels = [parsed.label_sets[i] for i in used.tolist()]
+        if on_error == "abort":
+            # All or nothing, series included: conflicts with stored samples and the
+            # cardinality limits are checked before any series is created.
+            keys, clash = await store.backfill_conflicts(
+                labels, inverse, parsed.timestamps, parsed.values
+            )
+            if clash:
+                _report_rejections(parsed, keys, clash)
+                report.aborted = True
+                return report
+            ids, refused = await store.resolve_series_all_or_nothing(labels)
+        else:
+            ids, refused = await resolve_chunked(store, labels)
         sids = np.asarray(ids, dtype=np.int64)[inverse]
         if refused:
             _report_refused(parsed, sids, inverse, refused)

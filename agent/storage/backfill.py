@@ -277,6 +277,8 @@ def prepare(
     for lo, hi in zip(*_runs(sids), strict=True):
         sid = int(sids[lo])
         t, b = ts[lo:hi], bits[lo:hi]
+        if sid < 0:  # a series not created yet (backfill_conflicts): nothing stored
+            continue
         old_bits, present, blocks = _existing(conn, ctx, live, sid, t)
         if present.any():
             dup = present & (old_bits == b)
@@ -344,6 +346,8 @@ async def prepare_in_groups(
     sids: np.ndarray,
     ts: np.ndarray,
     bits: np.ndarray,
+    *,
+    check_only: bool = False,
 ) -> Prepared:
     """:func:`prepare` on reader threads, ``PREPARE_GROUP_SERIES`` series at a time.
 
@@ -361,21 +365,19 @@ async def prepare_in_groups(
     for hi in cuts:
         gs, gt, gb = sids[lo:hi], ts[lo:hi], bits[lo:hi]
         view = HeadView(ctx.head, gs)
-        check_only = bool(total.rejected)
+        only = check_only or bool(total.rejected)
 
         def run(
             gs: np.ndarray = gs,
             gt: np.ndarray = gt,
             gb: np.ndarray = gb,
             view: HeadView = view,
-            check_only: bool = check_only,
+            only: bool = only,
         ) -> Prepared:
             conn = reader()
             conn.execute("BEGIN")  # one snapshot for the group's reads
             try:
-                return prepare(
-                    conn, ctx, gs, gt, gb, on_error="abort", head=view, check_only=check_only
-                )
+                return prepare(conn, ctx, gs, gt, gb, on_error="abort", head=view, check_only=only)
             finally:
                 conn.execute("ROLLBACK")
 

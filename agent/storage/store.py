@@ -61,6 +61,7 @@ from agent.storage.options import (
     REJECT_REASONS,
     AppendResult,
     FlushResult,
+    Rejection,
     SelectedArrays,
     SeriesData,
     StorageOptions,
@@ -552,6 +553,84 @@ class Store:
             for pos, sid in zip(missing, created, strict=True):
                 out[pos] = sid
         return out, refused | too_big
+
+    async def resolve_series_all_or_nothing(
+        self, labels_list: list[Labels], chunk: int = 20_000
+    ) -> tuple[list[int], dict[int, str]]:
+        """:meth:`resolve_series` for an all-or-nothing import: when a limit refuses
+        any new series, none is created (and the refusals are returned).
+
+        The limits are checked for all of them at once; the admitted series are
+        then created ``chunk`` at a time, so the event loop serves others between.
+        """
+        out: list[int] = []
+        missing: list[int] = []
+        wanted: list[Labels] = []
+        too_big: dict[int, str] = {}
+        for lab in labels_list:
+            sid = self.series_id(lab)
+            if sid is None:
+                canon = canonical_labels(lab)
+                if not canon:
+                    raise ValueError("a series needs at least one non-empty label")
+                problem = bounds.label_problem(self._bounds, canon)
+                if problem is not None:
+                    too_big[len(out)] = f"label limit: {problem}"
+                else:
+                    missing.append(len(out))
+                    wanted.append(canon)
+            out.append(sid or 0)
+        if too_big:
+            return [0] * len(out), too_big
+        if not wanted:
+            return out, {}
+        dropped = self._limiter.admit_all_or_nothing(wanted)
+        if dropped:
+            return [0] * len(out), {missing[i]: reason for i, reason in dropped.items()}
+        for lo in range(0, len(wanted), chunk):
+            part = wanted[lo : lo + chunk]
+            try:
+                created = await self._w.create(part)
+            except BaseException:
+                self._limiter.forget_reservations(len(wanted) - lo)
+                raise
+            self._limiter.created(created)
+            for pos, sid in zip(missing[lo : lo + chunk], created, strict=True):
+                out[pos] = sid
+        return out, {}
+
+    async def backfill_conflicts(
+        self,
+        labels_list: Sequence[Labels],
+        series_idx: np.ndarray,
+        timestamps: np.ndarray,
+        values: np.ndarray,
+    ) -> tuple[np.ndarray, list[Rejection]]:
+        """What an ``on_error="abort"`` backfill would refuse, checked before any series
+        is created: different values at one timestamp, within the batch or against
+        stored samples. Reads only, on reader threads.
+
+        ``series_idx[i]`` is the position in ``labels_list`` of sample ``i``'s
+        series. Returns the per-sample key the rejections use (the series id,
+        or ``-(position + 1)`` for a series that does not exist yet) and the
+        rejections.
+        """
+        known = np.fromiter(
+            (self.series_id(lab) or 0 for lab in labels_list),
+            dtype=np.int64,
+            count=len(labels_list),
+        )
+        keys = np.where(known > 0, known, -(np.arange(known.size, dtype=np.int64) + 1))[
+            np.asarray(series_idx, dtype=np.int64)
+        ]
+        ts = np.asarray(timestamps, dtype=np.int64)
+        bits = np.asarray(values, dtype=np.float64).view(np.uint64)
+        if not keys.size:
+            return keys, []
+        prep = await backfill.prepare_in_groups(
+            self._readers, self._reader_conn, self._edit_ctx(), keys, ts, bits, check_only=True
+        )
+        return keys, prep.rejected
 
     def timestamp_problems(self, timestamps: Sequence[int] | np.ndarray) -> list[tuple[int, str]]:
         """(position, reason) of timestamps outside ``limits`` (see :mod:`agent.storage.bounds`).
