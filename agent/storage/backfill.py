@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -348,6 +348,7 @@ async def prepare_in_groups(
     bits: np.ndarray,
     *,
     check_only: bool = False,
+    stage: Callable[[Prepared], Awaitable[int]] | None = None,
 ) -> Prepared:
     """:func:`prepare` on reader threads, ``PREPARE_GROUP_SERIES`` series at a time.
 
@@ -377,14 +378,52 @@ async def prepare_in_groups(
             conn = reader()
             conn.execute("BEGIN")  # one snapshot for the group's reads
             try:
-                return prepare(conn, ctx, gs, gt, gb, on_error="abort", head=view, check_only=only)
+                part = prepare(conn, ctx, gs, gt, gb, on_error="abort", head=view, check_only=only)
             finally:
                 conn.execute("ROLLBACK")
+            _joined(part)
+            return part
 
         part = await loop.run_in_executor(executor, run)
+        if stage is not None and not total.rejected and not part.rejected and part.rows:
+            total.rows_written += await stage(part)
+            part.rows = []
         _merge(total, part)
         lo = hi
     return total
+
+
+def stage_sql(conn: sqlite3.Connection, prefix: str, part: Prepared) -> int:
+    """Writer job: keep a group's encoded blocks and new frontiers in temp tables.
+
+    TEMP tables live on the writer's connection only, outside the database
+    file: readers never see them, and a crash simply forgets them. Staging
+    them a group at a time keeps the final commit to two ``INSERT … SELECT``
+    style statements, instead of binding every row while the writer waits.
+    """
+    _create_stage(conn, prefix)
+    conn.executemany(f"INSERT INTO temp.{prefix}_rows VALUES (?, ?, ?, ?, ?, ?)", part.rows)
+    conn.executemany(
+        f"INSERT INTO temp.{prefix}_newest VALUES (?, ?, ?)",
+        [(sid, mt, signed64(mb)) for sid, mt, mb in part.newest],
+    )
+    return len(part.rows)
+
+
+def _create_stage(conn: sqlite3.Connection, prefix: str) -> None:
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {prefix}_rows (series_id INTEGER, min_t INTEGER,"
+        " max_t INTEGER, count INTEGER, codec TEXT, data BLOB)"
+    )
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {prefix}_newest (id INTEGER PRIMARY KEY,"
+        " max_t INTEGER, last_bits INTEGER)"
+    )
+
+
+def unstage_sql(conn: sqlite3.Connection, prefix: str) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS temp.{prefix}_rows")
+    conn.execute(f"DROP TABLE IF EXISTS temp.{prefix}_newest")
 
 
 def _merge(total: Prepared, part: Prepared) -> None:
@@ -457,15 +496,29 @@ def recheck_sql(
             raise BackfillRaced(f"{len(gone)} block(s) changed while the backfill was prepared")
     if not touched.size or not prep.stored_s:
         return
-    hit = np.isin(np.array([s for s, _, _ in prep.newest], dtype=np.int64), touched)
-    for k in np.flatnonzero(hit).tolist():
-        sid, t, b = int(prep.stored_s[k][0]), prep.stored_t[k], prep.stored_b[k]
+    s_all, t_all, b_all = _joined(prep)  # sorted by series (prepare_in_groups sorts)
+    idx = np.minimum(np.searchsorted(s_all, touched), max(s_all.size - 1, 0))
+    for sid in np.unique(touched[s_all[idx] == touched]).tolist():
+        lo = int(np.searchsorted(s_all, sid, "left"))
+        hi = int(np.searchsorted(s_all, sid, "right"))
+        t, b = t_all[lo:hi], b_all[lo:hi]
         old_bits, present, _ = _existing(conn, ctx, ctx.head, sid, t)
         conflict = present & (old_bits != b)
         if conflict.any():
             prep.rejected.extend(
                 Rejection(sid, x, REJECT_DUPLICATE_TIMESTAMP) for x in t[conflict].tolist()
             )
+
+
+def _joined(prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored samples as three arrays (joined once; kept joined in ``prep``)."""
+    if not prep.stored_s:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, np.uint64)
+    if len(prep.stored_s) > 1:
+        prep.stored_s = [np.concatenate(prep.stored_s)]
+        prep.stored_t = [np.concatenate(prep.stored_t)]
+        prep.stored_b = [np.concatenate(prep.stored_b)]
+    return prep.stored_s[0], prep.stored_t[0], prep.stored_b[0]
 
 
 def commit_sql(
@@ -476,8 +529,13 @@ def commit_sql(
     client: str | None,
     on_error: OnError,
     at_ms: int,
+    staged: str | None = None,
 ) -> BackfillPlan:
-    """Write what :func:`prepare` encoded, the series' new frontiers and the audit row."""
+    """Write what :func:`prepare` encoded, the series' new frontiers and the audit row.
+
+    With ``staged`` (a :func:`stage_sql` prefix) the encoded blocks and new
+    frontiers are copied from the staging tables in two statements.
+    """
     result = BackfillResult()
     plan = BackfillPlan(result)
     plan.newest = prep.newest
@@ -493,12 +551,23 @@ def commit_sql(
     for lo in range(0, len(rows), _INSERT_BATCH):
         conn.executemany(_INSERT, rows[lo : lo + _INSERT_BATCH])
     result.segments_written += len(rows)
+    if staged is not None:  # rows and frontiers staged in temp tables by stage_sql
+        _create_stage(conn, staged)
+        conn.execute(
+            "INSERT INTO segments(series_id, min_t, max_t, count, codec, data)"
+            f" SELECT series_id, min_t, max_t, count, codec, data FROM temp.{staged}_rows"
+        )
     replaced = prep.replaced
     if replaced:
         conn.executemany("DELETE FROM segments WHERE id = ?", replaced)
     result.segments_replaced = len(replaced)
     plan.segments_delta = result.segments_written - len(replaced)
-    if plan.newest:
+    if staged is not None:
+        conn.execute(
+            f"UPDATE series SET max_t = n.max_t, last_bits = n.last_bits FROM temp.{staged}_newest"
+            " AS n WHERE series.id = n.id AND (series.max_t IS NULL OR series.max_t < n.max_t)"
+        )
+    elif plan.newest:
         # Raise the persisted newest sample where the backfill went past it, so a
         # restart knows (via max_t) that segments reach that far.
         conn.executemany(
@@ -507,13 +576,7 @@ def commit_sql(
             [(mt, signed64(mb), sid, mt) for sid, mt, mb in plan.newest],
         )
 
-    if prep.stored_s:
-        s_all = np.concatenate(prep.stored_s)
-        t_all = np.concatenate(prep.stored_t)
-        b_all = np.concatenate(prep.stored_b)
-    else:
-        s_all = t_all = np.zeros(0, dtype=np.int64)
-        b_all = np.zeros(0, dtype=np.uint64)
+    s_all, t_all, b_all = _joined(prep)
     stored = int(s_all.size)
     result.stored = stored
     plan.stored = (s_all, t_all, b_all)
@@ -551,11 +614,22 @@ def commit_sql(
 def apply_plan(ctx: EditContext, plan: BackfillPlan) -> BackfillResult:
     """Event-loop side: raise the in-memory frontiers to what was committed."""
     head = ctx.head
-    for sid, mt, mb in plan.newest:
-        if mt > int(head.max_t[sid]):
-            head.max_t[sid] = mt
-            head.last_bits[sid] = mb
-        if mt > int(head.seg_max_t[sid]):
-            head.seg_max_t[sid] = mt
+    if len(plan.newest) < 64:
+        for sid, mt, mb in plan.newest:
+            if mt > int(head.max_t[sid]):
+                head.max_t[sid] = mt
+                head.last_bits[sid] = mb
+            if mt > int(head.seg_max_t[sid]):
+                head.seg_max_t[sid] = mt
+    else:  # one entry per series: vectorised (a Python step each costs ~1.5 µs on the loop)
+        n = len(plan.newest)
+        sids = np.fromiter((x[0] for x in plan.newest), dtype=np.int64, count=n)
+        mts = np.fromiter((x[1] for x in plan.newest), dtype=np.int64, count=n)
+        mbs = np.fromiter((x[2] for x in plan.newest), dtype=np.uint64, count=n)
+        up = mts > head.max_t[sids]
+        head.max_t[sids[up]] = mts[up]
+        head.last_bits[sids[up]] = mbs[up]
+        up = mts > head.seg_max_t[sids]
+        head.seg_max_t[sids[up]] = mts[up]
     ctx.counters.segments += plan.segments_delta
     return plan.result

@@ -93,6 +93,9 @@ READER_THREADS = 2
 # Longest a clean shutdown spends giving free pages back (see Store.reclaim).
 FINAL_RECLAIM_SECONDS = 10.0
 
+# Label sets handled per slice by the all-or-nothing import helpers before they yield.
+YIELD_EVERY = 10_000
+
 WriteListener = Callable[[np.ndarray | None, int, int], None]
 """Called as ``listener(series_ids or None for any, min_t, max_t)`` after data changed."""
 
@@ -138,6 +141,7 @@ class Store:
         self._write_listeners: list[WriteListener] = []
         self._sample_listeners: list[SampleListener] = []
         self._backfill_hooks: list[TxnHook] = []
+        self._staging = 0  # names the temp tables of prepared backfills
         self._queries: QueryService | None = None
         self.rollups: rollup.RollupManager | None = None
         self._disk = space.DiskUsage()
@@ -567,7 +571,9 @@ class Store:
         missing: list[int] = []
         wanted: list[Labels] = []
         too_big: dict[int, str] = {}
-        for lab in labels_list:
+        for k, lab in enumerate(labels_list):
+            if k and not k % YIELD_EVERY:
+                await asyncio.sleep(0)  # let the loop serve others between slices
             sid = self.series_id(lab)
             if sid is None:
                 canon = canonical_labels(lab)
@@ -615,11 +621,13 @@ class Store:
         or ``-(position + 1)`` for a series that does not exist yet) and the
         rejections.
         """
-        known = np.fromiter(
-            (self.series_id(lab) or 0 for lab in labels_list),
-            dtype=np.int64,
-            count=len(labels_list),
-        )
+        lookup = self.series_id
+        known = np.zeros(len(labels_list), dtype=np.int64)
+        for lo in range(0, len(labels_list), YIELD_EVERY):
+            if lo:
+                await asyncio.sleep(0)  # let the loop serve others between slices
+            part = labels_list[lo : lo + YIELD_EVERY]
+            known[lo : lo + len(part)] = [lookup(lab) or 0 for lab in part]
         keys = np.where(known > 0, known, -(np.arange(known.size, dtype=np.int64) + 1))[
             np.asarray(series_idx, dtype=np.int64)
         ]
@@ -1041,6 +1049,8 @@ class Store:
         ctx = self._edit_ctx()
         touched: list[np.ndarray] = []
         anything = [False]
+        self._staging += 1
+        prefix = f"backfill_{self._staging}"
 
         def listener(series_ids: np.ndarray | None, _lo: int, _hi: int) -> None:
             if series_ids is None:
@@ -1050,7 +1060,15 @@ class Store:
 
         self.add_write_listener(listener)
         try:
-            prep = await backfill.prepare_in_groups(self._readers, self._reader_conn, ctx, s, t, b)
+            prep = await backfill.prepare_in_groups(
+                self._readers,
+                self._reader_conn,
+                ctx,
+                s,
+                t,
+                b,
+                stage=lambda part: self._w.job(lambda c: backfill.stage_sql(c, prefix, part)),
+            )
             if prep.rejected:
                 return backfill.BackfillResult(
                     rejected=prep.rejected, duplicates=prep.duplicates, aborted=True
@@ -1067,8 +1085,15 @@ class Store:
                 )
                 backfill.recheck_sql(conn, ctx, prep, seen)
                 plan = backfill.commit_sql(
-                    conn, prep, source=source, client=client, on_error="abort", at_ms=at
+                    conn,
+                    prep,
+                    source=source,
+                    client=client,
+                    on_error="abort",
+                    at_ms=at,
+                    staged=prefix,
                 )
+                backfill.unstage_sql(conn, prefix)
                 self._backfill_hooks_run(hooks, conn, plan, source, client, at)
                 return plan
 
@@ -1084,6 +1109,8 @@ class Store:
                 return None
         finally:
             self.remove_write_listener(listener)
+            if not self._closed and self._writer is not None:
+                await self._w.job(lambda c: backfill.unstage_sql(c, prefix))
         if self._write_listeners:
             self.notify_written(s, int(t.min()), int(t.max()))
         return result

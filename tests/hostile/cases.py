@@ -142,6 +142,12 @@ def big_json(items: int) -> bytes:
     return ("[" + ",".join(one % (i, i, stamp) for i in range(items)) + "]").encode()
 
 
+def big_csv(series: int) -> bytes:
+    """One sample an hour ago for each of ``series`` series: ~25 bytes a row."""
+    ts = now_ms() // 1000 - 3600
+    return "".join(f"{ts},{i},{i}\n" for i in range(series)).encode()
+
+
 def csv_case(name: str, body: bytes, query: str, expect: frozenset[int] = CLIENT_ERROR) -> Case:
     return Case(
         "malformed",
@@ -417,6 +423,21 @@ def write_cases(scale: float = 1.0) -> list[Case]:
             "/backfill/import",
             big_json(int(140_000 * scale) or 2000),
             expect=frozenset({200, 429}),
+        ),
+        # Backfills of many series: in abort mode all or nothing, yet prepared off the
+        # writer, so remote-write acknowledgements do not wait behind them.
+        *(
+            Case(
+                f"backfill {mode}",
+                f"csv import of {int(200_000 * scale) or 2000} new series, on_error={mode}",
+                "POST",
+                f"/api/v1/import/csv?on_error={mode}&format=1:time:unix_s,2:label:i,"
+                f"3:metric:hostile_bf_{mode}",
+                big_csv(int(200_000 * scale) or 2000),
+                {"Content-Type": "text/csv"},
+                frozenset({200, 429}),
+            )
+            for mode in ("abort", "skip")
         ),
         # 9. export: formulas neutralised (checked by the test on the body)
         Case(
