@@ -274,10 +274,33 @@ def prepare(
     live: _HeadLike = head if head is not None else ctx.head
     block = ctx.block_size
     rows = prep.rows
-    for lo, hi in zip(*_runs(sids), strict=True):
+    starts, ends = _runs(sids)
+    # Series with nothing stored in the range (no head samples, segments ending before
+    # it: new series, or history older than anything stored) need no reads: found
+    # vectorised, so each costs only its encoding.
+    first = np.asarray(starts, dtype=np.int64)
+    run_sids = sids[first] if first.size else first
+    fresh = np.zeros(first.size, dtype=bool)
+    known = (run_sids >= 0) & (run_sids < live.seg_max_t.size)
+    fresh[known] = live.seg_max_t[run_sids[known]] < ts[first[known]]
+    for k, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
         sid = int(sids[lo])
         t, b = ts[lo:hi], bits[lo:hi]
         if sid < 0:  # a series not created yet (backfill_conflicts): nothing stored
+            continue
+        if fresh[k] and live.buffers(sid) is None:
+            if check_only or (on_error == "abort" and prep.rejected):
+                continue
+            codec = ctx.chooser.name_for(ctx.index.labels(sid))
+            rows.extend(encode_blocks(sid, t, b.view(np.float64), codec, ctx.chooser, block))
+            prep.stored_s.append(sids[lo:hi])
+            prep.stored_t.append(t)
+            prep.stored_b.append(b)
+            prep.newest.append((sid, int(t[-1]), int(b[-1])))
+            if sink is not None and len(rows) >= _INSERT_BATCH:
+                prep.rows_written += len(rows)
+                sink(rows)
+                rows.clear()
             continue
         old_bits, present, blocks = _existing(conn, ctx, live, sid, t)
         if present.any():
