@@ -288,13 +288,19 @@ async def brute_force(session: aiohttp.ClientSession, url: str, tries: int) -> C
 
 
 async def slowloris(port: int, connections: int, timeout_s: float) -> ClassStats:
-    """Connections sending partial headers must be closed by the header-read timeout."""
+    """Connections sending partial headers must be closed by the header-read timeout:
+    half of them on a fresh connection, half after a first request served on it."""
     st = ClassStats()
     writers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    for _ in range(connections):
+    for i in range(connections):
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError as exc:
+            if i % 2:  # keep-alive: one good request first, then the slow one
+                writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                size = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(size)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             st.statuses[type(exc).__name__] += 1
             continue
         writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-Slow: ")

@@ -97,10 +97,11 @@ async def test_abort_imports_refused_by_a_cardinality_limit_create_no_series(
     report = await resp.json()
     assert resp.status == 400 and report["status"] == "aborted", report
     assert "cardinality limit" in json.dumps(report)
+    stamp = "2024-01-01T00:00:00Z"
     items = [
-        {"metric_name": "fresh_json", "value": 1, "timestamp": "2024-01-01T00:00:00Z"},
-        {"metric_name": "capped", "labels": {"h": "x"}, "value": 1, "timestamp": "2024-01-01T00:00:00Z"},
-        {"metric_name": "capped", "labels": {"h": "y"}, "value": 1, "timestamp": "2024-01-01T00:00:00Z"},
+        {"metric_name": "fresh_json", "value": 1, "timestamp": stamp},
+        {"metric_name": "capped", "labels": {"h": "x"}, "value": 1, "timestamp": stamp},
+        {"metric_name": "capped", "labels": {"h": "y"}, "value": 1, "timestamp": stamp},
     ]
     resp = await client.post("/backfill/import?on_error=abort", data=json.dumps(items))
     report = await resp.json()
