@@ -225,7 +225,9 @@ def small_groups(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _audit_count(store: Store) -> int:
-    return int(await store.run_read(lambda c: c.execute("SELECT count(*) FROM audit").fetchone()[0]))
+    return int(
+        await store.run_read(lambda c: c.execute("SELECT count(*) FROM audit").fetchone()[0])
+    )
 
 
 async def test_abort_backfill_prepared_off_the_writer(store: Store, small_groups: None) -> None:
@@ -312,9 +314,7 @@ async def test_abort_backfill_falls_back_when_a_block_changed_meanwhile(
         prep = await real(*args, **kw)  # type: ignore[arg-type]
         # Rewrite the block the backfill is to merge into (as recompression would).
         await store.run_in_transaction(
-            lambda c: c.execute(
-                "UPDATE segments SET id = id + 1000 WHERE series_id = ?", (ids[0],)
-            )
+            lambda c: c.execute("UPDATE segments SET id = id + 1000 WHERE series_id = ?", (ids[0],))
         )
         return prep
 

@@ -107,7 +107,7 @@ async def test_abort_imports_refused_by_a_cardinality_limit_create_no_series(
     report = await resp.json()
     assert resp.status == 400 and report["status"] == "aborted", report
     assert names(client) == set()
-    series = await (await client.get("/api/v1/series?match[]={__name__=~\".+\"}")).json()
+    series = await (await client.get('/api/v1/series?match[]={__name__=~".+"}')).json()
     assert series["data"] == []
     # The limit still admits one series afterwards: the refused import reserved nothing.
     resp = await client.post(
