@@ -4,9 +4,9 @@ Run: ``python benchmarks/bench_hostile.py`` (a few minutes; ``--quick`` for
 a smaller run, ``--skip-queries`` before the query branch is merged).
 
 For each class of the catalogue (``tests/hostile/cases.py``: timestamps,
-malformed input, label limits, large bodies, export, fuzz corpus, slow
-clients, password guessing, StatsD garbage, queries) a fresh ``tsagent run``
-is started as a subprocess under an address-space ceiling (``RLIMIT_AS``,
+malformed input, label limits, large bodies, backfills of 200,000 series,
+export, fuzz corpus, slow clients, password guessing, StatsD garbage over UDP
+and TCP, queries) a fresh ``tsagent run`` is started as a subprocess under an address-space ceiling (``RLIMIT_AS``,
 4 GiB by default), and the class is fired from 8 concurrent clients while a
 remote-write sender keeps writing and a probe polls ``/-/healthy`` every
 50 ms. Then one more run fires everything at once. Per run: requests,
@@ -60,6 +60,7 @@ async def one_run(
                 "guesses": 0,
                 "statsd_datagrams": 0,
                 "export_hangups": 0,
+                "statsd_tcp_connections": 0,
                 **extra,
             },
         )
@@ -127,6 +128,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("slow clients", [], {"slow_connections": args.slow_connections}),
         ("password guessing", [], {"guesses": 40}),
         ("statsd garbage", [], {"statsd_datagrams": 5000}),
+        ("statsd tcp", [], {"statsd_tcp_connections": args.statsd_tcp_connections}),
         ("export hang-ups", [], {"export_hangups": 50}),
     ]
     if queries:
@@ -149,6 +151,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 guesses=40,
                 statsd_datagrams=5000,
                 export_hangups=50,
+                statsd_tcp_connections=args.statsd_tcp_connections,
             )
         )
     return rows
@@ -167,6 +170,9 @@ def main() -> int:
     parser.add_argument("--skip-queries", action="store_true", help="leave out the query cases")
     parser.add_argument("--fuzz-per-body", type=int, default=150, help="mutations per body")
     parser.add_argument("--slow-connections", type=int, default=1500)
+    parser.add_argument(
+        "--statsd-tcp-connections", type=int, default=300, help="StatsD TCP attack connections"
+    )
     parser.add_argument("--memory-limit-gib", type=int, default=4, help="RLIMIT_AS of the daemon")
     parser.add_argument("--request-timeout", type=float, default=60.0, help="client timeout, s")
     parser.add_argument("--only", nargs="*", help="run only these runs (by name)")
