@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from agent.config import Config, parse_duration, parse_listen
 from agent.context import AgentContext
 from agent.model import STALE_NAN, Labels
-from agent.storage.errors import StorageError, UnknownSeries
+from agent.storage.errors import BackPressure, StorageError, UnknownSeries
 from plugins.statsd.aggregator import Aggregator, Settings, Snapshot
 from plugins.statsd.aggregator import Metric as StatsdMetric
 from plugins.statsd.mapper import build_mapper
@@ -357,7 +357,10 @@ class StatsdIngestor:
                 self.flush_errors += 1
                 if self._ctx is not None:
                     self._ctx.metrics.plugin_errors.labels("statsd", "flush").inc()
-                log.error("statsd: flush failed: %s", exc)
+                if isinstance(exc, BackPressure):  # overload (a flood of writes), not a fault
+                    log.warning("statsd: flush refused by the store: %s", exc)
+                else:
+                    log.error("statsd: flush failed: %s", exc)
 
     def _maybe_reload(self) -> None:
         """Follow a SIGHUP reload: new mappings and defaults; listeners need a restart."""
