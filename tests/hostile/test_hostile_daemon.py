@@ -44,9 +44,9 @@ async def test_daemon_survives_every_case_and_the_fuzz_corpus(tmp_path: Path) ->
         assert not st.unexpected, f"{name}: {st.unexpected}\n{summary}"
     assert report.health_failures == 0, summary
     assert report.acked > 0 and report.missing == 0, summary
-    # Nothing the attack did was logged as our fault. (Lines logged while the daemon
-    # stops belong to the storage engine's shutdown; the benchmark reports them.)
+    # Nothing the attack did was logged as our fault, nor anything while it stopped.
     assert report.error_lines == [], summary
+    assert report.shutdown_error_lines == [], summary
     # The export neutralised every formula, and reads back to the stored values.
     body = report.export_bodies["csv export of formula labels"].decode()
     cells = [row[2] for row in csv.reader(io.StringIO(body))][1:]
