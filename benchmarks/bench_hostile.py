@@ -6,10 +6,11 @@ a smaller run, ``--skip-queries`` before the query branch is merged).
 For each class of the catalogue (``tests/hostile/cases.py``: timestamps,
 malformed input, label limits, large bodies, backfills of 200,000 series,
 export, fuzz corpus, slow clients, password guessing, StatsD garbage over UDP
-and TCP, queries) a fresh ``tsagent run`` is started as a subprocess under an address-space ceiling (``RLIMIT_AS``,
-4 GiB by default), and the class is fired from 8 concurrent clients while a
-remote-write sender keeps writing and a probe polls ``/-/healthy`` every
-50 ms. Then one more run fires everything at once. Per run: requests,
+and TCP, queries) a fresh ``tsagent run`` is started as a subprocess under an
+address-space ceiling (``RLIMIT_AS``, 4 GiB by default), and the class is
+fired from 8 concurrent clients while a remote-write sender keeps writing
+and a probe polls ``/-/healthy`` every 50 ms. Then one more run fires
+everything at once. Per run: requests,
 answers by status, whether the daemon stayed alive, its peak RSS (VmHWM),
 ``/-/healthy`` p99 and remote-write p99 during the attack, and whether every
 acknowledged sample was stored. The issue's bar: alive, RSS under 1 GiB,

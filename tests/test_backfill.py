@@ -11,6 +11,7 @@ import pytest
 
 from agent.model import Labels, Matcher
 from agent.storage import StorageOptions, Store
+from agent.storage.backfill import Prepared
 from plugins.codecs import all_codecs
 
 T0 = 1_700_000_000_000
@@ -218,7 +219,7 @@ async def test_the_agent_backfills_many_series_in_calls_of_bounded_size(
 @pytest.fixture
 def small_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     """Prepare abort-mode backfills off the writer from 20 series on, 10 series a group."""
-    from agent.storage import backfill as bf
+    from agent.storage import backfill_staged as bf
 
     monkeypatch.setattr(bf, "OFF_WRITER_SERIES", 20)
     monkeypatch.setattr(bf, "PREPARE_GROUP_SERIES", 10)
@@ -280,12 +281,12 @@ async def test_abort_backfill_rechecks_series_written_while_it_was_prepared(
 ) -> None:
     """A conflicting append that lands between the preparation and the commit aborts
     the whole backfill (the commit job re-checks the series written meanwhile)."""
-    from agent.storage import backfill as bf
+    from agent.storage import backfill_staged as bf
 
     ids = await store.get_or_create_series([lab("bf", i=str(i)) for i in range(50)])
     real = bf.prepare_in_groups
 
-    async def racing(*args: object, **kw: object) -> bf.Prepared:
+    async def racing(*args: object, **kw: object) -> Prepared:
         prep = await real(*args, **kw)  # type: ignore[arg-type]
         assert (await store.append([ids[3]], [6000], [9.0])).accepted == 1
         return prep
@@ -304,13 +305,13 @@ async def test_abort_backfill_rechecks_series_written_while_it_was_prepared(
 async def test_abort_backfill_falls_back_when_a_block_changed_meanwhile(
     store: Store, small_groups: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agent.storage import backfill as bf
+    from agent.storage import backfill_staged as bf
 
     ids = await store.get_or_create_series([lab("bf", i=str(i)) for i in range(30)])
     await store.backfill([ids[0]] * 3, [1000, 2000, 3000], [1.0] * 3)
     real = bf.prepare_in_groups
 
-    async def racing(*args: object, **kw: object) -> bf.Prepared:
+    async def racing(*args: object, **kw: object) -> Prepared:
         prep = await real(*args, **kw)  # type: ignore[arg-type]
         # Rewrite the block the backfill is to merge into (as recompression would).
         await store.run_in_transaction(

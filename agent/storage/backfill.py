@@ -50,11 +50,9 @@ into calls of some millions of samples; each call is then atomic on its own.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -67,7 +65,6 @@ from agent.storage.segments import SegmentRow
 from agent.storage.wal import encode_batch, signed64
 
 if TYPE_CHECKING:
-    from agent.storage.head import Head
     from agent.storage.versions import EditContext
 
 OnError = Literal["skip", "abort"]
@@ -121,8 +118,8 @@ class BackfillAborted(Exception):
         self.result = result
 
 
-def _existing(
-    conn: sqlite3.Connection, ctx: EditContext, head: _HeadLike, sid: int, t: np.ndarray
+def existing_samples(
+    conn: sqlite3.Connection, ctx: EditContext, head: HeadLike, sid: int, t: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, np.ndarray, np.ndarray]]]:
     """Bits already stored at each of ``t`` (sorted, unique), whether present, and the blocks.
 
@@ -186,34 +183,10 @@ class Prepared:
     rows_written: int = 0
 
 
-class _HeadLike(Protocol):
+class HeadLike(Protocol):
     seg_max_t: np.ndarray
 
     def buffers(self, sid: int) -> tuple[np.ndarray, np.ndarray] | None: ...
-
-
-class HeadView:
-    """A copy of what the head holds for some series (taken on the event loop).
-
-    Lets :func:`prepare` run on a reader thread, off the writer: the live
-    head's buffers must only be touched on the loop.
-    """
-
-    def __init__(self, head: Head, sids: np.ndarray) -> None:
-        uniq = np.unique(sids)
-        uniq = uniq[(uniq >= 0) & (uniq < head.capacity)]
-        have = uniq[head.count[uniq] > 0]
-        self._bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if have.size:
-            counts, t, b = head.joined(have.tolist())
-            cut = np.cumsum(counts)[:-1]
-            for sid, ct, cb in zip(have.tolist(), np.split(t, cut), np.split(b, cut), strict=True):
-                if ct.size:
-                    self._bufs[sid] = (ct, cb)
-        self.seg_max_t = head.seg_max_t.copy()
-
-    def buffers(self, sid: int) -> tuple[np.ndarray, np.ndarray] | None:
-        return self._bufs.get(sid)
 
 
 def _sort_dedupe(
@@ -244,7 +217,7 @@ def _sort_dedupe(
     return sids, ts, bits
 
 
-def _runs(sids: np.ndarray) -> tuple[list[int], list[int]]:
+def series_runs(sids: np.ndarray) -> tuple[list[int], list[int]]:
     if not sids.size:
         return [], []
     brk = np.flatnonzero(sids[1:] != sids[:-1]) + 1
@@ -259,7 +232,7 @@ def prepare(
     bits: np.ndarray,
     *,
     on_error: OnError,
-    head: _HeadLike | None = None,
+    head: HeadLike | None = None,
     sink: Callable[[list[SegmentRow]], None] | None = None,
     check_only: bool = False,
 ) -> Prepared:
@@ -271,10 +244,10 @@ def prepare(
     """
     prep = Prepared()
     sids, ts, bits = _sort_dedupe(sids, ts, bits, prep)
-    live: _HeadLike = head if head is not None else ctx.head
+    live: HeadLike = head if head is not None else ctx.head
     block = ctx.block_size
     rows = prep.rows
-    starts, ends = _runs(sids)
+    starts, ends = series_runs(sids)
     # Series with nothing stored in the range (no head samples, segments ending before
     # it: new series, or history older than anything stored) need no reads: found
     # vectorised, so each costs only its encoding.
@@ -302,7 +275,7 @@ def prepare(
                 sink(rows)
                 rows.clear()
             continue
-        old_bits, present, blocks = _existing(conn, ctx, live, sid, t)
+        old_bits, present, blocks = existing_samples(conn, ctx, live, sid, t)
         if present.any():
             dup = present & (old_bits == b)
             conflict = present & ~dup
@@ -348,92 +321,7 @@ def prepare(
     return prep
 
 
-# An abort-mode backfill of at least this many series (or samples) is prepared off
-# the writer (:func:`prepare_in_groups`), in groups of PREPARE_GROUP_SERIES series.
-OFF_WRITER_SERIES = 1_000
-OFF_WRITER_SAMPLES = 200_000
-PREPARE_GROUP_SERIES = 2_000
-
-
-def prepare_off_writer(sids: np.ndarray) -> bool:
-    """Whether a backfill is big enough to prepare off the writer."""
-    if sids.size >= OFF_WRITER_SAMPLES:
-        return True
-    return sids.size >= OFF_WRITER_SERIES and np.unique(sids).size >= OFF_WRITER_SERIES
-
-
-async def prepare_in_groups(
-    executor: Executor,
-    reader: Callable[[], sqlite3.Connection],
-    ctx: EditContext,
-    sids: np.ndarray,
-    ts: np.ndarray,
-    bits: np.ndarray,
-    *,
-    check_only: bool = False,
-    stage: Callable[[Prepared], Awaitable[int]] | None = None,
-) -> Prepared:
-    """:func:`prepare` on reader threads, ``PREPARE_GROUP_SERIES`` series at a time.
-
-    Each group gets a :class:`HeadView` copied on the event loop just before;
-    the checks read segments through the thread's reader connection. After
-    the first rejection the remaining groups are only checked (for the report).
-    """
-    order = np.lexsort((ts, sids))
-    sids, ts, bits = sids[order], ts[order], bits[order]
-    starts, _ = _runs(sids)
-    cuts = [*starts[PREPARE_GROUP_SERIES::PREPARE_GROUP_SERIES], int(sids.size)]
-    loop = asyncio.get_running_loop()
-    total = Prepared()
-    lo = 0
-    for hi in cuts:
-        gs, gt, gb = sids[lo:hi], ts[lo:hi], bits[lo:hi]
-        view = HeadView(ctx.head, gs)
-        only = check_only or bool(total.rejected)
-
-        def run(
-            gs: np.ndarray = gs,
-            gt: np.ndarray = gt,
-            gb: np.ndarray = gb,
-            view: HeadView = view,
-            only: bool = only,
-        ) -> Prepared:
-            conn = reader()
-            conn.execute("BEGIN")  # one snapshot for the group's reads
-            try:
-                part = prepare(conn, ctx, gs, gt, gb, on_error="abort", head=view, check_only=only)
-            finally:
-                conn.execute("ROLLBACK")
-            _joined(part)
-            return part
-
-        part = await loop.run_in_executor(executor, run)
-        if stage is not None and not total.rejected and not part.rejected and part.rows:
-            total.rows_written += await stage(part)
-            part.rows = []
-        _merge(total, part)
-        lo = hi
-    return total
-
-
-def stage_sql(conn: sqlite3.Connection, prefix: str, part: Prepared) -> int:
-    """Writer job: keep a group's encoded blocks and new frontiers in temp tables.
-
-    TEMP tables live on the writer's connection only, outside the database
-    file: readers never see them, and a crash simply forgets them. Staging
-    them a group at a time keeps the final commit to two ``INSERT … SELECT``
-    style statements, instead of binding every row while the writer waits.
-    """
-    _create_stage(conn, prefix)
-    conn.executemany(f"INSERT INTO temp.{prefix}_rows VALUES (?, ?, ?, ?, ?, ?)", part.rows)
-    conn.executemany(
-        f"INSERT INTO temp.{prefix}_newest VALUES (?, ?, ?)",
-        [(sid, mt, signed64(mb)) for sid, mt, mb in part.newest],
-    )
-    return len(part.rows)
-
-
-def _create_stage(conn: sqlite3.Connection, prefix: str) -> None:
+def create_stage(conn: sqlite3.Connection, prefix: str) -> None:
     conn.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {prefix}_rows (series_id INTEGER, min_t INTEGER,"
         " max_t INTEGER, count INTEGER, codec TEXT, data BLOB)"
@@ -442,22 +330,6 @@ def _create_stage(conn: sqlite3.Connection, prefix: str) -> None:
         f"CREATE TEMP TABLE IF NOT EXISTS {prefix}_newest (id INTEGER PRIMARY KEY,"
         " max_t INTEGER, last_bits INTEGER)"
     )
-
-
-def unstage_sql(conn: sqlite3.Connection, prefix: str) -> None:
-    conn.execute(f"DROP TABLE IF EXISTS temp.{prefix}_rows")
-    conn.execute(f"DROP TABLE IF EXISTS temp.{prefix}_newest")
-
-
-def _merge(total: Prepared, part: Prepared) -> None:
-    total.rows.extend(part.rows)
-    total.replaced.extend(part.replaced)
-    total.newest.extend(part.newest)
-    total.stored_s.extend(part.stored_s)
-    total.stored_t.extend(part.stored_t)
-    total.stored_b.extend(part.stored_b)
-    total.duplicates += part.duplicates
-    total.rejected.extend(part.rejected)
 
 
 def backfill_sql(
@@ -493,47 +365,7 @@ def _insert(conn: sqlite3.Connection, rows: list[SegmentRow]) -> None:
     conn.executemany(_INSERT, rows)
 
 
-def recheck_sql(
-    conn: sqlite3.Connection, ctx: EditContext, prep: Prepared, touched: np.ndarray
-) -> None:
-    """Inside the commit job: re-check the prepared samples of series written meanwhile.
-
-    A prepared backfill was checked against a snapshot; series that got
-    writes since (``touched``, from the store's write listener) are checked
-    again against the live head and segments. A conflict is added to
-    ``prep.rejected``; an exact duplicate stays (stored twice, read once).
-    A block that a merge was to replace must still exist, else the backfill
-    is refused as a conflict with what replaced it.
-    """
-    if prep.replaced:
-        ids = [r[0] for r in prep.replaced]
-        found: set[int] = set()
-        for lo in range(0, len(ids), 500):
-            part = ids[lo : lo + 500]
-            marks = ",".join("?" * len(part))
-            found.update(
-                r[0] for r in conn.execute(f"SELECT id FROM segments WHERE id IN ({marks})", part)
-            )
-        gone = [i for i in ids if i not in found]
-        if gone:
-            raise BackfillRaced(f"{len(gone)} block(s) changed while the backfill was prepared")
-    if not touched.size or not prep.stored_s:
-        return
-    s_all, t_all, b_all = _joined(prep)  # sorted by series (prepare_in_groups sorts)
-    idx = np.minimum(np.searchsorted(s_all, touched), max(s_all.size - 1, 0))
-    for sid in np.unique(touched[s_all[idx] == touched]).tolist():
-        lo = int(np.searchsorted(s_all, sid, "left"))
-        hi = int(np.searchsorted(s_all, sid, "right"))
-        t, b = t_all[lo:hi], b_all[lo:hi]
-        old_bits, present, _ = _existing(conn, ctx, ctx.head, sid, t)
-        conflict = present & (old_bits != b)
-        if conflict.any():
-            prep.rejected.extend(
-                Rejection(sid, x, REJECT_DUPLICATE_TIMESTAMP) for x in t[conflict].tolist()
-            )
-
-
-def _joined(prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def joined(prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stored samples as three arrays (joined once; kept joined in ``prep``)."""
     if not prep.stored_s:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, np.uint64)
@@ -575,7 +407,7 @@ def commit_sql(
         conn.executemany(_INSERT, rows[lo : lo + _INSERT_BATCH])
     result.segments_written += len(rows)
     if staged is not None:  # rows and frontiers staged in temp tables by stage_sql
-        _create_stage(conn, staged)
+        create_stage(conn, staged)
         conn.execute(
             "INSERT INTO segments(series_id, min_t, max_t, count, codec, data)"
             f" SELECT series_id, min_t, max_t, count, codec, data FROM temp.{staged}_rows"
@@ -599,7 +431,7 @@ def commit_sql(
             [(mt, signed64(mb), sid, mt) for sid, mt, mb in plan.newest],
         )
 
-    s_all, t_all, b_all = _joined(prep)
+    s_all, t_all, b_all = joined(prep)
     stored = int(s_all.size)
     result.stored = stored
     plan.stored = (s_all, t_all, b_all)

@@ -31,6 +31,7 @@ from agent.plugin_api import Codec
 from agent.storage import (
     audit,
     backfill,
+    backfill_staged,
     bounds,
     db,
     recompress,
@@ -635,7 +636,7 @@ class Store:
         bits = np.asarray(values, dtype=np.float64).view(np.uint64)
         if not keys.size:
             return keys, []
-        prep = await backfill.prepare_in_groups(
+        prep = await backfill_staged.prepare_in_groups(
             self._readers, self._reader_conn, self._edit_ctx(), keys, ts, bits, check_only=True
         )
         return keys, prep.rejected
@@ -1002,7 +1003,7 @@ class Store:
         at = now_ms()
         # Copies: the job runs later, on another thread, and the caller may reuse its arrays.
         s, t, b = sids.copy(), ts.copy(), vals.view(np.uint64).copy()
-        if on_error == "abort" and backfill.prepare_off_writer(s):
+        if on_error == "abort" and backfill_staged.prepare_off_writer(s):
             staged = await self._backfill_prepared(s, t, b, source=source, client=client, at=at)
             if staged is not None:
                 return staged
@@ -1060,14 +1061,16 @@ class Store:
 
         self.add_write_listener(listener)
         try:
-            prep = await backfill.prepare_in_groups(
+            prep = await backfill_staged.prepare_in_groups(
                 self._readers,
                 self._reader_conn,
                 ctx,
                 s,
                 t,
                 b,
-                stage=lambda part: self._w.job(lambda c: backfill.stage_sql(c, prefix, part)),
+                stage=lambda part: self._w.job(
+                    lambda c: backfill_staged.stage_sql(c, prefix, part)
+                ),
             )
             if prep.rejected:
                 return backfill.BackfillResult(
@@ -1083,7 +1086,7 @@ class Store:
                     if touched
                     else np.zeros(0, dtype=np.int64)
                 )
-                backfill.recheck_sql(conn, ctx, prep, seen)
+                backfill_staged.recheck_sql(conn, ctx, prep, seen)
                 plan = backfill.commit_sql(
                     conn,
                     prep,
@@ -1093,7 +1096,7 @@ class Store:
                     at_ms=at,
                     staged=prefix,
                 )
-                backfill.unstage_sql(conn, prefix)
+                backfill_staged.unstage_sql(conn, prefix)
                 self._backfill_hooks_run(hooks, conn, plan, source, client, at)
                 return plan
 
@@ -1110,7 +1113,7 @@ class Store:
         finally:
             self.remove_write_listener(listener)
             if not self._closed and self._writer is not None:
-                await self._w.job(lambda c: backfill.unstage_sql(c, prefix))
+                await self._w.job(lambda c: backfill_staged.unstage_sql(c, prefix))
         if self._write_listeners:
             self.notify_written(s, int(t.min()), int(t.max()))
         return result
