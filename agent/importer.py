@@ -37,6 +37,7 @@ occurrence, ``fold=0``) or ``later``.  Nothing is shifted silently.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
     BackfillFn = Callable[..., Awaitable[BackfillResult]]
 
 CHUNK_ROWS = 50_000
+# Imports of at least this many samples check bounds and label limits in a thread.
+OFF_LOOP_SAMPLES = 10_000
 MAX_PROBLEMS = 1000  # problems kept in a report; the total is always counted
 UNIX_FORMATS = ("unix_s", "unix_ms", "unix_ns")
 TIME_FORMATS = (*UNIX_FORMATS, "rfc3339")
@@ -966,7 +969,10 @@ async def store_parsed(
         report.aborted = True
         return report
     started = time.perf_counter()
-    if parsed.series_idx.size and _drop_out_of_bounds(store, parsed, on_error):
+    if parsed.series_idx.size >= OFF_LOOP_SAMPLES:  # label checks cost ~4 us a series
+        if await asyncio.to_thread(_drop_out_of_bounds, store, parsed, on_error):
+            return report
+    elif parsed.series_idx.size and _drop_out_of_bounds(store, parsed, on_error):
         return report
     if parsed.series_idx.size:
         used, inverse = np.unique(parsed.series_idx, return_inverse=True)
@@ -1017,7 +1023,7 @@ async def store_parsed(
 
 
 async def resolve_chunked(
-    store: Store, labels_list: Sequence[Labels], chunk: int = 20_000
+    store: Store, labels_list: Sequence[Labels], chunk: int = 5_000
 ) -> tuple[list[int], dict[int, str]]:
     """``Store.resolve_series`` a chunk at a time, so that a request creating hundreds
     of thousands of series lets the event loop serve others in between."""

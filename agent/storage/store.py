@@ -95,7 +95,7 @@ READER_THREADS = 2
 FINAL_RECLAIM_SECONDS = 10.0
 
 # Label sets handled per slice by the all-or-nothing import helpers before they yield.
-YIELD_EVERY = 10_000
+YIELD_EVERY = 2_000
 
 WriteListener = Callable[[np.ndarray | None, int, int], None]
 """Called as ``listener(series_ids or None for any, min_t, max_t)`` after data changed."""
@@ -560,7 +560,7 @@ class Store:
         return out, refused | too_big
 
     async def resolve_series_all_or_nothing(
-        self, labels_list: list[Labels], chunk: int = 20_000
+        self, labels_list: list[Labels], chunk: int = 5_000
     ) -> tuple[list[int], dict[int, str]]:
         """:meth:`resolve_series` for an all-or-nothing import: when a limit refuses
         any new series, none is created (and the refusals are returned).
@@ -664,11 +664,16 @@ class Store:
     def label_problems(self, labels_list: Sequence[Labels]) -> dict[int, str]:
         """{position: reason} of label sets that would be refused as new series (label limits)."""
         out: dict[int, str] = {}
+        lookup = self._index.lookup
         for i, lab in enumerate(labels_list):
-            if self.series_id(lab) is None:
-                problem = bounds.label_problem(self._bounds, canonical_labels(lab))
-                if problem is not None:
-                    out[i] = f"label limit: {problem}"
+            if lookup(lab) is not None:
+                continue
+            canon = canonical_labels(lab)
+            if canon is not lab and lookup(canon) is not None:
+                continue
+            problem = bounds.label_problem(self._bounds, canon)
+            if problem is not None:
+                out[i] = f"label limit: {problem}"
         return out
 
     def cardinality_stats(self, limit: int = 10) -> CardinalityStats:
