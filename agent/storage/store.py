@@ -619,19 +619,21 @@ class Store:
 
         ``series_idx[i]`` is the position in ``labels_list`` of sample ``i``'s
         series. Returns the per-sample key the rejections use (the series id,
-        or ``-(position + 1)`` for a series that does not exist yet) and the
-        rejections.
+        or ``-(position + 1)`` of the first label set naming a series that does
+        not exist yet) and the rejections.
         """
         lookup = self.series_id
         known = np.zeros(len(labels_list), dtype=np.int64)
-        for lo in range(0, len(labels_list), YIELD_EVERY):
-            if lo:
+        new: dict[Labels, int] = {}  # one key per new series, however its labels are spelt
+        for pos, lab in enumerate(labels_list):
+            if pos and not pos % YIELD_EVERY:
                 await asyncio.sleep(0)  # let the loop serve others between slices
-            part = labels_list[lo : lo + YIELD_EVERY]
-            known[lo : lo + len(part)] = [lookup(lab) or 0 for lab in part]
-        keys = np.where(known > 0, known, -(np.arange(known.size, dtype=np.int64) + 1))[
-            np.asarray(series_idx, dtype=np.int64)
-        ]
+            sid = lookup(lab)
+            if sid is None:
+                canon = canonical_labels(lab)
+                sid = -(new.setdefault(canon, pos) + 1)
+            known[pos] = sid
+        keys = known[np.asarray(series_idx, dtype=np.int64)]
         ts = np.asarray(timestamps, dtype=np.int64)
         bits = np.asarray(values, dtype=np.float64).view(np.uint64)
         if not keys.size:

@@ -121,6 +121,7 @@ async def test_abort_imports_refused_by_a_cardinality_limit_create_no_series(
 async def test_abort_imports_conflicting_with_stored_samples_create_no_series(
     client: Any,
 ) -> None:
+    stamp = "2024-01-01T00:00:00Z"
     fmt = "format=1:time:unix_s,2:metric:kept"
     ok = await client.post(f"/api/v1/import/csv?{fmt}", data=b"1704067200,1\n")
     assert ok.status == 200
@@ -138,6 +139,14 @@ async def test_abort_imports_conflicting_with_stored_samples_create_no_series(
     report = await resp.json()
     assert resp.status == 400 and report["status"] == "aborted", report
     assert "duplicate_timestamp" in json.dumps(report)
+    # Two values at one timestamp of one new series (its labels spelt two ways).
+    items = [
+        {"metric_name": "newdup", "labels": {"a": "1", "b": "2"}, "value": 1, "timestamp": stamp},
+        {"metric_name": "newdup", "labels": {"b": "2", "a": "1"}, "value": 2, "timestamp": stamp},
+    ]
+    resp = await client.post("/backfill/import?on_error=abort", data=json.dumps(items))
+    report = await resp.json()
+    assert resp.status == 400 and report["status"] == "aborted", report
     assert names(client) == {"kept"}
 
 
