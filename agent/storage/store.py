@@ -569,8 +569,7 @@ class Store:
         then created ``chunk`` at a time, so the event loop serves others between.
         """
         out: list[int] = []
-        missing: list[int] = []
-        wanted: list[Labels] = []
+        where: dict[Labels, list[int]] = {}  # each new series once, with its positions
         too_big: dict[int, str] = {}
         for k, lab in enumerate(labels_list):
             if k and not k % YIELD_EVERY:
@@ -584,16 +583,17 @@ class Store:
                 if problem is not None:
                     too_big[len(out)] = f"label limit: {problem}"
                 else:
-                    missing.append(len(out))
-                    wanted.append(canon)
+                    where.setdefault(canon, []).append(len(out))
             out.append(sid or 0)
         if too_big:
             return [0] * len(out), too_big
+        wanted = list(where)
         if not wanted:
             return out, {}
         dropped = self._limiter.admit_all_or_nothing(wanted)
         if dropped:
-            return [0] * len(out), {missing[i]: reason for i, reason in dropped.items()}
+            refused = {pos: why for i, why in dropped.items() for pos in where[wanted[i]]}
+            return [0] * len(out), refused
         for lo in range(0, len(wanted), chunk):
             part = wanted[lo : lo + chunk]
             try:
@@ -602,8 +602,9 @@ class Store:
                 self._limiter.forget_reservations(len(wanted) - lo)
                 raise
             self._limiter.created(created)
-            for pos, sid in zip(missing[lo : lo + chunk], created, strict=True):
-                out[pos] = sid
+            for canon, sid in zip(part, created, strict=True):
+                for pos in where[canon]:
+                    out[pos] = sid
         return out, {}
 
     async def backfill_conflicts(

@@ -116,6 +116,15 @@ async def test_abort_imports_refused_by_a_cardinality_limit_create_no_series(
     )
     assert resp.status == 200, await resp.text()
     assert names(client) == {"capped"}
+    # One new series sent in several items counts once against a limit of one.
+    await store.limit_cardinality("single", "", 1)
+    items = [
+        {"metric_name": "single", "value": v, "timestamp": f"2024-01-01T00:0{v}:00Z"}
+        for v in range(3)
+    ]
+    resp = await client.post("/backfill/import?on_error=abort", data=json.dumps(items))
+    assert resp.status == 200, await resp.text()
+    assert names(client) == {"capped", "single"}
 
 
 async def test_abort_imports_conflicting_with_stored_samples_create_no_series(
