@@ -11,6 +11,7 @@ import pytest
 
 from agent.model import Labels, Matcher
 from agent.storage import StorageOptions, Store
+from agent.storage.backfill import Prepared
 from plugins.codecs import all_codecs
 
 T0 = 1_700_000_000_000
@@ -213,3 +214,114 @@ async def test_the_agent_backfills_many_series_in_calls_of_bounded_size(
         lambda c: c.execute("SELECT count(*) FROM audit WHERE op = 'backfill'").fetchone()[0]
     )
     assert audit == 4  # abort mode: one call, all or nothing
+
+
+@pytest.fixture
+def small_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prepare abort-mode backfills off the writer from 20 series on, 10 series a group."""
+    from agent.storage import backfill_staged as bf
+
+    monkeypatch.setattr(bf, "OFF_WRITER_SERIES", 20)
+    monkeypatch.setattr(bf, "PREPARE_GROUP_SERIES", 10)
+
+
+async def _audit_count(store: Store) -> int:
+    return int(
+        await store.run_read(lambda c: c.execute("SELECT count(*) FROM audit").fetchone()[0])
+    )
+
+
+async def test_abort_backfill_prepared_off_the_writer(store: Store, small_groups: None) -> None:
+    """A large abort-mode backfill is checked and encoded on reader threads: a live
+    append queued after it is acknowledged before it ends; it commits as one audit row,
+    merges into stored blocks, and counts duplicates against head and segments."""
+    import asyncio
+
+    ids = await store.get_or_create_series([lab("bf", i=str(i)) for i in range(200)])
+    old = np.arange(0, 50_000, 1000, dtype=np.int64)  # one block per series, 0..49 s
+    await store.backfill(np.repeat(ids[:5], old.size), np.tile(old, 5), np.ones(5 * old.size))
+    [live] = await store.get_or_create_series([lab("live")])
+    await store.append([ids[7]], [T0], [3.0])  # in the head: an exact duplicate below
+    audits = await _audit_count(store)
+    sids = np.repeat(ids, 3)
+    ts = np.tile(np.array([1500, 60_000, 70_000], dtype=np.int64), len(ids))
+    vals = np.full(sids.size, 2.0)
+    sids = np.append(sids, ids[7])
+    ts = np.append(ts, T0)
+    vals = np.append(vals, 3.0)
+    task = asyncio.create_task(store.backfill(sids, ts, vals, on_error="abort"))
+    await asyncio.sleep(0)
+    ack = await store.append([live], [T0], [1.0])
+    assert ack.accepted == 1 and not task.done()  # acknowledged while the backfill is prepared
+    res = await task
+    assert not res.aborted and res.stored == 3 * len(ids) and res.duplicates == 1
+    assert res.segments_replaced == 5  # 1500 fell inside the five stored blocks
+    assert await _audit_count(store) == audits + 2  # the append's row and one for the backfill
+    t, v = await read(store, ids[0])
+    assert t[:3] == [0, 1000, 1500] and v[2] == 2.0 and t[-2:] == [60_000, 70_000]
+    assert (await read(store, ids[7]))[0] == [1500, 60_000, 70_000, T0]
+
+
+async def test_abort_backfill_prepared_refuses_a_conflict_and_writes_nothing(
+    store: Store, small_groups: None
+) -> None:
+    ids = await store.get_or_create_series([lab("bf", i=str(i)) for i in range(50)])
+    await store.backfill([ids[40]], [5000], [1.0])
+    audits, segments = await _audit_count(store), store.stats().segments
+    sids = np.repeat(ids, 2)
+    ts = np.tile(np.array([5000, 6000], dtype=np.int64), len(ids))
+    res = await store.backfill(sids, ts, np.full(sids.size, 2.0), on_error="abort")
+    assert res.aborted and [(r.series_id, r.timestamp) for r in res.rejected] == [(ids[40], 5000)]
+    assert await _audit_count(store) == audits and store.stats().segments == segments
+    assert (await read(store, ids[0]))[0] == []
+
+
+async def test_abort_backfill_rechecks_series_written_while_it_was_prepared(
+    store: Store, small_groups: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conflicting append that lands between the preparation and the commit aborts
+    the whole backfill (the commit job re-checks the series written meanwhile)."""
+    from agent.storage import backfill_staged as bf
+
+    ids = await store.get_or_create_series([lab("bf", i=str(i)) for i in range(50)])
+    real = bf.prepare_in_groups
+
+    async def racing(*args: object, **kw: object) -> Prepared:
+        prep = await real(*args, **kw)  # type: ignore[arg-type]
+        assert (await store.append([ids[3]], [6000], [9.0])).accepted == 1
+        return prep
+
+    monkeypatch.setattr(bf, "prepare_in_groups", racing)
+    audits = await _audit_count(store)
+    sids = np.repeat(ids, 2)
+    ts = np.tile(np.array([5000, 6000], dtype=np.int64), len(ids))
+    res = await store.backfill(sids, ts, np.full(sids.size, 2.0), on_error="abort")
+    assert res.aborted and [(r.series_id, r.timestamp) for r in res.rejected] == [(ids[3], 6000)]
+    assert await _audit_count(store) == audits + 1  # only the racing append's
+    assert (await read(store, ids[0]))[0] == []
+    assert await read(store, ids[3]) == ([6000], [9.0])
+
+
+async def test_abort_backfill_falls_back_when_a_block_changed_meanwhile(
+    store: Store, small_groups: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.storage import backfill_staged as bf
+
+    ids = await store.get_or_create_series([lab("bf", i=str(i)) for i in range(30)])
+    await store.backfill([ids[0]] * 3, [1000, 2000, 3000], [1.0] * 3)
+    real = bf.prepare_in_groups
+
+    async def racing(*args: object, **kw: object) -> Prepared:
+        prep = await real(*args, **kw)  # type: ignore[arg-type]
+        # Rewrite the block the backfill is to merge into (as recompression would).
+        await store.run_in_transaction(
+            lambda c: c.execute("UPDATE segments SET id = id + 1000 WHERE series_id = ?", (ids[0],))
+        )
+        return prep
+
+    monkeypatch.setattr(bf, "prepare_in_groups", racing)
+    res = await store.backfill(
+        np.array(ids, dtype=np.int64), np.full(len(ids), 1500), np.ones(len(ids)), on_error="abort"
+    )
+    assert not res.aborted and res.stored == len(ids)
+    assert (await read(store, ids[0]))[0] == [1000, 1500, 2000, 3000]

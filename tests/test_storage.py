@@ -505,3 +505,27 @@ async def test_reads_during_flushes_see_everything_once(tmp_path: Path) -> None:
     _, checks = await asyncio.gather(writer(), reader())
     assert checks > 5 and s.stats().flushes > 5
     await s.close()
+
+
+async def test_a_cancelled_writer_is_not_logged_as_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelling the writer task (a loop shutting down) is not our fault: no ERROR
+    line; requests still waiting are failed, not left hanging."""
+    import logging
+
+    s = await open_store(tmp_path)
+    [sid] = await s.get_or_create_series([(("__name__", "m"),)])
+    writer = s._writer
+    assert writer is not None and writer._task is not None
+    with caplog.at_level(logging.INFO):
+        writer._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writer._task
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("writer cancelled" in r.getMessage() for r in caplog.records)
+    from agent.storage.errors import StorageError
+
+    with pytest.raises(StorageError):
+        await s.append([sid], [1000], [1.0])
+    await s.close()

@@ -37,6 +37,7 @@ occurrence, ``fold=0``) or ``later``.  Nothing is shifted silently.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
     BackfillFn = Callable[..., Awaitable[BackfillResult]]
 
 CHUNK_ROWS = 50_000
+# Imports of at least this many samples check bounds and label limits in a thread.
+OFF_LOOP_SAMPLES = 10_000
 MAX_PROBLEMS = 1000  # problems kept in a report; the total is always counted
 UNIX_FORMATS = ("unix_s", "unix_ms", "unix_ns")
 TIME_FORMATS = (*UNIX_FORMATS, "rfc3339")
@@ -968,11 +971,27 @@ async def store_parsed(
         report.aborted = True
         return report
     started = time.perf_counter()
-    if parsed.series_idx.size and _drop_out_of_bounds(store, parsed, on_error):
+    if parsed.series_idx.size >= OFF_LOOP_SAMPLES:  # label checks cost ~4 us a series
+        if await asyncio.to_thread(_drop_out_of_bounds, store, parsed, on_error):
+            return report
+    elif parsed.series_idx.size and _drop_out_of_bounds(store, parsed, on_error):
         return report
     if parsed.series_idx.size:
         used, inverse = np.unique(parsed.series_idx, return_inverse=True)
-        ids, refused = await resolve_chunked(store, [parsed.label_sets[i] for i in used.tolist()])
+        labels = [parsed.label_sets[i] for i in used.tolist()]
+        if on_error == "abort":
+            # All or nothing, series included: conflicts with stored samples and the
+            # cardinality limits are checked before any series is created.
+            keys, clash = await store.backfill_conflicts(
+                labels, inverse, parsed.timestamps, parsed.values
+            )
+            if clash:
+                _report_rejections(parsed, keys, clash)
+                report.aborted = True
+                return report
+            ids, refused = await store.resolve_series_all_or_nothing(labels)
+        else:
+            ids, refused = await resolve_chunked(store, labels)
         sids = np.asarray(ids, dtype=np.int64)[inverse]
         if refused:
             _report_refused(parsed, sids, inverse, refused)
@@ -1006,7 +1025,7 @@ async def store_parsed(
 
 
 async def resolve_chunked(
-    store: Store, labels_list: Sequence[Labels], chunk: int = 20_000
+    store: Store, labels_list: Sequence[Labels], chunk: int = 5_000
 ) -> tuple[list[int], dict[int, str]]:
     """``Store.resolve_series`` a chunk at a time, so that a request creating hundreds
     of thousands of series lets the event loop serve others in between."""

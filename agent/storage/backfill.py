@@ -52,8 +52,9 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -105,6 +106,10 @@ class BackfillPlan:
     stored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
+class BackfillRaced(Exception):
+    """A block a prepared backfill was to merge into changed before the commit."""
+
+
 class BackfillAborted(Exception):
     """Raised inside the job to roll the transaction back; carries the report."""
 
@@ -113,8 +118,8 @@ class BackfillAborted(Exception):
         self.result = result
 
 
-def _existing(
-    conn: sqlite3.Connection, ctx: EditContext, sid: int, t: np.ndarray
+def existing_samples(
+    conn: sqlite3.Connection, ctx: EditContext, head: HeadLike, sid: int, t: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, np.ndarray, np.ndarray]]]:
     """Bits already stored at each of ``t`` (sorted, unique), whether present, and the blocks.
 
@@ -124,7 +129,6 @@ def _existing(
     n = t.size
     bits = np.zeros(n, dtype=np.uint64)
     present = np.zeros(n, dtype=bool)
-    head = ctx.head
     bufs = head.buffers(sid)
     if bufs is not None:
         # Copies, not views: a live array('q') must never be left exporting its buffer.
@@ -164,6 +168,170 @@ def _existing(
     return bits, present, blocks
 
 
+@dataclass(slots=True)
+class Prepared:
+    """The encoded outcome of a backfill, before anything is written."""
+
+    rows: list[SegmentRow] = field(default_factory=list)
+    replaced: list[tuple[int]] = field(default_factory=list)
+    newest: list[tuple[int, int, int]] = field(default_factory=list)
+    stored_s: list[np.ndarray] = field(default_factory=list)
+    stored_t: list[np.ndarray] = field(default_factory=list)
+    stored_b: list[np.ndarray] = field(default_factory=list)
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    rows_written: int = 0
+
+
+class HeadLike(Protocol):
+    seg_max_t: np.ndarray
+
+    def buffers(self, sid: int) -> tuple[np.ndarray, np.ndarray] | None: ...
+
+
+def _sort_dedupe(
+    sids: np.ndarray, ts: np.ndarray, bits: np.ndarray, prep: Prepared
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort by (series, time); repeats inside the call: the first of each run is the
+    candidate, an identical repeat a duplicate, a different one a conflict."""
+    n = sids.size
+    if n > 1:
+        ds = np.diff(sids)
+        if not bool(np.all((ds > 0) | ((ds == 0) & (np.diff(ts) >= 0)))):
+            order = np.lexsort((ts, sids))
+            sids, ts, bits = sids[order], ts[order], bits[order]
+    same = np.zeros(n, dtype=bool)
+    if n > 1:
+        same[1:] = (sids[1:] == sids[:-1]) & (ts[1:] == ts[:-1])
+    if same.any():
+        run_head = np.maximum.accumulate(np.where(same, 0, np.arange(n)))
+        batch_dup = same & (bits == bits[run_head])
+        batch_conflict = same & ~batch_dup
+        prep.duplicates += int(batch_dup.sum())
+        prep.rejected.extend(
+            Rejection(s, t, REJECT_DUPLICATE_TIMESTAMP)
+            for s, t in zip(sids[batch_conflict].tolist(), ts[batch_conflict].tolist(), strict=True)
+        )
+        keep = ~same
+        sids, ts, bits = sids[keep], ts[keep], bits[keep]
+    return sids, ts, bits
+
+
+def series_runs(sids: np.ndarray) -> tuple[list[int], list[int]]:
+    if not sids.size:
+        return [], []
+    brk = np.flatnonzero(sids[1:] != sids[:-1]) + 1
+    return np.concatenate(([0], brk)).tolist(), np.concatenate((brk, [sids.size])).tolist()
+
+
+def prepare(
+    conn: sqlite3.Connection,
+    ctx: EditContext,
+    sids: np.ndarray,
+    ts: np.ndarray,
+    bits: np.ndarray,
+    *,
+    on_error: OnError,
+    head: HeadLike | None = None,
+    sink: Callable[[list[SegmentRow]], None] | None = None,
+    check_only: bool = False,
+) -> Prepared:
+    """Check a backfill against what is stored and encode its blocks, writing nothing.
+
+    ``head`` replaces ``ctx.head`` (a :class:`HeadView` when run off the
+    writer); ``sink`` receives the rows every ``_INSERT_BATCH`` (else they are
+    kept in the result); ``check_only`` stops after the conflict checks.
+    """
+    prep = Prepared()
+    sids, ts, bits = _sort_dedupe(sids, ts, bits, prep)
+    live: HeadLike = head if head is not None else ctx.head
+    block = ctx.block_size
+    rows = prep.rows
+    starts, ends = series_runs(sids)
+    # Series with nothing stored in the range (no head samples, segments ending before
+    # it: new series, or history older than anything stored) need no reads: found
+    # vectorised, so each costs only its encoding.
+    first = np.asarray(starts, dtype=np.int64)
+    run_sids = sids[first] if first.size else first
+    fresh = np.zeros(first.size, dtype=bool)
+    known = (run_sids >= 0) & (run_sids < live.seg_max_t.size)
+    fresh[known] = live.seg_max_t[run_sids[known]] < ts[first[known]]
+    for k, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
+        sid = int(sids[lo])
+        t, b = ts[lo:hi], bits[lo:hi]
+        if sid < 0:  # a series not created yet (backfill_conflicts): nothing stored
+            continue
+        if fresh[k] and live.buffers(sid) is None:
+            if check_only or (on_error == "abort" and prep.rejected):
+                continue
+            codec = ctx.chooser.name_for(ctx.index.labels(sid))
+            rows.extend(encode_blocks(sid, t, b.view(np.float64), codec, ctx.chooser, block))
+            prep.stored_s.append(sids[lo:hi])
+            prep.stored_t.append(t)
+            prep.stored_b.append(b)
+            prep.newest.append((sid, int(t[-1]), int(b[-1])))
+            if sink is not None and len(rows) >= _INSERT_BATCH:
+                prep.rows_written += len(rows)
+                sink(rows)
+                rows.clear()
+            continue
+        old_bits, present, blocks = existing_samples(conn, ctx, live, sid, t)
+        if present.any():
+            dup = present & (old_bits == b)
+            conflict = present & ~dup
+            prep.duplicates += int(dup.sum())
+            if conflict.any():
+                prep.rejected.extend(
+                    Rejection(sid, x, REJECT_DUPLICATE_TIMESTAMP) for x in t[conflict].tolist()
+                )
+            new = ~present
+            t, b = t[new], b[new]
+        if t.size == 0 or check_only:
+            continue
+        if on_error == "abort" and prep.rejected:
+            continue  # will roll back anyway; only the report still matters
+        codec = ctx.chooser.name_for(ctx.index.labels(sid))
+        free = np.ones(t.size, dtype=bool)
+        for rid, mn, mx, bt, bb in blocks:
+            a = int(np.searchsorted(t, mn, "left"))
+            z = int(np.searchsorted(t, mx, "right"))
+            if a >= z:
+                continue
+            take = free[a:z]
+            if not take.any():
+                continue
+            mt = np.concatenate((bt, t[a:z][take]))
+            mb = np.concatenate((bb, b[a:z][take]))
+            order = np.argsort(mt, kind="stable")
+            mt, mb = mt[order], mb[order]
+            free[a:z] = False
+            prep.replaced.append((rid,))
+            rows.extend(encode_blocks(sid, mt, mb.view(np.float64), codec, ctx.chooser, block))
+        if free.any():
+            ft, fb = t[free], b[free]
+            rows.extend(encode_blocks(sid, ft, fb.view(np.float64), codec, ctx.chooser, block))
+        prep.stored_s.append(np.full(t.size, sid, dtype=np.int64))
+        prep.stored_t.append(t)
+        prep.stored_b.append(b)
+        prep.newest.append((sid, int(t[-1]), int(b[-1])))
+        if sink is not None and len(rows) >= _INSERT_BATCH:
+            prep.rows_written += len(rows)
+            sink(rows)
+            rows.clear()
+    return prep
+
+
+def create_stage(conn: sqlite3.Connection, prefix: str) -> None:
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {prefix}_rows (series_id INTEGER, min_t INTEGER,"
+        " max_t INTEGER, count INTEGER, codec TEXT, data BLOB)"
+    )
+    conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {prefix}_newest (id INTEGER PRIMARY KEY,"
+        " max_t INTEGER, last_bits INTEGER)"
+    )
+
+
 def backfill_sql(
     conn: sqlite3.Connection,
     ctx: EditContext,
@@ -181,106 +349,80 @@ def backfill_sql(
     Reads the head without changing it: the writer task is parked on this job,
     so no append or flush can run meanwhile.
     """
-    n = sids.size
-    if n > 1:
-        ds = np.diff(sids)
-        if not bool(np.all((ds > 0) | ((ds == 0) & (np.diff(ts) >= 0)))):
-            order = np.lexsort((ts, sids))
-            sids, ts, bits = sids[order], ts[order], bits[order]
-    # Repeats inside the call: the first of each (series, timestamp) run is the
-    # candidate, an identical repeat a duplicate, a different one a conflict.
-    same = np.zeros(n, dtype=bool)
-    if n > 1:
-        same[1:] = (sids[1:] == sids[:-1]) & (ts[1:] == ts[:-1])
-    duplicates = 0
-    rejected: list[Rejection] = []
-    if same.any():
-        run_head = np.maximum.accumulate(np.where(same, 0, np.arange(n)))
-        batch_dup = same & (bits == bits[run_head])
-        batch_conflict = same & ~batch_dup
-        duplicates += int(batch_dup.sum())
-        rejected.extend(
-            Rejection(s, t, REJECT_DUPLICATE_TIMESTAMP)
-            for s, t in zip(sids[batch_conflict].tolist(), ts[batch_conflict].tolist(), strict=True)
-        )
-        keep = ~same
-        sids, ts, bits = sids[keep], ts[keep], bits[keep]
+    prep = prepare(
+        conn,
+        ctx,
+        sids,
+        ts,
+        bits,
+        on_error=on_error,
+        sink=lambda rows: _insert(conn, rows),
+    )
+    return commit_sql(conn, prep, source=source, client=client, on_error=on_error, at_ms=at_ms)
 
+
+def _insert(conn: sqlite3.Connection, rows: list[SegmentRow]) -> None:
+    conn.executemany(_INSERT, rows)
+
+
+def joined(prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored samples as three arrays (joined once; kept joined in ``prep``)."""
+    if not prep.stored_s:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, np.uint64)
+    if len(prep.stored_s) > 1:
+        prep.stored_s = [np.concatenate(prep.stored_s)]
+        prep.stored_t = [np.concatenate(prep.stored_t)]
+        prep.stored_b = [np.concatenate(prep.stored_b)]
+    return prep.stored_s[0], prep.stored_t[0], prep.stored_b[0]
+
+
+def commit_sql(
+    conn: sqlite3.Connection,
+    prep: Prepared,
+    *,
+    source: str,
+    client: str | None,
+    on_error: OnError,
+    at_ms: int,
+    staged: str | None = None,
+) -> BackfillPlan:
+    """Write what :func:`prepare` encoded, the series' new frontiers and the audit row.
+
+    With ``staged`` (a :func:`stage_sql` prefix) the encoded blocks and new
+    frontiers are copied from the staging tables in two statements.
+    """
     result = BackfillResult()
     plan = BackfillPlan(result)
-    rows: list[SegmentRow] = []
-    replaced: list[tuple[int]] = []
-    stored_s: list[np.ndarray] = []
-    stored_t: list[np.ndarray] = []
-    stored_b: list[np.ndarray] = []
-    block = ctx.block_size
-    if sids.size:
-        brk = np.flatnonzero(sids[1:] != sids[:-1]) + 1
-        starts = np.concatenate(([0], brk)).tolist()
-        ends = np.concatenate((brk, [sids.size])).tolist()
-    else:
-        starts = ends = []
-    for lo, hi in zip(starts, ends, strict=True):
-        sid = int(sids[lo])
-        t, b = ts[lo:hi], bits[lo:hi]
-        old_bits, present, blocks = _existing(conn, ctx, sid, t)
-        if present.any():
-            dup = present & (old_bits == b)
-            conflict = present & ~dup
-            duplicates += int(dup.sum())
-            if conflict.any():
-                rejected.extend(
-                    Rejection(sid, x, REJECT_DUPLICATE_TIMESTAMP) for x in t[conflict].tolist()
-                )
-            new = ~present
-            t, b = t[new], b[new]
-        if t.size == 0:
-            continue
-        if on_error == "abort" and rejected:
-            continue  # will roll back anyway; only the report still matters
-        codec = ctx.chooser.name_for(ctx.index.labels(sid))
-        free = np.ones(t.size, dtype=bool)
-        for rid, mn, mx, bt, bb in blocks:
-            a = int(np.searchsorted(t, mn, "left"))
-            z = int(np.searchsorted(t, mx, "right"))
-            if a >= z:
-                continue
-            take = free[a:z]
-            if not take.any():
-                continue
-            mt = np.concatenate((bt, t[a:z][take]))
-            mb = np.concatenate((bb, b[a:z][take]))
-            order = np.argsort(mt, kind="stable")
-            mt, mb = mt[order], mb[order]
-            free[a:z] = False
-            replaced.append((rid,))
-            rows.extend(encode_blocks(sid, mt, mb.view(np.float64), codec, ctx.chooser, block))
-        if free.any():
-            ft, fb = t[free], b[free]
-            rows.extend(encode_blocks(sid, ft, fb.view(np.float64), codec, ctx.chooser, block))
-        stored_s.append(np.full(t.size, sid, dtype=np.int64))
-        stored_t.append(t)
-        stored_b.append(b)
-        plan.newest.append((sid, int(t[-1]), int(b[-1])))
-        if len(rows) >= _INSERT_BATCH:
-            result.segments_written += len(rows)
-            conn.executemany(_INSERT, rows)
-            rows = []
-
+    plan.newest = prep.newest
+    rejected, duplicates = prep.rejected, prep.duplicates
     result.rejected = rejected
     result.duplicates = duplicates
     if on_error == "abort" and rejected:
         raise BackfillAborted(
             BackfillResult(rejected=rejected, duplicates=duplicates, aborted=True)
         )
-    if rows:
-        result.segments_written += len(rows)
-        conn.executemany(_INSERT, rows)
+    result.segments_written = prep.rows_written
+    rows = prep.rows
+    for lo in range(0, len(rows), _INSERT_BATCH):
+        conn.executemany(_INSERT, rows[lo : lo + _INSERT_BATCH])
+    result.segments_written += len(rows)
+    if staged is not None:  # rows and frontiers staged in temp tables by stage_sql
+        create_stage(conn, staged)
+        conn.execute(
+            "INSERT INTO segments(series_id, min_t, max_t, count, codec, data)"
+            f" SELECT series_id, min_t, max_t, count, codec, data FROM temp.{staged}_rows"
+        )
+    replaced = prep.replaced
     if replaced:
         conn.executemany("DELETE FROM segments WHERE id = ?", replaced)
     result.segments_replaced = len(replaced)
     plan.segments_delta = result.segments_written - len(replaced)
-    if plan.newest:
+    if staged is not None:
+        conn.execute(
+            f"UPDATE series SET max_t = n.max_t, last_bits = n.last_bits FROM temp.{staged}_newest"
+            " AS n WHERE series.id = n.id AND (series.max_t IS NULL OR series.max_t < n.max_t)"
+        )
+    elif plan.newest:
         # Raise the persisted newest sample where the backfill went past it, so a
         # restart knows (via max_t) that segments reach that far.
         conn.executemany(
@@ -289,13 +431,7 @@ def backfill_sql(
             [(mt, signed64(mb), sid, mt) for sid, mt, mb in plan.newest],
         )
 
-    if stored_s:
-        s_all = np.concatenate(stored_s)
-        t_all = np.concatenate(stored_t)
-        b_all = np.concatenate(stored_b)
-    else:
-        s_all = t_all = np.zeros(0, dtype=np.int64)
-        b_all = np.zeros(0, dtype=np.uint64)
+    s_all, t_all, b_all = joined(prep)
     stored = int(s_all.size)
     result.stored = stored
     plan.stored = (s_all, t_all, b_all)
@@ -333,11 +469,22 @@ def backfill_sql(
 def apply_plan(ctx: EditContext, plan: BackfillPlan) -> BackfillResult:
     """Event-loop side: raise the in-memory frontiers to what was committed."""
     head = ctx.head
-    for sid, mt, mb in plan.newest:
-        if mt > int(head.max_t[sid]):
-            head.max_t[sid] = mt
-            head.last_bits[sid] = mb
-        if mt > int(head.seg_max_t[sid]):
-            head.seg_max_t[sid] = mt
+    if len(plan.newest) < 64:
+        for sid, mt, mb in plan.newest:
+            if mt > int(head.max_t[sid]):
+                head.max_t[sid] = mt
+                head.last_bits[sid] = mb
+            if mt > int(head.seg_max_t[sid]):
+                head.seg_max_t[sid] = mt
+    else:  # one entry per series: vectorised (a Python step each costs ~1.5 µs on the loop)
+        n = len(plan.newest)
+        sids = np.fromiter((x[0] for x in plan.newest), dtype=np.int64, count=n)
+        mts = np.fromiter((x[1] for x in plan.newest), dtype=np.int64, count=n)
+        mbs = np.fromiter((x[2] for x in plan.newest), dtype=np.uint64, count=n)
+        up = mts > head.max_t[sids]
+        head.max_t[sids[up]] = mts[up]
+        head.last_bits[sids[up]] = mbs[up]
+        up = mts > head.seg_max_t[sids]
+        head.seg_max_t[sids[up]] = mts[up]
     ctx.counters.segments += plan.segments_delta
     return plan.result

@@ -194,6 +194,32 @@ class Limiter:
             self._reserve(metric, lab, now, labels)
         return refused
 
+    def admit_all_or_nothing(self, wanted: list[Labels]) -> dict[int, str]:
+        """:meth:`admit`, except that when any is refused, none stays reserved."""
+        if not self.enabled:
+            return {}
+        before = len(self._recent)
+        refused = self.admit(wanted)
+        if refused:
+            for pos in reversed(range(len(wanted))):
+                if pos not in refused:
+                    self._unreserve(dict(wanted[pos]))
+            assert len(self._recent) == before
+        return refused
+
+    def _unreserve(self, lab: dict[str, str]) -> None:
+        """Undo the newest :meth:`_reserve` (of these labels)."""
+        metric = lab.get(METRIC_NAME, "")
+        self._series_per_metric[metric] = max(0, self._metric_count(metric) - 1)
+        for (m, label), counts in self._values.items():
+            if m == metric and label in lab:
+                left = counts.get(lab[label], 0) - 1
+                if left > 0:
+                    counts[lab[label]] = left
+                else:
+                    counts.pop(lab[label], None)
+        self._recent.pop()
+
     def _check_rules(self, rules: list[LimitRule], metric: str, lab: dict[str, str]) -> str | None:
         for rule in rules:
             if not rule.pattern.match(metric):

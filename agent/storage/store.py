@@ -28,12 +28,15 @@ from agent.model import Labels, Matcher
 from agent.storage import (
     audit,
     backfill,
+    backfill_staged,
     bounds,
     db,
     retention,
     rollup,
     space,
+    versions,
 )
+from agent.storage.backfill import BackfillPlan, BackfillResult
 from agent.storage.cardinality import (
     CardinalityOptions,
     Limiter,
@@ -120,6 +123,7 @@ class Store(SeriesParts, MaintenanceParts, ListenerParts):
         self._write_listeners: list[WriteListener] = []
         self._sample_listeners: list[SampleListener] = []
         self._backfill_hooks: list[TxnHook] = []
+        self._staging = 0  # names the temp tables of prepared backfills
         self.rollups: rollup.RollupManager | None = None
         self._disk = space.DiskUsage()
         self._free_warned = False
@@ -458,6 +462,10 @@ class Store(SeriesParts, MaintenanceParts, ListenerParts):
         at = now_ms()
         # Copies: the job runs later, on another thread, and the caller may reuse its arrays.
         s, t, b = sids.copy(), ts.copy(), vals.view(np.uint64).copy()
+        if on_error == "abort" and backfill_staged.prepare_off_writer(s):
+            staged = await self._backfill_prepared(s, t, b, source=source, client=client, at=at)
+            if staged is not None:
+                return staged
 
         hooks = list(self._backfill_hooks)
 
@@ -465,29 +473,11 @@ class Store(SeriesParts, MaintenanceParts, ListenerParts):
             plan = backfill.backfill_sql(
                 conn, ctx, s, t, b, source=source, client=client, on_error=on_error, at_ms=at
             )
-            if hooks and plan.stored is not None and plan.stored[0].size:
-                res, stored = plan.result, int(plan.stored[0].size)
-                record = BatchRecord(
-                    None,
-                    source,
-                    client,
-                    at,
-                    res.accepted,
-                    stored,
-                    res.duplicates,
-                    len(res.rejected),
-                    encode_batch(*plan.stored),
-                    op="backfill",
-                )
-                for hook in hooks:  # same transaction: committed together or not at all
-                    hook(conn, [record])
+            self._backfill_hooks_run(hooks, conn, plan, source, client, at)
             return plan
 
         def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
-            result = backfill.apply_plan(ctx, plan)
-            if plan.stored is not None and plan.stored[0].size and self._sample_listeners:
-                notify_samples(self._sample_listeners, *plan.stored)
-            return result
+            return self._backfill_applied(ctx, plan)
 
         try:
             result: backfill.BackfillResult = await self._w.job(sql, after)
@@ -495,6 +485,129 @@ class Store(SeriesParts, MaintenanceParts, ListenerParts):
             return exc.result
         if self._write_listeners:
             self.notify_written(s, int(t.min()), int(t.max()))
+        return result
+
+    async def _backfill_prepared(
+        self,
+        s: np.ndarray,
+        t: np.ndarray,
+        b: np.ndarray,
+        *,
+        source: str,
+        client: str | None,
+        at: int,
+    ) -> BackfillResult | None:
+        """An all-or-nothing backfill that keeps the writer free while it is prepared.
+
+        The checks against stored data, the merges and the encoding run on
+        reader threads, a group of series at a time, against a copy of the
+        head; the writer then runs one short job that re-checks the series
+        written meanwhile, inserts the encoded blocks and the audit row.
+        Returns None when a block to merge into changed meanwhile: the caller
+        then falls back to the single-job path.
+        """
+        ctx = self._edit_ctx()
+        touched: list[np.ndarray] = []
+        anything = [False]
+        self._staging += 1
+        prefix = f"backfill_{self._staging}"
+
+        def listener(series_ids: np.ndarray | None, _lo: int, _hi: int) -> None:
+            if series_ids is None:
+                anything[0] = True
+            else:
+                touched.append(np.asarray(series_ids, dtype=np.int64))
+
+        self.add_write_listener(listener)
+        try:
+            prep = await backfill_staged.prepare_in_groups(
+                self._readers,
+                self._reader_conn,
+                ctx,
+                s,
+                t,
+                b,
+                stage=lambda part: self._w.job(
+                    lambda c: backfill_staged.stage_sql(c, prefix, part)
+                ),
+            )
+            if prep.rejected:
+                return backfill.BackfillResult(
+                    rejected=prep.rejected, duplicates=prep.duplicates, aborted=True
+                )
+            hooks = list(self._backfill_hooks)
+
+            def sql(conn: sqlite3.Connection) -> backfill.BackfillPlan:
+                seen = (
+                    np.unique(s)
+                    if anything[0]
+                    else np.unique(np.concatenate(touched))
+                    if touched
+                    else np.zeros(0, dtype=np.int64)
+                )
+                backfill_staged.recheck_sql(conn, ctx, prep, seen)
+                plan = backfill.commit_sql(
+                    conn,
+                    prep,
+                    source=source,
+                    client=client,
+                    on_error="abort",
+                    at_ms=at,
+                    staged=prefix,
+                )
+                backfill_staged.unstage_sql(conn, prefix)
+                self._backfill_hooks_run(hooks, conn, plan, source, client, at)
+                return plan
+
+            def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
+                return self._backfill_applied(ctx, plan)
+
+            try:
+                result: backfill.BackfillResult = await self._w.job(sql, after)
+            except backfill.BackfillAborted as exc:
+                return exc.result
+            except backfill.BackfillRaced as exc:
+                log.info("backfill: %s; running it as one writer job", exc)
+                return None
+        finally:
+            self.remove_write_listener(listener)
+            if not self._closed and self._writer is not None:
+                await self._w.job(lambda c: backfill_staged.unstage_sql(c, prefix))
+        if self._write_listeners:
+            self.notify_written(s, int(t.min()), int(t.max()))
+        return result
+
+    @staticmethod
+    def _backfill_hooks_run(
+        hooks: list[TxnHook],
+        conn: sqlite3.Connection,
+        plan: BackfillPlan,
+        source: str,
+        client: str | None,
+        at: int,
+    ) -> None:
+        """The backfill transaction hooks, in the backfill's own transaction."""
+        if hooks and plan.stored is not None and plan.stored[0].size:
+            res, stored = plan.result, int(plan.stored[0].size)
+            record = BatchRecord(
+                None,
+                source,
+                client,
+                at,
+                res.accepted,
+                stored,
+                res.duplicates,
+                len(res.rejected),
+                encode_batch(*plan.stored),
+                op="backfill",
+            )
+            for hook in hooks:  # same transaction: committed together or not at all
+                hook(conn, [record])
+
+    def _backfill_applied(self, ctx: versions.EditContext, plan: BackfillPlan) -> BackfillResult:
+        result = backfill.apply_plan(ctx, plan)
+        if plan.stored is not None and plan.stored[0].size and self._sample_listeners:
+            notify_samples(self._sample_listeners, *plan.stored)
         return result
 
     async def flush(self, *, all: bool = False) -> FlushResult:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.model import Labels
-from agent.storage import bounds, retention, rollup, space
+from agent.storage import bounds, retention, rollup, space, versions
 from agent.storage.cardinality import Limiter
 from agent.storage.head import Head
 from agent.storage.index import SeriesIndex
@@ -64,6 +64,7 @@ class StoreBase:
     _disk: space.DiskUsage
     _free_warned: bool
     _loaded_log_bytes: int
+    _staging: int
 
     if TYPE_CHECKING:  # defined by the parts; declared here for the others
 
@@ -71,6 +72,8 @@ class StoreBase:
         def _w(self) -> Writer: ...
 
         def _reader_conn(self) -> sqlite3.Connection: ...
+
+        def _edit_ctx(self) -> versions.EditContext: ...
 
         async def run_read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any: ...
 

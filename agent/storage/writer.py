@@ -350,8 +350,8 @@ class Writer:
 
     async def stop(self) -> None:
         """Finish everything queued (including flush backlog), then end the task."""
-        if self._task is None:
-            return
+        if self._task is None or self._task.done():
+            return  # ended already (cancelled or crashed: reported when it happened)
         if not self._stopping:
             self._stopping = True
             self._queue.put_nowait(_Stop())
@@ -365,8 +365,14 @@ class Writer:
         except BaseException as exc:
             # A bug here must not leave callers awaiting forever.
             self.failed = exc
-            log.exception("storage writer crashed")
-            err = StoreFailed(f"storage writer crashed: {exc!r}")
+            if isinstance(exc, asyncio.CancelledError):
+                # Cancelled (the loop shutting down), not a fault: what was acknowledged
+                # is in the log already; whoever still waits is told below.
+                log.warning("storage writer cancelled with %d requests queued", self._queue.qsize())
+                err = StoreFailed("storage writer cancelled")
+            else:
+                log.exception("storage writer crashed")
+                err = StoreFailed(f"storage writer crashed: {exc!r}")
             while not self._queue.empty():
                 item = self._queue.get_nowait()
                 fut = getattr(item, "future", None)

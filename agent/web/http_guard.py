@@ -4,9 +4,10 @@ aiohttp bounds idle keep-alive connections but not a connection that sends
 its request headers one byte a minute: 1,500 such connections stayed open for
 90 s and more (issue 13), each holding a socket and a parser. Go's servers
 have ``ReadHeaderTimeout`` for this; here :class:`GuardedTCPSite` gives every
-new connection ``timeout`` seconds to deliver complete request headers, and
-closes it otherwise. Once a request has arrived the usual limits apply
-(``keepalive_timeout`` between requests, the handlers' own for bodies).
+request ``timeout`` seconds to deliver complete headers (the first from the
+moment the connection is accepted, each later one on a keep-alive connection
+from its first byte), and closes the connection otherwise. Idle keep-alive
+connections are left to ``keepalive_timeout``; bodies to the handlers' limits.
 """
 
 from __future__ import annotations
@@ -21,27 +22,93 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 
-def _expire(proto: Any) -> None:
-    transport = getattr(proto, "transport", None)
-    if transport is None or transport.is_closing() or getattr(proto, "_request_count", 1) > 0:
-        return
-    log.debug("closing a connection that sent no complete request headers in time")
-    transport.close()
+class _HeaderGuard(asyncio.Protocol):
+    """Stands between the transport and aiohttp's ``RequestHandler`` and times headers.
+
+    A timer runs from the moment a connection is accepted, and again from the
+    first byte of each later request, until that request's headers are
+    parsed; when it fires first, the connection is closed. An idle keep-alive
+    connection (no bytes since the last response) is left to aiohttp's
+    ``keepalive_timeout``, so a client that pauses and then sends a whole
+    request is served.
+
+    Relies on two attributes of aiohttp's ``RequestHandler``: ``_request_count``
+    (incremented as a request's headers are parsed) and ``_waiter`` (set while
+    it waits for the next request). Should they ever disappear, the guard
+    times only the first request, as before, rather than close good connections.
+    """
+
+    def __init__(self, inner: Any, timeout: float) -> None:
+        self.inner = inner
+        self.timeout = timeout
+        self.timer: asyncio.TimerHandle | None = None
+        self.armed_at = 0  # requests parsed when the timer was started
+        self.per_request = hasattr(inner, "_request_count") and hasattr(inner, "_waiter")
+        self.loop = asyncio.get_running_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _arm(self) -> None:
+        self.armed_at = getattr(self.inner, "_request_count", 0)
+        self.timer = self.loop.call_later(self.timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        transport = getattr(self.inner, "transport", None)
+        if transport is None or transport.is_closing():
+            return
+        if getattr(self.inner, "_request_count", 1) > self.armed_at:
+            return  # the headers did arrive
+        log.debug("closing a connection that sent no complete request headers in time")
+        transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._arm()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        inner = self.inner
+        if not self.per_request:
+            inner.data_received(data)
+            return
+        waiter = inner._waiter
+        idle = waiter is not None and not waiter.done()  # waiting for the next request
+        before = inner._request_count
+        inner.data_received(data)
+        if inner._request_count > before:
+            self._disarm()  # headers parsed (a new timer starts with the next request)
+        elif idle and self.timer is None:
+            self._arm()  # the first bytes of a request: its headers have `timeout` from now
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 def guard_headers(factory: Callable[[], Any], timeout: float) -> Callable[[], Any]:
-    """Wrap a protocol factory: connections without request headers by ``timeout`` are closed.
+    """Wrap a protocol factory: every request's headers must arrive within ``timeout``.
 
-    The timer starts when the protocol is made (as the connection is
-    accepted). Relies on aiohttp's ``RequestHandler._request_count``
-    (incremented when a request's headers are parsed); should it ever
-    disappear, the guard does nothing rather than close good connections.
+    For the first request the timer starts when the connection is accepted;
+    for each later one, at its first byte (see :class:`_HeaderGuard`).
     """
 
     def make() -> Any:
-        proto = factory()
-        asyncio.get_running_loop().call_later(timeout, _expire, proto)
-        return proto
+        return _HeaderGuard(factory(), timeout)
 
     return make
 

@@ -33,6 +33,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from agent.plugin_api import (
@@ -341,7 +342,30 @@ class JsonEndpoints:
         if samples:
             try:
                 store = self.ctx.require_store()
-                ids, refused = await resolve_chunked(store, [s[0] for s in samples])
+                labels = [s[0] for s in samples]
+                if on_error == "abort":
+                    # All or nothing, series included: conflicts with stored samples and
+                    # the cardinality limits are checked before any series is created.
+                    keys, clash = await store.backfill_conflicts(
+                        labels,
+                        np.arange(len(samples)),
+                        np.fromiter((s[1] for s in samples), np.int64, len(samples)),
+                        np.fromiter((s[2] for s in samples), np.float64, len(samples)),
+                    )
+                    if clash:
+                        report.aborted = True
+                        _apply(
+                            report,
+                            AppendResult(rejected=clash),
+                            indices,
+                            keys.tolist(),
+                            [s[1] for s in samples],
+                        )
+                        count(self.ctx, SOURCE_BACKFILL, report)
+                        return report_response(report, cfg["max_errors"])
+                    ids, refused = await store.resolve_series_all_or_nothing(labels)
+                else:
+                    ids, refused = await resolve_chunked(store, labels)
                 if refused:
                     for pos, reason in refused.items():
                         msg = f"new series refused: {reason}"

@@ -149,6 +149,19 @@ def config_schema() -> dict[str, Schema]:
                 "max_line_bytes": Field(
                     int, 65_536, "Longest line accepted (TCP lines included).", check=check_positive
                 ),
+                "tcp_max_connections": Field(
+                    int,
+                    1024,
+                    "Most TCP connections open at once; more are closed on accept and\n"
+                    "counted (each may hold up to max_line_bytes of an unfinished line).",
+                    check=check_positive,
+                ),
+                "tcp_idle_timeout": Field(
+                    (str, int, float),
+                    "5m",
+                    "Close a TCP connection that sent nothing for this long; 0 never does.",
+                    check=check_duration,
+                ),
                 "summary_max_samples": Field(
                     int,
                     10_000,

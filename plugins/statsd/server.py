@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from agent.plugin_api import (
     STALE_NAN,
     AgentContext,
+    BackPressure,
     Config,
     Labels,
     StorageError,
@@ -143,31 +144,61 @@ class _Udp:
 
 
 class _Tcp(asyncio.Protocol):
-    """A newline-delimited stream; a line may arrive split over several reads."""
+    """A newline-delimited stream; a line may arrive split over several reads.
+
+    Hostile senders are bounded (issue 13): an unfinished line is kept only up
+    to ``max_line_bytes`` (checked before it is copied; beyond, the rest of the
+    line is discarded as it arrives), at most ``tcp_max_connections`` are open,
+    and a connection that sends nothing for ``tcp_idle_timeout`` is closed.
+    """
 
     def __init__(self, ingestor: StatsdIngestor) -> None:
         self.ing = ingestor
         self.feed = ingestor.agg.feed
         self.max_line = ingestor.settings.max_line_bytes
-        self.buf = b""
+        self.buf = bytearray()
         self.discarding = False  # inside a line that was already too long
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
+        self.last_read = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
-        self.ing.tcp_conns.add(self)
-        self.ing.tcp_connections_total += 1
+        ing = self.ing
+        ing.tcp_connections_total += 1
+        if len(ing.tcp_conns) >= ing.tcp_max_connections:
+            ing.tcp_refused += 1
+            ing.peer = self.peer
+            ing._report("refused", "tcp_max_connections", b"")
+            transport.abort()
+            return
+        ing.tcp_conns.add(self)
+        self.last_read = time.monotonic()
+        if ing.tcp_idle_timeout > 0:
+            self.idle_timer = asyncio.get_running_loop().call_later(
+                ing.tcp_idle_timeout, self._check_idle
+            )
+
+    def _check_idle(self) -> None:
+        """Close after ``tcp_idle_timeout`` without a read (re-armed for the remainder)."""
+        self.idle_timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        left = self.last_read + self.ing.tcp_idle_timeout - time.monotonic()
+        if left > 0:
+            self.idle_timer = asyncio.get_running_loop().call_later(left, self._check_idle)
+            return
+        self.ing.tcp_idle_closed += 1
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         ing = self.ing
         ing.tcp_reads += 1
         ing.peer = self.peer
-        if self.buf:
-            data = self.buf + data
-            self.buf = b""
+        self.last_read = time.monotonic()
         cut = data.rfind(b"\n")
         if cut < 0:
             self._hold(data)
@@ -176,19 +207,25 @@ class _Tcp(asyncio.Protocol):
             first = data.find(b"\n")
             data, self.discarding = data[first + 1 :], False
             cut -= first + 1
+        elif self.buf:  # at most max_line_bytes held, plus this read
+            cut += len(self.buf)
+            data = bytes(self.buf) + data
+            self.buf.clear()
         if cut >= 0:
             ing.tcp_lines += self.feed(data[:cut])
         self._hold(data[cut + 1 :])
 
     def _hold(self, rest: bytes) -> None:
-        """Keep an incomplete line, unless it is already over the limit."""
-        if self.discarding:
+        """Keep an incomplete line, unless it would go over the limit (checked first)."""
+        if self.discarding or not rest:
             return
-        if len(rest) > self.max_line:
-            self.ing.agg.count_malformed(LINE_TOO_LONG, rest[:200])
+        if len(self.buf) + len(rest) > self.max_line:
+            sample = bytes(self.buf[:200]) if self.buf else rest[:200]
+            self.ing.agg.count_malformed(LINE_TOO_LONG, sample)
+            self.buf.clear()
             self.discarding = True
             return
-        self.buf = rest
+        self.buf += rest
 
     def eof_received(self) -> bool | None:
         self._finish()
@@ -196,14 +233,17 @@ class _Tcp(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         self.ing.tcp_conns.discard(self)
 
     def _finish(self) -> None:
         """A last line without its newline still counts when the sender closes."""
         if self.buf and not self.discarding:
             self.ing.peer = self.peer
-            self.ing.tcp_lines += self.feed(self.buf)
-        self.buf = b""
+            self.ing.tcp_lines += self.feed(bytes(self.buf))
+        self.buf.clear()
 
 
 class StatsdIngestor:
@@ -225,6 +265,10 @@ class StatsdIngestor:
         self.tcp_reads = 0
         self.tcp_lines = 0
         self.tcp_connections_total = 0
+        self.tcp_refused = 0
+        self.tcp_idle_closed = 0
+        self.tcp_max_connections: int = cfg["tcp_max_connections"]
+        self.tcp_idle_timeout = parse_duration(cfg["tcp_idle_timeout"])
         self.flushes = 0
         self.flush_errors = 0
         self.refused_series: dict[str, int] = {}
@@ -320,7 +364,10 @@ class StatsdIngestor:
                 self.flush_errors += 1
                 if self._ctx is not None:
                     self._ctx.metrics.plugin_errors.labels("statsd", "flush").inc()
-                log.error("statsd: flush failed: %s", exc)
+                if isinstance(exc, BackPressure):  # overload (a flood of writes), not a fault
+                    log.warning("statsd: flush refused by the store: %s", exc)
+                else:
+                    log.error("statsd: flush failed: %s", exc)
 
     def _maybe_reload(self) -> None:
         """Follow a SIGHUP reload: new mappings and defaults; listeners need a restart."""
@@ -334,6 +381,8 @@ class StatsdIngestor:
                 log.warning("statsd: %s changed; it takes effect after a restart", key)
         self.settings = settings_from(cfg)
         self.flush_interval = parse_duration(cfg["flush_interval"])
+        self.tcp_max_connections = cfg["tcp_max_connections"]
+        self.tcp_idle_timeout = parse_duration(cfg["tcp_idle_timeout"])
         self._log.interval = parse_duration(cfg["log_interval"])
         self.agg.set_mapper(build_mapper(cfg["mappings"], parse_duration), self.settings)
         kept = {k: self.cfg[k] for k in ("udp_listen", "tcp_listen", "udp_receive_buffer_bytes")}
@@ -500,4 +549,12 @@ class _StatsdCollector(Collector):
         yield GaugeMetricFamily(
             "tsagent_statsd_tcp_connections", "Open TCP connections.", value=len(ing.tcp_conns)
         )
+        closed = CounterMetricFamily(
+            "tsagent_statsd_tcp_closed_connections",
+            "TCP connections closed by the listener: over tcp_max_connections, or idle.",
+            labels=["reason"],
+        )
+        closed.add_metric(["max_connections"], ing.tcp_refused)
+        closed.add_metric(["idle"], ing.tcp_idle_closed)
+        yield closed
         yield CounterMetricFamily("tsagent_statsd_flushes", "Flushes done.", value=ing.flushes)

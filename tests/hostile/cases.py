@@ -142,6 +142,31 @@ def big_json(items: int) -> bytes:
     return ("[" + ",".join(one % (i, i, stamp) for i in range(items)) + "]").encode()
 
 
+def big_csv(series: int) -> bytes:
+    """One sample an hour ago for each of ``series`` series: ~25 bytes a row."""
+    ts = now_ms() // 1000 - 3600
+    return "".join(f"{ts},{i},{i}\n" for i in range(series)).encode()
+
+
+def backfill_cases(series: int) -> list[Case]:
+    """CSV imports of ``series`` new series, on_error=abort and skip. In abort mode all
+    or nothing, yet prepared off the writer, so remote-write acknowledgements do not
+    wait behind them (docs/security.md, "All-or-nothing backfills of many series")."""
+    return [
+        Case(
+            f"backfill {mode}",
+            f"csv import of {series} new series, on_error={mode}",
+            "POST",
+            f"/api/v1/import/csv?on_error={mode}&format=1:time:unix_s,2:label:i,"
+            f"3:metric:hostile_bf_{mode}",
+            big_csv(series),
+            {"Content-Type": "text/csv"},
+            frozenset({200, 429}),
+        )
+        for mode in ("abort", "skip")
+    ]
+
+
 def csv_case(name: str, body: bytes, query: str, expect: frozenset[int] = CLIENT_ERROR) -> Case:
     return Case(
         "malformed",
@@ -418,6 +443,7 @@ def write_cases(scale: float = 1.0) -> list[Case]:
             big_json(int(140_000 * scale) or 2000),
             expect=frozenset({200, 429}),
         ),
+        *backfill_cases(int(200_000 * scale) or 2000),
         # 9. export: formulas neutralised (checked by the test on the body)
         Case(
             "export",

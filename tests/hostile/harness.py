@@ -34,6 +34,7 @@ from tests.hostile.cases import V1, Case, now_ms, rw_v1
 
 GiB = 1024**3
 RETRIES_429 = 60
+STATSD_TCP_MAX = 200  # the daemon's ingest.statsd.tcp_max_connections in the attack
 TOKENS = {"write": "hostile-write", "read": "hostile-read", "admin": "hostile-admin"}
 BASIC_USER, BASIC_PASSWORD = "sender", "correct horse"
 
@@ -60,6 +61,7 @@ class Daemon:
         self.tmp = tmp
         self.port = free_port()
         self.statsd_port = free_port(socket.SOCK_DGRAM)
+        self.statsd_tcp_port = free_port()
         self.memory_limit = memory_limit
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "daemon.log"
@@ -80,6 +82,10 @@ class Daemon:
             f"  admin:\n    bearer_tokens: [{TOKENS['admin']}]\n"
             "ingest:\n  statsd:\n    enabled: true\n"
             f"    udp_listen: 127.0.0.1:{self.statsd_port}\n"
+            f"    tcp_listen: 127.0.0.1:{self.statsd_tcp_port}\n"
+            f"    tcp_max_connections: {STATSD_TCP_MAX}\n"
+            f"    tcp_idle_timeout: {header_timeout}\n"
+            "    max_line_bytes: 65536\n"
             "plugins:\n  disabled: [scrape]\n"
         )
 
@@ -288,13 +294,19 @@ async def brute_force(session: aiohttp.ClientSession, url: str, tries: int) -> C
 
 
 async def slowloris(port: int, connections: int, timeout_s: float) -> ClassStats:
-    """Connections sending partial headers must be closed by the header-read timeout."""
+    """Connections sending partial headers must be closed by the header-read timeout:
+    half of them on a fresh connection, half after a first request served on it."""
     st = ClassStats()
     writers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    for _ in range(connections):
+    for i in range(connections):
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError as exc:
+            if i % 2:  # keep-alive: one good request first, then the slow one
+                writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                size = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(size)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             st.statuses[type(exc).__name__] += 1
             continue
         writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -351,6 +363,65 @@ def statsd_garbage(port: int, datagrams: int, seed: int = 7) -> ClassStats:
             s.sendto(bytes(line) * rng.randint(1, 20), ("127.0.0.1", port))
             st.requests += 1
     st.statuses["sent"] = st.requests
+    return st
+
+
+async def statsd_tcp(port: int, connections: int, idle_s: float, seed: int = 11) -> ClassStats:
+    """StatsD over TCP: mutated lines, lines that never end (1 MB with no newline),
+    connections that send part of a line and go quiet (closed after ``idle_s``), and
+    more connections than ``tcp_max_connections`` (the extra ones closed at once)."""
+    rng = random.Random(seed)
+    st = ClassStats()
+    base = [b"page.views:1|c", b"latency:320|ms|@0.1|#env:prod", b"gauge:-5|g", b"uniq:foo|s"]
+    opened: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for i in range(connections):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError as exc:
+            st.statuses[type(exc).__name__] += 1
+            continue
+        opened.append((i, reader, writer))
+
+    async def closed(reader: asyncio.StreamReader, wait: float) -> bool:
+        try:
+            return await asyncio.wait_for(reader.read(1), wait) == b""
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+
+    async def one(i: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        kind = i % 3
+        try:
+            if kind == 0:  # garbage lines, then a clean close
+                lines = []
+                for _ in range(50):
+                    line = bytearray(rng.choice(base))
+                    for _ in range(rng.randint(1, 4)):
+                        line.insert(rng.randrange(len(line) + 1), rng.randrange(256))
+                    lines.append(bytes(line))
+                writer.write(b"\n".join(lines) + b"\n")
+            elif kind == 1:  # a line that never ends
+                for _ in range(16):
+                    writer.write(b"x" * 65_536)
+                    await writer.drain()
+            else:  # slow loris: part of a line, then nothing
+                writer.write(b"slow.loris:1|")
+            await writer.drain()
+        except OSError:
+            return "closed by server"
+        if kind == 0:
+            writer.close()
+            return "sent"
+        return "closed by server" if await closed(reader, idle_s + 5) else "still open"
+
+    results = await asyncio.gather(*(one(*o) for o in opened))
+    for (_, _, writer), result in zip(opened, results, strict=True):
+        st.requests += 1
+        st.statuses[result] += 1
+        writer.close()
+    if st.statuses.get("still open"):
+        st.unexpected.append(f"{st.statuses['still open']} connections outlived the idle timeout")
     return st
 
 
@@ -411,6 +482,7 @@ async def run_attack(
     guesses: int = 20,
     statsd_datagrams: int = 500,
     export_hangups: int = 5,
+    statsd_tcp_connections: int = 0,
     memory_limit: int = 4 * GiB,
     header_timeout_s: float = 2.0,
     request_timeout_s: float = 120.0,
@@ -447,8 +519,11 @@ async def run_attack(
                 brute_force(attack, daemon.url, guesses),
                 asyncio.to_thread(statsd_garbage, daemon.statsd_port, statsd_datagrams),
                 disconnect_mid_export(attack, daemon.url, export_hangups),
+                statsd_tcp(daemon.statsd_tcp_port, statsd_tcp_connections, header_timeout_s),
             )
-            stats["slow clients"], stats["auth"], stats["statsd"], stats["hang-ups"] = results[1:]
+            stats["slow clients"], stats["auth"], stats["statsd"], stats["hang-ups"] = results[1:5]
+            if statsd_tcp_connections:
+                stats["statsd tcp"] = results[5]
             await asyncio.sleep(0.5)
             bg.stop.set()
             await asyncio.gather(*background)

@@ -84,6 +84,84 @@ async def test_json_and_csv_abort_create_nothing(client: Any) -> None:
     assert names(client) == set()
 
 
+async def test_abort_imports_refused_by_a_cardinality_limit_create_no_series(
+    client: Any,
+) -> None:
+    """A cardinality refusal in an on_error=abort CSV or JSON backfill creates nothing:
+    not the refused series, and not the import's other new series either."""
+    store = context_of(client.server.app).require_store()
+    await store.limit_cardinality("capped", "h", 1)
+    body = b"1704067200,a,1,2\n1704067260,b,3,4\n"
+    resp = await client.post(
+        "/api/v1/import/csv?on_error=abort&format=1:time:unix_s,2:label:h,3:metric:capped,"
+        "4:metric:fresh",
+        data=body,
+    )
+    report = await resp.json()
+    assert resp.status == 400 and report["status"] == "aborted", report
+    assert "cardinality limit" in json.dumps(report)
+    stamp = "2024-01-01T00:00:00Z"
+    items = [
+        {"metric_name": "fresh_json", "value": 1, "timestamp": stamp},
+        {"metric_name": "capped", "labels": {"h": "x"}, "value": 1, "timestamp": stamp},
+        {"metric_name": "capped", "labels": {"h": "y"}, "value": 1, "timestamp": stamp},
+    ]
+    resp = await client.post("/backfill/import?on_error=abort", data=json.dumps(items))
+    report = await resp.json()
+    assert resp.status == 400 and report["status"] == "aborted", report
+    assert names(client) == set()
+    series = await (await client.get('/api/v1/series?match[]={__name__=~".+"}')).json()
+    assert series["data"] == []
+    # The limit still admits one series afterwards: the refused import reserved nothing.
+    resp = await client.post(
+        "/api/v1/import/csv?on_error=abort&format=1:time:unix_s,2:label:h,3:metric:capped",
+        data=b"1704067200,a,1\n",
+    )
+    assert resp.status == 200, await resp.text()
+    assert names(client) == {"capped"}
+    # One new series sent in several items counts once against a limit of one.
+    await store.limit_cardinality("single", "", 1)
+    items = [
+        {"metric_name": "single", "value": v, "timestamp": f"2024-01-01T00:0{v}:00Z"}
+        for v in range(3)
+    ]
+    resp = await client.post("/backfill/import?on_error=abort", data=json.dumps(items))
+    assert resp.status == 200, await resp.text()
+    assert names(client) == {"capped", "single"}
+
+
+async def test_abort_imports_conflicting_with_stored_samples_create_no_series(
+    client: Any,
+) -> None:
+    stamp = "2024-01-01T00:00:00Z"
+    fmt = "format=1:time:unix_s,2:metric:kept"
+    ok = await client.post(f"/api/v1/import/csv?{fmt}", data=b"1704067200,1\n")
+    assert ok.status == 200
+    resp = await client.post(
+        f"/api/v1/import/csv?on_error=abort&{fmt},3:metric:newcsv", data=b"1704067200,2,5\n"
+    )
+    report = await resp.json()
+    assert resp.status == 400 and report["status"] == "aborted", report
+    assert "already stored" in json.dumps(report)
+    items = [
+        {"metric_name": "newjson", "value": 1, "timestamp": "2024-01-01T00:00:00Z"},
+        {"metric_name": "kept", "value": 7, "timestamp": "2024-01-01T00:00:00Z"},
+    ]
+    resp = await client.post("/backfill/import?on_error=abort", data=json.dumps(items))
+    report = await resp.json()
+    assert resp.status == 400 and report["status"] == "aborted", report
+    assert "duplicate_timestamp" in json.dumps(report)
+    # Two values at one timestamp of one new series (its labels spelt two ways).
+    items = [
+        {"metric_name": "newdup", "labels": {"a": "1", "b": "2"}, "value": 1, "timestamp": stamp},
+        {"metric_name": "newdup", "labels": {"b": "2", "a": "1"}, "value": 2, "timestamp": stamp},
+    ]
+    resp = await client.post("/backfill/import?on_error=abort", data=json.dumps(items))
+    report = await resp.json()
+    assert resp.status == 400 and report["status"] == "aborted", report
+    assert names(client) == {"kept"}
+
+
 @pytest.mark.parametrize(
     ("path", "body", "needle"),
     [
