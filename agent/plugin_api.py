@@ -97,6 +97,7 @@ from agent.forward.export_log import (
     ExportStopped,
 )
 from agent.httpclient import authorization, client_ssl_context, tls_config_errors, tls_config_schema
+from agent.lineproto import PRECISIONS, Batch, Parser
 from agent.model import (
     METRIC_NAME,
     STALE_NAN,
@@ -111,6 +112,7 @@ from agent.model import (
     valid_metric_name,
 )
 from agent.prompb import remote_pb2, types_pb2, write_v2_pb2
+from agent.push_sink import ProtocolMetrics, SeriesSink, sink_fields
 from agent.query import ast
 from agent.query.blocks import RangeData
 from agent.query.errors import (
@@ -126,6 +128,18 @@ from agent.query.timezone import (
     parse_time,
 )
 from agent.rejections import fold_append_result, rejection_message, rejection_positions
+from agent.relabel import (
+    ACTIONS,
+    DEFAULT_REGEX,
+    DEFAULT_REPLACEMENT,
+    DEFAULT_SEPARATOR,
+    RELABEL_SCHEMA,
+    RelabelError,
+    RelabelRule,
+    compile_regex,
+    compile_rule,
+    process,
+)
 from agent.storage import (
     AppendResult,
     BackPressure,
@@ -170,9 +184,15 @@ from agent.web.ingest import (
 from agent.wire import WireError, read_uvarint, uvarint
 
 __all__ = [
+    "ACTIONS",
+    "DEFAULT_REGEX",
+    "DEFAULT_REPLACEMENT",
+    "DEFAULT_SEPARATOR",
     "FILLS",
     "JOIN_TYPES",
     "METRIC_NAME",
+    "PRECISIONS",
+    "RELABEL_SCHEMA",
     "SMALL_BYTES",
     "STALE_NAN",
     "STALE_NAN_BITS",
@@ -185,6 +205,7 @@ __all__ = [
     "AppendResult",
     "BackPressure",
     "BadDataError",
+    "Batch",
     "BatchExporter",
     "Clock",
     "Codec",
@@ -212,19 +233,24 @@ __all__ = [
     "Notifier",
     "NotifyError",
     "OnError",
+    "Parser",
     "Problem",
+    "ProtocolMetrics",
     "QueryError",
     "QueryFunction",
     "RangeData",
     "RangeFunction",
     "RawCodec",
     "Rejection",
+    "RelabelError",
+    "RelabelRule",
     "Route",
     "RouteGroup",
     "SampleBatch",
     "Schema",
     "Selection",
     "SeriesData",
+    "SeriesSink",
     "StorageError",
     "Store",
     "Subscription",
@@ -250,6 +276,8 @@ __all__ = [
     "check_non_negative",
     "check_positive",
     "client_ssl_context",
+    "compile_regex",
+    "compile_rule",
     "count",
     "duration_param",
     "error_body",
@@ -284,6 +312,7 @@ __all__ = [
     "parse_rfc3339",
     "parse_selector",
     "parse_time",
+    "process",
     "promql",
     "read_uvarint",
     "redact_text",
@@ -294,6 +323,7 @@ __all__ = [
     "report_response",
     "resolve_chunked",
     "select_series",
+    "sink_fields",
     "store_parsed",
     "success",
     "text_number",

@@ -167,7 +167,10 @@ PLUGINS = sorted({m.split(".")[1] for m in MODULES if m.startswith("plugins.")})
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_plugins_import_only_the_plugin_api(plugin: str) -> None:
-    assert _violations(f"plugins.{plugin}", ("agent.plugin_api",), ("agent",)) == []
+    """From tsagent, only agent.plugin_api; from plugins/, only the plugin's own package."""
+    own = f"plugins.{plugin}"
+    assert _violations(own, ("agent.plugin_api",), ("agent",)) == []
+    assert _violations(own, (own,), ("plugins",)) == []
 
 
 def test_the_third_party_example_imports_only_the_plugin_api() -> None:

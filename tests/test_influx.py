@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.lineproto import LineError, Parser, parse_key, parse_value
 from agent.model import Matcher
 from agent.web.app import context_of, make_app
-from plugins.influx.lineproto import LineError, Parser, parse_key, parse_value
 from tests.test_remote_write import metric_values
 
 T_S = 1_700_000_000

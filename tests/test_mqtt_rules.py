@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plugins.influx.lineproto import Parser
+from agent.lineproto import Parser
 from plugins.mqtt.rules import Pattern, PayloadError, Rule, parse_rules, timestamp_ms
 
 ARRIVAL = 1_700_000_000_000

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from agent.model import make_labels
-from plugins.scrape.config import JobSpec, format_duration
-from plugins.scrape.relabel import (
+from agent.relabel import (
     RelabelError,
     compile_rule,
     compile_rules,
@@ -21,6 +20,7 @@ from plugins.scrape.relabel import (
     hashmod,
     process,
 )
+from plugins.scrape.config import JobSpec, format_duration
 from plugins.scrape.targets import TargetError, populate
 
 

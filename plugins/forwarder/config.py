@@ -18,19 +18,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.plugin_api import (
+    RELABEL_SCHEMA,
     Field,
     Labels,
     Matcher,
+    RelabelError,
+    RelabelRule,
     Schema,
     check_duration,
     client_ssl_context,
+    compile_rule,
     parse_duration,
     tls_config_errors,
     tls_config_schema,
     valid_label_name,
 )
-from plugins.scrape.config import RELABEL_SCHEMA
-from plugins.scrape.relabel import RelabelError, RelabelRule, compile_rule
 
 SECTION = "export.remote_write"
 

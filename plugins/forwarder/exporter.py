@@ -51,10 +51,10 @@ from agent.plugin_api import (
     Labels,
     __version__,
     authorization,
+    process,
 )
 from plugins.forwarder.config import UpstreamSpec
 from plugins.forwarder.encode import compress, encode_labels, encode_request
-from plugins.scrape.relabel import process
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

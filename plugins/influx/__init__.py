@@ -1,7 +1,7 @@
 """InfluxDB line protocol: ``POST /write`` (v1) and ``POST /api/v2/write`` (v2).
 
 What Telegraf, the InfluxDB client libraries and countless scripts send
-(parsing: :mod:`plugins.influx.lineproto`). Query arguments: v1 ``db``,
+(parsing: :mod:`agent.lineproto`). Query arguments: v1 ``db``,
 ``precision`` (``n``/``ns``, ``u``/``us``, ``ms``, ``s``, ``m``, ``h``); v2
 ``bucket``, ``org``, ``precision`` (``ns``, ``us``, ``ms``, ``s``); the
 database (``db``, else ``bucket``) becomes the label ``db`` unless a line has
@@ -25,15 +25,19 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.plugin_api import (
+    PRECISIONS,
     BackPressure,
+    Batch,
     Field,
+    Parser,
+    ProtocolMetrics,
     Route,
     Schema,
+    SeriesSink,
     StorageError,
     hookimpl,
+    sink_fields,
 )
-from plugins.influx.lineproto import PRECISIONS, Batch, Parser
-from plugins.push_sink import ProtocolMetrics, SeriesSink, sink_fields
 
 if TYPE_CHECKING:
     from agent.plugin_api import AgentContext

@@ -32,16 +32,17 @@ from prometheus_client import Counter, Gauge
 from agent.plugin_api import (
     BackPressure,
     Field,
+    Parser,
+    ProtocolMetrics,
     Schema,
+    SeriesSink,
     StorageError,
     check_duration,
     check_positive,
     hookimpl,
     parse_duration,
 )
-from plugins.influx.lineproto import Parser
 from plugins.mqtt.rules import PayloadError, Rule, parse_rules
-from plugins.push_sink import ProtocolMetrics, SeriesSink
 
 if TYPE_CHECKING:
     from agent.plugin_api import AgentContext

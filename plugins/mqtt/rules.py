@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.plugin_api import Labels, valid_label_name, valid_metric_name
-from plugins.influx.lineproto import Parser
+from agent.plugin_api import Labels, Parser, valid_label_name, valid_metric_name
 
 PAYLOADS = ("number", "json", "line")
 UNITS = {"s": 1000.0, "ms": 1.0, "us": 0.001, "ns": 0.000001}

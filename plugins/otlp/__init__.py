@@ -43,17 +43,19 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from agent.plugin_api import (
     BackPressure,
     Field,
+    ProtocolMetrics,
     Route,
     Schema,
+    SeriesSink,
     StorageError,
     hookimpl,
     parse_duration,
+    sink_fields,
     uvarint,
 )
 from plugins.otlp.fastpath import FastReader
 from plugins.otlp.naming import STRATEGIES
 from plugins.otlp.translate import Settings, Translation, Translator
-from plugins.push_sink import ProtocolMetrics, SeriesSink, sink_fields
 
 if TYPE_CHECKING:
     from agent.plugin_api import AgentContext

@@ -5,7 +5,7 @@ a Python object per field access, about 25 µs per point, five times what
 remote write spends per sample. Services send the same series every
 interval, so this reader keys each gauge or sum point on the raw bytes of
 its attributes (with its resource, scope and metric name) and builds labels
-only for keys it has not seen: :class:`plugins.push_sink.SeriesSink` caches
+only for keys it has not seen: :class:`agent.push_sink.SeriesSink` caches
 the series id under that key, exactly as the remote-write receiver caches on
 a series' label bytes.
 

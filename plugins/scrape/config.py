@@ -10,32 +10,25 @@ turns the validated mapping into immutable specs the scraper runs.
 
 from __future__ import annotations
 
-import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.plugin_api import (
+    RELABEL_SCHEMA,
     Field,
     Labels,
+    RelabelError,
+    RelabelRule,
     Schema,
     check_duration,
+    compile_rule,
     make_labels,
     parse_duration,
     tls_config_errors,
     tls_config_schema,
     valid_label_name,
-)
-from plugins.scrape.relabel import (
-    ACTIONS,
-    DEFAULT_REGEX,
-    DEFAULT_REPLACEMENT,
-    DEFAULT_SEPARATOR,
-    RelabelError,
-    RelabelRule,
-    compile_regex,
-    compile_rule,
 )
 
 SECTION = "ingest.scrape"
@@ -48,20 +41,6 @@ PROTOCOL_HEADERS = {
     "PrometheusText0.0.4": "text/plain;version=0.0.4",
 }
 DEFAULT_PROTOCOLS = ["OpenMetricsText1.0.0", "OpenMetricsText0.0.1", "PrometheusText0.0.4"]
-
-
-def _check_action(value: Any) -> str | None:
-    if str(value).lower() in ACTIONS:
-        return None
-    return "expected one of " + ", ".join(repr(a) for a in ACTIONS)
-
-
-def _check_regex(value: Any) -> str | None:
-    try:
-        compile_regex(str(value))
-    except re.error as exc:
-        return f"invalid regular expression ({exc})"
-    return None
 
 
 def _check_label(value: Any) -> str | None:
@@ -93,30 +72,6 @@ def _check_positive_duration(value: Any) -> str | None:
 
 _DURATION = (str, int, float)
 
-RELABEL_SCHEMA = Schema(
-    {
-        "source_labels": Field(
-            list, [], "Labels whose values are joined.", item=Field(str, "", check=_check_label)
-        ),
-        "separator": Field(str, DEFAULT_SEPARATOR, "Put between the joined values."),
-        "regex": Field(
-            str,
-            DEFAULT_REGEX,
-            "Anchored at both ends (Python re syntax, RE2-compatible in practice).",
-            check=_check_regex,
-            nullable=True,
-        ),
-        "modulus": Field(int, 0, "For hashmod.", check=_check_non_negative),
-        "target_label": Field(str, "", "Label written by replace, hashmod, lowercase, uppercase."),
-        "replacement": Field(str, DEFAULT_REPLACEMENT, "With $1, ${1}, ${name} references."),
-        "action": Field(
-            str,
-            "replace",
-            "One of " + ", ".join(ACTIONS) + ".",
-            check=_check_action,
-        ),
-    }
-)
 
 _JOB_SCHEMA = Schema(
     {

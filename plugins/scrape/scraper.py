@@ -42,12 +42,12 @@ from agent.plugin_api import (
     client_ssl_context,
     exposition,
     make_labels,
+    process,
     valid_label_name,
     valid_metric_name,
 )
 from plugins.scrape.config import SECTION, HttpSpec, JobSpec, compile_jobs
 from plugins.scrape.discovery import Discovery
-from plugins.scrape.relabel import process
 from plugins.scrape.targets import TargetSpec, targets_of
 
 if TYPE_CHECKING:

@@ -14,9 +14,8 @@ import hashlib
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from agent.plugin_api import Labels, make_labels, parse_duration
+from agent.plugin_api import Labels, make_labels, parse_duration, process
 from plugins.scrape.config import JobSpec
-from plugins.scrape.relabel import process
 
 ADDRESS = "__address__"
 SCHEME = "__scheme__"

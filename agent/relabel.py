@@ -23,7 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.plugin_api import valid_label_name
+from agent.config import Field, Schema, check_non_negative
+from agent.model import valid_label_name
 
 ACTIONS = (
     "replace",
@@ -282,3 +283,53 @@ def process(labels: Mapping[str, str], rules: Sequence[RelabelRule]) -> dict[str
         if not apply_rule(rule, lb):
             return None
     return lb
+
+
+# --- configuration: scrape jobs' relabel_configs, the forwarder's write_relabel_configs ---
+
+
+def check_relabel_action(value: Any) -> str | None:
+    if str(value).lower() in ACTIONS:
+        return None
+    return "expected one of " + ", ".join(repr(a) for a in ACTIONS)
+
+
+def check_relabel_regex(value: Any) -> str | None:
+    try:
+        compile_regex(str(value))
+    except re.error as exc:
+        return f"invalid regular expression ({exc})"
+    return None
+
+
+def check_relabel_label(value: Any) -> str | None:
+    return None if valid_label_name(value) else "expected a label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+
+
+RELABEL_SCHEMA = Schema(
+    {
+        "source_labels": Field(
+            list,
+            [],
+            "Labels whose values are joined.",
+            item=Field(str, "", check=check_relabel_label),
+        ),
+        "separator": Field(str, DEFAULT_SEPARATOR, "Put between the joined values."),
+        "regex": Field(
+            str,
+            DEFAULT_REGEX,
+            "Anchored at both ends (Python re syntax, RE2-compatible in practice).",
+            check=check_relabel_regex,
+            nullable=True,
+        ),
+        "modulus": Field(int, 0, "For hashmod.", check=check_non_negative),
+        "target_label": Field(str, "", "Label written by replace, hashmod, lowercase, uppercase."),
+        "replacement": Field(str, DEFAULT_REPLACEMENT, "With $1, ${1}, ${name} references."),
+        "action": Field(
+            str,
+            "replace",
+            "One of " + ", ".join(ACTIONS) + ".",
+            check=check_relabel_action,
+        ),
+    }
+)

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, cast
 
 from prometheus_client import Counter
 
-from agent.plugin_api import Field, Labels, check_non_negative, check_positive
+from agent.config import Field, check_non_negative, check_positive
+from agent.model import Labels
 
 if TYPE_CHECKING:
-    from agent.plugin_api import AgentContext
+    from agent.context import AgentContext
 
 REFUSED_SERIES = "cardinality_limit"  # the store's reason for a refused new series
 
