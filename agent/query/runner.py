@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from agent.query.errors import QueryError
-from agent.query.limits import QueryBudget, QueryTimeout, budget_scope
+from agent.query.limits import QueryBudget, QueryTimeout, budget_scope, worker_thread
 from agent.query.queryable import select_arrays
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ def _work(make: Callable[[], Awaitable[T]], budget: QueryBudget) -> T:
     budget.check()  # timed out or abandoned while waiting for a worker: do nothing
     loop = asyncio.new_event_loop()
     try:
-        with budget_scope(budget):
+        with budget_scope(budget), worker_thread():
             return loop.run_until_complete(_bounded(make, budget))
     finally:
         loop.close()
