@@ -107,6 +107,29 @@ def metrics_json(label_sets: list[Labels]) -> list[bytes]:
     return [labels_json_text(lab).encode() for lab in label_sets]
 
 
+def _matrix_orjson(
+    labels: list[Labels], point_ends: list[int], byte_ends: list[int], body: bytes
+) -> bytes | None:
+    """:meth:`Matrix.to_json_bytes` assembled by one ``orjson.dumps``, or None.
+
+    Each series' points go in as an ``orjson.Fragment`` (JSON written as it
+    is), so the per-series Python is one dict and one slice; None when orjson
+    refuses a label set (a lone surrogate), for the caller's slower path.
+    """
+    fragment, rows = orjson.Fragment, []
+    start = 0
+    try:
+        for lab, point in zip(labels, point_ends, strict=True):
+            end = byte_ends[point - 1] if point else 0
+            rows.append(
+                {"metric": dict(lab), "values": fragment(b"[" + body[start + 1 : end] + b"]")}
+            )
+            start = end
+        return orjson.dumps({"resultType": "matrix", "result": rows})
+    except TypeError:
+        return None
+
+
 _PARALLEL_POINTS = 400_000  # from this many points, two halves are encoded at once
 _pool: ThreadPoolExecutor | None = None
 
@@ -389,6 +412,10 @@ class Matrix:
             return b'{"resultType":"matrix","result":[]}'
         body, ends = _points_json(t, v)
         byte_ends = ends.tolist()
+        if orjson is not None:
+            whole = _matrix_orjson(labels, point_ends, byte_ends, body)
+            if whole is not None:
+                return whole
         view = memoryview(body)
         parts: list[bytes | memoryview] = []
         start = 0

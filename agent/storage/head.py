@@ -269,6 +269,17 @@ class Head:
         self.last_bits[uniq] = bits[last]
         self._note_added(uniq, ends - starts, seq, now_ms)
 
+    def settle(self, most: int) -> None:
+        """Move the queue into the buffers if it holds more than ``most`` samples.
+
+        Called on the event loop before a query worker reads (``Store.plan_select``):
+        :meth:`read_many` leaves the queue alone and merges it into every read,
+        so without this a queue left by a large load (up to ``PENDING_MAX``)
+        would cost every later query its merge.
+        """
+        if self._pending_n > most:
+            self.materialize()
+
     def materialize(self) -> None:
         """Move the queued in-order samples into the per-series buffers."""
         if not self._pending:

@@ -86,6 +86,9 @@ if TYPE_CHECKING:
     from agent.stream import Subscription
 
 log = logging.getLogger(__name__)
+# Queued head samples a query worker merges into its read; more are moved into
+# the buffers on the loop first (Head.settle), as every select once did.
+READ_QUEUE_MAX = 16_384
 
 READER_THREADS = 2
 # Longest a clean shutdown spends giving free pages back (see Store.reclaim).
@@ -1038,6 +1041,7 @@ class Store:
             raise StorageError("store is closed")
         index = self._index
         ids = index.in_label_order(index.match(matchers))
+        self._head.settle(READ_QUEUE_MAX)
         return ids, index.labels_many(ids)
 
     async def read_selected(
