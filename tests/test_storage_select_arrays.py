@@ -207,3 +207,27 @@ def test_read_many_in_another_thread_while_the_loop_writes() -> None:
         sys.setswitchinterval(switch)
     assert not errors, errors[0]
     assert reads > 0
+
+
+async def test_plan_select_moves_a_large_head_queue_into_the_buffers(tmp_path: Path) -> None:
+    """Workers merge the head's queue into every read; a queue left by a large load
+    is moved into the buffers on the loop first, so later queries do not pay for it."""
+    from agent.storage.store import READ_QUEUE_MAX
+
+    options = StorageOptions(flush_interval_s=3600, block_size=10**6)  # nothing flushes
+    store = await Store.open(tmp_path / "tsagent.db", options, codecs())
+    try:
+        ids = await store.get_or_create_series([labels(i) for i in range(10)])
+        selector = [Matcher.of("__name__", MatchOp.EQ, "m")]
+        await store.append(ids, [1_000] * 10, [1.0] * 10)
+        store.plan_select(selector)
+        assert store._head._pending_n == 10  # small: left for the workers to merge
+        rounds = READ_QUEUE_MAX // 10 + 1
+        for r in range(rounds):
+            await store.append(ids, [2_000 + r] * 10, [float(r)] * 10)
+        assert store._head._pending_n > READ_QUEUE_MAX
+        store.plan_select(selector)
+        assert store._head._pending_n == 0
+        assert await check_equal(store, selector, 0, 10**9) == 10
+    finally:
+        await store.close()
