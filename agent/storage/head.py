@@ -22,15 +22,12 @@ series per read or per ~250k samples. Everything else per series (newest
 timestamp and bits, counts, log sequences) is updated at append time with
 numpy, so validation never needs the buffers. Per-sample Python work happens
 only for out-of-order samples inside the window, which are rare by nature.
-Only the event loop writes to the head. Query worker threads read it
-(:meth:`Head.read_many`) without ever changing it: ``lock`` is held by the
-loop around every change of a per-series buffer (moving the queue in,
-out-of-order inserts, releases, retention) and by a reader only while it
-copies buffers and takes the queue's list, so a reader never sees a buffer
-being resized (an exported buffer makes ``array`` resizes raise) and sees
-every queued sample either in the queue or in a buffer, never both or neither.
-The in-order append path only appends to the queue's list, which a reader
-copies in one step, so it takes no lock.
+Only the event loop writes to the head; query worker threads read it
+(:meth:`Head.read_many`) without changing it. ``lock`` is held by the loop
+around every change of a buffer (queue moves, out-of-order inserts, releases,
+retention) and by a reader while it copies buffers and the queue's list: no
+buffer is resized while exported, and a queued sample is seen exactly once.
+In-order appends only append to the queue's list and take no lock.
 """
 
 from __future__ import annotations
@@ -263,22 +260,28 @@ class Head:
         self._pending.append((sids, pairs))
         self._pending_n += int(sids.size)
         if self._pending_n >= PENDING_MAX:
-            self.materialize()
+            # Not while a worker copies buffers: the next batch tries (up to 4x).
+            self._materialize_unless_read(self._pending_n < 4 * PENDING_MAX)
         last = ends - 1
         self.max_t[uniq] = ts[last]
         self.last_bits[uniq] = bits[last]
         self._note_added(uniq, ends - starts, seq, now_ms)
 
     def settle(self, most: int) -> None:
-        """Move the queue into the buffers if it holds more than ``most`` samples.
-
-        Called on the event loop before a query worker reads (``Store.plan_select``):
-        :meth:`read_many` leaves the queue alone and merges it into every read,
-        so without this a queue left by a large load (up to ``PENDING_MAX``)
-        would cost every later query its merge.
-        """
+        """Move a queue of over ``most`` samples into the buffers, unless a reader
+        holds the lock: on the loop before a worker reads, which would otherwise
+        merge a large load's queue into every read (:meth:`read_many`)."""
         if self._pending_n > most:
-            self.materialize()
+            self._materialize_unless_read(True)
+
+    def _materialize_unless_read(self, optional: bool) -> None:
+        if not self.lock.acquire(blocking=not optional):
+            return  # a reader holds the lock; the queue waits for the next chance
+        try:
+            if self._pending:
+                self._materialize()
+        finally:
+            self.lock.release()
 
     def materialize(self) -> None:
         """Move the queued in-order samples into the per-series buffers."""
@@ -483,13 +486,10 @@ class Head:
     def read_many(
         self, sids: Sequence[int], start: int, end: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`snapshot_many` from any thread: the same samples, and nothing changed.
+        """:meth:`snapshot_many` from any thread: the same samples, nothing changed.
 
-        Under ``lock`` only the queue's list is taken and the buffers are
-        copied; then the queued samples of these series go after each series'
-        buffered ones. Queued samples are newer than every buffered sample of
-        their series (the queue holds in-order appends only, and an
-        out-of-order insert moves the queue in first), in time order.
+        Queued samples go after each series' buffered ones: they are newer (the
+        queue holds in-order appends; out-of-order inserts move it in first).
         """
         with self.lock:
             pending = list(self._pending)
