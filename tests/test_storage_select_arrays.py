@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.model import STALE_NAN, Matcher, MatchOp
@@ -129,7 +129,10 @@ def _bits(values: list[float]) -> np.ndarray:
     return np.array(values, dtype=np.float64).view(np.uint64)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
+@example(  # queued samples of series without buffered ones, asked in another order
+    rounds=[[(1, 10), (2, 10), (3, 10)], [(1, 11), (3, 11)]], window=(0, 70), wanted=[3, 1, 2]
+)
 @given(
     rounds=st.lists(
         st.lists(st.tuples(st.integers(1, 80), st.integers(0, 60)), max_size=40), max_size=12
@@ -148,7 +151,8 @@ def test_read_many_equals_snapshot_many(
     for seq, batch in enumerate(rounds, start=1):
         sids = np.array([s for s, _ in batch], dtype=np.int64)
         ts = np.array([t for _, t in batch], dtype=np.int64)
-        head.apply(sids, ts, _bits([seq + t / 7 for _, t in batch]), seq, seq)
+        values = [s * 1000 + seq + t / 7 for s, t in batch]  # distinct per series
+        head.apply(sids, ts, _bits(values), seq, seq)
         if seq % 5 == 0:
             head.release([3, 4], [10, 10])
             head.drop_before(7, 20)

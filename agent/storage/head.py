@@ -510,9 +510,14 @@ class Head:
         if not hit.any():
             return counts, t, v
         pos = order[at[hit]]
+        # By series position (stable: a series' samples keep queue order), so that
+        # series without buffered samples, which share an insertion point, follow
+        # each other in position order.
+        by_pos = np.argsort(pos, kind="stable")
+        pos = pos[by_pos]
         where = np.cumsum(counts)[pos]  # after the series' buffered samples
-        t = np.insert(t, where, pt[hit])  # stable: equal positions keep queue order
-        v = np.insert(v, where, pairs[hit, 1].view(np.float64))
+        t = np.insert(t, where, pt[hit][by_pos])
+        v = np.insert(v, where, pairs[hit, 1][by_pos].view(np.float64))
         return counts + np.bincount(pos, minlength=counts.size), t, v
 
     def _snapshot_many(
