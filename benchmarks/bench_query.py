@@ -11,9 +11,11 @@ Run: ``python benchmarks/bench_query.py`` (a few minutes; needs
    identical timestamps and values.
 3. Times typical dashboard queries over HTTP (``/api/v1/query`` at the last
    sample, ``/api/v1/query_range`` over the data with a 15 s step) against both,
-   median of ``--repeat`` runs (5); tsagent's runs send ``Cache-Control: no-cache`` so
-   its query cache (when present) does not flatter it. Then a cached repeat:
-   the same tsagent request twice without that header, timing the second.
+   after one untimed run each, median of ``--repeat`` runs (5), the two servers'
+   requests alternated; tsagent's runs send ``Cache-Control: no-cache`` so its
+   query cache (when present) does not flatter it. Then cached repeats: the
+   same tsagent request without that header, once to fill the cache, then
+   ``--repeat`` timed runs (median).
 4. Prints a Markdown table (tsagent s, Prometheus s, ratio, cached repeat) and
    checks that both returned the same number of series for every query.
 
@@ -147,6 +149,32 @@ def median_of(
     return statistics.median(times), count
 
 
+def medians_interleaved(
+    a: tuple[str, dict[str, str] | None],
+    b: tuple[str, dict[str, str] | None],
+    params: dict[str, str],
+    repeat: int,
+) -> tuple[tuple[float, int], tuple[float, int]]:
+    """:func:`median_of` for two servers, their requests alternated (a, b, a, b, ...).
+
+    A burst of load from elsewhere on the machine then lands on both, not on
+    whichever happened to be measured at the time.
+    """
+    times: tuple[list[float], list[float]] = ([], [])
+    counts = [0, 0]
+    for _ in range(repeat):
+        for k, (url, headers) in enumerate((a, b)):
+            seconds, status, body = request(url, params, headers)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {body[:300]!r}")
+            counts[k] = series_count(body)
+            times[k].append(seconds)
+    return (
+        (statistics.median(times[0]), counts[0]),
+        (statistics.median(times[1]), counts[1]),
+    )
+
+
 def wait_for_query_api(base: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -223,15 +251,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ):
                 tm = Timing(name, kind)
                 try:
-                    tm.prometheus_s, tm.prometheus_series = median_of(
-                        prom_url + path, params, args.repeat
-                    )
-                    tm.tsagent_s, tm.tsagent_series = median_of(
-                        agent_url + path, params, args.repeat, no_cache
+                    request(prom_url + path, params)  # one untimed run each: warm-up
+                    request(agent_url + path, params, no_cache)
+                    (tm.prometheus_s, tm.prometheus_series), (tm.tsagent_s, tm.tsagent_series) = (
+                        medians_interleaved(
+                            (prom_url + path, None),
+                            (agent_url + path, no_cache),
+                            params,
+                            args.repeat,
+                        )
                     )
                     request(agent_url + path, params)  # fills the cache, if there is one
-                    seconds, status, _ = request(agent_url + path, params)
-                    tm.cached_s = seconds if status == 200 else None
+                    tm.cached_s, _ = median_of(agent_url + path, params, args.repeat)
                 except RuntimeError as exc:
                     tm.errors.append(str(exc))
                 if tm.tsagent_series != tm.prometheus_series:

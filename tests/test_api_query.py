@@ -56,8 +56,9 @@ async def api_client(
 
 
 def slow_reads(store: Store, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    """Make every read path of the engine (``select``, bulk ``select_arrays``) slow."""
-    for name in ("select", "select_arrays"):
+    """Make every read path of the engine (``select``, bulk ``select_arrays``, and its
+    part in the query worker, ``read_selected``) slow."""
+    for name in ("select", "select_arrays", "read_selected"):
         real = getattr(store, name)
 
         async def slow(*args: Any, real: Any = real) -> Any:
@@ -303,7 +304,7 @@ async def test_store_closing_mid_query_is_503_canceled(
     async def closed(*args: Any) -> Any:
         raise StoreClosed("store is closed")
 
-    for name in ("select", "select_arrays"):
+    for name in ("select", "select_arrays", "read_selected"):
         monkeypatch.setattr(store_of(client), name, closed)
     status, body = await get_json(client, "/api/v1/query", query="up", time=T0)
     assert status == 503 and body["errorType"] == "canceled"

@@ -159,3 +159,61 @@ def test_result_from_data_round_trips() -> None:
     )
     back = result_from_data(json.loads(reference(matrix)), matrix.annotations)
     assert reference(back) == reference(matrix)  # type: ignore[arg-type]
+
+
+# --- the orjson path of the JSON encoder ------------------------------------------------
+
+
+def plain_values(seed: int) -> np.ndarray:
+    """Values orjson writes without an exponent (what rate() and gauges give)."""
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    v = np.concatenate(
+        [
+            rng.uniform(0, 1e6, n) / 60,
+            rng.normal(0, 1e3, n),
+            rng.integers(-(10**9), 10**9, n) * 1.0,  # whole: the ".0" is dropped
+            rng.integers(0, 10**5, n) / 100.0,
+            10.0 ** rng.uniform(-4, 15, n),
+            -(10.0 ** rng.uniform(-4, 15, n)),
+            np.array([0.0, -0.0, 1.0, 0.1, 0.0001, 999999999999999.9, 1e15, 16666.666666666668]),
+        ]
+    )
+    return v
+
+
+@pytest.mark.parametrize("seed", [6, 7])
+def test_points_json_orjson_equals_numpy_path(seed: int) -> None:
+    pytest.importorskip("orjson")
+    from agent.query import values as vals
+
+    v = plain_values(seed)
+    rng = np.random.default_rng(seed)
+    # Whole seconds, milliseconds, before 1970 and at 0: format_time's cases.
+    t = rng.choice(
+        np.array([0, 1, 999, 1000, -1500, 1_700_000_000_000, 1_700_000_000_123, 12_345_678]),
+        v.size,
+    ).astype(np.int64)
+    got = vals._points_json_orjson(t, v)
+    assert got is not None  # no exponent, NaN or infinity among these
+    body, ends = got
+    want_body, want_ends = vals._points_json_serial(t, v)
+    assert body == want_body
+    assert ends.tolist() == want_ends.tolist()
+    # Whatever the values, the chunked encoder gives the numpy path's bytes.
+    awkward = values(seed)
+    t2 = np.resize(t, awkward.size)
+    body, ends = vals._points_json(t2, awkward)
+    want_body, want_ends = vals._points_json_numpy(t2, awkward)
+    assert body == want_body and ends.tolist() == want_ends.tolist()
+
+
+def test_metrics_json_equals_json_dumps() -> None:
+    from agent.query.values import labels_json_text, metrics_json
+
+    chars = [chr(c) for c in [*range(0x800), 0x2028, 0x2029, 0xFEFF, 0xFFFF, 0x1F600]]
+    sets = [(("__name__", "m"), ("v", c + 'x"\\'), ("n" + c, "1")) for c in chars]
+    assert metrics_json(sets) == [labels_json_text(s).encode() for s in sets]
+    lone = [(("__name__", "m"), ("v", "\udc80"))]  # orjson refuses: the slow way, which
+    with pytest.raises(UnicodeEncodeError):  # cannot encode it either (as before orjson)
+        metrics_json(lone)

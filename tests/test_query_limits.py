@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.model import Matcher
+from agent.query import limits
 from agent.query.aggregation import group_labels, make_grouping
 from agent.query.errors import BadDataError
-from agent.query.limits import ParseLimits, QueryCanceled, check_query_text
+from agent.query.limits import (
+    WRITES,
+    ParseLimits,
+    QueryBudget,
+    QueryCanceled,
+    budget_scope,
+    check_query_text,
+    worker_thread,
+)
 from agent.query.parser import parse
 from agent.query.queryable import MemoryQueryable
 from agent.query.service import QueryOptions, QueryService
@@ -143,3 +153,37 @@ def test_merged_window_search_matches_searchsorted(keys: np.ndarray, needles: np
     finally:
         blocks._MERGE_NEEDLES = real
     assert got.tolist() == expect.tolist()
+
+
+def test_query_workers_wait_while_writes_are_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's budget check sleeps while a write is in flight; the loop's never does."""
+    monkeypatch.setattr(limits, "YIELD_MAX_S", 600.0)  # wait for the write, however long
+    budget = QueryBudget(6000, 10**6, 10**9)
+    budget.started -= 3000  # ... as a query that has worked long enough may
+    checked = threading.Event()
+
+    def worker() -> None:
+        with budget_scope(budget), worker_thread():
+            budget.check()
+        checked.set()
+
+    thread = threading.Thread(target=worker)
+    with WRITES.writing():
+        budget.check()  # not a worker thread (the event loop's): returns at once
+        thread.start()
+        assert not checked.wait(0.2)  # the worker waits for the write...
+    assert checked.wait(60)  # ... and goes on once it is done
+    thread.join()
+    assert WRITES.active == 0
+    assert budget.yielded_s > 0
+
+
+def test_query_workers_yield_at_most_half_their_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that stays in flight (a slow client) never stops queries."""
+    monkeypatch.setattr(limits, "YIELD_MAX_S", 600.0)
+    budget = QueryBudget(6000, 10**6, 10**9)
+    budget.started -= 3000
+    budget.yielded_s = 1600.0  # longer than it has worked: no more yielding
+    with WRITES.writing(), budget_scope(budget), worker_thread():
+        budget.check()  # returns at once (pytest-timeout would stop a 600 s wait)
+    assert budget.yielded_s == 1600.0

@@ -9,12 +9,19 @@ the window; whatever the mix, the concatenation must equal ``select``.
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from agent.model import STALE_NAN, Matcher, MatchOp
 from agent.storage import Store
+from agent.storage.head import Head
 from tests.conftest import open_store
 
 
@@ -24,8 +31,20 @@ def labels(i: int) -> tuple[tuple[str, str], ...]:
 
 
 async def check_equal(store: Store, matchers: list[Matcher], start: int, end: int) -> int:
+    # The query worker's path first (another thread, its own loop), while the head
+    # may still hold queued samples that the loop's path moves into its buffers.
+    ids, labs = store.plan_select(matchers)
+    off_loop = await asyncio.to_thread(
+        lambda: asyncio.run(store.read_selected(ids, labs, start, end))
+    )
     want = await store.select(matchers, start, end)
     got = await store.select_arrays(matchers, start, end)
+    for arrays in (got, off_loop):
+        assert_same(arrays, want)
+    return len(want)
+
+
+def assert_same(got: Any, want: list[Any]) -> None:
     assert got.labels == [s.labels for s in want]
     assert got.offsets.tolist() == np.cumsum([0] + [len(s.timestamps) for s in want]).tolist()
     if want:
@@ -34,7 +53,6 @@ async def check_equal(store: Store, matchers: list[Matcher], start: int, end: in
         assert got.v.view(np.uint64).tolist() == want_bits.tolist()
     else:
         assert got.t.size == 0 and got.v.size == 0
-    return len(want)
 
 
 async def test_select_arrays_equals_select(tmp_path: Path) -> None:
@@ -95,5 +113,119 @@ async def test_many_series_use_the_cached_label_order_and_bulk_head_read(tmp_pat
             await store.append(more, [9000] * len(more), [1.0] * len(more))
             await check_equal(store, selector, 0, 20_000)
             await check_equal(store, selector, 8500, 9000)
+    finally:
+        await store.close()
+
+
+# --- Head.read_many: the head read of a query worker thread ---------------------------
+
+
+def _bits(values: list[float]) -> np.ndarray:
+    return np.array(values, dtype=np.float64).view(np.uint64)
+
+
+@settings(max_examples=200, deadline=None)
+@example(  # queued samples of series without buffered ones, asked in another order
+    rounds=[[(1, 10), (2, 10), (3, 10)], [(1, 11), (3, 11)]], window=(0, 70), wanted=[3, 1, 2]
+)
+@given(
+    rounds=st.lists(
+        st.lists(st.tuples(st.integers(1, 80), st.integers(0, 60)), max_size=40), max_size=12
+    ),
+    window=st.tuples(st.integers(-5, 70), st.integers(0, 70)),
+    wanted=st.lists(st.integers(1, 90), unique=True, max_size=90),
+)
+def test_read_many_equals_snapshot_many(
+    rounds: list[list[tuple[int, int]]], window: tuple[int, int], wanted: list[int]
+) -> None:
+    """Batches of (series, timestamp) with repeats and out-of-order samples, some
+    series released or trimmed: ``read_many`` (queue left alone) gives exactly what
+    ``snapshot_many`` gives after moving the queue in, for any window and series."""
+    head = Head(window_ms=30)
+    head.ensure(95)
+    for seq, batch in enumerate(rounds, start=1):
+        sids = np.array([s for s, _ in batch], dtype=np.int64)
+        ts = np.array([t for _, t in batch], dtype=np.int64)
+        values = [s * 1000 + seq + t / 7 for s, t in batch]  # distinct per series
+        head.apply(sids, ts, _bits(values), seq, seq)
+        if seq % 5 == 0:
+            head.release([3, 4], [10, 10])
+            head.drop_before(7, 20)
+    start, end = min(window), max(window)
+    got = head.read_many(wanted, start, end)
+    pending = head._pending_n
+    want = head.snapshot_many(wanted, start, end)
+    assert head._pending_n == 0 or pending == 0 or not rounds
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        assert g.view(np.uint64).tolist() == w.view(np.uint64).tolist()
+
+
+def test_read_many_in_another_thread_while_the_loop_writes() -> None:
+    """A reader thread never meets a buffer being resized (``BufferError``), and every
+    read is consistent: each series' timestamps are 0, 1, ..., n-1, without gaps or
+    repeats (series 5 loses its oldest ones to retention now and then)."""
+    series = list(range(1, 301))
+    head = Head()
+    head.ensure(len(series) + 1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    reads = 0
+
+    def reader() -> None:
+        nonlocal reads
+        try:
+            while not stop.is_set():
+                counts, t, _ = head.read_many(series, 0, 10**9)
+                at = 0
+                for sid, c in zip(series, counts.tolist(), strict=True):
+                    got = t[at : at + c].tolist()
+                    first = got[0] if sid == 5 and got else 0  # series 5 is trimmed
+                    assert got == list(range(first, first + c))
+                    at += c
+                reads += 1
+        except (AssertionError, BufferError, IndexError, ValueError) as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave as often as they can
+    thread.start()
+    try:
+        sids = np.array(series, dtype=np.int64)
+        for step in range(400):
+            ts = np.full(sids.size, step, dtype=np.int64)
+            head.apply(sids, ts, _bits([float(step)] * sids.size), step + 1, step)
+            if step % 3 == 0:
+                head.materialize()  # buffers grow (resize) while the reader copies
+            if step % 97 == 96:
+                head.drop_before(5, step + 1)  # ... and shrink
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+    assert not errors, errors[0]
+    assert reads > 0
+
+
+async def test_plan_select_moves_a_large_head_queue_into_the_buffers(tmp_path: Path) -> None:
+    """Workers merge the head's queue into every read; a queue left by a large load
+    is moved into the buffers on the loop first, so later queries do not pay for it."""
+    from agent.storage.store import READ_QUEUE_MAX
+
+    store = await open_store(tmp_path, block_size=10**6)  # nothing flushes
+    try:
+        ids = await store.get_or_create_series([labels(i) for i in range(10)])
+        selector = [Matcher.of("__name__", MatchOp.EQ, "m")]
+        await store.append(ids, [1_000] * 10, [1.0] * 10)
+        store.plan_select(selector)
+        assert store._head._pending_n == 10  # small: left for the workers to merge
+        rounds = READ_QUEUE_MAX // 10 + 1
+        for r in range(rounds):
+            await store.append(ids, [2_000 + r] * 10, [float(r)] * 10)
+        assert store._head._pending_n > READ_QUEUE_MAX
+        store.plan_select(selector)
+        assert store._head._pending_n == 0
+        assert await check_equal(store, selector, 0, 10**9) == 10
     finally:
         await store.close()

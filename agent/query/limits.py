@@ -139,10 +139,21 @@ class QueryBudget:
     memory, since intermediates are freed as evaluation proceeds.
     """
 
-    __slots__ = ("_cancelled", "bytes_used", "deadline", "loaded", "max_bytes", "max_points")
+    __slots__ = (
+        "_cancelled",
+        "bytes_used",
+        "deadline",
+        "loaded",
+        "max_bytes",
+        "max_points",
+        "started",
+        "yielded_s",
+    )
 
     def __init__(self, timeout_s: float, max_points: int, max_bytes: int) -> None:
-        self.deadline = time.monotonic() + timeout_s if timeout_s > 0 else float("inf")
+        self.started = time.monotonic()
+        self.yielded_s = 0.0  # slept in checks, letting writes go first
+        self.deadline = self.started + timeout_s if timeout_s > 0 else float("inf")
         self.max_points = max_points
         self.max_bytes = max_bytes
         self.loaded = 0
@@ -154,7 +165,18 @@ class QueryBudget:
         self._cancelled = True
 
     def check(self) -> None:
-        """Raise if the query is past its deadline or was cancelled."""
+        """Raise if the query is past its deadline or was cancelled.
+
+        In a query worker thread, first let writes in flight go first
+        (:data:`WRITES`), for at most as long in total as the query has worked:
+        a write that stays in flight (a slow client's body) can slow queries
+        down twofold at most, never stop them.
+        """
+        if WRITES.active and getattr(_current, "worker", False):
+            now = time.monotonic()
+            allowed = (now - self.started) - 2 * self.yielded_s
+            if allowed > 0:
+                self.yielded_s += WRITES.wait_turn(min(allowed, YIELD_MAX_S))
         if self._cancelled:
             raise QueryCanceled("query was cancelled")
         if time.monotonic() > self.deadline:
@@ -187,6 +209,65 @@ class QueryBudget:
 
 
 _current = threading.local()
+
+YIELD_S = 0.0005  # a worker's sleep while writes are in flight
+YIELD_MAX_S = 0.02  # ... at most this long per check, so queries always progress
+
+
+class WritePriority:
+    """Writes before queries: the event loop's writes in flight, which workers wait out.
+
+    Python threads share one interpreter lock, and a worker computing a query
+    takes it from the event loop at every switch interval, so a remote-write
+    request answered while a heavy query runs takes about twice as long
+    (and the loop's longer passes too). Write requests count themselves here
+    (:meth:`writing`, on the event loop: the HTTP API's ``write`` group), and a
+    worker at each budget check sleeps, up to :data:`YIELD_MAX_S`, while any
+    is in flight (and, over the query, at most half its time so far). Queries
+    pay the time the writes take; writes see an idle interpreter most of the time.
+    """
+
+    __slots__ = ("active", "waited_s")
+
+    def __init__(self) -> None:
+        self.active = 0  # changed on the event loop only; workers only read it
+        self.waited_s = 0.0
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+    def wait_turn(self, longest: float) -> float:
+        """In a worker: sleep (releasing the interpreter) while writes are in flight.
+
+        At most ``longest`` seconds; returns how long it slept.
+        """
+        start = time.monotonic()
+        end = start + longest
+        now = start
+        while self.active and now < end:
+            time.sleep(YIELD_S)
+            now = time.monotonic()
+        self.waited_s += now - start
+        return now - start
+
+
+WRITES = WritePriority()
+
+
+@contextmanager
+def worker_thread() -> Iterator[None]:
+    """Mark the current thread as a query worker (it yields to :data:`WRITES`)."""
+    prev = getattr(_current, "worker", False)
+    _current.worker = True
+    try:
+        yield
+    finally:
+        _current.worker = prev
 
 
 @contextmanager

@@ -4,10 +4,11 @@ The evaluator is numpy over whole blocks of series x steps, which releases the
 GIL for most of its time, so threads give the event loop (remote write,
 StatsD flushes, ``/-/healthy``) the CPU back while a heavy query runs; a
 process pool would have to copy every selected array across. Each query gets
-a worker thread with its own short-lived event loop; the evaluator's reads of
-the store are sent back to the main loop (:class:`LoopBridge`), where the
-index and the head are only ever touched by one thread, and wait there as
-reads did before.
+a worker thread with its own short-lived event loop. Of the evaluator's reads
+of the store (:class:`LoopBridge`), only the series index part is sent back to
+the main loop, which owns the index; the head's buffers and the segments are
+read in the worker (``Store.read_selected``: the head is read under its lock,
+which the loop takes only while it changes a buffer).
 
 At most ``query.max_concurrency`` queries are admitted at once (Prometheus'
 default, 20); up to ``query.max_queued`` more wait for a slot, and beyond that
@@ -29,14 +30,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from agent.query.errors import QueryError
-from agent.query.limits import QueryBudget, QueryTimeout, budget_scope
+from agent.query.limits import QueryBudget, QueryTimeout, budget_scope, worker_thread
 from agent.query.queryable import select_arrays
 
 if TYPE_CHECKING:
-    from agent.model import Matcher
+    from agent.model import Labels, Matcher
     from agent.query.queryable import Queryable, SelectedArraysLike, SeriesLike
     from agent.query.rollup_select import RollupSource
     from agent.storage.rollup import SeriesBuckets
@@ -95,10 +96,36 @@ class LoopBridge:
     async def select_arrays(
         self, matchers: list[Matcher], start_ms: int, end_ms: int
     ) -> SelectedArraysLike:
-        """The engine's bulk read (``Store.select_arrays``), counted the same way."""
-        found = await self._on_loop(lambda: _arrays(self.inner, matchers, start_ms, end_ms))
+        """The engine's bulk read (``Store.select_arrays``), counted the same way.
+
+        A queryable that splits its select (:class:`SplitSelect`, the store)
+        only has the index part done on the main loop; reading the head and
+        the segments happens here, in the worker.
+        """
+        inner = self.inner
+        if isinstance(inner, SplitSelect) and self.loop is not None:
+            ids, labs = await self._on_loop(lambda: _plan(inner, matchers))
+            self.budget.check()
+            found: SelectedArraysLike = await inner.read_selected(ids, labs, start_ms, end_ms)
+        else:
+            found = await self._on_loop(lambda: _arrays(inner, matchers, start_ms, end_ms))
         self.budget.loaded_samples(len(found.t))
         return found
+
+
+@runtime_checkable
+class SplitSelect(Protocol):
+    """A bulk select in two parts: the index on the main loop, the reading anywhere."""
+
+    def plan_select(self, matchers: list[Matcher]) -> tuple[list[int], list[Labels]]: ...
+
+    async def read_selected(
+        self, ids: list[int], labs: list[Labels], start_ms: int, end_ms: int
+    ) -> SelectedArraysLike: ...
+
+
+async def _plan(inner: SplitSelect, matchers: list[Matcher]) -> tuple[list[int], list[Labels]]:
+    return inner.plan_select(matchers)
 
 
 async def _select(
@@ -227,7 +254,7 @@ def _work(make: Callable[[], Awaitable[T]], budget: QueryBudget) -> T:
     budget.check()  # timed out or abandoned while waiting for a worker: do nothing
     loop = asyncio.new_event_loop()
     try:
-        with budget_scope(budget):
+        with budget_scope(budget), worker_thread():
             return loop.run_until_complete(_bounded(make, budget))
     finally:
         loop.close()

@@ -18,6 +18,11 @@ import numpy as np
 from agent.model import Labels
 from agent.query.numfmt import format_cells, format_value
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - a dependency; the numpy path covers its absence
+    orjson = None  # type: ignore[assignment]
+
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -53,12 +58,101 @@ def labels_json_text(labels: Labels) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+def metrics_json(label_sets: list[Labels]) -> list[bytes]:
+    """``labels_json_text`` of each label set, encoded: by orjson when present.
+
+    orjson escapes strings exactly as ``json.dumps(..., ensure_ascii=False)``
+    (``tests/test_promql_json.py`` checks every character class); a label
+    set it refuses (a lone surrogate) goes the slow way.
+    """
+    if orjson is not None:
+        dumps = orjson.dumps
+        try:
+            return [dumps(dict(lab)) for lab in label_sets]
+        except TypeError:
+            pass
+    return [labels_json_text(lab).encode() for lab in label_sets]
+
+
+def _matrix_orjson(
+    labels: list[Labels], point_ends: list[int], byte_ends: list[int], body: bytes
+) -> bytes | None:
+    """:meth:`Matrix.to_json_bytes` assembled by one ``orjson.dumps``, or None.
+
+    Each series' points go in as an ``orjson.Fragment`` (JSON written as it
+    is), so the per-series Python is one dict and one slice; None when orjson
+    refuses a label set (a lone surrogate), for the caller's slower path.
+    """
+    fragment, rows = orjson.Fragment, []
+    start = 0
+    try:
+        for lab, point in zip(labels, point_ends, strict=True):
+            end = byte_ends[point - 1] if point else 0
+            rows.append(
+                {"metric": dict(lab), "values": fragment(b"[" + body[start + 1 : end] + b"]")}
+            )
+            start = end
+        return orjson.dumps({"resultType": "matrix", "result": rows})
+    except TypeError:
+        return None
+
+
 _PARALLEL_POINTS = 400_000  # from this many points, two halves are encoded at once
 _pool: ThreadPoolExecutor | None = None
 
 
+_CHUNK_POINTS = 32_768  # orjson path: points per call (each holds the GIL ~1-2 ms)
+_JSON_NUMPY = orjson.OPT_SERIALIZE_NUMPY if orjson is not None else 0
+
+
 def _points_json(times: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """All ``[t,"v"]`` points comma-joined, and each point's end offset in the bytes.
+    """All ``,[t,"v"]`` points concatenated, and each point's end offset in the bytes.
+
+    With orjson (a dependency; the numpy path below remains for its absence):
+    chunks of points go through :func:`_points_json_orjson`, which leaves a
+    chunk holding exponents, NaN or infinities to the numpy path.
+    """
+    if orjson is None or len(values) == 0:
+        return _points_json_numpy(times, values)
+    bodies: list[bytes] = []
+    ends: list[np.ndarray] = []
+    at = 0
+    for a in range(0, len(values), _CHUNK_POINTS):
+        t, v = times[a : a + _CHUNK_POINTS], values[a : a + _CHUNK_POINTS]
+        got = _points_json_orjson(t, v)
+        body, e = got if got is not None else _points_json_serial(t, v)
+        bodies.append(body)
+        ends.append(e + at)
+        at += len(body)
+    return b"".join(bodies), np.concatenate(ends)
+
+
+def _points_json_orjson(times: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray] | None:
+    """:func:`_points_json_serial`'s bytes from orjson's shortest round-trip floats.
+
+    orjson writes ``[[t,v],...]`` for an (n, 2) float array (``t`` in seconds:
+    ``ms / 1000``, the same double :func:`format_time` prints), with the digits
+    of ``repr``. A few byte replacements quote the values and drop the ``.0``
+    of whole numbers, as Go prints them. orjson writes exponents (``1e-7``,
+    ``1e+16``) and ``null`` (NaN, infinities) where Prometheus writes
+    positional digits and ``NaN``/``+Inf``: then None, and the caller uses the
+    numpy path (timestamps never hold an ``e``).
+    """
+    pairs = np.empty((len(values), 2), dtype=np.float64)
+    np.divide(times, 1000.0, out=pairs[:, 0])
+    pairs[:, 1] = values
+    raw = orjson.dumps(pairs, option=_JSON_NUMPY)  # b'[[t,v],[t,v]]'
+    if b"e" in raw or b"l" in raw:
+        return None
+    body = raw[1:-2].replace(b",", b',"').replace(b'],"[', b'"],[')  # [t,"v"],[t,"v
+    body = b"," + body + b'"]'
+    body = body.replace(b'.0"]', b'"]').replace(b'.0,"', b',"')  # whole values, seconds
+    ends = np.flatnonzero(np.frombuffer(body, dtype=np.uint8) == 93) + 1  # each "]"
+    return body, ends
+
+
+def _points_json_numpy(times: np.ndarray, values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """:func:`_points_json` without orjson.
 
     Large inputs are cut in two and encoded on two threads (the work is numpy
     passes, which release the GIL); the halves' bytes simply concatenate.
@@ -167,8 +261,8 @@ class Vector:
         view = memoryview(body)
         parts: list[bytes | memoryview] = []
         start = 0
-        for s, end in zip(samples, ends.tolist(), strict=True):
-            metric = labels_json_text(s.labels).encode()
+        metrics = metrics_json([s.labels for s in samples])
+        for metric, end in zip(metrics, ends.tolist(), strict=True):
             parts += [b',{"metric":', metric, b',"value":', view[start + 1 : end], b"}"]
             start = end
         if parts:
@@ -283,12 +377,15 @@ class Matrix:
             return b'{"resultType":"matrix","result":[]}'
         body, ends = _points_json(t, v)
         byte_ends = ends.tolist()
+        if orjson is not None:
+            whole = _matrix_orjson(labels, point_ends, byte_ends, body)
+            if whole is not None:
+                return whole
         view = memoryview(body)
         parts: list[bytes | memoryview] = []
         start = 0
-        for lab, point in zip(labels, point_ends, strict=True):
+        for metric, point in zip(metrics_json(labels), point_ends, strict=True):
             end = byte_ends[point - 1] if point else 0
-            metric = labels_json_text(lab).encode()
             parts += [b',{"metric":', metric, b',"values":[', view[start + 1 : end], b"]}"]
             start = end
         parts[0] = b'{"metric":'

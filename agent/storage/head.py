@@ -22,12 +22,17 @@ series per read or per ~250k samples. Everything else per series (newest
 timestamp and bits, counts, log sequences) is updated at append time with
 numpy, so validation never needs the buffers. Per-sample Python work happens
 only for out-of-order samples inside the window, which are rare by nature.
-Only the event loop touches the head (query threads read through it), so the
-queue needs no lock.
+Only the event loop writes to the head; query worker threads read it
+(:meth:`Head.read_many`) without changing it. ``lock`` is held by the loop
+around every change of a buffer (queue moves, out-of-order inserts, releases,
+retention) and by a reader while it copies buffers and the queue's list: no
+buffer is resized while exported, and a queued sample is seen exactly once.
+In-order appends only append to the queue's list and take no lock.
 """
 
 from __future__ import annotations
 
+import threading
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +87,7 @@ class Head:
         "first_seq",
         "last_bits",
         "last_seq",
+        "lock",
         "max_t",
         "samples",
         "seg_max_t",
@@ -104,6 +110,8 @@ class Head:
         self.seg_max_t = np.zeros(0, dtype=np.int64)
         self.samples = 0
         self.active = 0
+        # Held by the loop while it changes a buffer, by a reader while it copies.
+        self.lock = threading.RLock()
 
     @property
     def capacity(self) -> int:
@@ -205,9 +213,10 @@ class Head:
         parts_t: list[np.ndarray] = []
         parts_b: list[np.ndarray] = []
         if ooo.any():
-            o_s, o_t, o_b, o_dups, o_rej = self._insert_out_of_order(
-                sids[ooo], ts[ooo], bits[ooo], seq, now_ms, replay, probe
-            )
+            with self.lock:
+                o_s, o_t, o_b, o_dups, o_rej = self._insert_out_of_order(
+                    sids[ooo], ts[ooo], bits[ooo], seq, now_ms, replay, probe
+                )
             duplicates += o_dups
             rejected.extend(o_rej)
             if o_s.size:
@@ -251,16 +260,37 @@ class Head:
         self._pending.append((sids, pairs))
         self._pending_n += int(sids.size)
         if self._pending_n >= PENDING_MAX:
-            self.materialize()
+            # Not while a worker copies buffers: the next batch tries (up to 4x).
+            self._materialize_unless_read(self._pending_n < 4 * PENDING_MAX)
         last = ends - 1
         self.max_t[uniq] = ts[last]
         self.last_bits[uniq] = bits[last]
         self._note_added(uniq, ends - starts, seq, now_ms)
 
+    def settle(self, most: int) -> None:
+        """Move a queue of over ``most`` samples into the buffers, unless a reader
+        holds the lock: on the loop before a worker reads, which would otherwise
+        merge a large load's queue into every read (:meth:`read_many`)."""
+        if self._pending_n > most:
+            self._materialize_unless_read(True)
+
+    def _materialize_unless_read(self, optional: bool) -> None:
+        if not self.lock.acquire(blocking=not optional):
+            return  # a reader holds the lock; the queue waits for the next chance
+        try:
+            if self._pending:
+                self._materialize()
+        finally:
+            self.lock.release()
+
     def materialize(self) -> None:
         """Move the queued in-order samples into the per-series buffers."""
         if not self._pending:
             return
+        with self.lock:
+            self._materialize()
+
+    def _materialize(self) -> None:
         parts, self._pending, self._pending_n = self._pending, [], 0
         if len(parts) == 1:
             sids, pairs = parts[0]
@@ -402,18 +432,19 @@ class Head:
 
     def release(self, sids: Sequence[int], seg_max: Sequence[int]) -> None:
         """Drop head data that is now durable in segments."""
-        self.materialize()  # queued samples of these series are part of what was flushed
-        for sid, smax in zip(sids, seg_max, strict=True):
-            n = int(self.count[sid])
-            if n:
-                self.samples -= n
-                self.active -= 1
-            self.buf[sid] = None
-            self.count[sid] = 0
-            self.first_seq[sid] = 0
-            self.first_arrival[sid] = 0
-            if smax > self.seg_max_t[sid]:
-                self.seg_max_t[sid] = smax
+        with self.lock:  # a reader sees the buffer or the new seg_max_t (then asks SQL)
+            self.materialize()  # queued samples of these series are part of what was flushed
+            for sid, smax in zip(sids, seg_max, strict=True):
+                n = int(self.count[sid])
+                if n:
+                    self.samples -= n
+                    self.active -= 1
+                if smax > self.seg_max_t[sid]:
+                    self.seg_max_t[sid] = smax
+                self.buf[sid] = None
+                self.count[sid] = 0
+                self.first_seq[sid] = 0
+                self.first_arrival[sid] = 0
 
     def drop_before(self, sid: int, cutoff: int) -> int:
         """Remove samples older than ``cutoff`` (retention); returns how many went.
@@ -423,18 +454,19 @@ class Head:
         ``first_seq`` stays too when samples remain; it then only bounds the log
         trim more conservatively than needed.
         """
-        self.materialize()
-        a = self.buf[sid]
-        if a is None or len(a) == 0 or a[0] >= cutoff:
-            return 0
-        k = _bisect_t(a, cutoff, "left")
-        if 2 * k == len(a):
-            self.release([sid], [INT64_MIN])
+        with self.lock:
+            self.materialize()
+            a = self.buf[sid]
+            if a is None or len(a) == 0 or a[0] >= cutoff:
+                return 0
+            k = _bisect_t(a, cutoff, "left")
+            if 2 * k == len(a):
+                self.release([sid], [INT64_MIN])
+                return k
+            del a[: 2 * k]
+            self.count[sid] -= k
+            self.samples -= k
             return k
-        del a[: 2 * k]
-        self.count[sid] -= k
-        self.samples -= k
-        return k
 
     # --- reading ----------------------------------------------------------------------
 
@@ -449,6 +481,48 @@ class Head:
         :meth:`snapshot` cost more than the copying.  Never a view of a live buffer.
         """
         self.materialize()
+        return self._snapshot_many(sids, start, end)
+
+    def read_many(
+        self, sids: Sequence[int], start: int, end: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`snapshot_many` from any thread: the same samples, nothing changed.
+
+        Queued samples go after each series' buffered ones: they are newer (the
+        queue holds in-order appends; out-of-order inserts move it in first).
+        """
+        with self.lock:
+            pending = list(self._pending)
+            counts, t, v = self._snapshot_many(sids, start, end)
+        if not pending or not len(sids):
+            return counts, t, v
+        if len(pending) == 1:
+            psids, pairs = pending[0]
+        else:
+            psids = np.concatenate([p[0] for p in pending])
+            pairs = np.concatenate([p[1] for p in pending])
+        sel = np.asarray(sids, dtype=np.int64)
+        order = np.argsort(sel, kind="stable")
+        ordered = sel[order]
+        at = np.minimum(np.searchsorted(ordered, psids), ordered.size - 1)
+        pt = pairs[:, 0]
+        hit = (ordered[at] == psids) & (pt >= start) & (pt <= end)
+        if not hit.any():
+            return counts, t, v
+        pos = order[at[hit]]
+        # By series position (stable: a series' samples keep queue order), so that
+        # series without buffered samples, which share an insertion point, follow
+        # each other in position order.
+        by_pos = np.argsort(pos, kind="stable")
+        pos = pos[by_pos]
+        where = np.cumsum(counts)[pos]  # after the series' buffered samples
+        t = np.insert(t, where, pt[hit][by_pos])
+        v = np.insert(v, where, pairs[hit, 1][by_pos].view(np.float64))
+        return counts + np.bincount(pos, minlength=counts.size), t, v
+
+    def _snapshot_many(
+        self, sids: Sequence[int], start: int, end: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cap = len(self.buf)
         if len(sids) >= 64 and max(sids) < cap:
             return self._snapshot_whole(sids, start, end)

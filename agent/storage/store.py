@@ -71,6 +71,9 @@ from agent.storage.wal import (
 from agent.storage.writer import Counters, SampleListener, Writer, now_ms
 
 log = logging.getLogger(__name__)
+# Queued head samples a query worker merges into its read; more are moved into
+# the buffers on the loop first (Head.settle), as every select once did.
+READ_QUEUE_MAX = 16_384
 
 READER_THREADS = 2
 
@@ -483,17 +486,51 @@ class Store(SeriesParts, BackfillParts, MaintenanceParts, ListenerParts):
         reach ``start_ms`` (``seg_max_t``), so a select over 50,000 series costs
         a few Python operations per series instead of several numpy calls each.
         """
+        ids, labs = self.plan_select(matchers)
+        return await self.read_selected(ids, labs, start_ms, end_ms, on_loop=True)
+
+    def plan_select(self, matchers: list[Matcher]) -> tuple[list[int], list[Labels]]:
+        """The series :meth:`select_arrays` reads, in label order, and their labels.
+
+        The index part of a select: on the event loop's thread, which owns the
+        index. :meth:`read_selected` does the rest from any thread.
+        """
         if self._closed:
             raise StorageError("store is closed")
         index = self._index
         ids = index.in_label_order(index.match(matchers))
-        labs = index.labels_many(ids)
-        # Head first, segments second, as in _read.
-        counts, t, v = self._head.snapshot_many(ids, start_ms, end_ms)
-        id_arr = np.array(ids, dtype=np.int64)
+        self._head.settle(READ_QUEUE_MAX)
+        return ids, index.labels_many(ids)
+
+    async def read_selected(
+        self,
+        ids: list[int],
+        labs: list[Labels],
+        start_ms: int,
+        end_ms: int,
+        *,
+        on_loop: bool = False,
+    ) -> SelectedArrays:
+        """:meth:`select_arrays` of series from :meth:`plan_select`, callable in any thread.
+
+        A query worker thread calls it with its own event loop: the head is
+        read under its lock (:meth:`Head.read_many`, which changes nothing),
+        segments through the reader threads. ``on_loop``: the caller is the
+        event loop that owns the head, which may then move the head's queue
+        into its buffers first (:meth:`Head.snapshot_many`).
+        """
+        if self._closed:
+            raise StorageError("store is closed")
         head = self._head
-        seg_max = head.seg_max_t[np.minimum(id_arr, head.capacity - 1)] if ids else id_arr
-        maybe = np.flatnonzero((id_arr < head.capacity) & (seg_max >= start_ms)).tolist()
+        # Head first, segments second, as in _read.
+        if on_loop:
+            counts, t, v = head.snapshot_many(ids, start_ms, end_ms)
+        else:
+            counts, t, v = head.read_many(ids, start_ms, end_ms)
+        id_arr = np.array(ids, dtype=np.int64)
+        smt = head.seg_max_t  # one array: the loop may swap in a grown one meanwhile
+        seg_max = smt[np.minimum(id_arr, smt.size - 1)] if ids else id_arr
+        maybe = np.flatnonzero((id_arr < smt.size) & (seg_max >= start_ms)).tolist()
         if maybe:
             offs = np.zeros(len(ids) + 1, dtype=np.int64)
             np.cumsum(counts, out=offs[1:])

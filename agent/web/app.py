@@ -27,6 +27,7 @@ from agent.metrics import AgentMetrics
 from agent.plugin_calls import StartupError, call_each, collect, plugin_failed
 from agent.plugins import PluginHost, await_maybe
 from agent.query import extensions as query_extensions
+from agent.query.limits import WRITES
 from agent.web.security import (
     RATE_LIMITED,
     Authenticator,
@@ -84,6 +85,9 @@ async def _security_middleware(request: web.Request, handler: Handler) -> web.St
         return web.Response(
             status=413, text=f"request body of {request.content_length} bytes exceeds {limit}\n"
         )
+    if group == "write":
+        with WRITES.writing():  # query workers wait while writes are in flight
+            return await handler(request)
     return await handler(request)
 
 

@@ -11,6 +11,7 @@ so "no memory blow-up" is asserted as a peak, not as a wall time.
 from __future__ import annotations
 
 import asyncio
+import threading
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -298,18 +299,21 @@ async def test_more_queries_than_slots_and_queue_are_refused(
         aiohttp_client, make_config, "query:\n  max_concurrency: 1\n  max_queued: 1\n"
     )
     store = store_of(client)
-    gate = asyncio.Event()
-    entered = asyncio.Event()
-    real = store.select_arrays
+    # The read is held in the query worker thread (its own event loop): thread events.
+    gate = threading.Event()
+    entered = threading.Event()
+    real = store.read_selected
 
     async def held(*args: Any) -> Any:
         entered.set()
-        await gate.wait()
+        while not gate.is_set():
+            await asyncio.sleep(0.005)
         return await real(*args)
 
-    monkeypatch.setattr(store, "select_arrays", held)
+    monkeypatch.setattr(store, "read_selected", held)
     first = asyncio.ensure_future(query(client, "up", nocache="1"))
-    await entered.wait()  # the one slot is taken
+    while not entered.is_set():  # the one slot is taken
+        await asyncio.sleep(0.005)
     second = asyncio.ensure_future(query(client, "up + 1"))
     runner = client.app[CONTEXT_KEY].require_agent().queries.runner
     while runner.queued < 1:
