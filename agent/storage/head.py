@@ -39,14 +39,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.storage.head_arrays import INT64_MIN as INT64_MIN
+from agent.storage.head_arrays import _bisect_t, _columns, _grow, _reject, _runs, _split
 from agent.storage.options import (
     REJECT_DUPLICATE_TIMESTAMP,
     REJECT_OUT_OF_ORDER,
     REJECT_TOO_OLD,
 )
 
-INT64_MIN = int(np.iinfo(np.int64).min)
 # The array object plus its over-allocation, per series that holds head data.
+
 SERIES_BUFFER_OVERHEAD = 80 + 16
 SAMPLE_BYTES = 16
 
@@ -68,12 +70,6 @@ class ApplyOutcome:
     duplicates: int
     touched: np.ndarray  # series that received samples, for the block-size trigger
     rejected: list[tuple[int, int, str]] = field(default_factory=list)
-
-
-def _grow(a: np.ndarray, size: int, fill: int) -> np.ndarray:
-    out = np.full(size, fill, dtype=a.dtype)
-    out[: a.size] = a
-    return out
 
 
 class Head:
@@ -582,53 +578,3 @@ class Head:
 
 _NO_SAMPLES: array[int] = array("q")
 _U64 = (1 << 64) - 1
-
-
-def _bisect_t(a: array[int], t: int, side: str) -> int:
-    """Position of ``t`` among the timestamps (even slots) of an interleaved buffer."""
-    lo, hi = 0, len(a) // 2
-    if side == "left":
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if a[2 * mid] < t:
-                lo = mid + 1
-            else:
-                hi = mid
-    else:
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if t < a[2 * mid]:
-                hi = mid
-            else:
-                lo = mid + 1
-    return lo
-
-
-def _split(raw: bytes | bytearray) -> tuple[np.ndarray, np.ndarray]:
-    """Interleaved (t, bits) bytes -> contiguous int64 timestamps and float64 values."""
-    pairs = np.frombuffer(raw, dtype=np.int64).reshape(-1, 2)
-    return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]).view(np.float64)
-
-
-def _columns(a: array[int]) -> tuple[np.ndarray, np.ndarray]:
-    t, vals = _split(a.tobytes())
-    return t, vals.view(np.uint64)
-
-
-def _reject(
-    out: list[tuple[int, int, str]], mask: np.ndarray, sids: np.ndarray, ts: np.ndarray, reason: str
-) -> None:
-    if mask.any():
-        out.extend(
-            (s, t, reason) for s, t in zip(sids[mask].tolist(), ts[mask].tolist(), strict=True)
-        )
-
-
-def _runs(sids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(unique ids, run starts, run ends) of a sorted id array."""
-    if sids.size == 0:
-        return sids, sids, sids
-    brk = np.flatnonzero(sids[1:] != sids[:-1]) + 1
-    starts = np.concatenate(([0], brk))
-    ends = np.concatenate((brk, [sids.size]))
-    return sids[starts], starts, ends
