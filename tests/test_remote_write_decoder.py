@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from agent.prompb import remote_pb2, types_pb2, write_v2_pb2
 from agent.wire import uvarint as _varint
 from plugins.remote_write import v2 as v2_codec
+from plugins.remote_write.labels import validate_label_strings
 from plugins.remote_write.receiver import negotiate
 from plugins.remote_write.wire import (
     DecodeError,
     SeriesIssue,
     decode_write_request,
-    validate_label_strings,
 )
 
 names = st.sampled_from(["__name__", "job", "instance", "a", "b", "le", "bad-name", ""])

@@ -90,6 +90,7 @@ from agent.alerting.notify import (
 )
 from agent.alerting.outbox import Change, LogEntry, LogKey, Outbox, OutboxItem
 from agent.alerting.outbox import alert_from_raw as _unraw
+from agent.alerting.outbox import needs_update as _needs_update
 from agent.alerting.outbox import raw_alert as _raw
 from agent.alerting.routing import (
     Route,
@@ -593,26 +594,6 @@ class Dispatcher:
         item.next_attempt = now + delay
         log.warning("notification failed, retrying in %.1fs: %s", delay, reason, extra=where)
         await self._outbox.reschedule(item)
-
-
-def _needs_update(
-    entry: LogEntry | None,
-    firing: frozenset[str],
-    resolved: frozenset[str],
-    send_resolved: bool,
-    repeat: float,
-    now: float,
-) -> bool:
-    """Alertmanager's dedup decision for one group and one notifier."""
-    if entry is None:
-        return bool(firing)  # nothing told yet: only firing alerts are news
-    if not firing <= entry.firing:
-        return True  # something new fires
-    if not firing:
-        return bool(entry.firing)  # everything resolved: always close the group
-    if send_resolved and not resolved <= entry.resolved:
-        return True
-    return entry.sent_at <= now - repeat
 
 
 __all__ = [

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
@@ -50,7 +50,7 @@ from agent.alerting.python_rules import python_rule_spec
 from agent.alerting.python_rules import threshold_expr as threshold_expr
 from agent.alerting.rule_metrics import RuleMetrics, _AlertsCollector
 from agent.alerting.rules import GroupSpec
-from agent.alerting.template import Template, TemplateData, TemplateError
+from agent.alerting.template import TemplateData, render_or_error
 from agent.clock import Clock, SystemClock
 from agent.model import STALE_NAN, Labels, format_labels, make_labels
 from agent.query.engine import Engine
@@ -120,7 +120,7 @@ class RuleEngine:
         if self._started:
             return
         await self.store.attach(st.MIGRATIONS)
-        loaded: dict[str, dict[str, st.ActiveAlert]] = await self.store._w.job(_load_state)
+        loaded: dict[str, dict[str, st.ActiveAlert]] = await self.store._w.job(st.load_all)
         self._restored = loaded
         for group in self.groups:
             for rule in group.rules:
@@ -247,33 +247,18 @@ class RuleEngine:
     ) -> Rule:
         """Alert when one series (or every series of a selector) meets a condition.
 
-        ``series_id`` is a store series id or a PromQL selector such as
-        ``'http_errors_total{job="api"}'``. ``condition`` is one of ``>``,
-        ``>=``, ``<``, ``<=``, ``==``, ``!=`` (compared with ``threshold``),
-        ``absent`` (no sample for ``threshold`` as a duration, default
-        ``window``) or ``rate_of_change`` (per-second slope over ``window``
-        above ``threshold``, or below it when ``threshold`` is negative),
-        ``anomaly`` (the newest sample's z-score against the rest of the last
-        ``window`` beyond ``threshold``, default 3, either way:
-        ``abs(zscore_over_time(sel[window])) > 3``; the alert's value is the
-        score) or ``anomaly_robust`` (the same with median and MAD,
-        ``robust_zscore_over_time``, unmoved by earlier outliers in the window).
-
-        ``callback`` is a function or coroutine function called with the
-        :class:`Alert` once when it fires and once when it resolves; with
-        ``cooldown``, a re-fire of the same alert sooner than that after the
-        last firing notice is not notified (nor its resolve). A string names
-        a configured receiver (or a dispatcher callback) instead: the alerts
-        then go to the dispatcher addressed to it (``submit(alerts,
-        receiver=name)``), bypassing the route tree. Without a callback, the
-        dispatcher routes them like rule-file alerts. ``cooldown`` applies to
-        callable callbacks only; the dispatcher paces its receivers itself
-        (``group_interval``, ``repeat_interval``).
-
-        The rule is evaluated every ``alerting.evaluation_interval`` in the
-        group ``define_alert``; defining a ``rule_id`` again replaces the rule
-        (keeping its alerts), and its alert state survives a restart once the
-        program defines it again.
+        ``series_id`` is a series id or a PromQL selector; ``condition`` one of
+        ``>``, ``>=``, ``<``, ``<=``, ``==``, ``!=`` (against ``threshold``),
+        ``absent``, ``rate_of_change``, ``anomaly`` or ``anomaly_robust`` (the
+        expression each becomes: :func:`agent.alerting.python_rules.threshold_expr`).
+        ``callback``: a function or coroutine function called with the
+        :class:`Alert` when it fires and resolves (``cooldown`` suppresses
+        re-fires sooner than that), or a receiver name the alerts go to
+        through the dispatcher; without one, the route tree decides. Evaluated
+        every ``alerting.evaluation_interval`` in the group ``define_alert``;
+        a ``rule_id`` defined again replaces its rule, keeping its alerts, and
+        its state survives a restart once the program defines it again.
+        docs/alerting.md has the full description.
         """
         spec, cooldown_s = python_rule_spec(
             self.store,
@@ -440,13 +425,15 @@ class RuleEngine:
             )
             lab = {k: v for k, v in labels if k != "__name__"}
             for name, tmpl in spec.label_templates.items():
-                expanded = _render(tmpl, data)
+                expanded = render_or_error(tmpl, data)
                 if expanded:
                     lab[name] = expanded
                 else:
                     lab.pop(name, None)
             lab["alertname"] = spec.name
-            annotations = {k: _render(t, data) for k, t in spec.annotation_templates.items()}
+            annotations = {
+                k: render_or_error(t, data) for k, t in spec.annotation_templates.items()
+            }
             alert = st.ActiveAlert(lab, annotations, value, st.AlertState.PENDING, ts)
             if alert.fingerprint in fps:
                 raise ValueError(
@@ -609,14 +596,3 @@ class RuleEngine:
             for a in rule.active.values()
             if a.state != st.AlertState.INACTIVE
         ]
-
-
-def _render(tmpl: Template, data: TemplateData) -> str:
-    try:
-        return tmpl.render(data)
-    except TemplateError as exc:  # Prometheus puts the error in the text, not in the rule
-        return f"<error expanding template: {exc}>"
-
-
-def _load_state(conn: Any) -> dict[str, dict[str, st.ActiveAlert]]:
-    return st.load_all(conn)

@@ -291,3 +291,23 @@ def raw_alert(alert: Alert) -> dict[str, Any]:
 
 def alert_from_raw(data: Mapping[str, Any]) -> Alert:
     return Alert(**data)
+
+
+def needs_update(
+    entry: LogEntry | None,
+    firing: frozenset[str],
+    resolved: frozenset[str],
+    send_resolved: bool,
+    repeat: float,
+    now: float,
+) -> bool:
+    """Alertmanager's dedup decision for one group and one notifier."""
+    if entry is None:
+        return bool(firing)  # nothing told yet: only firing alerts are news
+    if not firing <= entry.firing:
+        return True  # something new fires
+    if not firing:
+        return bool(entry.firing)  # everything resolved: always close the group
+    if send_resolved and not resolved <= entry.resolved:
+        return True
+    return entry.sent_at <= now - repeat

@@ -492,3 +492,14 @@ def parse_template(source: str) -> Template:
 def expand(source: str, data: TemplateData) -> str:
     """Parse and render once; rule evaluation keeps parsed :class:`Template` objects instead."""
     return parse_template(source).render(data)
+
+
+def render_or_error(tmpl: Template, data: TemplateData) -> str:
+    """``tmpl`` rendered, or Prometheus' ``<error expanding template: ...>`` text on failure.
+
+    Prometheus puts a template error in the annotation's text, not in the rule's health.
+    """
+    try:
+        return tmpl.render(data)
+    except TemplateError as exc:
+        return f"<error expanding template: {exc}>"

@@ -23,6 +23,7 @@ from collections.abc import Hashable
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from agent.plugin_api import METRIC_NAME, Labels, write_v2_pb2
+from plugins.remote_write.labels import format_raw_labels, validate_label_strings
 from plugins.remote_write.wire import (
     REASON_EXEMPLAR,
     REASON_HISTOGRAM,
@@ -31,9 +32,7 @@ from plugins.remote_write.wire import (
     DecodeError,
     Metadata,
     SeriesIssue,
-    format_raw_labels,
     metric_type_name,
-    validate_label_strings,
 )
 
 

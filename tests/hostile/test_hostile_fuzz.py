@@ -30,11 +30,11 @@ from agent.prompb import remote_pb2
 from plugins.json_ingest import validate_item
 from plugins.remote_read import BadRequest, parse_request
 from plugins.remote_write import v2 as v2_codec
+from plugins.remote_write.labels import validate_label_strings
 from plugins.remote_write.wire import (
     DecodeError,
     SeriesIssue,
     decode_write_request,
-    validate_label_strings,
 )
 from plugins.statsd.parser import Malformed, parse_line
 from plugins.text_import import _om_line, _text_line, parse_lines
