@@ -4,7 +4,7 @@ Run: ``.venv/bin/python benchmarks/bench_join.py [--series 10] [--samples 100000
 
 Series are scrapes every 15 s with per-series jitter (so exact-match joins
 find only part of the rows, as with real data). ``--store`` also writes them
-into a temporary store and times ``Store.join_series`` end to end (reading
+into a temporary store and times ``Agent.join_series`` end to end (reading
 segments and head included). Prints the best of ``--repeat`` runs per case.
 """
 
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=10)
     ap.add_argument("--samples", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--store", action="store_true", help="also time Store.join_series")
+    ap.add_argument("--store", action="store_true", help="also time Agent.join_series")
     args = ap.parse_args()
     series = make_series(args.series, args.samples)
     print(f"{args.series} series x {args.samples:,} samples (best of {args.repeat})")
@@ -94,7 +94,7 @@ def main() -> None:
         print(f"  {name:<30} {seconds * 1000:8.1f} ms  {len(result):>9,} rows")  # type: ignore[arg-type]
     if args.store:
         seconds = asyncio.run(store_case(series, args.repeat))
-        print(f"  {'Store.join_series outer':<30} {seconds * 1000:8.1f} ms  (read + join)")
+        print(f"  {'Agent.join_series outer':<30} {seconds * 1000:8.1f} ms  (read + join)")
 
 
 if __name__ == "__main__":

@@ -433,7 +433,7 @@ async def detect_anomalies(
     """Score every sample in [start, end] of the selected series; one result per series.
 
     ``selector_or_series``: a PromQL selector (``'cpu{host="a"}'``), a series
-    id, or matchers. ``start``/``end`` as in ``Store.query`` (aware datetimes,
+    id, or matchers. ``start``/``end`` as in ``Agent.query`` (aware datetimes,
     RFC 3339, Unix seconds). History before ``start`` is read as the baseline
     needs (a window, or ``seasons`` periods) but not scored. ``tz`` (default
     ``query.default_timezone``, else the machine's zone) sets the calendar of

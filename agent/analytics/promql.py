@@ -86,7 +86,7 @@ FUNCTIONS: dict[str, extensions.RangeFunction] = {
 
 
 def ensure_registered() -> None:
-    """Make the functions usable without the daemon (``Store.query``, ``define_alert``)."""
+    """Make the functions usable without the daemon (``Agent.query``, ``define_alert``)."""
     for fn in FUNCTIONS.values():
         if extensions.lookup(fn.name) is None:
             extensions.register(fn)

@@ -544,10 +544,10 @@ CORE_SCHEMA = Schema(
                             check=check_duration,
                         ),
                     },
-                    "Result cache of /api/v1/query, /api/v1/query_range and Store.query*.",
+                    "Result cache of /api/v1/query, /api/v1/query_range and Agent.query*.",
                 ),
             },
-            "PromQL queries (HTTP API and Store.query / Store.query_range).",
+            "PromQL queries (HTTP API and Agent.query / Agent.query_range).",
         ),
         "plugins": Schema(
             {

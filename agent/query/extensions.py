@@ -4,7 +4,7 @@ Why a registry of its own: ``promql-parser`` refuses names it does not know,
 so a plugin function has to be announced to the parser (process-wide) as
 well as to the evaluator. Both happen in :func:`register`; the daemon calls
 it for every :class:`RangeFunction` its plugins return, and library code that
-uses such a function without the daemon (``Store.query``, ``define_alert``)
+uses such a function without the daemon (``Agent.query``, ``define_alert``)
 registers it the same way.
 
 The calling convention is the engine's own for range functions, so a

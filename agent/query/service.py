@@ -4,7 +4,7 @@
 needs around it and what both front ends must agree on: the timeout, the
 sample limit, the result cache, the parsing of times and durations, and the
 local-time rules of :mod:`agent.query.timezone`. The HTTP handlers
-(:mod:`agent.web.api`) and ``Store.query``/``Store.query_range`` are thin layers
+(:mod:`agent.web.api`) and ``Agent.query``/``Agent.query_range`` are thin layers
 over it, so a Python caller gets exactly the ``data`` the API would send.
 """
 
@@ -497,7 +497,7 @@ class QueryService:
         typed: bool = False,
         cache: CacheMode = "use",
     ) -> dict[str, Any] | Result:
-        """Instant query; see ``Store.query``."""
+        """Instant query; see ``Agent.query``."""
         rule = _rule(dst)
         zone = self.zone(tz)
         answer = await self.instant(expr, time_ms(time, zone, rule), timeout_s=timeout, cache=cache)
@@ -517,7 +517,7 @@ class QueryService:
         typed: bool = False,
         cache: CacheMode = "use",
     ) -> dict[str, Any] | Result:
-        """Range query; see ``Store.query_range``."""
+        """Range query; see ``Agent.query_range``."""
         rule = _rule(dst)
         zone = self.zone(tz)
         if align not in (None, "", "calendar"):

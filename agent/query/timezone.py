@@ -352,7 +352,7 @@ def add_local_times(data: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
 def convert_timezone(query_result: Any, target_tz: str | tzinfo) -> dict[str, Any]:
     """A query result with local timestamps for ``target_tz`` beside the Unix ones.
 
-    ``query_result`` is what ``Store.query``/``Store.query_range`` return: the
+    ``query_result`` is what ``Agent.query``/``Agent.query_range`` return: the
     API ``data`` dict, or a typed result (anything with ``to_json()``). The
     answer is the ``data`` dict shape described in :func:`add_local_times`;
     the instants themselves never change, only how they are labelled.
