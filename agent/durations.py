@@ -1,8 +1,8 @@
 """Prometheus-style durations (``1h30m``, ``15s``, ``7d``) as used in configuration.
 
-Its own module because both the config schema and the alert routing tree
-(which the schema validates) need it: a leaf that imports nothing of
-tsagent, so neither has to import the other for it.
+Its own module because the config schema, the alert routing tree (which
+the schema validates) and the PromQL parser all need it: a leaf that imports
+nothing of tsagent, so none has to import another for it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,19 @@ _DURATION_RE = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
 )
 _DURATION_MS = (365 * 86400_000, 7 * 86400_000, 86400_000, 3600_000, 60_000, 1000, 1)
+
+
+def duration_string_ms(text: str) -> int | None:
+    """Milliseconds of a Prometheus duration string (``1h30m``, ``10s53ms``), or None.
+
+    The one parser of the unit syntax: configuration durations
+    (:func:`parse_duration`) and PromQL's (``agent.query.parser``) both use it.
+    """
+    s = text.strip()
+    m = _DURATION_RE.match(s)
+    if not s or not m or not any(m.groups()):
+        return None
+    return sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_MS, strict=True) if g)
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -32,8 +45,7 @@ def parse_duration(text: str | int | float) -> float:
         if f < 0:
             raise ValueError("negative duration")
         return f
-    m = _DURATION_RE.match(s)
-    if not s or not m or not any(m.groups()):
+    ms = duration_string_ms(s)
+    if ms is None:
         raise ValueError(f"not a duration: {text!r} (expected e.g. 15s, 5m, 1h30m, 7d)")
-    ms = sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_MS, strict=True) if g)
     return ms / 1000.0

@@ -13,6 +13,7 @@ from typing import Any
 
 import promql_parser as pp
 
+from agent.durations import duration_string_ms
 from agent.model import Matcher, MatchOp
 from agent.query import ast
 from agent.query.errors import BadDataError
@@ -39,18 +40,13 @@ _CARDS = {
     "VectorMatchCardinality.ManyToMany": ast.Card.MANY_TO_MANY,
 }
 
-_DURATION_RE = re.compile(
-    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
-)
-_DURATION_UNITS_MS = (365 * 86400_000, 7 * 86400_000, 86400_000, 3600_000, 60_000, 1000, 1)
-
 
 def parse_duration_ms(text: str) -> int:
     """Milliseconds of a Prometheus duration such as ``1h30m`` or ``10s53ms``."""
-    m = _DURATION_RE.match(text.strip())
-    if not m or not text.strip() or not any(m.groups()):
+    ms = duration_string_ms(text)
+    if ms is None:
         raise BadDataError(f'not a valid duration string: "{text}"')
-    return sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_UNITS_MS, strict=True) if g)
+    return ms
 
 
 _FLAG_GROUP = re.compile(r"\(\?([a-zA-Z]+)\)")

@@ -368,8 +368,6 @@ class Store(SeriesParts, BackfillParts, MaintenanceParts, ListenerParts):
             raise StorageError("store is not open")
         return self._writer
 
-    # --- series -------------------------------------------------------------------------
-
     # --- writing -----------------------------------------------------------------------
 
     async def append(
@@ -591,9 +589,3 @@ class Store(SeriesParts, BackfillParts, MaintenanceParts, ListenerParts):
         if not found:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         return found[0][1], found[0][2]
-
-    # --- maintenance ------------------------------------------------------------------
-
-    # --- versioned writes and the audit trail -------------------------------------------
-
-    # --- stats ----------------------------------------------------------------------------

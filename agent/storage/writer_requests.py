@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("agent.storage.writer")
-
-T = TypeVar("T")
 
 
 SampleListener = Callable[[np.ndarray, np.ndarray, np.ndarray], None]

@@ -9,8 +9,6 @@ from agent.plugin_api import METRIC_NAME, Labels, valid_label_name, valid_metric
 
 _unpack_double = struct.Struct("<d").unpack_from
 
-_TWO_63 = 1 << 63
-_TWO_64 = 1 << 64
 
 # Reasons a series is refused before it reaches the store (counted in
 # tsagent_samples_rejected_total{source="remote_write",reason=...}).

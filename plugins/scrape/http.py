@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
@@ -17,26 +17,7 @@ from agent.plugin_api import (
 from plugins.scrape.config import HttpSpec, JobSpec
 from plugins.scrape.targets import TargetSpec
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger("tsagent.scrape")
-
-SOURCE = "scrape"
-EXPORTED_PREFIX = "exported_"
-REPORT_METRICS = (
-    "up",
-    "scrape_duration_seconds",
-    "scrape_samples_scraped",
-    "scrape_samples_post_metric_relabeling",
-    "scrape_series_added",
-)
-RELOAD_POLL_SECONDS = 1.0
-# Prometheus aligns a scrape's timestamp to its schedule when it fires within
-# this much (or 1 % of the interval) of it: regular timestamps compress better.
-TIMESTAMP_TOLERANCE = 0.002
-# Samples stamped further ahead than this are dropped (Prometheus' maxAheadTime).
-MAX_AHEAD_MS = 10 * 60 * 1000
 
 
 class ScrapeError(Exception):
