@@ -265,6 +265,7 @@ class AgentContext:
         source: str,
         client: str | None = None,
         on_error: OnError = "skip",
+        new_series: Sequence[Labels] = (),
     ) -> BackfillResult:
         """Historical import through ``Store.backfill``, counted like appends in ``/metrics``.
 
@@ -280,7 +281,13 @@ class AgentContext:
         distinct = np.unique(sids)
         if on_error == "abort" or distinct.size <= BACKFILL_CHUNK_SERIES:
             result = await store.backfill(
-                sids, timestamps, values, source=source, client=client, on_error=on_error
+                sids,
+                timestamps,
+                values,
+                source=source,
+                client=client,
+                on_error=on_error,
+                new_series=new_series,
             )
         else:
             ts = np.asarray(timestamps, dtype=np.int64)

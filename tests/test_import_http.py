@@ -168,6 +168,35 @@ async def test_json_backfill_list(aiohttp_client: Any, make_config: Any) -> None
     assert ok.status == 200 and (await ok.json())["duplicates"] == 2
 
 
+async def test_json_backfill_abort_refused_series_and_conflicts_create_nothing(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    """An aborted JSON backfill creates none of its series: neither when a cardinality
+    limit refuses one of them nor when a value conflicts with a stored one."""
+    client = await make_client(aiohttp_client, make_config)
+    store = client.app[CONTEXT_KEY].require_store()
+    await store.limit_cardinality("m", "host", 2)
+    t = "2024-01-01T00:00:00Z"
+    items = [
+        {"metric_name": "m", "value": k, "timestamp": t, "labels": {"host": h}}
+        for k, h in enumerate("abc")
+    ]
+    resp = await client.post("/backfill/import?on_error=abort", json=items)
+    report = await resp.json()
+    assert resp.status == 400 and report["status"] == "aborted" and report["stored"] == 0
+    assert [(e["index"], e["field"]) for e in report["errors"]] == [(2, "labels")]
+    assert "new series refused" in report["errors"][0]["error"]
+    assert store.label_values("host") == []  # no series, not even empty ones
+    ok = await client.post("/backfill/import", json=items[:1])
+    assert ok.status == 200
+    clash = [{**items[0], "value": 9}, items[1]]
+    resp = await client.post("/backfill/import?on_error=abort", json=clash)
+    report = await resp.json()
+    assert resp.status == 400 and report["status"] == "aborted"
+    assert [(e["index"], e["field"]) for e in report["errors"]] == [(0, "timestamp")]
+    assert store.label_values("host") == ["a"]
+
+
 # --- Prometheus text ------------------------------------------------------------------------
 
 

@@ -60,17 +60,13 @@ async def store_parsed(
     if parsed.series_idx.size:
         used, inverse = np.unique(parsed.series_idx, return_inverse=True)
         labels = [parsed.label_sets[i] for i in used.tolist()]
+        new: list[Labels] = []
         if on_error == "abort":
-            # All or nothing, series included: conflicts with stored samples and the
-            # cardinality limits are checked before any series is created.
-            keys, clash = await store.backfill_conflicts(
-                labels, inverse, parsed.timestamps, parsed.values
-            )
-            if clash:
-                _report_rejections(parsed, keys, clash)
-                report.aborted = True
-                return report
-            ids, refused = await store.resolve_series_all_or_nothing(labels)
+            # All or nothing, series included: the backfill creates the new series
+            # in its own transaction, so an import that aborts leaves none behind.
+            keys, new = await store.series_keys(labels)
+            ids = keys.tolist()
+            refused: dict[int, str] = {}
         else:
             ids, refused = await resolve_chunked(store, labels)
         sids = np.asarray(ids, dtype=np.int64)[inverse]
@@ -93,7 +89,14 @@ async def store_parsed(
             source=source,
             client=client,
             on_error=on_error,
+            new_series=new,
         )
+        if result.refused_series:
+            why = result.refused_series
+            refused = {pos: why[k] for pos, k in enumerate(ids) if k in why}
+            _report_refused(parsed, np.where(np.isin(sids, list(why)), 0, sids), inverse, refused)
+            report.aborted = True
+            return report
         report.stored = result.stored
         report.duplicates = result.duplicates
         report.series = result.series

@@ -52,12 +52,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+from agent.model import Labels
 from agent.storage.audit import encode_points, write_audit
 from agent.storage.options import REJECT_DUPLICATE_TIMESTAMP, AppendResult, Rejection
 from agent.storage.recompress import encode_blocks
@@ -92,6 +93,8 @@ class BackfillResult(AppendResult):
     segments_replaced: int = 0
     audit_id: int | None = None
     aborted: bool = False
+    # {key of a new series (-(j + 1), see Store.backfill's new_series): why it was refused}
+    refused_series: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -235,12 +238,16 @@ def prepare(
     head: HeadLike | None = None,
     sink: Callable[[list[SegmentRow]], None] | None = None,
     check_only: bool = False,
+    new_series: Sequence[Labels] = (),
 ) -> Prepared:
     """Check a backfill against what is stored and encode its blocks, writing nothing.
 
     ``head`` replaces ``ctx.head`` (a :class:`HeadView` when run off the
     writer); ``sink`` receives the rows every ``_INSERT_BATCH`` (else they are
     kept in the result); ``check_only`` stops after the conflict checks.
+    A negative id ``-(j + 1)`` names ``new_series[j]``, a series created only
+    when the backfill commits (see :func:`remap_prepared`): nothing is stored
+    for it, so it is only encoded.
     """
     prep = Prepared()
     sids, ts, bits = _sort_dedupe(sids, ts, bits, prep)
@@ -259,12 +266,11 @@ def prepare(
     for k, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
         sid = int(sids[lo])
         t, b = ts[lo:hi], bits[lo:hi]
-        if sid < 0:  # a series not created yet (backfill_conflicts): nothing stored
-            continue
-        if fresh[k] and live.buffers(sid) is None:
+        if sid < 0 or (fresh[k] and live.buffers(sid) is None):
             if check_only or (on_error == "abort" and prep.rejected):
                 continue
-            codec = ctx.chooser.name_for(ctx.index.labels(sid))
+            labels = new_series[-sid - 1] if sid < 0 else ctx.index.labels(sid)
+            codec = ctx.chooser.name_for(labels)
             rows.extend(encode_blocks(sid, t, b.view(np.float64), codec, ctx.chooser, block))
             prep.stored_s.append(sids[lo:hi])
             prep.stored_t.append(t)
@@ -343,22 +349,49 @@ def backfill_sql(
     client: str | None,
     on_error: OnError,
     at_ms: int,
+    new_series: Sequence[Labels] = (),
+    new_ids: Sequence[int] = (),
 ) -> BackfillPlan:
     """The job body of ``Store.backfill`` (SQL thread, inside the job's transaction).
 
     Reads the head without changing it: the writer task is parked on this job,
-    so no append or flush can run meanwhile.
+    so no append or flush can run meanwhile. Negative ids name ``new_series``,
+    created in this transaction with ``new_ids``.
     """
-    prep = prepare(
-        conn,
-        ctx,
-        sids,
-        ts,
-        bits,
-        on_error=on_error,
-        sink=lambda rows: _insert(conn, rows),
-    )
+    ids = np.asarray(new_ids, dtype=np.int64)
+
+    def sink(rows: list[SegmentRow]) -> None:
+        _insert(conn, remap_rows(rows, ids) if ids.size else rows)
+
+    prep = prepare(conn, ctx, sids, ts, bits, on_error=on_error, sink=sink, new_series=new_series)
+    if ids.size and not (on_error == "abort" and prep.rejected):
+        remap_prepared(prep, ids)
     return commit_sql(conn, prep, source=source, client=client, on_error=on_error, at_ms=at_ms)
+
+
+def real_ids(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Series keys as ids: ``-(j + 1)`` becomes ``ids[j]``, ids stay as they are."""
+    neg = keys < 0
+    if not neg.any():
+        return keys
+    out = keys.copy()
+    out[neg] = ids[-keys[neg] - 1]
+    return out
+
+
+def remap_rows(rows: list[SegmentRow], ids: np.ndarray) -> list[SegmentRow]:
+    return [(int(ids[-r[0] - 1]), *r[1:]) if r[0] < 0 else r for r in rows]
+
+
+def remap_prepared(prep: Prepared, ids: np.ndarray) -> None:
+    """Give the series a prepared backfill names by key (new series) their ids.
+
+    The ids exist only once the commit job has started (the writer hands
+    them out in write order), after the samples were checked and encoded.
+    """
+    prep.rows = remap_rows(prep.rows, ids)
+    prep.newest = [(int(ids[-s - 1]) if s < 0 else s, t, b) for s, t, b in prep.newest]
+    prep.stored_s = [real_ids(a, ids) for a in prep.stored_s]
 
 
 def _insert(conn: sqlite3.Connection, rows: list[SegmentRow]) -> None:
@@ -385,11 +418,15 @@ def commit_sql(
     on_error: OnError,
     at_ms: int,
     staged: str | None = None,
+    staged_first_new: int | None = None,
 ) -> BackfillPlan:
     """Write what :func:`prepare` encoded, the series' new frontiers and the audit row.
 
     With ``staged`` (a :func:`stage_sql` prefix) the encoded blocks and new
-    frontiers are copied from the staging tables in two statements.
+    frontiers are copied from the staging tables in two statements; staged
+    rows of new series, keyed ``-(j + 1)``, get the id ``staged_first_new + j``
+    on the way (their ids were handed out in order, after they were staged),
+    and their frontiers were stored with their rows (``Writer.creating``).
     """
     result = BackfillResult()
     plan = BackfillPlan(result)
@@ -406,11 +443,14 @@ def commit_sql(
     for lo in range(0, len(rows), _INSERT_BATCH):
         conn.executemany(_INSERT, rows[lo : lo + _INSERT_BATCH])
     result.segments_written += len(rows)
+    first = 1 if staged_first_new is None else staged_first_new  # keys are never < 0 then
     if staged is not None:  # rows and frontiers staged in temp tables by stage_sql
         create_stage(conn, staged)
         conn.execute(
             "INSERT INTO segments(series_id, min_t, max_t, count, codec, data)"
-            f" SELECT series_id, min_t, max_t, count, codec, data FROM temp.{staged}_rows"
+            " SELECT CASE WHEN series_id < 0 THEN ? - 1 - series_id ELSE series_id END,"
+            f" min_t, max_t, count, codec, data FROM temp.{staged}_rows",
+            (first,),
         )
     replaced = prep.replaced
     if replaced:
@@ -418,9 +458,11 @@ def commit_sql(
     result.segments_replaced = len(replaced)
     plan.segments_delta = result.segments_written - len(replaced)
     if staged is not None:
+        # New series (keys < 0) were stored with their frontiers (Writer.creating).
         conn.execute(
             f"UPDATE series SET max_t = n.max_t, last_bits = n.last_bits FROM temp.{staged}_newest"
-            " AS n WHERE series.id = n.id AND (series.max_t IS NULL OR series.max_t < n.max_t)"
+            " AS n WHERE n.id > 0 AND series.id = n.id"
+            " AND (series.max_t IS NULL OR series.max_t < n.max_t)"
         )
     elif plan.newest:
         # Raise the persisted newest sample where the backfill went past it, so a

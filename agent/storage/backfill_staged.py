@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agent.model import Labels
 from agent.storage.backfill import (
     BackfillRaced,
     Prepared,
@@ -86,8 +87,8 @@ async def prepare_in_groups(
     ts: np.ndarray,
     bits: np.ndarray,
     *,
-    check_only: bool = False,
     stage: Callable[[Prepared], Awaitable[int]] | None = None,
+    new_series: Sequence[Labels] = (),
 ) -> Prepared:
     """:func:`prepare` on reader threads, ``PREPARE_GROUP_SERIES`` series at a time.
 
@@ -105,7 +106,7 @@ async def prepare_in_groups(
     for hi in cuts:
         gs, gt, gb = sids[lo:hi], ts[lo:hi], bits[lo:hi]
         view = HeadView(ctx.head, gs)
-        only = check_only or bool(total.rejected)
+        only = bool(total.rejected)
 
         def run(
             gs: np.ndarray = gs,
@@ -117,7 +118,17 @@ async def prepare_in_groups(
             conn = reader()
             conn.execute("BEGIN")  # one snapshot for the group's reads
             try:
-                part = prepare(conn, ctx, gs, gt, gb, on_error="abort", head=view, check_only=only)
+                part = prepare(
+                    conn,
+                    ctx,
+                    gs,
+                    gt,
+                    gb,
+                    on_error="abort",
+                    head=view,
+                    check_only=only,
+                    new_series=new_series,
+                )
             finally:
                 conn.execute("ROLLBACK")
             joined(part)

@@ -19,7 +19,7 @@ import re
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -207,8 +207,27 @@ class Limiter:
             assert len(self._recent) == before
         return refused
 
+    def release(self, wanted: Sequence[Labels]) -> None:
+        """Undo what :meth:`admit` reserved for these label sets, exactly.
+
+        For an all-or-nothing import that was admitted but then aborted (or
+        found some of its series created by someone else meanwhile): other
+        admissions may have come in between, so the reservations are found by
+        their labels rather than popped from the end.
+        """
+        if not self.enabled or not wanted:
+            return
+        for labels in wanted:
+            self._uncount(dict(labels))
+        gone = set(wanted)
+        self._recent = deque(x for x in self._recent if x[1] not in gone)
+
     def _unreserve(self, lab: dict[str, str]) -> None:
         """Undo the newest :meth:`_reserve` (of these labels)."""
+        self._uncount(lab)
+        self._recent.pop()
+
+    def _uncount(self, lab: dict[str, str]) -> None:
         metric = lab.get(METRIC_NAME, "")
         self._series_per_metric[metric] = max(0, self._metric_count(metric) - 1)
         for (m, label), counts in self._values.items():
@@ -218,7 +237,6 @@ class Limiter:
                     counts[lab[label]] = left
                 else:
                     counts.pop(lab[label], None)
-        self._recent.pop()
 
     def _check_rules(self, rules: list[LimitRule], metric: str, lab: dict[str, str]) -> str | None:
         for rule in rules:

@@ -296,6 +296,17 @@ class SeriesIndex:
             blobs.append(pids.tobytes())
         return interned, blobs, new_rows
 
+    def forget_pairs(self, first: int) -> None:
+        """Forget pairs handed out by :meth:`encode_new` from count ``first`` on.
+
+        For a commit that rolled back before any of its series was added: the
+        pairs were never stored, so their ids must be handed out again.
+        """
+        while len(self._pairs) - 1 > first:
+            pair = self._pairs.pop()
+            if pair is not None:
+                del self._pair_ids[pair]
+
     # --- adding series ------------------------------------------------------------
 
     def add(self, series_id: int, labels: Labels) -> Labels:

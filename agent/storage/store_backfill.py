@@ -9,26 +9,38 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import numpy as np
 
+from agent.model import Labels
 from agent.storage import (
     backfill,
     backfill_staged,
     bounds,
-    versions,
 )
-from agent.storage.backfill import BackfillPlan, BackfillResult
+from agent.storage.backfill import BackfillPlan, BackfillResult, OnError
 from agent.storage.errors import (
     UnknownSeries,
 )
-from agent.storage.options import REJECT_OUT_OF_BOUNDS
+from agent.storage.index import canonical_labels
+from agent.storage.options import REJECT_OUT_OF_BOUNDS, Rejection
 from agent.storage.store_base import StoreBase
-from agent.storage.wal import BatchRecord, TxnHook, encode_batch
-from agent.storage.writer import notify_samples, now_ms
+from agent.storage.wal import BatchRecord, TxnHook, encode_batch, signed64
+from agent.storage.writer import SeriesCreation, notify_samples, now_ms
 
 log = logging.getLogger("agent.storage.store")
+
+
+def _as_keys(rejected: list[Rejection], to_key: dict[int, int]) -> list[Rejection]:
+    """Rejections of series the backfill named by key, named by that key again."""
+    if not to_key:
+        return rejected
+    return [
+        Rejection(to_key.get(r.series_id, r.series_id), r.timestamp, r.reason, r.detail)
+        for r in rejected
+    ]
 
 
 class BackfillParts(StoreBase):
@@ -43,6 +55,7 @@ class BackfillParts(StoreBase):
         source: str = "backfill",
         client: str | None = None,
         on_error: backfill.OnError = "skip",
+        new_series: Sequence[Labels] = (),
     ) -> backfill.BackfillResult:
         """Import historical samples of any age, bypassing the out-of-order window.
 
@@ -52,9 +65,19 @@ class BackfillParts(StoreBase):
         (``duplicate_timestamp``); with ``on_error="abort"`` any rejection
         leaves nothing written and the result has ``aborted=True``.  See
         :mod:`agent.storage.backfill` for how samples reach segments.
+
+        ``new_series`` (``on_error="abort"`` only): label sets of series that
+        may not exist yet, named in ``series_ids`` by the key ``-(j + 1)``
+        for ``new_series[j]`` (see :meth:`series_keys`). They are checked
+        against the label and cardinality limits (refusals in
+        ``refused_series``, by key) and created in the backfill's own
+        transaction: an aborted backfill creates no series, whatever lands
+        between the checks and the commit. Rejections name them by key.
         """
         if on_error not in backfill.ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be one of {backfill.ON_ERROR_CHOICES}")
+        if new_series and on_error != "abort":
+            raise ValueError('new_series needs on_error="abort"')
         sids = np.asarray(series_ids, dtype=np.int64)
         ts = np.asarray(timestamps, dtype=np.int64)
         vals = np.asarray(values, dtype=np.float64)
@@ -73,43 +96,128 @@ class BackfillParts(StoreBase):
             )
             kept.rejected.extend(out_of_bounds)
             return kept
-        if int(sids.min()) < 1 or int(sids.max()) > self._index.max_id:
-            bad = sids[(sids < 1) | (sids > self._index.max_id)]
+        lowest = -len(new_series) if new_series else 1
+        if int(sids.min()) < lowest or int(sids.max()) > self._index.max_id or (0 in sids):
+            bad = sids[(sids < lowest) | (sids > self._index.max_id) | (sids == 0)]
             raise UnknownSeries(f"unknown series id(s): {bad[:5].tolist()}")
-        ctx = self._edit_ctx()
-        at = now_ms()
         # Copies: the job runs later, on another thread, and the caller may reuse its arrays.
         s, t, b = sids.copy(), ts.copy(), vals.view(np.uint64).copy()
+        if not new_series:
+            return await self._backfill(s, t, b, source, client, on_error, ())
+        new = [canonical_labels(lab) for lab in new_series]
+        why = {j: f"label limit: {r}" for j, r in self.label_problems(new).items()}
+        if not why:
+            why = self._limiter.admit_all_or_nothing(new)
+        if why:
+            return backfill.BackfillResult(
+                aborted=True, refused_series={-(j + 1): r for j, r in why.items()}
+            )
+        result: BackfillResult | None = None
+        try:
+            result = await self._backfill(s, t, b, source, client, on_error, new)
+        finally:
+            if result is None or result.aborted:
+                self._limiter.release(new)
+        return result
+
+    async def _backfill(
+        self,
+        s: np.ndarray,
+        t: np.ndarray,
+        b: np.ndarray,
+        source: str,
+        client: str | None,
+        on_error: OnError,
+        new: list[Labels] | tuple[()],
+    ) -> BackfillResult:
+        ctx = self._edit_ctx()
+        at = now_ms()
         if on_error == "abort" and backfill_staged.prepare_off_writer(s):
-            staged = await self._backfill_prepared(s, t, b, source=source, client=client, at=at)
+            staged = await self._backfill_prepared(
+                s, t, b, new, source=source, client=client, at=at
+            )
             if staged is not None:
                 return staged
 
         hooks = list(self._backfill_hooks)
+        mapped = [s]
+        plans: list[BackfillPlan] = []
+        async with self._creating(new) as creation:
 
-        def sql(conn: sqlite3.Connection) -> backfill.BackfillPlan:
-            plan = backfill.backfill_sql(
-                conn, ctx, s, t, b, source=source, client=client, on_error=on_error, at_ms=at
-            )
-            self._backfill_hooks_run(hooks, conn, plan, source, client, at)
-            return plan
+            def sql(conn: sqlite3.Connection) -> backfill.BackfillPlan:
+                s_use, to_key = s, {}
+                if creation is not None and creation.existed:
+                    # Created by someone else since the keys were taken: checked as theirs.
+                    s_use = s.copy()
+                    for j in creation.existed:
+                        s_use[s == -(j + 1)] = creation.ids[j]
+                        to_key[creation.ids[j]] = -(j + 1)
+                try:
+                    plan = backfill.backfill_sql(
+                        conn,
+                        ctx,
+                        s_use,
+                        t,
+                        b,
+                        source=source,
+                        client=client,
+                        on_error=on_error,
+                        at_ms=at,
+                        new_series=new,
+                        new_ids=creation.ids if creation is not None else (),
+                    )
+                except backfill.BackfillAborted as exc:
+                    exc.result.rejected = _as_keys(exc.result.rejected, to_key)
+                    raise
+                if creation is not None:
+                    mapped[0] = backfill.real_ids(s, np.asarray(creation.ids, dtype=np.int64))
+                self._backfill_hooks_run(hooks, conn, plan, source, client, at)
+                return plan
 
-        def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
-            return self._backfill_applied(ctx, plan)
+            def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
+                plans.append(plan)
+                return backfill.apply_plan(ctx, plan)
 
-        try:
-            result: backfill.BackfillResult = await self._w.job(sql, after)
-        except backfill.BackfillAborted as exc:
-            return exc.result
-        if self._write_listeners:
-            self.notify_written(s, int(t.min()), int(t.max()))
+            try:
+                result: BackfillResult = await self._w.job(sql, after, creates=creation)
+            except backfill.BackfillAborted as exc:
+                return exc.result
+        if creation is not None:
+            self._series_created(creation)
+        self._backfilled(plans[0], mapped[0], t)
         return result
+
+    @asynccontextmanager
+    async def _creating(
+        self, new: Sequence[Labels], frontiers: Sequence[tuple[int | None, int | None]] = ()
+    ) -> AsyncIterator[SeriesCreation | None]:
+        """``Writer.creating`` for the new series of a backfill, if it has any."""
+        if not new:
+            yield None
+            return
+        async with self._w.creating(list(new), frontiers) as creation:
+            yield creation
+
+    def _backfilled(self, plan: BackfillPlan, sids: np.ndarray, t: np.ndarray) -> None:
+        """Tell the listeners what a backfill stored (once its new series are indexed)."""
+        if plan.stored is not None and plan.stored[0].size and self._sample_listeners:
+            notify_samples(self._sample_listeners, *plan.stored)
+        if self._write_listeners:
+            self.notify_written(sids, int(t.min()), int(t.max()))
+
+    def _series_created(self, creation: SeriesCreation) -> None:
+        """A backfill created series: the limiter's reservations become series."""
+        existed = set(creation.existed)
+        if existed:
+            self._limiter.release([creation.labels[j] for j in existed])
+        self._limiter.created(i for j, i in enumerate(creation.ids) if j not in existed)
 
     async def _backfill_prepared(
         self,
         s: np.ndarray,
         t: np.ndarray,
         b: np.ndarray,
+        new: list[Labels] | tuple[()],
         *,
         source: str,
         client: str | None,
@@ -119,9 +227,10 @@ class BackfillParts(StoreBase):
 
         The checks against stored data, the merges and the encoding run on
         reader threads, a group of series at a time, against a copy of the
-        head; the writer then runs one short job that re-checks the series
-        written meanwhile, inserts the encoded blocks and the audit row.
-        Returns None when a block to merge into changed meanwhile: the caller
+        head; the writer then runs one short job that creates the new series,
+        re-checks the series written meanwhile, inserts the encoded blocks and
+        the audit row. Returns None when a block to merge into changed
+        meanwhile, or a new series was created by someone else: the caller
         then falls back to the single-job path.
         """
         ctx = self._edit_ctx()
@@ -137,6 +246,8 @@ class BackfillParts(StoreBase):
                 touched.append(np.asarray(series_ids, dtype=np.int64))
 
         self.add_write_listener(listener)
+        mapped = [s]
+        plans: list[BackfillPlan] = []
         try:
             prep = await backfill_staged.prepare_in_groups(
                 self._readers,
@@ -148,51 +259,70 @@ class BackfillParts(StoreBase):
                 stage=lambda part: self._w.job(
                     lambda c: backfill_staged.stage_sql(c, prefix, part)
                 ),
+                new_series=new,
             )
             if prep.rejected:
                 return backfill.BackfillResult(
                     rejected=prep.rejected, duplicates=prep.duplicates, aborted=True
                 )
             hooks = list(self._backfill_hooks)
+            frontiers: list[tuple[int | None, int | None]] = [(None, None)] * len(new)
+            for key, mt, mb in prep.newest:
+                if key < 0:
+                    frontiers[-key - 1] = (mt, signed64(mb))
+            async with self._creating(new, frontiers) as creation:
+                first = creation.ids[0] if creation is not None and creation.ids else None
+                if creation is not None and (
+                    creation.existed or creation.ids[-1] - creation.ids[0] != len(new) - 1
+                ):
+                    log.info("backfill: a new series was created meanwhile; one writer job")
+                    return None
 
-            def sql(conn: sqlite3.Connection) -> backfill.BackfillPlan:
-                seen = (
-                    np.unique(s)
-                    if anything[0]
-                    else np.unique(np.concatenate(touched))
-                    if touched
-                    else np.zeros(0, dtype=np.int64)
-                )
-                backfill_staged.recheck_sql(conn, ctx, prep, seen)
-                plan = backfill.commit_sql(
-                    conn,
-                    prep,
-                    source=source,
-                    client=client,
-                    on_error="abort",
-                    at_ms=at,
-                    staged=prefix,
-                )
-                backfill_staged.unstage_sql(conn, prefix)
-                self._backfill_hooks_run(hooks, conn, plan, source, client, at)
-                return plan
+                def sql(conn: sqlite3.Connection) -> backfill.BackfillPlan:
+                    seen = (
+                        np.unique(s)
+                        if anything[0]
+                        else np.unique(np.concatenate(touched))
+                        if touched
+                        else np.zeros(0, dtype=np.int64)
+                    )
+                    backfill_staged.recheck_sql(conn, ctx, prep, seen)
+                    if creation is not None and not prep.rejected:
+                        ids = np.asarray(creation.ids, dtype=np.int64)
+                        backfill.remap_prepared(prep, ids)
+                        mapped[0] = backfill.real_ids(s, ids)
+                    plan = backfill.commit_sql(
+                        conn,
+                        prep,
+                        source=source,
+                        client=client,
+                        on_error="abort",
+                        at_ms=at,
+                        staged=prefix,
+                        staged_first_new=first,
+                    )
+                    backfill_staged.unstage_sql(conn, prefix)
+                    self._backfill_hooks_run(hooks, conn, plan, source, client, at)
+                    return plan
 
-            def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
-                return self._backfill_applied(ctx, plan)
+                def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
+                    plans.append(plan)
+                    return backfill.apply_plan(ctx, plan)
 
-            try:
-                result: backfill.BackfillResult = await self._w.job(sql, after)
-            except backfill.BackfillAborted as exc:
-                return exc.result
-            except backfill.BackfillRaced as exc:
-                log.info("backfill: %s; running it as one writer job", exc)
-                return None
+                try:
+                    result: BackfillResult = await self._w.job(sql, after, creates=creation)
+                except backfill.BackfillAborted as exc:
+                    return exc.result
+                except backfill.BackfillRaced as exc:
+                    log.info("backfill: %s; running it as one writer job", exc)
+                    return None
         finally:
             self.remove_write_listener(listener)
             if not self._closed and self._writer is not None:
                 await self._w.job(lambda c: backfill_staged.unstage_sql(c, prefix))
-        if self._write_listeners:
-            self.notify_written(s, int(t.min()), int(t.max()))
+        if creation is not None:
+            self._series_created(creation)
+        self._backfilled(plans[0], mapped[0], t)
         return result
 
     @staticmethod
@@ -221,9 +351,3 @@ class BackfillParts(StoreBase):
             )
             for hook in hooks:  # same transaction: committed together or not at all
                 hook(conn, [record])
-
-    def _backfill_applied(self, ctx: versions.EditContext, plan: BackfillPlan) -> BackfillResult:
-        result = backfill.apply_plan(ctx, plan)
-        if plan.stored is not None and plan.stored[0].size and self._sample_listeners:
-            notify_samples(self._sample_listeners, *plan.stored)
-        return result

@@ -10,7 +10,6 @@ import numpy as np
 
 from agent.model import Labels, Matcher
 from agent.storage import (
-    backfill_staged,
     bounds,
 )
 from agent.storage.cardinality import (
@@ -23,7 +22,6 @@ from agent.storage.errors import (
 )
 from agent.storage.head import INT64_MIN
 from agent.storage.index import canonical_labels
-from agent.storage.options import Rejection
 from agent.storage.store_base import StoreBase
 from agent.storage.writer import now_ms
 
@@ -98,90 +96,28 @@ class SeriesParts(StoreBase):
                 out[pos] = sid
         return out, refused | too_big
 
-    async def resolve_series_all_or_nothing(
-        self, labels_list: list[Labels], chunk: int = 5_000
-    ) -> tuple[list[int], dict[int, str]]:
-        """:meth:`resolve_series` for an all-or-nothing import: when a limit refuses
-        any new series, none is created (and the refusals are returned).
+    async def series_keys(self, labels_list: Sequence[Labels]) -> tuple[np.ndarray, list[Labels]]:
+        """Keys for label sets, as :meth:`backfill` takes them with ``new_series``.
 
-        The limits are checked for all of them at once; the admitted series are
-        then created ``chunk`` at a time, so the event loop serves others between.
-        """
-        out: list[int] = []
-        where: dict[Labels, list[int]] = {}  # each new series once, with its positions
-        too_big: dict[int, str] = {}
-        for k, lab in enumerate(labels_list):
-            if k and not k % YIELD_EVERY:
-                await asyncio.sleep(0)  # let the loop serve others between slices
-            sid = self.series_id(lab)
-            if sid is None:
-                canon = canonical_labels(lab)
-                if not canon:
-                    raise ValueError("a series needs at least one non-empty label")
-                problem = bounds.label_problem(self._bounds, canon)
-                if problem is not None:
-                    too_big[len(out)] = f"label limit: {problem}"
-                else:
-                    where.setdefault(canon, []).append(len(out))
-            out.append(sid or 0)
-        if too_big:
-            return [0] * len(out), too_big
-        wanted = list(where)
-        if not wanted:
-            return out, {}
-        dropped = self._limiter.admit_all_or_nothing(wanted)
-        if dropped:
-            refused = {pos: why for i, why in dropped.items() for pos in where[wanted[i]]}
-            return [0] * len(out), refused
-        for lo in range(0, len(wanted), chunk):
-            part = wanted[lo : lo + chunk]
-            try:
-                created = await self._w.create(part)
-            except BaseException:
-                self._limiter.forget_reservations(len(wanted) - lo)
-                raise
-            self._limiter.created(created)
-            for canon, sid in zip(part, created, strict=True):
-                for pos in where[canon]:
-                    out[pos] = sid
-        return out, {}
-
-    async def backfill_conflicts(
-        self,
-        labels_list: Sequence[Labels],
-        series_idx: np.ndarray,
-        timestamps: np.ndarray,
-        values: np.ndarray,
-    ) -> tuple[np.ndarray, list[Rejection]]:
-        """What an ``on_error="abort"`` backfill would refuse, checked before any series
-        is created: different values at one timestamp, within the batch or against
-        stored samples. Reads only, on reader threads.
-
-        ``series_idx[i]`` is the position in ``labels_list`` of sample ``i``'s
-        series. Returns the per-sample key the rejections use (the series id,
-        or ``-(position + 1)`` of the first label set naming a series that does
-        not exist yet) and the rejections.
+        A key is the series' id where it exists, else ``-(j + 1)`` for
+        ``new[j]``: each new series once, however its labels are spelt.
+        Creates nothing: an all-or-nothing backfill creates its new series in
+        its own transaction, so an import that aborts leaves none behind.
         """
         lookup = self.series_id
-        known = np.zeros(len(labels_list), dtype=np.int64)
-        new: dict[Labels, int] = {}  # one key per new series, however its labels are spelt
+        keys = np.zeros(len(labels_list), dtype=np.int64)
+        where: dict[Labels, int] = {}
         for pos, lab in enumerate(labels_list):
             if pos and not pos % YIELD_EVERY:
                 await asyncio.sleep(0)  # let the loop serve others between slices
             sid = lookup(lab)
             if sid is None:
                 canon = canonical_labels(lab)
-                sid = -(new.setdefault(canon, pos) + 1)
-            known[pos] = sid
-        keys = known[np.asarray(series_idx, dtype=np.int64)]
-        ts = np.asarray(timestamps, dtype=np.int64)
-        bits = np.asarray(values, dtype=np.float64).view(np.uint64)
-        if not keys.size:
-            return keys, []
-        prep = await backfill_staged.prepare_in_groups(
-            self._readers, self._reader_conn, self._edit_ctx(), keys, ts, bits, check_only=True
-        )
-        return keys, prep.rejected
+                if not canon:
+                    raise ValueError("a series needs at least one non-empty label")
+                sid = -(where.setdefault(canon, len(where)) + 1)
+            keys[pos] = sid
+        return keys, list(where)
 
     def timestamp_problems(self, timestamps: Sequence[int] | np.ndarray) -> list[tuple[int, str]]:
         """(position, reason) of timestamps outside ``limits`` (see :mod:`agent.storage.bounds`).

@@ -181,6 +181,65 @@ WalRow = tuple[int, int, int, bytes]
 SeriesUpdate = tuple[int, int, int, int]
 
 
+def insert_series(
+    conn: sqlite3.Connection, pair_rows: Sequence[PairRow], series_rows: Sequence[SeriesRow]
+) -> None:
+    """New label pairs and series rows (inside the caller's transaction)."""
+    if pair_rows:
+        conn.executemany("INSERT INTO label_pairs(id, name, value) VALUES (?, ?, ?)", pair_rows)
+    if series_rows:
+        conn.executemany("INSERT INTO series(id, labels, created_ms) VALUES (?, ?, ?)", series_rows)
+
+
+# Rows a job stages at a time for an all-or-nothing import's new series (a few tens of ms).
+STAGE_SERIES_ROWS = 20_000
+
+
+def stage_series(
+    conn: sqlite3.Connection,
+    pair_rows: Sequence[PairRow],
+    series_rows: Sequence[SeriesRow],
+    frontiers: Sequence[tuple[int | None, int | None]] = (),
+) -> None:
+    """Keep new series' rows in TEMP tables until the job that stores them commits.
+
+    An import that creates 200,000 series would otherwise bind every row
+    inside its commit job while appends wait; staged, that job copies them
+    with two ``INSERT ... SELECT`` (see :func:`insert_staged_series`).
+    ``frontiers`` (newest timestamp and value bits, signed, per row) spare
+    the job updating the rows it has just inserted.
+    """
+    _create_series_stage(conn)
+    conn.executemany("INSERT INTO temp.new_pairs VALUES (?, ?, ?)", pair_rows)
+    if frontiers:
+        rows = [(*r, *f) for r, f in zip(series_rows, frontiers, strict=True)]
+    else:
+        rows = [(*r, None, None) for r in series_rows]
+    conn.executemany("INSERT INTO temp.new_series VALUES (?, ?, ?, ?, ?)", rows)
+
+
+def _create_series_stage(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS new_pairs (id INTEGER, name TEXT, value TEXT)")
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS new_series (id INTEGER, labels BLOB, created_ms INTEGER,"
+        " max_t INTEGER, last_bits INTEGER)"
+    )
+
+
+def insert_staged_series(conn: sqlite3.Connection) -> None:
+    """Store the rows :func:`stage_series` kept (inside the caller's transaction)."""
+    _create_series_stage(conn)
+    conn.execute("INSERT INTO label_pairs(id, name, value) SELECT * FROM temp.new_pairs")
+    conn.execute(
+        "INSERT INTO series(id, labels, created_ms, max_t, last_bits) SELECT * FROM temp.new_series"
+    )
+
+
+def unstage_series(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP TABLE IF EXISTS temp.new_pairs")
+    conn.execute("DROP TABLE IF EXISTS temp.new_series")
+
+
 def write_group(
     conn: sqlite3.Connection,
     pair_rows: Sequence[PairRow],
@@ -190,18 +249,39 @@ def write_group(
     hooks: Sequence[TxnHook],
 ) -> None:
     with transaction(conn):
-        if pair_rows:
-            conn.executemany("INSERT INTO label_pairs(id, name, value) VALUES (?, ?, ?)", pair_rows)
-        if series_rows:
-            conn.executemany(
-                "INSERT INTO series(id, labels, created_ms) VALUES (?, ?, ?)", series_rows
-            )
+        insert_series(conn, pair_rows, series_rows)
         if wal_rows:
             conn.executemany(
                 "INSERT INTO wal(seq, created_ms, count, data) VALUES (?, ?, ?, ?)", wal_rows
             )
         for hook in hooks:
             hook(conn, records)
+
+
+def write_checkpoint(
+    conn: sqlite3.Connection,
+    joined: Callable[[list[int]], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    chunks: Sequence[np.ndarray],
+    first: int,
+    ts_now: int,
+) -> tuple[int, int]:
+    """The head's samples as log rows ``first``, ``first + 1``, ... (one per chunk of
+    series), replacing every older row in one transaction; (bytes, rows deleted).
+
+    ``joined`` is the head's (counts, timestamps, value bits) of some series;
+    the writer task waits meanwhile, so the head does not change under it.
+    """
+    rows: list[WalRow] = []
+    size = 0
+    for k, chunk in enumerate(chunks):
+        counts, ts, vb = joined(chunk.tolist())
+        blob = pack_batch(np.repeat(chunk, counts), ts, vb)
+        rows.append((first + k, ts_now, int(counts.sum()), blob))
+        size += len(blob)
+    with transaction(conn):
+        deleted = conn.execute("DELETE FROM wal WHERE seq < ?", (first,)).rowcount
+        conn.executemany("INSERT INTO wal(seq, created_ms, count, data) VALUES (?, ?, ?, ?)", rows)
+    return size, int(deleted)
 
 
 def write_flush(

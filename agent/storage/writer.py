@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -29,15 +31,26 @@ from agent.storage.db import transaction
 from agent.storage.errors import StoreClosed, StoreFailed
 from agent.storage.options import AppendResult, FlushResult, Rejection, StorageOptions
 from agent.storage.segments import CodecChooser, FlushItem, SegmentRow, encode_series
+from agent.storage.series_alloc import (
+    Allocation,
+    allocate,
+    allocate_yielding,
+    register,
+    register_yielding,
+)
 from agent.storage.wal import (
+    STAGE_SERIES_ROWS,
     BatchRecord,
-    SeriesRow,
     SeriesUpdate,
     TxnHook,
     WalRow,
     encode_batch,
+    insert_staged_series,
     pack_batch,
     signed64,
+    stage_series,
+    unstage_series,
+    write_checkpoint,
     write_flush,
     write_group,
 )
@@ -50,7 +63,9 @@ if TYPE_CHECKING:
 
 from agent.storage.writer_requests import (
     Counters,
+    CreationGate,
     SampleListener,
+    SeriesCreation,
     _Append,
     _Checkpoint,
     _concat,
@@ -63,11 +78,19 @@ from agent.storage.writer_requests import (
     now_ms,
 )
 
-__all__ = ["Counters", "SampleListener", "Writer", "notify_samples", "now_ms"]
+__all__ = [
+    "Counters",
+    "SampleListener",
+    "SeriesCreation",
+    "Writer",
+    "notify_samples",
+    "now_ms",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
 
 # Bound on samples per group transaction, so one commit's latency stays bounded.
 GROUP_SAMPLE_BUDGET = 250_000
@@ -102,6 +125,7 @@ class Writer:
         self.next_seq = next_seq
         self.next_series_id = next_series_id
         self.hooks: list[TxnHook] = []
+        self.gate = CreationGate()
         # Called as fn(series_ids, timestamps, values) after each group commit with the
         # samples it stored (duplicates and rejections left out); shared with the Store.
         self.sample_listeners: list[SampleListener] = []
@@ -154,6 +178,8 @@ class Writer:
         self,
         sql: Callable[[sqlite3.Connection], T],
         after: Callable[[T], Any] | None = None,
+        *,
+        creates: SeriesCreation | None = None,
     ) -> asyncio.Future[Any]:
         """Run ``sql(conn)`` in one IMMEDIATE transaction on the SQL thread, in write order.
 
@@ -163,10 +189,15 @@ class Writer:
         the head and index may be changed to match what was committed. The
         future resolves to ``after``'s return value, or ``sql``'s when there is
         no ``after``.
+
+        With ``creates``, the series it names are created in the same
+        transaction (``creates.ids`` is filled before ``sql`` runs) and exist
+        only if ``sql`` returns: an all-or-nothing import that aborts inside
+        ``sql`` leaves no series behind.
         """
         self._check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(sql, after, fut))
+        self._queue.put_nowait(_Job(sql, after, fut, creates))
         return fut
 
     def checkpoint(self) -> asyncio.Future[int]:
@@ -209,26 +240,9 @@ class Writer:
             for i in range(0, sids.size, CHECKPOINT_CHUNK_SERIES)
         ]
         first = self.next_seq
-        ts_now = now_ms()
-
-        def build_and_write() -> tuple[int, int]:
-            rows: list[WalRow] = []
-            size = 0
-            for k, chunk in enumerate(chunks):
-                counts, ts, vb = head.joined(chunk.tolist())
-                blob = pack_batch(np.repeat(chunk, counts), ts, vb)
-                rows.append((first + k, ts_now, int(counts.sum()), blob))
-                size += len(blob)
-            with transaction(self.conn):
-                deleted = self.conn.execute("DELETE FROM wal WHERE seq < ?", (first,)).rowcount
-                self.conn.executemany(
-                    "INSERT INTO wal(seq, created_ms, count, data) VALUES (?, ?, ?, ?)", rows
-                )
-            return size, int(deleted)
-
         try:
             size, _ = await asyncio.get_running_loop().run_in_executor(
-                self.executor, build_and_write
+                self.executor, write_checkpoint, self.conn, head.joined, chunks, first, now_ms()
             )
         except Exception as exc:  # the old rows are intact: report and go on
             log.exception("log checkpoint failed")
@@ -247,12 +261,20 @@ class Writer:
             req.future.set_result(size)
 
     async def _run_job(self, job: _Job) -> None:
+        made = job.creates.made if job.creates is not None else None
+
         def run() -> Any:
             with transaction(self.conn):
+                if made is not None:
+                    insert_staged_series(self.conn)
                 return job.sql(self.conn)
 
         try:
             result = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+            if job.creates is not None and made is not None:
+                job.creates.committed = True
+                if made.new_ids:  # `after` may set the new series' frontiers
+                    self.head.ensure(made.new_ids[-1])
             if job.after is not None:
                 result = job.after(result)
         except Exception as exc:  # noqa: BLE001 - reported to the caller, writer lives on
@@ -261,6 +283,53 @@ class Writer:
             return
         if not job.future.done():
             job.future.set_result(result)
+
+    @asynccontextmanager
+    async def creating(
+        self, labels: list[Labels], frontiers: Sequence[tuple[int | None, int | None]] = ()
+    ) -> AsyncIterator[SeriesCreation]:
+        """Hand out ids for new series that one job (``job(..., creates=)``) will store.
+
+        For an all-or-nothing import: its series exist only if its job commits.
+        The ids and label pairs are handed out here, a slice at a time, while the
+        writer keeps committing appends; other new series wait (see
+        :class:`CreationGate`) until the import's are in the index, which is
+        when this exits. If the job did not commit, what was handed out is
+        handed out again. ``frontiers`` (newest timestamp, signed value bits)
+        per label set are stored with the new series' rows.
+        """
+        self._check_open()
+        await self.gate.acquire()
+        made: Allocation | None = None
+        creation: SeriesCreation | None = None
+        try:
+            made = await allocate_yielding(self.index, self.next_series_id, labels, now_ms())
+            self.next_series_id = made.next_id
+            pairs, rows, step = made.pair_rows, made.series_rows, STAGE_SERIES_ROWS
+            front = frontiers if frontiers and len(made.new_ids) == len(labels) else ()
+            for lo in range(0, max(len(pairs), len(rows)), step):
+                await self.job(
+                    partial(
+                        stage_series,
+                        pair_rows=pairs[lo : lo + step],
+                        series_rows=rows[lo : lo + step],
+                        frontiers=front[lo : lo + step],
+                    )
+                )
+            creation = SeriesCreation(labels, made, made.ids[0], made.existed[0])
+            yield creation
+        finally:
+            try:
+                if made is not None and not self._stopping and self.failed is None:
+                    await self.job(unstage_series)
+                if creation is not None and creation.committed:
+                    await register_yielding(self.index, self.head, creation.made)
+                elif made is not None:
+                    self.next_series_id = made.first_id  # nothing else handed any out
+                    self.index.forget_pairs(made.first_pair)
+            finally:
+                running = self._task is not None and not self._task.done()
+                self.gate.release(self._queue.put_nowait if running else None)
 
     @property
     def flush_pending(self) -> bool:
@@ -299,6 +368,9 @@ class Writer:
             for w in self._flush_waiters:
                 if not w.future.done():
                     w.future.set_exception(err)
+            for cr in self.gate.deferred:
+                if not cr.future.done():
+                    cr.future.set_exception(err)
             if not isinstance(exc, Exception):
                 raise
 
@@ -316,14 +388,18 @@ class Writer:
                 if isinstance(nxt, _Append):
                     budget -= int(nxt.sids.size)
                 items.append(nxt)
-            creates = [i for i in items if isinstance(i, _Create)]
+            creates = self.gate.defer([i for i in items if isinstance(i, _Create)])
             appends = [i for i in items if isinstance(i, _Append)]
             for ap in appends:
                 self.queued_samples -= int(ap.sids.size)
             if any(isinstance(i, _Stop) for i in items):
                 stop = True
             if creates or appends:
-                await self._commit_group(creates, appends)
+                self.gate.creating(bool(creates))  # an import waits for it to register
+                try:
+                    await self._commit_group(creates, appends)
+                finally:
+                    self.gate.creating(False)
             for req in items:
                 if isinstance(req, _Flush):
                     self._queued_flushes -= 1
@@ -354,25 +430,8 @@ class Writer:
                     ap.future.set_exception(exc)
             return
         ts_now = now_ms()
-        pending: dict[Labels, int] = {}
-        create_ids: list[list[int]] = []
-        lookup = self.index.lookup
-        for cr in creates:
-            ids = []
-            for lab in cr.labels:
-                sid = lookup(lab)
-                if sid is None:
-                    sid = pending.get(lab)
-                    if sid is None:
-                        sid = pending[lab] = self.next_series_id
-                        self.next_series_id += 1
-                ids.append(sid)
-            create_ids.append(ids)
-        new_ids = list(pending.values())  # insertion order == increasing ids
-        interned, blobs, pair_rows = self.index.encode_new(list(pending))
-        series_rows: list[SeriesRow] = list(
-            zip(new_ids, blobs, [ts_now] * len(new_ids), strict=True)
-        )
+        made = allocate(self.index, self.next_series_id, [cr.labels for cr in creates], ts_now)
+        self.next_series_id = made.next_id
 
         wal_rows: list[WalRow] = []
         records: list[BatchRecord] = []
@@ -389,8 +448,8 @@ class Writer:
                 self.executor,
                 write_group,
                 self.conn,
-                pair_rows,
-                series_rows,
+                made.pair_rows,
+                made.series_rows,
                 wal_rows,
                 records,
                 list(self.hooks),
@@ -413,10 +472,8 @@ class Writer:
         c = self.counters
         c.commits += 1
         c.wal_rows += len(wal_rows)
-        if new_ids:
-            self.index.add_many(new_ids, interned)
-            head.ensure(self.index.max_id)
-        for cr, ids in zip(creates, create_ids, strict=True):
+        register(self.index, self.head, made)
+        for cr, ids in zip(creates, made.ids, strict=True):
             if not cr.future.done():
                 cr.future.set_result(ids)
         for a, res in zip(appends, results, strict=True):

@@ -30,10 +30,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
 from agent.plugin_api import (
@@ -343,35 +342,17 @@ class JsonEndpoints:
             try:
                 store = self.ctx.require_store()
                 labels = [s[0] for s in samples]
+                new: list[Labels] = []
                 if on_error == "abort":
-                    # All or nothing, series included: conflicts with stored samples and
-                    # the cardinality limits are checked before any series is created.
-                    keys, clash = await store.backfill_conflicts(
-                        labels,
-                        np.arange(len(samples)),
-                        np.fromiter((s[1] for s in samples), np.int64, len(samples)),
-                        np.fromiter((s[2] for s in samples), np.float64, len(samples)),
-                    )
-                    if clash:
-                        report.aborted = True
-                        _apply(
-                            report,
-                            AppendResult(rejected=clash),
-                            indices,
-                            keys.tolist(),
-                            [s[1] for s in samples],
-                        )
-                        count(self.ctx, SOURCE_BACKFILL, report)
-                        return report_response(report, cfg["max_errors"])
-                    ids, refused = await store.resolve_series_all_or_nothing(labels)
+                    # All or nothing, series included: the backfill creates the new series
+                    # in its own transaction, so an import that aborts leaves none behind.
+                    keys, new = await store.series_keys(labels)
+                    ids = keys.tolist()
+                    refused: dict[int, str] = {}
                 else:
                     ids, refused = await resolve_chunked(store, labels)
                 if refused:
-                    for pos, reason in refused.items():
-                        msg = f"new series refused: {reason}"
-                        report.add(Problem(indices[pos], "labels", msg, "item"))
-                    report.rejected += len(refused)
-                    report.store_rejected += len(refused)
+                    _refused(report, indices, refused)
                     if on_error == "abort":
                         report.aborted = True
                         return report_response(report, cfg["max_errors"])
@@ -385,7 +366,14 @@ class JsonEndpoints:
                     source=SOURCE_BACKFILL,
                     client=request.remote,
                     on_error=on_error,
+                    new_series=new,
                 )
+                if result.refused_series:
+                    why = result.refused_series
+                    _refused(report, indices, {p: why[k] for p, k in enumerate(ids) if k in why})
+                    report.aborted = True
+                    count(self.ctx, SOURCE_BACKFILL, report)
+                    return report_response(report, cfg["max_errors"])
             except BackPressure as exc:
                 return busy(str(exc), cfg["retry_after_seconds"])
             except (StorageError, RuntimeError) as exc:
@@ -396,6 +384,15 @@ class JsonEndpoints:
             _apply(report, result, indices, ids, [s[1] for s in samples])
         count(self.ctx, SOURCE_BACKFILL, report)
         return report_response(report, cfg["max_errors"])
+
+
+def _refused(report: ImportReport, indices: Sequence[int], refused: Mapping[int, str]) -> None:
+    """Items whose new series a label or cardinality limit refused."""
+    for pos, reason in refused.items():
+        msg = f"new series refused: {reason}"
+        report.add(Problem(indices[pos], "labels", msg, "item"))
+    report.rejected += len(refused)
+    report.store_rejected += len(refused)
 
 
 def _apply(
