@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from agent.model import Labels
+from agent.storage.errors import StoreFailed
 from agent.storage.index import SeriesIndex
-from agent.storage.wal import PairRow, SeriesRow
+from agent.storage.wal import (
+    STAGE_SERIES_ROWS,
+    PairRow,
+    SeriesRow,
+    stage_series,
+    unstage_series,
+)
 
 if TYPE_CHECKING:
     from agent.storage.head import Head
@@ -189,3 +197,149 @@ def quiet_gc(objects: int) -> Iterator[None]:
     finally:
         gc.enable()
         gc.freeze()
+
+
+class Deferred(Protocol):
+    """A request the writer defers (its ``_Create``): it has a future to fail."""
+
+    @property
+    def future(self) -> asyncio.Future[Any]: ...
+
+
+D = TypeVar("D", bound=Deferred)
+
+
+@dataclass(slots=True)
+class SeriesCreation:
+    """New series handed out by ``Writer.creating`` and stored by one job's transaction.
+
+    ``ids`` has one id per label set of ``labels`` (canonical): a new one, or
+    the existing series' where someone created it first (its position is then
+    in ``existed``). The job given ``creates=`` inserts the new series' rows
+    in its own transaction (``committed`` once it has); they reach the index
+    when ``Writer.creating`` exits, and if the job failed they never existed.
+    """
+
+    labels: list[Labels]
+    made: Allocation
+    ids: list[int] = field(default_factory=list)
+    existed: list[int] = field(default_factory=list)
+    committed: bool = False
+
+
+class CreationGate:
+    """Lets one all-or-nothing import hand out series ids outside the writer's commits.
+
+    While it is held the writer keeps committing appends (acknowledgements
+    keep flowing) but defers other callers' new series: those would take ids
+    or label pairs the import handed out, or reach the index out of order.
+    The holder also knows that no create is half-committed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.held = False
+        self.deferred: list[Deferred] = []
+
+    def defer(self, creates: list[D]) -> list[D]:
+        """The creates the writer may commit now (none while the gate is held)."""
+        if self.held and creates:
+            self.deferred.extend(creates)
+            return []
+        return creates
+
+    def creating(self, busy: bool) -> None:
+        """The writer starts (True) or ends (False) a group commit that creates series."""
+        if busy:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def acquire(self) -> None:
+        await self._lock.acquire()
+        self.held = True
+        await self._idle.wait()
+
+    def release(self, requeue: Callable[[Any], None] | None) -> None:
+        """Open the gate and hand the creates deferred meanwhile back to the writer's
+        queue (``requeue``), or fail them when the writer has stopped (None)."""
+        self.held = False
+        out, self.deferred = self.deferred, []
+        self._lock.release()
+        for cr in out:
+            if requeue is not None:
+                requeue(cr)
+            elif not cr.future.done():
+                cr.future.set_exception(StoreFailed("storage writer stopped"))
+
+
+class CreatingWriter(Protocol):
+    """What :func:`creating` needs of the writer."""
+
+    gate: CreationGate
+    index: SeriesIndex
+    head: Head
+    next_series_id: int
+
+    def job(
+        self, sql: Callable[[Any], Any], after: Any = None, *, creates: Any = None
+    ) -> asyncio.Future[Any]: ...
+
+    def check_open(self) -> None: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+    def release_gate(self) -> None: ...
+
+
+@asynccontextmanager
+async def creating(
+    writer: CreatingWriter,
+    labels: list[Labels],
+    frontiers: Sequence[tuple[int | None, int | None]] = (),
+) -> AsyncIterator[SeriesCreation]:
+    """Hand out ids for new series that one writer job (``job(..., creates=)``) will store.
+
+    For an all-or-nothing import: its series exist only if its job commits.
+    The ids and label pairs are handed out here, a slice at a time, and the
+    rows staged in TEMP tables by short jobs, while the writer keeps
+    committing appends; other new series wait (see :class:`CreationGate`)
+    until the import's are in the index, which is when this exits. If the job
+    did not commit, what was handed out is handed out again. ``frontiers``
+    (newest timestamp, signed value bits) per label set are stored with the
+    new series' rows.
+    """
+    writer.check_open()
+    await writer.gate.acquire()
+    made: Allocation | None = None
+    creation: SeriesCreation | None = None
+    try:
+        made = await allocate_yielding(writer.index, writer.next_series_id, labels, _now_ms())
+        writer.next_series_id = made.next_id
+        pairs, rows, step = made.pair_rows, made.series_rows, STAGE_SERIES_ROWS
+        front = frontiers if frontiers and len(made.new_ids) == len(labels) else ()
+        await writer.job(unstage_series)  # nothing left from an earlier import
+        for lo in range(0, max(len(pairs), len(rows)), step):
+            part = partial(stage_series, pair_rows=pairs[lo : lo + step])
+            part = partial(part, series_rows=rows[lo : lo + step])
+            await writer.job(partial(part, frontiers=front[lo : lo + step]))
+        creation = SeriesCreation(labels, made, made.ids[0], made.existed[0])
+        yield creation
+    finally:
+        try:
+            if creation is not None and creation.committed:
+                await register_yielding(writer.index, writer.head, creation.made)
+            elif made is not None:
+                writer.next_series_id = made.first_id  # nothing else handed any out
+                writer.index.forget_pairs(made.first_pair)
+            if made is not None and writer.accepting:
+                await writer.job(unstage_series)  # TEMP rows: a failure here loses nothing
+        finally:
+            writer.release_gate()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from functools import partial
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -32,14 +31,13 @@ from agent.storage.errors import StoreClosed, StoreFailed
 from agent.storage.options import AppendResult, FlushResult, Rejection, StorageOptions
 from agent.storage.segments import CodecChooser, FlushItem, SegmentRow, encode_series
 from agent.storage.series_alloc import (
-    Allocation,
+    CreationGate,
+    SeriesCreation,
     allocate,
-    allocate_yielding,
+    creating,
     register,
-    register_yielding,
 )
 from agent.storage.wal import (
-    STAGE_SERIES_ROWS,
     BatchRecord,
     SeriesUpdate,
     TxnHook,
@@ -48,8 +46,6 @@ from agent.storage.wal import (
     insert_staged_series,
     pack_batch,
     signed64,
-    stage_series,
-    unstage_series,
     write_checkpoint,
     write_flush,
     write_group,
@@ -63,9 +59,7 @@ if TYPE_CHECKING:
 
 from agent.storage.writer_requests import (
     Counters,
-    CreationGate,
     SampleListener,
-    SeriesCreation,
     _Append,
     _Checkpoint,
     _concat,
@@ -284,52 +278,23 @@ class Writer:
         if not job.future.done():
             job.future.set_result(result)
 
-    @asynccontextmanager
-    async def creating(
+    def creating(
         self, labels: list[Labels], frontiers: Sequence[tuple[int | None, int | None]] = ()
-    ) -> AsyncIterator[SeriesCreation]:
-        """Hand out ids for new series that one job (``job(..., creates=)``) will store.
+    ) -> AbstractAsyncContextManager[SeriesCreation]:
+        """Ids for an all-or-nothing import's new series (see :func:`series_alloc.creating`)."""
+        return creating(self, labels, frontiers)
 
-        For an all-or-nothing import: its series exist only if its job commits.
-        The ids and label pairs are handed out here, a slice at a time, while the
-        writer keeps committing appends; other new series wait (see
-        :class:`CreationGate`) until the import's are in the index, which is
-        when this exits. If the job did not commit, what was handed out is
-        handed out again. ``frontiers`` (newest timestamp, signed value bits)
-        per label set are stored with the new series' rows.
-        """
+    def check_open(self) -> None:
         self._check_open()
-        await self.gate.acquire()
-        made: Allocation | None = None
-        creation: SeriesCreation | None = None
-        try:
-            made = await allocate_yielding(self.index, self.next_series_id, labels, now_ms())
-            self.next_series_id = made.next_id
-            pairs, rows, step = made.pair_rows, made.series_rows, STAGE_SERIES_ROWS
-            front = frontiers if frontiers and len(made.new_ids) == len(labels) else ()
-            for lo in range(0, max(len(pairs), len(rows)), step):
-                await self.job(
-                    partial(
-                        stage_series,
-                        pair_rows=pairs[lo : lo + step],
-                        series_rows=rows[lo : lo + step],
-                        frontiers=front[lo : lo + step],
-                    )
-                )
-            creation = SeriesCreation(labels, made, made.ids[0], made.existed[0])
-            yield creation
-        finally:
-            try:
-                if made is not None and not self._stopping and self.failed is None:
-                    await self.job(unstage_series)
-                if creation is not None and creation.committed:
-                    await register_yielding(self.index, self.head, creation.made)
-                elif made is not None:
-                    self.next_series_id = made.first_id  # nothing else handed any out
-                    self.index.forget_pairs(made.first_pair)
-            finally:
-                running = self._task is not None and not self._task.done()
-                self.gate.release(self._queue.put_nowait if running else None)
+
+    @property
+    def accepting(self) -> bool:
+        return not self._stopping and self.failed is None
+
+    def release_gate(self) -> None:
+        """Open the creation gate; its deferred creates go back to the queue (or fail)."""
+        running = self._task is not None and not self._task.done()
+        self.gate.release(self._queue.put_nowait if running else None)
 
     @property
     def flush_pending(self) -> bool:

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.model import Labels
-from agent.storage.errors import StoreFailed
 from agent.storage.options import AppendResult, FlushResult
-from agent.storage.series_alloc import Allocation
+from agent.storage.series_alloc import SeriesCreation
 
 if TYPE_CHECKING:
     import sqlite3
@@ -102,72 +101,6 @@ class _Flush:
     future: asyncio.Future[FlushResult]
     remaining: set[int] = field(default_factory=set)
     result: FlushResult = field(default_factory=FlushResult)
-
-
-@dataclass(slots=True)
-class SeriesCreation:
-    """New series handed out by ``Writer.creating`` and stored by one job's transaction.
-
-    ``ids`` has one id per label set of ``labels`` (canonical): a new one, or
-    the existing series' where someone created it first (its position is then
-    in ``existed``). The job given ``creates=`` inserts the new series' rows
-    in its own transaction (``committed`` once it has); they reach the index
-    when ``Writer.creating`` exits, and if the job failed they never existed.
-    """
-
-    labels: list[Labels]
-    made: Allocation
-    ids: list[int] = field(default_factory=list)
-    existed: list[int] = field(default_factory=list)
-    committed: bool = False
-
-
-class CreationGate:
-    """Lets one all-or-nothing import hand out series ids outside the writer's commits.
-
-    While it is held the writer keeps committing appends (acknowledgements
-    keep flowing) but defers other callers' new series: those would take ids
-    or label pairs the import handed out, or reach the index out of order.
-    The holder also knows that no create is half-committed.
-    """
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.held = False
-        self.deferred: list[_Create] = []
-
-    def defer(self, creates: list[_Create]) -> list[_Create]:
-        """The creates the writer may commit now (none while the gate is held)."""
-        if self.held and creates:
-            self.deferred.extend(creates)
-            return []
-        return creates
-
-    def creating(self, busy: bool) -> None:
-        """The writer starts (True) or ends (False) a group commit that creates series."""
-        if busy:
-            self._idle.clear()
-        else:
-            self._idle.set()
-
-    async def acquire(self) -> None:
-        await self._lock.acquire()
-        self.held = True
-        await self._idle.wait()
-
-    def release(self, requeue: Callable[[_Create], None] | None) -> None:
-        """Open the gate and hand the creates deferred meanwhile back to the writer's
-        queue (``requeue``), or fail them when the writer has stopped (None)."""
-        self.held = False
-        out, self.deferred = self.deferred, []
-        self._lock.release()
-        for cr in out:
-            if requeue is not None:
-                requeue(cr)
-            elif not cr.future.done():
-                cr.future.set_exception(StoreFailed("storage writer stopped"))
 
 
 @dataclass(slots=True)
