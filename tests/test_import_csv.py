@@ -359,16 +359,18 @@ def test_cli_tells_to_use_http_when_daemon_runs(
         daemon.wait(timeout=30)
 
 
+HOST_CPU = {
+    "timestamp": {"column": "t", "format": "unix_s"},
+    "labels": ["host"],
+    "values": ["cpu"],
+}
+
+
 async def test_cardinality_limit_refusal_is_a_row_error(store: Store, tmp_path: Path) -> None:
     await store.limit_cardinality("cpu", "host", 2)
     path = tmp_path / "c.csv"
     path.write_text("t,host,cpu\n1,a,1\n1,b,2\n1,c,3\n2,a,4\n2,c,5\n")
-    mapping = {
-        "timestamp": {"column": "t", "format": "unix_s"},
-        "labels": ["host"],
-        "values": ["cpu"],
-    }
-    report = await import_csv(store, path, mapping)
+    report = await import_csv(store, path, HOST_CPU)
     assert [(p.at, p.field) for p in report.problems] == [(4, "cpu"), (6, "cpu")]
     assert "new series refused" in report.problems[0].message
     assert report.stored == 3 and report.rejected == 2
@@ -379,16 +381,11 @@ async def test_abort_mode_cardinality_refusal_creates_nothing(store: Store, tmp_
     await store.limit_cardinality("cpu", "host", 2)
     path = tmp_path / "c.csv"
     path.write_text("t,host,cpu\n1,a,1\n1,b,2\n1,c,3\n2,a,4\n2,c,5\n")
-    mapping = {
-        "timestamp": {"column": "t", "format": "unix_s"},
-        "labels": ["host"],
-        "values": ["cpu"],
-    }
-    report = await import_csv(store, path, mapping, on_error="abort")
+    report = await import_csv(store, path, HOST_CPU, on_error="abort")
     assert report.aborted and report.stored == 0
     assert [(p.at, p.field) for p in report.problems] == [(4, "cpu"), (6, "cpu")]
     assert "new series refused" in report.problems[0].message
     assert store.label_values("host") == []  # no series, not even empty ones
     # Nothing stayed reserved: the two hosts the limit allows still fit.
-    report = await import_csv(store, path, mapping, on_error="skip")
+    report = await import_csv(store, path, HOST_CPU, on_error="skip")
     assert report.stored == 3

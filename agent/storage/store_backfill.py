@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -19,6 +19,7 @@ from agent.storage import (
     backfill,
     backfill_staged,
     bounds,
+    versions,
 )
 from agent.storage.backfill import BackfillPlan, BackfillResult, OnError
 from agent.storage.errors import (
@@ -141,7 +142,6 @@ class BackfillParts(StoreBase):
 
         hooks = list(self._backfill_hooks)
         mapped = [s]
-        plans: list[BackfillPlan] = []
         async with self._creating(new) as creation:
 
             def sql(conn: sqlite3.Connection) -> backfill.BackfillPlan:
@@ -174,18 +174,32 @@ class BackfillParts(StoreBase):
                 self._backfill_hooks_run(hooks, conn, plan, source, client, at)
                 return plan
 
-            def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
-                plans.append(plan)
-                return backfill.apply_plan(ctx, plan)
-
-            try:
-                result: BackfillResult = await self._w.job(sql, after, creates=creation)
-            except backfill.BackfillAborted as exc:
-                return exc.result
+            result, plan = await self._commit(ctx, sql, creation)
+            if plan is None:
+                return result
         if creation is not None:
             self._series_created(creation)
-        self._backfilled(plans[0], mapped[0], t)
+        self._backfilled(plan, mapped[0], t)
         return result
+
+    async def _commit(
+        self,
+        ctx: versions.EditContext,
+        sql: Callable[[sqlite3.Connection], BackfillPlan],
+        creation: SeriesCreation | None,
+    ) -> tuple[BackfillResult, BackfillPlan | None]:
+        """Run a backfill's writer job: (result, plan), or (report, None) if it aborted."""
+        plans: list[BackfillPlan] = []
+
+        def after(plan: BackfillPlan) -> BackfillResult:
+            plans.append(plan)
+            return backfill.apply_plan(ctx, plan)
+
+        try:
+            result: BackfillResult = await self._w.job(sql, after, creates=creation)
+        except backfill.BackfillAborted as exc:
+            return exc.result, None
+        return result, plans[0]
 
     @asynccontextmanager
     async def _creating(
@@ -247,7 +261,6 @@ class BackfillParts(StoreBase):
 
         self.add_write_listener(listener)
         mapped = [s]
-        plans: list[BackfillPlan] = []
         try:
             prep = await backfill_staged.prepare_in_groups(
                 self._readers,
@@ -305,24 +318,20 @@ class BackfillParts(StoreBase):
                     self._backfill_hooks_run(hooks, conn, plan, source, client, at)
                     return plan
 
-                def after(plan: backfill.BackfillPlan) -> backfill.BackfillResult:
-                    plans.append(plan)
-                    return backfill.apply_plan(ctx, plan)
-
                 try:
-                    result: BackfillResult = await self._w.job(sql, after, creates=creation)
-                except backfill.BackfillAborted as exc:
-                    return exc.result
+                    result, plan = await self._commit(ctx, sql, creation)
                 except backfill.BackfillRaced as exc:
                     log.info("backfill: %s; running it as one writer job", exc)
                     return None
+                if plan is None:
+                    return result
         finally:
             self.remove_write_listener(listener)
             if not self._closed and self._writer is not None:
                 await self._w.job(lambda c: backfill_staged.unstage_sql(c, prefix))
         if creation is not None:
             self._series_created(creation)
-        self._backfilled(plans[0], mapped[0], t)
+        self._backfilled(plan, mapped[0], t)
         return result
 
     @staticmethod
