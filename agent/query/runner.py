@@ -28,8 +28,9 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from agent.query.errors import QueryError
@@ -120,7 +121,13 @@ class SplitSelect(Protocol):
     def plan_select(self, matchers: list[Matcher]) -> tuple[list[int], list[Labels]]: ...
 
     async def read_selected(
-        self, ids: list[int], labs: list[Labels], start_ms: int, end_ms: int
+        self,
+        ids: list[int],
+        labs: list[Labels],
+        start_ms: int,
+        end_ms: int,
+        *,
+        on_loop: bool = False,
     ) -> SelectedArraysLike: ...
 
 
@@ -161,6 +168,15 @@ class QueryRunner:
             return
         self._drop_pool()
         self.max_concurrency, self.max_queued, self.workers = new
+
+    @contextmanager
+    def watching(self, budget: QueryBudget) -> Iterator[None]:
+        """Cancel ``budget`` too when the runner closes (a query evaluated elsewhere)."""
+        self._budgets.add(budget)
+        try:
+            yield
+        finally:
+            self._budgets.discard(budget)
 
     def close(self) -> None:
         """Stop taking work; running evaluations end at their next budget check."""

@@ -480,14 +480,20 @@ class Head:
         return self._snapshot_many(sids, start, end)
 
     def read_many(
-        self, sids: Sequence[int], start: int, end: int
+        self, sids: Sequence[int], start: int, end: int, *, locked: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`snapshot_many` from any thread: the same samples, nothing changed.
 
         Queued samples go after each series' buffered ones: they are newer (the
         queue holds in-order appends; out-of-order inserts move it in first).
+        ``locked=False`` only on the event loop, the one thread that changes the
+        head: it need not wait for a worker that holds the lock while copying.
         """
-        with self.lock:
+        if locked:
+            with self.lock:
+                pending = list(self._pending)
+                counts, t, v = self._snapshot_many(sids, start, end)
+        else:
             pending = list(self._pending)
             counts, t, v = self._snapshot_many(sids, start, end)
         if not pending or not len(sids):
