@@ -14,10 +14,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.model import Matcher
 from agent.query import inline, limits
+from agent.query.blocks import RangeData, search_upto, search_windows
 from agent.query.inline import InlineBudget, InlineRollups, TooBigInline
 from agent.query.limits import WRITES
 from agent.query.queryable import MemoryQueryable
@@ -201,3 +205,42 @@ async def test_closing_cancels_an_inline_query(tmp_path: Path) -> None:
     finally:
         gate.set()
         await store.close()
+
+
+def test_small_selects_are_remembered_until_a_series_is_added() -> None:
+    from agent.storage.index import SeriesIndex
+
+    index = SeriesIndex()
+    for sid in range(1, 6):
+        index.add(sid, (("__name__", "up"), ("i", str(10 - sid))))
+    up = [Matcher.of("__name__", "=", "up")]
+    ids, labs = index.select(up)
+    assert ids == [5, 4, 3, 2, 1] and labs == [index.labels(s) for s in ids]
+    ids.append(99)  # the caller's own list: the remembered answer is unchanged
+    assert index.select(up)[0] == [5, 4, 3, 2, 1]
+    index.add(6, (("__name__", "up"), ("i", "0")))
+    assert index.select(up)[0] == [6, 5, 4, 3, 2, 1]
+
+
+series_samples = st.lists(st.lists(st.integers(0, 60), max_size=8), min_size=1, max_size=6)
+
+
+@given(series_samples, st.lists(st.integers(-10, 80), min_size=1, max_size=5))
+def test_search_upto_is_the_upper_bound_of_search_windows(
+    samples: list[list[int]], highs: list[int]
+) -> None:
+    ts = [np.unique(np.array(s, dtype=np.int64)) for s in samples]
+    offsets = np.cumsum([0] + [len(t) for t in ts])
+    flat = np.concatenate(ts) if any(len(t) for t in ts) else np.zeros(0, np.int64)
+    if flat.size == 0:
+        return
+    data = RangeData(
+        [(("i", str(i)),) for i in range(len(ts))],
+        np.zeros(len(ts), bool),
+        offsets.astype(np.int64),
+        flat,
+        np.zeros(flat.size),
+    )
+    h = np.array(highs, dtype=np.int64)
+    _, want = search_windows(data, h - 5, h)
+    assert search_upto(data, h).tolist() == want.tolist()

@@ -495,10 +495,9 @@ class Store(SeriesParts, BackfillParts, MaintenanceParts, ListenerParts):
         """
         if self._closed:
             raise StorageError("store is closed")
-        index = self._index
-        ids = index.in_label_order(index.match(matchers))
+        ids, labs = self._index.select(matchers)
         self._head.settle(READ_QUEUE_MAX)
-        return ids, index.labels_many(ids)
+        return ids, labs
 
     async def read_selected(
         self,
