@@ -214,12 +214,18 @@ def test_small_selects_are_remembered_until_a_series_is_added() -> None:
     for sid in range(1, 6):
         index.add(sid, (("__name__", "up"), ("i", str(10 - sid))))
     up = [Matcher.of("__name__", "=", "up")]
-    ids, labs = index.select(up)
+    assert index.select(up, 4) is None  # past `most`: nothing ordered
+    plan = index.select(up)
+    assert plan is not None
+    ids, labs = plan
     assert ids == [5, 4, 3, 2, 1] and labs == [index.labels(s) for s in ids]
     ids.append(99)  # the caller's own list: the remembered answer is unchanged
-    assert index.select(up)[0] == [5, 4, 3, 2, 1]
+    assert index.select(up) == ([5, 4, 3, 2, 1], labs)
     index.add(6, (("__name__", "up"), ("i", "0")))
-    assert index.select(up)[0] == [6, 5, 4, 3, 2, 1]
+    assert index.select(up, 6) == (
+        [6, 5, 4, 3, 2, 1],
+        [index.labels(s) for s in (6, 5, 4, 3, 2, 1)],
+    )
 
 
 series_samples = st.lists(st.lists(st.integers(0, 60), max_size=8), min_size=1, max_size=6)
@@ -244,3 +250,17 @@ def test_search_upto_is_the_upper_bound_of_search_windows(
     h = np.array(highs, dtype=np.int64)
     _, want = search_windows(data, h - 5, h)
     assert search_upto(data, h).tolist() == want.tolist()
+
+
+def test_the_daemon_collects_garbage_less_often() -> None:
+    import gc
+
+    from agent.daemon import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > before[0]
+    finally:
+        gc.set_threshold(*before)

@@ -100,9 +100,10 @@ class InlineBridge(LoopBridge):
         inner = self.inner
         found: SelectedArraysLike
         if isinstance(inner, SplitSelect):
-            ids, labs = inner.plan_select(matchers)
-            if len(ids) > INLINE_MAX_SERIES:
-                raise TooBigInline
+            plan = inner.plan_small(matchers, INLINE_MAX_SERIES)
+            if plan is None:
+                raise TooBigInline  # counted on the index: nothing ordered or read
+            ids, labs = plan
             found = await inner.read_selected(ids, labs, start_ms, end_ms, on_loop=True)
         else:
             found = await select_arrays(inner, matchers, start_ms, end_ms)

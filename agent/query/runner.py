@@ -120,6 +120,10 @@ class SplitSelect(Protocol):
 
     def plan_select(self, matchers: list[Matcher]) -> tuple[list[int], list[Labels]]: ...
 
+    def plan_small(
+        self, matchers: list[Matcher], most: int | None
+    ) -> tuple[list[int], list[Labels]] | None: ...
+
     async def read_selected(
         self,
         ids: list[int],

@@ -391,7 +391,9 @@ class SeriesIndex:
         merged += out[prev:]
         return merged
 
-    def select(self, matchers: list[Matcher]) -> tuple[list[int], list[Labels]]:
+    def select(
+        self, matchers: list[Matcher], most: int | None = None
+    ) -> tuple[list[int], list[Labels]] | None:
         """Ids matching ``matchers`` in label order, and their label sets.
 
         Dashboards ask the same small selects again and again (``up``, one
@@ -400,6 +402,7 @@ class SeriesIndex:
         added, so the answer stays right until the next one is: remembered
         then for selects of up to :data:`PLAN_CACHE_SERIES` series, at most
         :data:`PLAN_CACHE_SIZE` of them. Callers get lists of their own.
+        Past ``most`` matches: None, before ordering them or fetching labels.
         """
         if self._plans_at != len(self._all):
             self._plans.clear()
@@ -407,8 +410,13 @@ class SeriesIndex:
         key = tuple(matchers)
         known = self._plans.get(key)
         if known is not None:
+            if most is not None and len(known[0]) > most:
+                return None
             return list(known[0]), list(known[1])
-        ids = self.in_label_order(self.match(matchers))
+        matched = self.match(matchers)
+        if most is not None and matched.size > most:
+            return None
+        ids = self.in_label_order(matched)
         labs = self.labels_many(ids)
         if len(ids) <= PLAN_CACHE_SERIES:
             if len(self._plans) >= PLAN_CACHE_SIZE:

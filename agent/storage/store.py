@@ -493,11 +493,19 @@ class Store(SeriesParts, BackfillParts, MaintenanceParts, ListenerParts):
         The index part of a select: on the event loop's thread, which owns the
         index. :meth:`read_selected` does the rest from any thread.
         """
+        plan = self.plan_small(matchers, None)
+        assert plan is not None
+        return plan
+
+    def plan_small(
+        self, matchers: list[Matcher], most: int | None
+    ) -> tuple[list[int], list[Labels]] | None:
+        """:meth:`plan_select`, or None past ``most`` series, found before ordering them."""
         if self._closed:
             raise StorageError("store is closed")
-        ids, labs = self._index.select(matchers)
+        plan = self._index.select(matchers, most)
         self._head.settle(READ_QUEUE_MAX)
-        return ids, labs
+        return plan
 
     async def read_selected(
         self,
