@@ -3,8 +3,9 @@
 The evaluator is numpy over whole blocks of series x steps, which releases the
 GIL for most of its time, so threads give the event loop (remote write,
 StatsD flushes, ``/-/healthy``) the CPU back while a heavy query runs; a
-process pool would have to copy every selected array across. Each query gets
-a worker thread with its own short-lived event loop. Of the evaluator's reads
+process pool would have to copy every selected array across. Each query that
+proves too big to answer on the event loop itself (:mod:`agent.query.inline`)
+gets a worker thread with its own short-lived event loop. Of the evaluator's reads
 of the store (:class:`LoopBridge`), only the series index part is sent back to
 the main loop, which owns the index; the head's buffers and the segments are
 read in the worker (``Store.read_selected``: the head is read under its lock,
