@@ -8,6 +8,7 @@ RELOADING and STOPPING at the right moments.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -181,6 +182,25 @@ class Daemon:
         notify("READY=1")
 
 
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often than CPython's default (700, 10, 10).
+
+    The daemon allocates in bursts (a remote-write batch, a query's label sets
+    and JSON), and with the defaults a query building 52,000 samples paid for
+    dozens of collections that each walk the young objects, and for full ones
+    that walk the whole heap: measured in process with 100,000 series loaded,
+    the instant ``rate()`` of 52,000 series evaluated in 128 ms with the
+    defaults and 74 ms with these, its JSON in 125 and 67 ms. Cycles are rare
+    here (label sets are tuples of strings), so waiting for 50,000 allocations
+    costs little memory.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_daemon(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> int:
     setup_logging()
+    tune_gc()
     return asyncio.run(Daemon(path, overrides).run())

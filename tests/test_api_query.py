@@ -61,9 +61,9 @@ def slow_reads(store: Store, monkeypatch: pytest.MonkeyPatch, seconds: float) ->
     for name in ("select", "select_arrays", "read_selected"):
         real = getattr(store, name)
 
-        async def slow(*args: Any, real: Any = real) -> Any:
+        async def slow(*args: Any, real: Any = real, **kw: Any) -> Any:
             await asyncio.sleep(seconds)
-            return await real(*args)
+            return await real(*args, **kw)
 
         monkeypatch.setattr(store, name, slow)
 
@@ -301,7 +301,7 @@ async def test_store_closing_mid_query_is_503_canceled(
 ) -> None:
     from agent.storage import StoreClosed
 
-    async def closed(*args: Any) -> Any:
+    async def closed(*args: Any, **kw: Any) -> Any:
         raise StoreClosed("store is closed")
 
     for name in ("select", "select_arrays", "read_selected"):

@@ -107,6 +107,7 @@ async def test_queries_answer_from_worker_threads_in_order_of_admission() -> Non
     mem = MemoryQueryable()
     mem.add({"__name__": "up", "i": "a"}, [0, 15_000], [1.0, 2.0])
     service = QueryService(mem, QueryOptions(max_concurrency=2, max_queued=10))
+    service.inline = False  # these would answer on the loop (agent.query.inline)
     answers = await asyncio.gather(
         *(service.instant(f"up * {k}", 15_000, cache="off") for k in range(8))
     )

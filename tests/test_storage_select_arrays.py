@@ -153,12 +153,14 @@ def test_read_many_equals_snapshot_many(
             head.drop_before(7, 20)
     start, end = min(window), max(window)
     got = head.read_many(wanted, start, end)
+    unlocked = head.read_many(wanted, start, end, locked=False)  # the loop's own read
     pending = head._pending_n
     want = head.snapshot_many(wanted, start, end)
     assert head._pending_n == 0 or pending == 0 or not rounds
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype
+    for g, u, w in zip(got, unlocked, want, strict=True):
+        assert g.dtype == w.dtype == u.dtype
         assert g.view(np.uint64).tolist() == w.view(np.uint64).tolist()
+        assert u.view(np.uint64).tolist() == w.view(np.uint64).tolist()
 
 
 def test_read_many_in_another_thread_while_the_loop_writes() -> None:

@@ -403,15 +403,16 @@ def _select_k(
             chosen[rows] = pick
             order_rows.extend(rows.tolist())
             continue
-        idx = np.arange(len(rows))[:, None].repeat(steps, axis=1)
+        # Absent rows last, then NaN, then by value; ties in row order (lexsort is
+        # stable, so the row index needs no key of its own).
         nan = np.isnan(vals)
-        filled = np.where(nan, 0.0, vals)
+        cls = (~pres).view(np.int8) * 2 + nan.view(np.int8)
         if op == "topk":
-            rank = np.lexsort((idx, -filled, nan, ~pres), axis=0)
+            rank = np.lexsort((-np.where(nan, 0.0, vals), cls), axis=0)
         elif op == "bottomk":
-            rank = np.lexsort((idx, filled, nan, ~pres), axis=0)
+            rank = np.lexsort((np.where(nan, 0.0, vals), cls), axis=0)
         else:  # limitk keeps input order
-            rank = np.lexsort((idx, ~pres), axis=0)
+            rank = np.argsort(~pres, axis=0, kind="stable")
         pos = np.empty_like(rank)
         np.put_along_axis(pos, rank, np.arange(len(rows))[:, None].repeat(steps, 1), axis=0)
         chosen[rows] = pres & (pos < ks[None, :])
@@ -419,8 +420,11 @@ def _select_k(
             order_rows.extend(rows[rank[:, 0]].tolist())
         else:
             order_rows.extend(rows.tolist())
-    out = Block(block.labels, block.values, chosen, block.drop).take(order_rows)
-    return out.compact()
+    # Only rows chosen at some step survive (what compact() would keep), in that order.
+    order = np.asarray(order_rows, dtype=np.int64)
+    used = np.asarray(chosen.any(axis=1))
+    order = order[used[order]]
+    return Block(block.labels, block.values, chosen, block.drop).take(order)
 
 
 def _count_values(block: Block, label: str, grouping: tuple[str, ...], without: bool) -> Block:

@@ -123,6 +123,28 @@ def search_windows(
     return lo, hi
 
 
+def search_upto(data: RangeData, highs: np.ndarray) -> np.ndarray:
+    """The ``hi`` of :func:`search_windows` alone: past each series' last sample <= high.
+
+    An instant selector needs only the last sample at or before each step and
+    whether it is inside the lookback window (``t > step - lookback``), which the
+    sample's own time tells: one search instead of two.
+    """
+    n, steps = len(data), len(highs)
+    base = int(min(highs.min(), data.t.min())) - 1
+    span = int(max(highs.max(), data.t.max())) - base + 2
+    if span * (n + 1) < 2**62:
+        keys = data.series_index.astype(np.int64) * span + (data.t - base)
+        rows = (np.arange(n, dtype=np.int64) * span)[:, None]
+        needles = (rows + (highs - base)[None, :]).ravel()
+        return _count_le(keys, needles, _ascending(highs)).reshape(n, steps)
+    hi = np.empty((n, steps), dtype=np.int64)
+    for i in range(n):
+        a, b = int(data.offsets[i]), int(data.offsets[i + 1])
+        hi[i] = a + np.searchsorted(data.t[a:b], highs, "right")
+    return hi
+
+
 # From this many needles, one stable merge of the two sorted arrays beats a binary
 # search per needle (measured 1.5x on 52,000 series x 20 window bounds).
 _MERGE_NEEDLES = 200_000

@@ -28,6 +28,7 @@ from agent.query.blocks import (
     drop_name,
     is_stale,
     merge_same_labels,
+    search_upto,
     search_windows,
 )
 from agent.query.calls import (
@@ -328,9 +329,13 @@ class _Evaluator(FunctionCalls):
         if len(data) == 0:
             return Block.empty(len(steps))
         self.points(len(data) * len(steps), "series x steps of a selector")
-        lo, hi = search_windows(data, when - lookback, when)
-        has = hi > lo
-        idx = np.where(has, hi - 1, 0)
+        if len(data.t) == 0:
+            return Block.empty(len(steps))
+        # The last sample at or before each step, if it is the series' own and in the window.
+        hi = search_upto(data, when)
+        idx = np.maximum(hi - 1, 0)
+        has = (hi > data.offsets[:-1, None]) & (data.t[idx] > (when - lookback)[None, :])
+        idx = np.where(has, idx, 0)
         values = data.v[idx]
         present = has & ~is_stale(values)
         # A selector's series have distinct label sets and keep their names.

@@ -164,6 +164,10 @@ class QueryBudget:
         """Called by the waiting side when it gives up: the worker stops at its next check."""
         self._cancelled = True
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     def check(self) -> None:
         """Raise if the query is past its deadline or was cancelled.
 

@@ -3,8 +3,9 @@
 The evaluator is numpy over whole blocks of series x steps, which releases the
 GIL for most of its time, so threads give the event loop (remote write,
 StatsD flushes, ``/-/healthy``) the CPU back while a heavy query runs; a
-process pool would have to copy every selected array across. Each query gets
-a worker thread with its own short-lived event loop. Of the evaluator's reads
+process pool would have to copy every selected array across. Each query that
+proves too big to answer on the event loop itself (:mod:`agent.query.inline`)
+gets a worker thread with its own short-lived event loop. Of the evaluator's reads
 of the store (:class:`LoopBridge`), only the series index part is sent back to
 the main loop, which owns the index; the head's buffers and the segments are
 read in the worker (``Store.read_selected``: the head is read under its lock,
@@ -28,8 +29,9 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from agent.query.errors import QueryError
@@ -119,8 +121,18 @@ class SplitSelect(Protocol):
 
     def plan_select(self, matchers: list[Matcher]) -> tuple[list[int], list[Labels]]: ...
 
+    def plan_small(
+        self, matchers: list[Matcher], most: int | None
+    ) -> tuple[list[int], list[Labels]] | None: ...
+
     async def read_selected(
-        self, ids: list[int], labs: list[Labels], start_ms: int, end_ms: int
+        self,
+        ids: list[int],
+        labs: list[Labels],
+        start_ms: int,
+        end_ms: int,
+        *,
+        on_loop: bool = False,
     ) -> SelectedArraysLike: ...
 
 
@@ -161,6 +173,15 @@ class QueryRunner:
             return
         self._drop_pool()
         self.max_concurrency, self.max_queued, self.workers = new
+
+    @contextmanager
+    def watching(self, budget: QueryBudget) -> Iterator[None]:
+        """Cancel ``budget`` too when the runner closes (a query evaluated elsewhere)."""
+        self._budgets.add(budget)
+        try:
+            yield
+        finally:
+            self._budgets.discard(budget)
 
     def close(self) -> None:
         """Stop taking work; running evaluations end at their next budget check."""

@@ -25,6 +25,7 @@ from agent.query import ast
 from agent.query.cache import CacheEntry, CacheKey, QueryCache, dependencies, signature
 from agent.query.engine import MAX_POINTS, Engine
 from agent.query.errors import BadDataError, ExecutionError
+from agent.query.inline import InlineBridge, InlineBudget, InlineRollups, TooBigInline, run_inline
 from agent.query.limits import (
     DEFAULT_PARSE_LIMITS,
     TOO_MANY_SAMPLES,
@@ -291,6 +292,10 @@ class QueryService:
         )
         # Set by Store.start_rollups: *_over_time may then read rollups (see rollup_select).
         self.rollups: RollupSource | None = None
+        # Try each query on the event loop first (agent.query.inline); off: always a worker.
+        self.inline = True
+        self.ran_inline = 0  # queries answered on the loop / in a worker, for tests and stats
+        self.ran_in_worker = 0
         self.configure(self.options)
 
     def configure(self, options: QueryOptions) -> None:
@@ -429,28 +434,51 @@ class QueryService:
                 return QueryAnswer(entry.result, "hit", entry, cache)
         limit = self.options.timeout_s
         timeout = limit if timeout_s is None or timeout_s <= 0 else min(timeout_s, limit)
-        budget = QueryBudget(timeout, self.options.max_samples, self.options.max_memory_bytes)
-        loop = asyncio.get_running_loop()
-        engine = Engine(
-            LoopBridge(self.queryable, loop, budget),
-            lookback_ms=lookback,
-            subquery_step_ms=self.options.subquery_step_ms,
-            rollups=None if self.rollups is None else RollupBridge(self.rollups, loop),
-            rollup_resolution_ms=resolution_ms,
-            budget=budget,
-        )
-        max_samples = self.options.max_samples
+        opts = self.options
+        max_samples = opts.max_samples
 
-        async def work() -> tuple[Result, bytes | None]:
-            """In the worker: evaluate, check the result's size, encode it if asked."""
+        async def work(engine: Engine) -> tuple[Result, bytes | None]:
+            """Evaluate, check the result's size, encode it if asked."""
             result: Result = await run(engine)
             if result_points(result) > max_samples:
                 raise ExecutionError(TOO_MANY_SAMPLES)
             return result, encode_data(result) if encode_json else None
 
+        def engine(
+            queryable: Queryable, budget: QueryBudget, rollups: RollupSource | None
+        ) -> Engine:
+            return Engine(
+                queryable,
+                lookback_ms=lookback,
+                subquery_step_ms=opts.subquery_step_ms,
+                rollups=rollups,
+                rollup_resolution_ms=resolution_ms,
+                budget=budget,
+            )
+
         token = cache.begin()
         try:
-            result, body = await self.runner.run(work, budget)
+            done = None
+            if self.inline and not resolution_ms:
+                # Small queries answer on the loop; one that proves big starts over in a worker.
+                small = InlineBudget(timeout, max_samples, opts.max_memory_bytes)
+                shy = None if self.rollups is None else InlineRollups(self.rollups)
+                try:
+                    with self.runner.watching(small):
+                        done = await run_inline(
+                            work(engine(InlineBridge(self.queryable, small), small, shy)), small
+                        )
+                    self.ran_inline += 1
+                except TooBigInline:
+                    pass
+            if done is None:
+                budget = QueryBudget(timeout, max_samples, opts.max_memory_bytes)
+                loop = asyncio.get_running_loop()
+                bridged = None if self.rollups is None else RollupBridge(self.rollups, loop)
+                big = engine(LoopBridge(self.queryable, loop, budget), budget, bridged)
+                done = await self.runner.run(lambda: work(big), budget)
+                self.ran_in_worker += 1
+            result, body = done
             entry = None
             if ttl is not None:
                 deps = dependencies(

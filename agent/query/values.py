@@ -74,6 +74,33 @@ def metrics_json(label_sets: list[Labels]) -> list[bytes]:
     return [labels_json_text(lab).encode() for lab in label_sets]
 
 
+def _vector_orjson(samples: list[Sample], body: bytes) -> bytes | None:
+    """:meth:`Vector.to_json_bytes` by one ``orjson.dumps``, or None (then the loop way).
+
+    orjson's cost is mostly per call: 52,000 label sets took 86 ms as one call
+    each and 6 ms as one list. Each point of ``body`` is ``,[t,"v"]`` and none
+    holds ``],[`` (numbers, ``NaN``, ``+Inf``), so one split gives them all, and
+    each goes in as an ``orjson.Fragment``; label sets as ``metrics_json``
+    writes them (the same escaping; a lone surrogate makes it None).
+    """
+    points = body[2:-1].split(b"],[")
+    if len(points) != len(samples):
+        return None
+    frag = orjson.Fragment
+    try:
+        return orjson.dumps(
+            {
+                "resultType": "vector",
+                "result": [
+                    {"metric": dict(s.labels), "value": frag(b"[%b]" % p)}
+                    for s, p in zip(samples, points, strict=True)
+                ],
+            }
+        )
+    except TypeError:
+        return None
+
+
 def _matrix_orjson(
     labels: list[Labels], point_ends: list[int], byte_ends: list[int], body: bytes
 ) -> bytes | None:
@@ -258,10 +285,14 @@ class Vector:
             np.array([s.t for s in samples], dtype=np.int64),
             np.array([s.v for s in samples], dtype=np.float64),
         )
+        if orjson is not None and samples:
+            fast = _vector_orjson(samples, body)
+            if fast is not None:
+                return fast
+        metrics = metrics_json([s.labels for s in samples])
         view = memoryview(body)
         parts: list[bytes | memoryview] = []
         start = 0
-        metrics = metrics_json([s.labels for s in samples])
         for metric, end in zip(metrics, ends.tolist(), strict=True):
             parts += [b',{"metric":', metric, b',"value":', view[start + 1 : end], b"}"]
             start = end

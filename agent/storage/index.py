@@ -183,8 +183,22 @@ def _size(p: array[int] | int | None) -> int:
 Pair = tuple[str, str]
 
 
+PLAN_CACHE_SERIES = 2_000
+PLAN_CACHE_SIZE = 256
+
+
 class SeriesIndex:
-    __slots__ = ("_all", "_by_labels", "_labels", "_pair_ids", "_pairs", "_postings", "_rank")
+    __slots__ = (
+        "_all",
+        "_by_labels",
+        "_labels",
+        "_pair_ids",
+        "_pairs",
+        "_plans",
+        "_plans_at",
+        "_postings",
+        "_rank",
+    )
 
     def __init__(self) -> None:
         self._by_labels: dict[Labels, int] = {}
@@ -201,6 +215,9 @@ class SeriesIndex:
         # rank[sid]: position of series sid in label order among ids < len(rank);
         # label sets never change, so later additions leave it valid for older ids.
         self._rank: np.ndarray = _EMPTY
+        # select() answers of small selects, valid while no series is added (see select).
+        self._plans: dict[tuple[Matcher, ...], tuple[list[int], list[Labels]]] = {}
+        self._plans_at = 0
 
     def __len__(self) -> int:
         return len(self._by_labels)
@@ -384,6 +401,39 @@ class SeriesIndex:
             prev = at
         merged += out[prev:]
         return merged
+
+    def select(
+        self, matchers: list[Matcher], most: int | None = None
+    ) -> tuple[list[int], list[Labels]] | None:
+        """Ids matching ``matchers`` in label order, and their label sets.
+
+        Dashboards ask the same small selects again and again (``up``, one
+        gauge), and for them matching, ordering and fetching the label sets is
+        a good part of a query's time on the event loop. Series are only ever
+        added, so the answer stays right until the next one is: remembered
+        then for selects of up to :data:`PLAN_CACHE_SERIES` series, at most
+        :data:`PLAN_CACHE_SIZE` of them. Callers get lists of their own.
+        Past ``most`` matches: None, before ordering them or fetching labels.
+        """
+        if self._plans_at != len(self._all):
+            self._plans.clear()
+            self._plans_at = len(self._all)
+        key = tuple(matchers)
+        known = self._plans.get(key)
+        if known is not None:
+            if most is not None and len(known[0]) > most:
+                return None
+            return list(known[0]), list(known[1])
+        matched = self.match(matchers)
+        if most is not None and matched.size > most:
+            return None
+        ids = self.in_label_order(matched)
+        labs = self.labels_many(ids)
+        if len(ids) <= PLAN_CACHE_SERIES:
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = (list(ids), list(labs))
+        return ids, labs
 
     def _refresh_rank(self) -> None:
         top = len(self._labels)

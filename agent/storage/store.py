@@ -493,12 +493,19 @@ class Store(SeriesParts, BackfillParts, MaintenanceParts, ListenerParts):
         The index part of a select: on the event loop's thread, which owns the
         index. :meth:`read_selected` does the rest from any thread.
         """
+        plan = self.plan_small(matchers, None)
+        assert plan is not None
+        return plan
+
+    def plan_small(
+        self, matchers: list[Matcher], most: int | None
+    ) -> tuple[list[int], list[Labels]] | None:
+        """:meth:`plan_select`, or None past ``most`` series, found before ordering them."""
         if self._closed:
             raise StorageError("store is closed")
-        index = self._index
-        ids = index.in_label_order(index.match(matchers))
+        plan = self._index.select(matchers, most)
         self._head.settle(READ_QUEUE_MAX)
-        return ids, index.labels_many(ids)
+        return plan
 
     async def read_selected(
         self,
@@ -514,17 +521,15 @@ class Store(SeriesParts, BackfillParts, MaintenanceParts, ListenerParts):
         A query worker thread calls it with its own event loop: the head is
         read under its lock (:meth:`Head.read_many`, which changes nothing),
         segments through the reader threads. ``on_loop``: the caller is the
-        event loop that owns the head, which may then move the head's queue
-        into its buffers first (:meth:`Head.snapshot_many`).
+        event loop that owns the head, which reads it without the lock (the
+        loop is the only thread that changes it), so a small query evaluated
+        on the loop never waits for a worker's copy.
         """
         if self._closed:
             raise StorageError("store is closed")
         head = self._head
         # Head first, segments second, as in _read.
-        if on_loop:
-            counts, t, v = head.snapshot_many(ids, start_ms, end_ms)
-        else:
-            counts, t, v = head.read_many(ids, start_ms, end_ms)
+        counts, t, v = head.read_many(ids, start_ms, end_ms, locked=not on_loop)
         id_arr = np.array(ids, dtype=np.int64)
         smt = head.seg_max_t  # one array: the loop may swap in a grown one meanwhile
         seg_max = smt[np.minimum(id_arr, smt.size - 1)] if ids else id_arr
