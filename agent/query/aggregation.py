@@ -196,11 +196,28 @@ def _big_group(op: str, x: Arr, present: Arr) -> tuple[Arr, Arr] | None:
 def _simple(op: str, block: Block, grp: Grouping) -> tuple[Arr, Arr]:
     """sum, avg, count, group, min, max, stddev, stdvar: ``(values, seen)`` per group."""
     g = len(grp.keys)
-    if op in ("sum", "avg", "count", "group", "max", "min") and g:
+    if op in ("count", "group") and g:
+        return _counts(op, block, grp)
+    if op in ("sum", "avg", "max", "min") and g:
         sizes = np.bincount(grp.group_of, minlength=g)
         if sizes.max() > BIG_GROUP:
             return _simple_mixed(op, block, grp, sizes)
     return _simple_walk(op, block, grp)
+
+
+def _counts(op: str, block: Block, grp: Grouping) -> tuple[Arr, Arr]:
+    """count and group for every group at once: members counted per step (exact integers)."""
+    present = block.present
+    if len(grp.keys) == 1:
+        counts = present.sum(axis=0, dtype=np.int64)[None, :]
+    else:
+        order = np.argsort(grp.group_of, kind="stable")
+        sizes = np.bincount(grp.group_of, minlength=len(grp.keys))
+        starts = np.zeros(len(sizes), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=starts[1:])
+        counts = np.add.reduceat(present[order].astype(np.int64), starts, axis=0)
+    seen = counts > 0
+    return (counts.astype(np.float64) if op == "count" else np.ones(counts.shape)), seen
 
 
 def _simple_mixed(op: str, block: Block, grp: Grouping, sizes: Arr) -> tuple[Arr, Arr]:

@@ -96,6 +96,13 @@ def search_windows(
     if n == 0:
         z = np.zeros((0, steps), dtype=np.int64)
         return z, z
+    if len(data.t) and data.t.max() <= highs.min():
+        # Every sample is at or before every window's end (a query at "now"): each
+        # window ends at its series' end, and only the starts need a search.
+        hi = np.repeat(data.offsets[1:, None], steps, axis=1)
+        if data.t.min() > lows.max():
+            return np.repeat(data.offsets[:-1, None], steps, axis=1), hi
+        return _search_lows(data, lows), hi
     base = int(min(lows.min(), data.t.min() if len(data.t) else lows.min())) - 1
     top = int(max(highs.max(), data.t.max() if len(data.t) else highs.max()))
     span = top - base + 2
@@ -123,6 +130,23 @@ def search_windows(
     return lo, hi
 
 
+def _search_lows(data: RangeData, lows: np.ndarray) -> np.ndarray:
+    """The ``lo`` of :func:`search_windows` alone."""
+    n, steps = len(data), len(lows)
+    base = int(min(lows.min(), data.t.min())) - 1
+    span = int(max(lows.max(), data.t.max())) - base + 2
+    if span * (n + 1) < 2**62:
+        keys = data.series_index.astype(np.int64) * span + (data.t - base)
+        rows = (np.arange(n, dtype=np.int64) * span)[:, None]
+        needles = (rows + (lows - base)[None, :]).ravel()
+        return _count_le(keys, needles, _ascending(lows)).reshape(n, steps)
+    lo = np.empty((n, steps), dtype=np.int64)
+    for i in range(n):
+        a, b = int(data.offsets[i]), int(data.offsets[i + 1])
+        lo[i] = a + np.searchsorted(data.t[a:b], lows, "right")
+    return lo
+
+
 def search_upto(data: RangeData, highs: np.ndarray) -> np.ndarray:
     """The ``hi`` of :func:`search_windows` alone: past each series' last sample <= high.
 
@@ -131,6 +155,8 @@ def search_upto(data: RangeData, highs: np.ndarray) -> np.ndarray:
     sample's own time tells: one search instead of two.
     """
     n, steps = len(data), len(highs)
+    if not len(data.t) or data.t.max() <= highs.min():  # every sample is at or before each step
+        return np.repeat(data.offsets[1:, None], steps, axis=1)
     base = int(min(highs.min(), data.t.min())) - 1
     span = int(max(highs.max(), data.t.max())) - base + 2
     if span * (n + 1) < 2**62:

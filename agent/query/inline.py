@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.query.limits import QueryBudget, QueryCanceled, QueryTimeout
 from agent.query.queryable import select_arrays
-from agent.query.runner import LoopBridge, SplitSelect
+from agent.query.runner import LoopBridge, splits_select
 
 if TYPE_CHECKING:
     from agent.model import Matcher
@@ -99,7 +99,7 @@ class InlineBridge(LoopBridge):
         self.budget.check()
         inner = self.inner
         found: SelectedArraysLike
-        if isinstance(inner, SplitSelect):
+        if splits_select(inner):
             plan = inner.plan_small(matchers, INLINE_MAX_SERIES)
             if plan is None:
                 raise TooBigInline  # counted on the index: nothing ordered or read

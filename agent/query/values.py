@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from agent.model import Labels
+from agent.query import result_template
 from agent.query.numfmt import format_cells, format_value
+from agent.query.result_template import time_text
 
 try:
     import orjson
@@ -122,6 +124,22 @@ def _matrix_orjson(
         return orjson.dumps({"resultType": "matrix", "result": rows})
     except TypeError:
         return None
+
+
+SMALL_RESULT = 64  # points up to which a result is written point by point (no numpy set-up)
+
+
+def _small_json(
+    kind: bytes, key: bytes, labels: list[Labels], points: list[list[tuple[int, float]]]
+) -> bytes:
+    """A small vector (one point per series, no brackets around) or matrix, plainly."""
+    rows = []
+    for metric, pts in zip(metrics_json(labels), points, strict=True):
+        cells = b",".join(b'[%b,"%b"]' % (time_text(t), format_value(v).encode()) for t, v in pts)
+        if key == b"values":
+            cells = b"[" + cells + b"]"
+        rows.append(b'{"metric":%b,"%b":%b}' % (metric, key, cells))
+    return b'{"resultType":"%b","result":[%b]}' % (kind, b",".join(rows))
 
 
 _PARALLEL_POINTS = 400_000  # from this many points, two halves are encoded at once
@@ -281,10 +299,16 @@ class Vector:
     def to_json_bytes(self) -> bytes:
         """``json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)``, faster."""
         samples = self.samples
-        body, ends = _points_json(
-            np.array([s.t for s in samples], dtype=np.int64),
-            np.array([s.v for s in samples], dtype=np.float64),
-        )
+        if len(samples) <= SMALL_RESULT:
+            return _small_json(
+                b"vector", b"value", [s.labels for s in samples], [[(s.t, s.v)] for s in samples]
+            )
+        t = np.array([s.t for s in samples], dtype=np.int64)
+        v = np.array([s.v for s in samples], dtype=np.float64)
+        fast = result_template.vector_json([s.labels for s in samples], t, v)
+        if fast is not None:
+            return fast
+        body, ends = _points_json(t, v)
         if orjson is not None and samples:
             fast = _vector_orjson(samples, body)
             if fast is not None:
@@ -406,6 +430,14 @@ class Matrix:
         labels, point_ends, t, v = cols.labels, cols.ends, cols.t, cols.v
         if not labels:
             return b'{"resultType":"matrix","result":[]}'
+        if len(t) <= SMALL_RESULT:
+            starts = [0, *point_ends[:-1]]
+            pairs = list(zip(t.tolist(), v.tolist(), strict=True))
+            points = [pairs[a:b] for a, b in zip(starts, point_ends, strict=True)]
+            return _small_json(b"matrix", b"values", labels, points)
+        fast = result_template.matrix_json(labels, point_ends, t, v)
+        if fast is not None:
+            return fast
         body, ends = _points_json(t, v)
         byte_ends = ends.tolist()
         if orjson is not None:

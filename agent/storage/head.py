@@ -558,8 +558,12 @@ class Head:
         """
         # itemgetter fetches them in C: a Python step per series cost as much as the join.
         got: tuple[array[int] | None, ...] = itemgetter(*sids)(self.buf)
-        bufs = [b or _NO_SAMPLES for b in got] if None in got else cast("list[array[int]]", got)
-        lens = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
+        try:  # len(None) fails: cheaper than looking for None first (an == per buffer)
+            bufs = cast("list[array[int]]", got)
+            lens = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
+        except TypeError:
+            bufs = [b or _NO_SAMPLES for b in got]
+            lens = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
         t, vals = _split(bytearray().join(bufs))
         keep = (t >= start) & (t <= end)
         if keep.all():
