@@ -136,24 +136,33 @@ def test_fast_groupings_match_the_reference(labels: list[Any], by: list[str]) ->
     assert grp.group_of.tolist() == expect
 
 
-sorted_ints = st.lists(st.integers(-50, 50), max_size=60).map(
-    lambda xs: np.array(sorted(xs), dtype=np.int64)
+@given(
+    st.lists(st.lists(st.integers(-50, 50), max_size=12, unique=True), min_size=1, max_size=8),
+    st.lists(st.integers(-60, 60), min_size=1, max_size=10),
+    st.integers(0, 40),
 )
+def test_window_search_matches_searchsorted_per_series(
+    series: list[list[int]], highs: list[int], width: int
+) -> None:
+    from agent.query.blocks import RangeData, search_upto, search_windows
 
-
-@given(sorted_ints, sorted_ints)
-def test_merged_window_search_matches_searchsorted(keys: np.ndarray, needles: np.ndarray) -> None:
-    from agent.query import blocks
-
-    keys = np.unique(keys)  # range data holds one sample per series and timestamp
-    expect = np.searchsorted(keys, needles, "right")
-    real = blocks._MERGE_NEEDLES
-    blocks._MERGE_NEEDLES = 0
-    try:
-        got = blocks._count_le(keys, needles, True)
-    finally:
-        blocks._MERGE_NEEDLES = real
-    assert got.tolist() == expect.tolist()
+    ts = [sorted(t) for t in series]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in ts])]).astype(np.int64)
+    data = RangeData(
+        [(("i", str(i)),) for i in range(len(ts))],
+        np.zeros(len(ts), dtype=bool),
+        offsets,
+        np.array([x for t in ts for x in t], dtype=np.int64),
+        np.zeros(int(offsets[-1])),
+    )
+    hi_at = np.array(highs, dtype=np.int64)
+    lo_at = hi_at - width
+    lo, hi = search_windows(data, lo_at, hi_at)
+    for i, t in enumerate(ts):
+        row = np.array(t, dtype=np.int64)
+        assert lo[i].tolist() == (offsets[i] + np.searchsorted(row, lo_at, "right")).tolist()
+        assert hi[i].tolist() == (offsets[i] + np.searchsorted(row, hi_at, "right")).tolist()
+    assert search_upto(data, hi_at).tolist() == hi.tolist()
 
 
 def test_query_workers_wait_while_writes_are_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:

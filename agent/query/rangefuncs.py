@@ -79,42 +79,58 @@ def _inner_pairs(prefix: Arr, lo: Arr, hi: Arr) -> Arr:
 def extrapolated_rate(
     data: RangeData, lo: Arr, hi: Arr, ends: Arr, range_ms: int, counter: bool, rate: bool
 ) -> tuple[Arr, Arr]:
+    """Prometheus's ``extrapolatedRate`` for every window: ``(value, ok)``.
+
+    The same operations in the same order as Prometheus (so the same bits),
+    written with in-place numpy steps: with 52,000 series x 16 steps each
+    temporary array is 6.6 MB, and allocating a fresh one per step cost a
+    third of the function's time. Counter resets are looked for among the
+    samples first; most windows have none.
+    """
     cnt = hi - lo
     ok = cnt >= 2
     v, t = data.v, data.t
-    first_i = np.where(ok, lo, 0)
-    last_i = np.where(ok, hi - 1, 0)
     if len(v) == 0:
         return np.zeros(lo.shape), ok
-    first, last = v[first_i], v[last_i]
-    first_t, last_t = t[first_i], t[last_i]
+    first_i = np.where(ok, lo, 0)
+    last_i = np.where(ok, hi - 1, 0)
+    first, last = v.take(first_i), v.take(last_i)
+    first_t, last_t = t.take(first_i), t.take(last_i)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         result = last - first
         if counter:
-            resets = np.zeros(len(v))
-            if len(v) > 1:
-                resets[1:] = np.where(v[1:] < v[:-1], v[:-1], 0.0)
-                starts = data.offsets[:-1]
-                resets[starts[starts < len(v)]] = 0.0
-            if resets.any():
-                result = result + _reduceat(np.add, resets, np.minimum(lo + 1, hi), hi, 0.0)
+            below = v[1:] < v[:-1]  # below[k-1]: sample k is below sample k-1
+            inner = data.offsets[1:-1]
+            below[inner[(inner > 0) & (inner < len(v))] - 1] = False  # not across series
+            drops = np.flatnonzero(below) + 1
+            if drops.size:
+                resets = np.zeros(len(v))
+                resets[drops] = v[drops - 1]
+                result += _reduceat(np.add, resets, np.minimum(lo + 1, hi), hi, 0.0)
             else:
-                result = result + 0.0  # what adding no corrections gives (-0.0 -> 0.0)
-        range_start = ends - range_ms
-        to_start = (first_t - range_start[None, :]) / 1000.0
-        to_end = (ends[None, :] - last_t) / 1000.0
-        sampled = (last_t - first_t) / 1000.0
-        avg = sampled / np.maximum(cnt - 1, 1)
+                result += 0.0  # what adding no corrections gives (-0.0 -> 0.0)
+        tmp = np.empty(lo.shape, dtype=np.int64)
+        to_start = np.subtract(first_t, (ends - range_ms)[None, :], out=tmp) / 1000.0
+        to_end = np.subtract(ends[None, :], last_t, out=tmp) / 1000.0
+        sampled = np.subtract(last_t, first_t, out=tmp) / 1000.0
+        np.subtract(cnt, 1, out=tmp)
+        np.maximum(tmp, 1, out=tmp)
+        avg = sampled / tmp
         threshold = avg * 1.1
-        to_start = np.where(to_start >= threshold, avg / 2, to_start)
+        half = avg
+        half /= 2  # avg is not needed after this
+        np.copyto(to_start, half, where=to_start >= threshold)
         if counter:
-            to_zero = np.where((result > 0) & (first >= 0), sampled * (first / result), to_start)
-            to_start = np.where(to_zero < to_start, to_zero, to_start)
-        to_end = np.where(to_end >= threshold, avg / 2, to_end)
-        factor = (sampled + to_start + to_end) / sampled
+            to_zero = first / result
+            to_zero *= sampled
+            np.copyto(to_start, to_zero, where=(to_zero < to_start) & (result > 0) & (first >= 0))
+        np.copyto(to_end, half, where=to_end >= threshold)
+        factor = np.add(sampled, to_start, out=to_start)
+        factor += to_end
+        factor /= sampled
         if rate:
-            factor = factor / (range_ms / 1000.0)
-        result = result * factor
+            factor /= range_ms / 1000.0
+        result *= factor
     return result, ok
 
 
