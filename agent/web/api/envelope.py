@@ -27,6 +27,7 @@ from agent.web.api.errors import api_errors as api_errors
 from agent.web.api.errors import error_body as error_body
 from agent.web.api.errors import error_of as error_of
 from agent.web.api.errors import failure as failure
+from agent.web.large_body import LARGE, PartsPayload
 
 
 def bad_param(name: str, problem: str) -> ApiError:
@@ -52,6 +53,9 @@ def success(
     if infos:
         parts += [b',"infos":', _dumps(list(infos))]
     parts.append(b"}")
+    if len(parts[1]) >= LARGE:
+        body = PartsPayload(parts, content_type="application/json")
+        return web.Response(body=body, headers=headers or None)
     return web.Response(
         body=b"".join(parts), content_type="application/json", headers=headers or None
     )
