@@ -136,3 +136,19 @@ def test_declines_points_mostly_off_a_grid() -> None:
     assert result_template.matrix_json([s.labels for s in series], ends, t, v) is None
     matrix = Matrix(series)
     assert matrix.to_json_bytes() == reference(matrix)
+
+
+def test_value_texts_both_ways_round() -> None:
+    """Mostly fractions (whole numbers patched in) and mostly whole (fractions patched in)."""
+    from agent.query.numfmt import format_value
+
+    rng = np.random.default_rng(9)
+    whole = np.floor(rng.random(50_000) * 1e6)
+    fractions = rng.random(50_000) * 1e3
+    odd = np.array([1e-7, -2e17, np.nan, np.inf, -np.inf, -0.0, 0.0, 1e16, 9.9e-5])
+    for share in (0.01, 0.3, 0.7, 0.99):
+        pick = rng.random(50_000) < share
+        values = np.where(pick, whole, fractions)
+        values[::997] = np.resize(odd, values[::997].shape)
+        got = result_template.value_texts(values)
+        assert got == [format_value(x).encode() for x in values.tolist()]

@@ -62,11 +62,12 @@ def value_texts(values: np.ndarray) -> list[bytes] | None:
 
     orjson's digits are those of ``repr``: without an exponent, Go's
     ``strconv.FormatFloat(v, 'f', -1, 64)`` but for whole numbers, which Go
-    writes without ``.0``; those are written by a second ``orjson.dumps`` as
-    integers (a ``replace`` of ``.0,`` over the whole text cost more, as
-    ``.0`` starts many fractions). Values orjson would write with an exponent
-    (magnitudes under 1e-4 or from 1e16) or as ``null`` (NaN, infinities), and
-    ``-0``, are written by ``format_value``.
+    writes without ``.0``: they are written by ``orjson.dumps`` of integers
+    (a ``replace`` of ``.0,`` over the whole text cost more, as ``.0`` starts
+    many fractions), and the minority kind patched into the majority's texts.
+    Values orjson would write with an exponent (magnitudes under 1e-4 or from
+    1e16) or as ``null`` (NaN, infinities), and ``-0``, are written by
+    ``format_value``.
     """
     if orjson is None:
         return None
@@ -76,22 +77,42 @@ def value_texts(values: np.ndarray) -> list[bytes] | None:
         usual = (a < 1e16) & ((a >= 1e-4) | ((a == 0.0) & ~np.signbit(given)))
         whole = np.flatnonzero(usual & (given == np.trunc(given)))
     odd = np.flatnonzero(~usual)
+    if len(given) == 0:
+        return []
     v = given
     if odd.size:
         v = given.copy()
         v[odd] = 0.5  # a placeholder; replaced below
-    texts = orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
-    if len(given) == 0:
-        return []
-    if whole.size:
-        ints = orjson.dumps(given[whole].astype(np.int64), option=orjson.OPT_SERIALIZE_NUMPY)
-        cells = np.fromiter(texts, dtype=object, count=len(texts))  # a scatter, not a loop
-        fill = ints[1:-1].split(b",")
-        cells[whole] = np.fromiter(fill, dtype=object, count=len(fill))
-        texts = cells.tolist()
+    if whole.size * 2 <= len(v):  # mostly fractions: all as floats, whole numbers patched
+        texts = _dump(v)
+        fill = _dump(v[whole].astype(np.int64)) if whole.size else []
+        texts = _patched(texts, whole, fill)
+    else:  # mostly whole (counts, sums of integers): all as integers, fractions patched
+        frac = np.ones(len(v), dtype=bool)
+        frac[whole] = False
+        patch = np.flatnonzero(frac)
+        texts = _dump(np.where(frac, 0.0, v).astype(np.int64))
+        texts = _patched(texts, patch, _dump(v[patch]) if patch.size else [])
     for i, x in zip(odd.tolist(), given[odd].tolist(), strict=True):
         texts[i] = format_value(x).encode()
     return texts
+
+
+def _dump(values: np.ndarray) -> list[bytes]:
+    """orjson's text of each number of a 1-D array."""
+    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+
+
+def _patched(texts: list[bytes], at: np.ndarray, fill: list[bytes]) -> list[bytes]:
+    """``texts`` with ``texts[at[j]] = fill[j]``: a loop for a few, a C scatter for many."""
+    if at.size * 8 < len(texts):
+        for i, text in zip(at.tolist(), fill, strict=True):
+            texts[i] = text
+        return texts
+    cells = np.fromiter(texts, dtype=object, count=len(texts))
+    cells[at] = np.fromiter(fill, dtype=object, count=len(fill))
+    out: list[bytes] = cells.tolist()
+    return out
 
 
 def _grid(t: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
