@@ -103,3 +103,62 @@ def test_matches_prometheus(
                 assert np.isclose(got[i, j], want, rtol=1e-9, atol=1e-9, equal_nan=True)
             else:
                 assert np.array_equal(got[i, j], want, equal_nan=True), (got[i, j], want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    times=st.lists(st.integers(0, 300_000), min_size=1, max_size=12, unique=True),
+    seed=st.integers(0, 2**32 - 1),
+    range_ms=st.sampled_from([15_000, 60_000, 120_000, 300_000]),
+    kind=st.sampled_from(["rate", "increase", "delta"]),
+    resets=st.booleans(),
+)
+def test_shared_timestamps_give_the_same_bits(
+    times: list[int], seed: int, range_ms: int, kind: str, resets: bool
+) -> None:
+    """70 series with the same timestamps: the shared-times path equals the general one."""
+    from agent.query import blocks, rangefuncs
+
+    counter, rate = kind != "delta", kind == "rate"
+    n, k = 70, len(times)
+    rng = np.random.default_rng(seed)
+    values = np.cumsum(rng.random((n, k)) * 10, axis=1) - rng.random((n, 1)) * 5
+    if resets:
+        values[::7, k // 2 :] -= 1e3  # some series drop: the general path takes over
+    data = RangeData(
+        [(("i", str(i)),) for i in range(n)],
+        np.zeros(n, dtype=bool),
+        np.arange(n + 1, dtype=np.int64) * k,
+        np.tile(np.array(sorted(times), dtype=np.int64), n),
+        values.ravel(),
+    )
+    assert data.shared_times() == k
+    ends = np.arange(0, 330_000, 15_000, dtype=np.int64)
+    lo, hi = search_windows(data, ends - range_ms, ends)
+    got, ok = extrapolated_rate(data, lo, hi, ends, range_ms, counter, rate)
+    real = blocks.SHARED_MIN_SERIES
+    try:
+        blocks.SHARED_MIN_SERIES = rangefuncs.SHARED_MIN_SERIES = 10**9  # the general path
+        lo2, hi2 = search_windows(data, ends - range_ms, ends)
+        want, ok2 = extrapolated_rate(data, lo2, hi2, ends, range_ms, counter, rate)
+    finally:
+        blocks.SHARED_MIN_SERIES = rangefuncs.SHARED_MIN_SERIES = real
+    assert lo.tolist() == lo2.tolist() and hi.tolist() == hi2.tolist()
+    assert ok.tolist() == ok2.tolist()
+    same = (got.view(np.int64) == want.view(np.int64)) | (np.isnan(got) & np.isnan(want))
+    assert same[ok].all()
+
+
+def test_shared_times_needs_every_series_alike() -> None:
+    t = np.tile(np.array([0, 15_000, 30_000], dtype=np.int64), 3)
+    offsets = np.array([0, 3, 6, 9], dtype=np.int64)
+    labels = [(("i", str(i)),) for i in range(3)]
+    alike = RangeData(labels, np.zeros(3, dtype=bool), offsets, t, np.zeros(9))
+    assert alike.shared_times() == 3
+    t2 = t.copy()
+    t2[7] += 1
+    assert (
+        RangeData(labels, np.zeros(3, dtype=bool), offsets, t2, np.zeros(9)).shared_times() is None
+    )
+    uneven = np.array([0, 2, 6, 9], dtype=np.int64)
+    assert RangeData(labels, np.zeros(3, dtype=bool), uneven, t, np.zeros(9)).shared_times() is None

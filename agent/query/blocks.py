@@ -12,6 +12,7 @@ the hot paths.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -61,6 +62,9 @@ class Block:
         return self if len(keep) == len(self.labels) else self.take(keep)
 
 
+SHARED_MIN_SERIES = 64  # from this many series, look for shared timestamps (a cheap check)
+
+
 @dataclass
 class RangeData:
     """Samples of several series: series ``i`` owns ``t[offsets[i]:offsets[i+1]]``."""
@@ -77,6 +81,29 @@ class RangeData:
     @property
     def series_index(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.labels)), np.diff(self.offsets))
+
+    def shared_times(self) -> int | None:
+        """``k`` when every series holds the same ``k`` timestamps, else None.
+
+        Series written together (one remote-write sender, one scrape target)
+        share their timestamps, and then window bounds and most of ``rate()``'s
+        arithmetic are the same for every series: computed once per step
+        instead of once per series and step. One comparison of every sample's
+        time with the first series' (remembered; the arrays are not changed
+        after a RangeData is made).
+        """
+        known = self.__dict__.get("_shared_times", False)
+        if known is not False:
+            return cast("int | None", known)
+        n, total = len(self.labels), len(self.t)
+        k = total // n if n else 0
+        shared: int | None = None
+        if n > 1 and k > 0 and k * n == total and bool((np.diff(self.offsets) == k).all()):
+            rows = self.t.reshape(n, k)
+            if bool((rows == rows[0]).all()):
+                shared = k
+        self.__dict__["_shared_times"] = shared
+        return shared
 
 
 def is_stale(values: np.ndarray) -> np.ndarray:
@@ -103,6 +130,12 @@ def search_windows(
         if data.t.min() > lows.max():
             return np.repeat(data.offsets[:-1, None], steps, axis=1), hi
         return _search_lows(data, lows), hi
+    if n >= SHARED_MIN_SERIES and (k := data.shared_times()) is not None:
+        row = data.t[:k]
+        starts = data.offsets[:-1, None]
+        lo = starts + np.searchsorted(row, lows, "right")[None, :]
+        hi = starts + np.searchsorted(row, highs, "right")[None, :]
+        return lo, hi
     # A window's start is often an earlier step's end (range a multiple of the
     # step): count each distinct bound once.
     edges, inv = np.unique(np.concatenate([lows, highs]), return_inverse=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from agent.query.blocks import RangeData
+from agent.query.blocks import SHARED_MIN_SERIES, RangeData
 from agent.query.errors import ExecutionError
 from agent.query.limits import checkpoint
 
@@ -87,9 +87,13 @@ def extrapolated_rate(
     third of the function's time. Counter resets are looked for among the
     samples first; most windows have none.
     """
+    v, t = data.v, data.t
+    if len(data) >= SHARED_MIN_SERIES and (k := data.shared_times()) is not None:
+        done = _rate_shared_times(data, k, lo, hi, ends, range_ms, counter, rate)
+        if done is not None:
+            return done
     cnt = hi - lo
     ok = cnt >= 2
-    v, t = data.v, data.t
     if len(v) == 0:
         return np.zeros(lo.shape), ok
     first_i = np.where(ok, lo, 0)
@@ -132,6 +136,73 @@ def extrapolated_rate(
             factor /= range_ms / 1000.0
         result *= factor
     return result, ok
+
+
+def _rate_shared_times(
+    data: RangeData,
+    k: int,
+    lo: Arr,
+    hi: Arr,
+    ends: Arr,
+    range_ms: int,
+    counter: bool,
+    rate: bool,
+) -> tuple[Arr, Arr] | None:
+    """:func:`extrapolated_rate` when every series has the same ``k`` timestamps.
+
+    The windows then hold the same positions in every series, so the times
+    (durations to the window's edges, the average interval, the threshold)
+    are worked out once per step; per series and step only the values remain.
+    Each element sees the same operations on the same operands as in the
+    general path, so the bits are the same. None (the general path) when a
+    counter resets somewhere.
+    """
+    n = lo.shape[0]
+    v = data.v
+    below = v[1:] < v[:-1]
+    if counter and below.any():
+        inner = data.offsets[1:-1]
+        below[inner[(inner > 0) & (inner < len(v))] - 1] = False
+        if below.any():
+            return None
+    base = int(data.offsets[0])
+    lo0, hi0 = lo[0] - base, hi[0] - base
+    cnt0 = hi0 - lo0
+    ok0 = cnt0 >= 2
+    f0 = np.where(ok0, lo0, 0)
+    l0 = np.where(ok0, hi0 - 1, 0)
+    rows = v.reshape(n, k)
+    first, last = rows.take(f0, axis=1), rows.take(l0, axis=1)
+    row_t = data.t[:k]
+    first_t, last_t = row_t[f0], row_t[l0]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        result = last - first
+        if counter:
+            result += 0.0  # what adding no corrections gives (-0.0 -> 0.0)
+        to_start = (first_t - (ends - range_ms)) / 1000.0
+        to_end = (ends - last_t) / 1000.0
+        sampled = (last_t - first_t) / 1000.0
+        avg = sampled / np.maximum(cnt0 - 1, 1)
+        threshold = avg * 1.1
+        to_start = np.where(to_start >= threshold, avg / 2, to_start)
+        to_end = np.where(to_end >= threshold, avg / 2, to_end)
+        if counter:
+            to_zero = first / result
+            to_zero *= sampled
+            starts = np.repeat(to_start[None, :], n, axis=0)
+            np.copyto(starts, to_zero, where=(to_zero < starts) & (result > 0) & (first >= 0))
+            factor = np.add(sampled, starts, out=starts)
+            factor += to_end
+            factor /= sampled
+            if rate:
+                factor /= range_ms / 1000.0
+            result *= factor
+        else:
+            shared = (sampled + to_start + to_end) / sampled
+            if rate:
+                shared = shared / (range_ms / 1000.0)
+            result *= shared
+    return result, np.repeat(ok0[None, :], n, axis=0)
 
 
 def instant_value(data: RangeData, lo: Arr, hi: Arr, rate: bool) -> tuple[Arr, Arr]:
