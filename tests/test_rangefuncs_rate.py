@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.query.blocks import RangeData, search_windows
+from agent.query.blocks import RangeData, search_upto, search_windows
 from agent.query.rangefuncs import extrapolated_rate
 
 
@@ -144,6 +144,7 @@ def test_shared_timestamps_give_the_same_bits(
     finally:
         blocks.SHARED_MIN_SERIES = rangefuncs.SHARED_MIN_SERIES = real
     assert lo.tolist() == lo2.tolist() and hi.tolist() == hi2.tolist()
+    assert search_upto(data, ends).tolist() == hi2.tolist()  # the shared path of search_upto
     assert ok.tolist() == ok2.tolist()
     same = (got.view(np.int64) == want.view(np.int64)) | (np.isnan(got) & np.isnan(want))
     assert same[ok].all()

@@ -180,6 +180,8 @@ def search_upto(data: RangeData, highs: np.ndarray) -> np.ndarray:
     steps = len(highs)
     if not len(data.t) or data.t.max() <= highs.min():  # every sample is at or before each step
         return np.repeat(data.offsets[1:, None], steps, axis=1)
+    if len(data) >= SHARED_MIN_SERIES and (k := data.shared_times()) is not None:
+        return data.offsets[:-1, None] + np.searchsorted(data.t[:k], highs, "right")[None, :]
     edges, inv = np.unique(highs, return_inverse=True)
     return count_upto_edges(data, edges).take(inv.ravel(), axis=1)
 

@@ -126,7 +126,7 @@ def _matrix_orjson(
         return None
 
 
-SMALL_RESULT = 64  # points up to which a result is written point by point (no numpy set-up)
+SMALL_RESULT = 24  # points up to which a result is written point by point (measured crossover)
 
 
 def _small_json(
