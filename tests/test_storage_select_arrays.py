@@ -163,6 +163,26 @@ def test_read_many_equals_snapshot_many(
         assert u.view(np.uint64).tolist() == w.view(np.uint64).tolist()
 
 
+def test_bulk_read_joins_in_chunks_and_gives_the_same_samples(monkeypatch: Any) -> None:
+    """Over ``_JOIN_SERIES`` series the head joins their buffers a few thousand at a
+    time (the lock is not held for one long copy): the same samples as one join."""
+    from agent.storage import head as head_module
+
+    head = Head(window_ms=30)
+    head.ensure(300)
+    rng = np.random.default_rng(4)
+    for seq in range(1, 6):
+        sids = np.arange(1, 301, dtype=np.int64)[rng.random(300) < 0.8]
+        ts = np.full(len(sids), seq * 10, dtype=np.int64)
+        head.apply(sids, ts, _bits([float(s + seq) for s in sids.tolist()]), seq, seq)
+    wanted = [int(x) for x in rng.permutation(np.arange(1, 301))]
+    whole = head.read_many(wanted, 15, 45)
+    monkeypatch.setattr(head_module, "_JOIN_SERIES", 7)  # 43 chunks, the last of 6
+    chunked = head.read_many(wanted, 15, 45)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.view(np.uint64).tolist() == b.view(np.uint64).tolist()
+
+
 def test_read_many_in_another_thread_while_the_loop_writes() -> None:
     """A reader thread never meets a buffer being resized (``BufferError``), and every
     read is consistent: each series' timestamps are 0, 1, ..., n-1, without gaps or

@@ -36,13 +36,19 @@ import threading
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import cast
 
 import numpy as np
 
 from agent.storage.head_arrays import INT64_MIN as INT64_MIN
-from agent.storage.head_arrays import _bisect_t, _columns, _grow, _reject, _runs, _split
+from agent.storage.head_arrays import (
+    _bisect_t,
+    _columns,
+    _grow,
+    _reject,
+    _runs,
+    _split,
+    joined_buffers,
+)
 from agent.storage.options import (
     REJECT_DUPLICATE_TIMESTAMP,
     REJECT_OUT_OF_ORDER,
@@ -391,10 +397,7 @@ class Head:
     def joined(self, sids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(counts, timestamps, value bits) of these series' whole buffers, concatenated."""
         self.materialize()
-        bl = self.buf
-        bufs = [bl[sid] or _NO_SAMPLES for sid in sids]
-        counts = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
-        t, vals = _split(bytearray().join(bufs))
+        counts, t, vals = joined_buffers(self.buf, sids)
         return counts, t, vals.view(np.uint64)
 
     def earliest(self, sids: Sequence[int], start: int = INT64_MIN) -> int | None:
@@ -556,15 +559,19 @@ class Head:
         sorted, so the samples of a series inside [start, end] are one run of
         the mask.
         """
-        # itemgetter fetches them in C: a Python step per series cost as much as the join.
-        got: tuple[array[int] | None, ...] = itemgetter(*sids)(self.buf)
-        try:  # len(None) fails: cheaper than looking for None first (an == per buffer)
-            bufs = cast("list[array[int]]", got)
-            lens = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
-        except TypeError:
-            bufs = [b or _NO_SAMPLES for b in got]
-            lens = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
-        t, vals = _split(bytearray().join(bufs))
+        if len(sids) <= _JOIN_SERIES:
+            lens, t, vals = joined_buffers(self.buf, sids)
+        else:
+            # bytes.join holds the interpreter lock for its whole copy (16 MB for
+            # 52,000 series of 20 samples: 7 ms in which the event loop, which
+            # acknowledges writes, cannot run): join a few thousand at a time.
+            parts = [
+                joined_buffers(self.buf, sids[a : a + _JOIN_SERIES])
+                for a in range(0, len(sids), _JOIN_SERIES)
+            ]
+            lens = np.concatenate([p[0] for p in parts])
+            t = np.concatenate([p[1] for p in parts])
+            vals = np.concatenate([p[2] for p in parts])
         keep = (t >= start) & (t <= end)
         if keep.all():
             return lens, t, vals
@@ -589,5 +596,5 @@ class Head:
         return t, vals
 
 
-_NO_SAMPLES: array[int] = array("q")
+_JOIN_SERIES = 4_096  # buffers joined per call in a bulk read (see _snapshot_whole)
 _U64 = (1 << 64) - 1
