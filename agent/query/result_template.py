@@ -8,21 +8,22 @@ series' slice into an ``orjson.Fragment``. This path writes each byte about
 once:
 
 1. every value by one 1-D ``orjson.dumps`` (shortest round-trip digits, the
-   cheapest float formatting at hand), split into one ``bytes`` per value;
-2. everything else (label sets, keys, timestamps, quotes) by one
-   ``orjson.dumps`` of the whole result, where each series' points are an
-   ``orjson.Fragment`` holding ``[t,"%b"]`` per point. Range results share
-   their step timestamps, so one fragment serves every series on the common
-   grid; a series off the grid gets its own;
-3. ``template % tuple(values)`` puts the values in (C speed, one pass).
+   cheapest float formatting at hand), split into one ``bytes`` per value
+   (whole numbers and what orjson would write otherwise than Go patched in);
+2. the label sets by one ``orjson.dumps`` of a list of dicts, cut at each
+   ``},{`` (one call per set when a label holds ``},{`` itself);
+3. a template joining them with each series' points as ``[t,"%b"]`` cells:
+   range results share their step timestamps, so one text of cells serves
+   every series on the common grid (one ``bytes.join`` with it as the
+   separator); a series off the grid gets its own;
+4. ``template % tuple(values)`` puts the values in (C speed, one pass).
 
-It declines (``None``, and the caller takes the older path) where its
-assumptions do not hold: values orjson would write with an exponent or as
-``null`` (Prometheus writes positional digits, ``NaN``, ``+Inf``), a label
-set orjson refuses (a lone surrogate), or points mostly off a common grid
-(a raw range selector's samples), where one fragment per series would cost
-a Python step per point. Work is cut into chunks of series so that no single
-call holds the GIL for long while the event loop waits.
+It declines (``None``, and the caller takes the older path) where a label
+set is one orjson refuses (a lone surrogate), or where points are mostly
+off a common grid (a raw range selector's samples), where cells of their
+own for every series would cost a Python step per point. Work is cut into
+chunks of series so that no single call holds the interpreter lock for long
+while the event loop waits.
 """
 
 from __future__ import annotations
