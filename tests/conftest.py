@@ -210,3 +210,21 @@ async def agent(store: Any) -> AsyncIterator[Agent]:
         yield root
     finally:
         await root.close()
+
+
+def range_data_of(times: list[list[int]], values: list[list[float]] | None = None) -> Any:
+    """A ``RangeData``: series ``i`` holds ``times[i]`` (sorted) and ``values[i]`` (or zeros)."""
+    import numpy as np
+
+    from agent.query.blocks import RangeData
+
+    ts = [sorted(t) for t in times]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in ts])]).astype(np.int64)
+    flat_v = [x for v in values for x in v] if values is not None else [0.0] * int(offsets[-1])
+    return RangeData(
+        [(("i", str(i)),) for i in range(len(ts))],
+        np.zeros(len(ts), dtype=bool),
+        offsets,
+        np.array([x for t in ts for x in t], dtype=np.int64),
+        np.array(flat_v, dtype=np.float64),
+    )

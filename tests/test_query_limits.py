@@ -144,17 +144,12 @@ def test_fast_groupings_match_the_reference(labels: list[Any], by: list[str]) ->
 def test_window_search_matches_searchsorted_per_series(
     series: list[list[int]], highs: list[int], width: int
 ) -> None:
-    from agent.query.blocks import RangeData, search_upto, search_windows
+    from agent.query.blocks import search_upto, search_windows
+    from tests.conftest import range_data_of
 
     ts = [sorted(t) for t in series]
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in ts])]).astype(np.int64)
-    data = RangeData(
-        [(("i", str(i)),) for i in range(len(ts))],
-        np.zeros(len(ts), dtype=bool),
-        offsets,
-        np.array([x for t in ts for x in t], dtype=np.int64),
-        np.zeros(int(offsets[-1])),
-    )
+    data = range_data_of(ts)
+    offsets = data.offsets
     hi_at = np.array(highs, dtype=np.int64)
     lo_at = hi_at - width
     lo, hi = search_windows(data, lo_at, hi_at)

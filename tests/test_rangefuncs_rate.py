@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from agent.query.blocks import RangeData, search_upto, search_windows
 from agent.query.rangefuncs import extrapolated_rate
+from tests.conftest import range_data_of
 
 
 def reference(
@@ -77,14 +78,7 @@ def test_matches_prometheus(
             v = sorted(abs(x) for x in v)
         ts.append(t)
         vs.append(v)
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in ts])]).astype(np.int64)
-    data = RangeData(
-        [(("i", str(i)),) for i in range(len(ts))],
-        np.zeros(len(ts), dtype=bool),
-        offsets,
-        np.array([x for t in ts for x in t], dtype=np.int64),
-        np.array([x for v in vs for x in v], dtype=np.float64),
-    )
+    data = range_data_of(ts, vs)
     ends = np.arange(0, 330_000, 15_000, dtype=np.int64)
     lo, hi = search_windows(data, ends - range_ms, ends)
     got, ok = extrapolated_rate(data, lo, hi, ends, range_ms, counter, rate)

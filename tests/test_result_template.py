@@ -34,6 +34,15 @@ def reference(result: Matrix | Vector) -> bytes:
     return json.dumps(result.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def columns_of(series: list[Series]) -> MatrixColumns:
+    return MatrixColumns(
+        [s.labels for s in series],
+        np.cumsum([len(s.timestamps) for s in series]).tolist(),
+        np.concatenate([s.timestamps for s in series]),
+        np.concatenate([s.values for s in series]),
+    )
+
+
 def unique_labels(sets: list[dict[str, str]]) -> list[tuple[tuple[str, str], ...]]:
     seen, out = set(), []
     for i, pairs in enumerate(sets):
@@ -66,12 +75,7 @@ def test_matrix_equals_reference(
         series.append(Series(lab, grid[keep], np.array(vals, dtype=np.float64)))
     matrix = Matrix(series)
     assert matrix.to_json_bytes() == reference(matrix)
-    cols = MatrixColumns(
-        [s.labels for s in series],
-        np.cumsum([len(s.timestamps) for s in series]).tolist(),
-        np.concatenate([s.timestamps for s in series]),
-        np.concatenate([s.values for s in series]),
-    )
+    cols = columns_of(series)
     fast = result_template.matrix_json(cols.labels, cols.ends, cols.t, cols.v)
     assert fast == reference(matrix)  # a handful of points: never declined
 
@@ -112,12 +116,7 @@ def test_big_range_result_takes_the_template_road() -> None:
         lab = (("__name__", "m"), ("i", str(i)), ("path", odd_labels[i % len(odd_labels)]))
         series.append(Series(lab, grid[keep], vals))
     matrix = Matrix(series)
-    cols = MatrixColumns(
-        [s.labels for s in series],
-        np.cumsum([len(s.timestamps) for s in series]).tolist(),
-        np.concatenate([s.timestamps for s in series]),
-        np.concatenate([s.values for s in series]),
-    )
+    cols = columns_of(series)
     fast = result_template.matrix_json(cols.labels, cols.ends, cols.t, cols.v)
     assert fast is not None
     assert fast == reference(matrix)

@@ -129,13 +129,24 @@ def extrapolated_rate(
             to_zero *= sampled
             np.copyto(to_start, to_zero, where=(to_zero < to_start) & (result > 0) & (first >= 0))
         np.copyto(to_end, half, where=to_end >= threshold)
-        factor = np.add(sampled, to_start, out=to_start)
-        factor += to_end
-        factor /= sampled
-        if rate:
-            factor /= range_ms / 1000.0
-        result *= factor
+        _scale(result, sampled, to_start, to_end, range_ms, rate)
     return result, ok
+
+
+def _scale(
+    result: Arr, sampled: Arr, to_start: Arr, to_end: Arr, range_ms: int, rate: bool
+) -> None:
+    """``result *= (sampled + to_start + to_end) / sampled`` (``/ range`` for a rate), in place.
+
+    Prometheus's order of operations; ``to_start`` (one row per series) is
+    overwritten.
+    """
+    factor = np.add(sampled, to_start, out=to_start)
+    factor += to_end
+    factor /= sampled
+    if rate:
+        factor /= range_ms / 1000.0
+    result *= factor
 
 
 def _rate_shared_times(
@@ -191,12 +202,7 @@ def _rate_shared_times(
             to_zero *= sampled
             starts = np.repeat(to_start[None, :], n, axis=0)
             np.copyto(starts, to_zero, where=(to_zero < starts) & (result > 0) & (first >= 0))
-            factor = np.add(sampled, starts, out=starts)
-            factor += to_end
-            factor /= sampled
-            if rate:
-                factor /= range_ms / 1000.0
-            result *= factor
+            _scale(result, sampled, starts, to_end, range_ms, rate)
         else:
             shared = (sampled + to_start + to_end) / sampled
             if rate:
