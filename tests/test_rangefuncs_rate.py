@@ -126,7 +126,7 @@ def test_shared_timestamps_give_the_same_bits(
         np.tile(np.array(sorted(times), dtype=np.int64), n),
         values.ravel(),
     )
-    assert data.shared_times() == k
+    assert data.shared_times == k
     ends = np.arange(0, 330_000, 15_000, dtype=np.int64)
     lo, hi = search_windows(data, ends - range_ms, ends)
     got, ok = extrapolated_rate(data, lo, hi, ends, range_ms, counter, rate)
@@ -149,11 +149,9 @@ def test_shared_times_needs_every_series_alike() -> None:
     offsets = np.array([0, 3, 6, 9], dtype=np.int64)
     labels = [(("i", str(i)),) for i in range(3)]
     alike = RangeData(labels, np.zeros(3, dtype=bool), offsets, t, np.zeros(9))
-    assert alike.shared_times() == 3
+    assert alike.shared_times == 3
     t2 = t.copy()
     t2[7] += 1
-    assert (
-        RangeData(labels, np.zeros(3, dtype=bool), offsets, t2, np.zeros(9)).shared_times() is None
-    )
+    assert RangeData(labels, np.zeros(3, dtype=bool), offsets, t2, np.zeros(9)).shared_times is None
     uneven = np.array([0, 2, 6, 9], dtype=np.int64)
-    assert RangeData(labels, np.zeros(3, dtype=bool), uneven, t, np.zeros(9)).shared_times() is None
+    assert RangeData(labels, np.zeros(3, dtype=bool), uneven, t, np.zeros(9)).shared_times is None

@@ -12,7 +12,7 @@ the hot paths.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from functools import cached_property
 
 import numpy as np
 
@@ -82,6 +82,7 @@ class RangeData:
     def series_index(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.labels)), np.diff(self.offsets))
 
+    @cached_property
     def shared_times(self) -> int | None:
         """``k`` when every series holds the same ``k`` timestamps, else None.
 
@@ -89,21 +90,16 @@ class RangeData:
         share their timestamps, and then window bounds and most of ``rate()``'s
         arithmetic are the same for every series: computed once per step
         instead of once per series and step. One comparison of every sample's
-        time with the first series' (remembered; the arrays are not changed
-        after a RangeData is made).
+        time with the first series' (cached: a RangeData's arrays are not
+        changed after it is made).
         """
-        known = self.__dict__.get("_shared_times", False)
-        if known is not False:
-            return cast("int | None", known)
         n, total = len(self.labels), len(self.t)
         k = total // n if n else 0
-        shared: int | None = None
         if n > 1 and k > 0 and k * n == total and bool((np.diff(self.offsets) == k).all()):
             rows = self.t.reshape(n, k)
             if bool((rows == rows[0]).all()):
-                shared = k
-        self.__dict__["_shared_times"] = shared
-        return shared
+                return k
+        return None
 
 
 def is_stale(values: np.ndarray) -> np.ndarray:
@@ -129,13 +125,9 @@ def search_windows(
         hi = np.repeat(data.offsets[1:, None], steps, axis=1)
         if data.t.min() > lows.max():
             return np.repeat(data.offsets[:-1, None], steps, axis=1), hi
-        return _search_lows(data, lows), hi
-    if n >= SHARED_MIN_SERIES and (k := data.shared_times()) is not None:
-        row = data.t[:k]
-        starts = data.offsets[:-1, None]
-        lo = starts + np.searchsorted(row, lows, "right")[None, :]
-        hi = starts + np.searchsorted(row, highs, "right")[None, :]
-        return lo, hi
+        return _bounds_at(data, lows), hi
+    if n >= SHARED_MIN_SERIES and data.shared_times is not None:
+        return _bounds_at(data, lows), _bounds_at(data, highs)
     # A window's start is often an earlier step's end (range a multiple of the
     # step): count each distinct bound once.
     edges, inv = np.unique(np.concatenate([lows, highs]), return_inverse=True)
@@ -164,9 +156,12 @@ def count_upto_edges(data: RangeData, edges: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _search_lows(data: RangeData, lows: np.ndarray) -> np.ndarray:
-    """The ``lo`` of :func:`search_windows` alone."""
-    edges, inv = np.unique(lows, return_inverse=True)
+def _bounds_at(data: RangeData, at: np.ndarray) -> np.ndarray:
+    """Global index past each series' samples ``<= at[j]``: shape ``(series, steps)``."""
+    k = data.shared_times if len(data) >= SHARED_MIN_SERIES else None
+    if k is not None:  # one search in one series' times serves all
+        return data.offsets[:-1, None] + np.searchsorted(data.t[:k], at, "right")[None, :]
+    edges, inv = np.unique(at, return_inverse=True)
     return count_upto_edges(data, edges).take(inv.ravel(), axis=1)
 
 
@@ -180,10 +175,7 @@ def search_upto(data: RangeData, highs: np.ndarray) -> np.ndarray:
     steps = len(highs)
     if not len(data.t) or data.t.max() <= highs.min():  # every sample is at or before each step
         return np.repeat(data.offsets[1:, None], steps, axis=1)
-    if len(data) >= SHARED_MIN_SERIES and (k := data.shared_times()) is not None:
-        return data.offsets[:-1, None] + np.searchsorted(data.t[:k], highs, "right")[None, :]
-    edges, inv = np.unique(highs, return_inverse=True)
-    return count_upto_edges(data, edges).take(inv.ravel(), axis=1)
+    return _bounds_at(data, highs)
 
 
 def drop_name(labels: Labels) -> Labels:

@@ -88,7 +88,7 @@ def extrapolated_rate(
     samples first; most windows have none.
     """
     v, t = data.v, data.t
-    if len(data) >= SHARED_MIN_SERIES and (k := data.shared_times()) is not None:
+    if len(data) >= SHARED_MIN_SERIES and (k := data.shared_times) is not None:
         done = _rate_shared_times(data, k, lo, hi, ends, range_ms, counter, rate)
         if done is not None:
             return done
