@@ -12,16 +12,22 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
 from agent import __version__
 from agent.alerting.engine import AlertingOptions
 from agent.alerting.rules import load_configured_rules
-from agent.config import Config, ConfigError, load_config, peek_plugins_section
+from agent.config import (
+    Config,
+    ConfigError,
+    load_config,
+    peek_event_loop,
+    peek_plugins_section,
+)
 from agent.logsetup import setup_logging
 from agent.plugins import PluginError, PluginHost, get_plugin_manager
 from agent.sdnotify import monotonic_usec, notify
@@ -135,6 +141,7 @@ class Daemon:
                 "listen": f"{scheme}://{host_addr}:{port}",
                 "data_dir": str(config.data_dir),
                 "config": config.source,
+                "event_loop": type(loop).__module__.split(".")[0],
             },
         )
         notify("READY=1", f"STATUS=serving on {host_addr}:{port}")
@@ -203,4 +210,26 @@ def tune_gc() -> None:
 def run_daemon(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> int:
     setup_logging()
     tune_gc()
-    return asyncio.run(Daemon(path, overrides).run())
+    factory = loop_factory(peek_event_loop(path, overrides))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(Daemon(path, overrides).run())
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``server.event_loop`` asks for (None: the standard library's).
+
+    uvloop (libuv, in C) runs the loop's own work (accepting, reading and
+    writing sockets, scheduling callbacks) outside the interpreter: measured
+    against Prometheus 2.42 over fresh connections, each small query was
+    answered 0.08-0.11 ms sooner, a tenth of its time (docs/query-performance.md).
+    ``auto`` takes it when installed (a core dependency, but absent on Windows).
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            log.warning("server.event_loop is uvloop, but uvloop is not installed: using asyncio")
+        return None
+    return cast("Callable[[], asyncio.AbstractEventLoop]", uvloop.new_event_loop)

@@ -134,6 +134,39 @@ def test_run_ready_reload_and_sigterm(daemon: Any, tmp_path: Path) -> None:
     assert '"msg": "stopped"' in d.output()  # JSON logs after the reload
 
 
+@pytest.mark.parametrize("choice", ["asyncio", "auto"])
+def test_event_loop_choice(daemon: Any, tmp_path: Path, choice: str) -> None:
+    """``server.event_loop``: the standard library's loop, or uvloop (a dependency)."""
+    port = free_port()
+    cfg = tmp_path / "tsagent.yaml"
+    cfg.write_text(f"log:\n  level: info\nserver:\n  event_loop: {choice}\n")
+    d = daemon(
+        ["run", "-c", str(cfg), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d")]
+    )
+    d.wait_notify("READY=1")
+    status, body = get(f"http://127.0.0.1:{port}/api/v1/query?query=vector(1)")
+    assert status == 200 and '"value":[' in body
+    want = "asyncio" if choice == "asyncio" else "uvloop"
+    assert f"event_loop={want}" in d.output()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+
+
+def test_loop_factory_and_peek(tmp_path: Path) -> None:
+    from agent.config import peek_event_loop
+    from agent.daemon import loop_factory
+
+    assert loop_factory("asyncio") is None
+    assert loop_factory("auto") is not None and loop_factory("uvloop") is not None
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  event_loop: asyncio\n")
+    assert peek_event_loop(cfg) == "asyncio"
+    assert peek_event_loop(cfg, {"server.event_loop": "uvloop"}) == "uvloop"
+    cfg.write_text("server: [not, a, mapping\n")
+    assert peek_event_loop(cfg) == "auto"  # the full validation reports it
+    assert peek_event_loop(None) == "auto"
+
+
 def test_sigint_is_graceful_too(daemon: Any, tmp_path: Path) -> None:
     port = free_port()
     d = daemon(["run", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d")])

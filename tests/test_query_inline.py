@@ -123,6 +123,8 @@ async def test_a_select_of_many_series_goes_to_a_worker_before_reading(
             [(("__name__", "up"), ("i", str(i))) for i in range(10)]
         )
         await store.append(ids, [1_000] * 10, [float(i) for i in range(10)])
+        await store.append(ids, [3_000] * 10, [0.0] * 10)
+        # At 2,000 ms the newest samples are later: read, not answered from them.
         small = await service.instant("sum(up)", 2_000, cache="off")
         assert reads == [True] and service.ran_inline == 1
         monkeypatch.setattr(inline, "INLINE_MAX_SERIES", 9)
@@ -197,6 +199,7 @@ async def test_closing_cancels_an_inline_query(tmp_path: Path) -> None:
     try:
         ids = await store.get_or_create_series([(("__name__", "up"),)])
         await store.append(ids, [1_000], [1.0])
+        await store.append(ids, [3_000], [1.0])  # later than the query: its head is read
         task = asyncio.ensure_future(service.instant("up", 2_000, cache="off"))
         await asyncio.sleep(0.01)
         service.close()

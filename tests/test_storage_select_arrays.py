@@ -164,9 +164,9 @@ def test_read_many_equals_snapshot_many(
 
 
 def test_bulk_read_joins_in_chunks_and_gives_the_same_samples(monkeypatch: Any) -> None:
-    """Over ``_JOIN_SERIES`` series the head joins their buffers a few thousand at a
+    """Over ``JOIN_SERIES`` series the head joins their buffers a few thousand at a
     time (the lock is not held for one long copy): the same samples as one join."""
-    from agent.storage import head as head_module
+    from agent.storage import head_arrays
 
     head = Head(window_ms=30)
     head.ensure(300)
@@ -177,7 +177,7 @@ def test_bulk_read_joins_in_chunks_and_gives_the_same_samples(monkeypatch: Any) 
         head.apply(sids, ts, _bits([float(s + seq) for s in sids.tolist()]), seq, seq)
     wanted = [int(x) for x in rng.permutation(np.arange(1, 301))]
     whole = head.read_many(wanted, 15, 45)
-    monkeypatch.setattr(head_module, "_JOIN_SERIES", 7)  # 43 chunks, the last of 6
+    monkeypatch.setattr(head_arrays, "JOIN_SERIES", 7)  # 43 chunks, the last of 6
     chunked = head.read_many(wanted, 15, 45)
     for a, b in zip(whole, chunked, strict=True):
         assert a.view(np.uint64).tolist() == b.view(np.uint64).tolist()

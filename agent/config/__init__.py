@@ -297,6 +297,24 @@ def peek_plugins_section(path: str | Path | None) -> dict[str, list[str]]:
     return out
 
 
+def peek_event_loop(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> str:
+    """``server.event_loop`` before full validation (the loop must exist before it).
+
+    Lenient like :func:`peek_plugins_section`: anything unreadable gives
+    ``auto``, and the full validation that follows reports the problem.
+    """
+    value: Any = (overrides or {}).get("server.event_loop")
+    if value is None and path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return "auto"
+        server = data.get("server") if isinstance(data, dict) else None
+        value = server.get("event_loop") if isinstance(server, dict) else None
+        value = expand_env(value, "server.event_loop", [], os.environ)
+    return value if value in ("auto", "uvloop", "asyncio") else "auto"
+
+
 def render_example(schema: Schema, indent: int = 0) -> str:
     """The example config: every key, its default and its help, from the schema itself.
 

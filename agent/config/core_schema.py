@@ -221,6 +221,14 @@ CORE_SCHEMA = Schema(
                     "write: decompressed); more get 429 with Retry-After. See docs/security.md.",
                     check=check_positive,
                 ),
+                "event_loop": Field(
+                    str,
+                    "auto",
+                    "The event loop: uvloop (answers each request ~0.1 ms sooner),\n"
+                    "asyncio (the standard library's), or auto (uvloop when installed).\n"
+                    "Read at start only.",
+                    choices=("auto", "uvloop", "asyncio"),
+                ),
                 "header_read_timeout": Field(
                     (str, int, float),
                     "15s",

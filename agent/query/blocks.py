@@ -178,6 +178,66 @@ def search_upto(data: RangeData, highs: np.ndarray) -> np.ndarray:
     return _bounds_at(data, highs)
 
 
+def selector_block(data: RangeData, when: np.ndarray, lookback_ms: int) -> Block:
+    """An instant selector's values: each series' last sample at or before each step.
+
+    A cell is present when that sample is the series' own, inside the lookback
+    window (``t > step - lookback``) and not a staleness marker. Rows absent at
+    every step are dropped. Series that share their timestamps (the usual case
+    for a dashboard's range query) take one search in one series' times and
+    one gather of the ``(series, steps)`` values, instead of a dozen
+    ``(series, steps)`` index computations.
+    """
+    n, steps = len(data), len(when)
+    k = data.shared_times if n >= SHARED_MIN_SERIES and steps > 1 else None
+    if k is not None:
+        times = data.t[:k]
+        j = np.searchsorted(times, when, "right")
+        col = np.maximum(j - 1, 0)
+        has = (j > 0) & (times[col] > when - lookback_ms)
+        values = data.v.reshape(n, k)[:, col]
+        stale = is_stale(values)
+        present = has & ~stale
+        sample_ts = _rows_of(times[col], n)
+        block = Block(data.labels, values, present, np.zeros(n, dtype=bool), sample_ts, True)
+        return block if has.any() and not stale.any() else block.compact()
+    if data.t.max() <= when.min():  # a query at "now": every step's sample is the last
+        last = data.offsets[1:] - 1
+        t_last = data.t[last]
+        values = np.repeat(data.v[last, None], steps, axis=1)
+        present = (t_last[:, None] > (when - lookback_ms)[None, :]) & ~is_stale(values)
+        held = last >= data.offsets[:-1]
+        if not held.all():  # a series without samples (last points into the one before)
+            present &= held[:, None]
+        sample_ts = t_last[:, None] if steps == 1 else _columns_of(t_last, steps)
+        block = Block(data.labels, values, present, np.zeros(n, dtype=bool), sample_ts, True)
+        return block if present.all() else block.compact()
+    hi = search_upto(data, when)
+    idx = np.maximum(hi - 1, 0)
+    has = (hi > data.offsets[:-1, None]) & (data.t[idx] > (when - lookback_ms)[None, :])
+    idx = np.where(has, idx, 0)
+    values = data.v[idx]
+    present = has & ~is_stale(values)
+    # A selector's series have distinct label sets and keep their names.
+    block = Block(data.labels, values, present, np.zeros(n, dtype=bool), data.t[idx], True)
+    return block.compact()
+
+
+def _rows_of(row: np.ndarray, n: int) -> np.ndarray:
+    """``row`` repeated ``n`` times as a read-only view (``np.broadcast_to``'s checks cost
+    more than the rest of a small selector)."""
+    out = np.ndarray((n, row.size), dtype=row.dtype, buffer=row, strides=(0, row.itemsize))
+    out.flags.writeable = False
+    return out
+
+
+def _columns_of(col: np.ndarray, steps: int) -> np.ndarray:
+    """``col`` repeated ``steps`` times side by side, as a read-only view."""
+    out = np.ndarray((col.size, steps), dtype=col.dtype, buffer=col, strides=(col.itemsize, 0))
+    out.flags.writeable = False
+    return out
+
+
 def drop_name(labels: Labels) -> Labels:
     if labels and labels[0][0] == METRIC_NAME:  # the usual place in sorted labels: a slice
         return labels[1:]

@@ -103,7 +103,29 @@ def dependencies(
     a subquery widens it by its range and shifts it by its offset, a selector
     then reads its lookback (or range) before that. An ``@`` modifier pins
     times absolutely; such a query is conservatively taken to read all time.
+
+    The walk of the tree is remembered per tree (parsed trees are shared, one
+    per query text): it cost as much as evaluating ``count(up)``.
     """
+    key = (id(node), lookback_ms, subquery_step_ms)
+    known = _SPANS.get(key)
+    if known is None or known[0] is not node:
+        if len(_SPANS) >= _SPANS_MAX:
+            _SPANS.clear()
+        known = _SPANS[key] = (node, *_relative_span(node, lookback_ms, subquery_step_ms))
+    _node, names, lo, hi, pinned = known
+    span_lo, span_hi = (T_MIN, T_MAX) if pinned else (start + lo - 1, end + hi + 1)
+    return Dependencies(names, span_lo, span_hi)
+
+
+_SPANS: dict[tuple[int, int, int], tuple[ast.Node, frozenset[str] | None, int, int, bool]] = {}
+_SPANS_MAX = 1024  # trees remembered (the parser keeps as many)
+
+
+def _relative_span(
+    node: ast.Node, lookback_ms: int, subquery_step_ms: int
+) -> tuple[frozenset[str] | None, int, int, bool]:
+    """:func:`dependencies` relative to the steps: (names or None, lo, hi, pinned)."""
     names: set[str] = set()
     wildcard = False
     lo, hi = 0, 0
@@ -148,8 +170,7 @@ def dependencies(
 
     visit(node, 0, 0)
     # Negative offsets make hi > 0: reading after the step is covered the same way.
-    span_lo, span_hi = (T_MIN, T_MAX) if pinned else (start + lo - 1, end + hi + 1)
-    return Dependencies(None if wildcard else frozenset(names), span_lo, span_hi)
+    return (None if wildcard else frozenset(names)), lo, hi, pinned
 
 
 _LABELS = attrgetter("labels")

@@ -26,10 +26,9 @@ from agent.query.blocks import (
     Block,
     RangeData,
     drop_name,
-    is_stale,
     merge_same_labels,
-    search_upto,
     search_windows,
+    selector_block,
 )
 from agent.query.calls import (
     KEEP_NAME,
@@ -191,9 +190,7 @@ class _Evaluator(FunctionCalls):
         # until someone asks the Matrix for its Series.
         pres = block.present
         ends = np.cumsum(pres.sum(axis=1)).tolist()
-        columns = MatrixColumns(
-            block.labels, ends, np.broadcast_to(steps, pres.shape)[pres], block.values[pres]
-        )
+        columns = MatrixColumns(block.labels, ends, steps[pres.nonzero()[1]], block.values[pres])
         return Matrix(annotations=self.annos, columns=columns)
 
     def _cleanup(self, block: Block) -> Block:
@@ -325,24 +322,17 @@ class _Evaluator(FunctionCalls):
     async def vector_selector(self, sel: ast.VectorSelector, steps: np.ndarray) -> Block:
         lookback = self.engine.lookback_ms
         when = self._eval_times(sel.at, sel.offset_ms, steps)
-        data = await self.fetch(sel, int(when.min()) - lookback + 1, int(when.max()), True)
+        latest = getattr(self.engine.queryable, "select_latest", None)
+        if latest is not None and len(when) == 1:  # inline: maybe from the newest samples
+            data = _range_data(await latest(list(sel.matchers), int(when[0]), lookback), True)
+        else:
+            data = await self.fetch(sel, int(when.min()) - lookback + 1, int(when.max()), True)
         if len(data) == 0:
             return Block.empty(len(steps))
         self.points(len(data) * len(steps), "series x steps of a selector")
         if len(data.t) == 0:
             return Block.empty(len(steps))
-        # The last sample at or before each step, if it is the series' own and in the window.
-        hi = search_upto(data, when)
-        idx = np.maximum(hi - 1, 0)
-        has = (hi > data.offsets[:-1, None]) & (data.t[idx] > (when - lookback)[None, :])
-        idx = np.where(has, idx, 0)
-        values = data.v[idx]
-        present = has & ~is_stale(values)
-        # A selector's series have distinct label sets and keep their names.
-        block = Block(
-            data.labels, values, present, np.zeros(len(data), dtype=bool), data.t[idx], True
-        )
-        return block.compact()
+        return selector_block(data, when, lookback)
 
     async def binary(self, node: ast.Binary, steps: np.ndarray) -> Value:
         lhs = await self.eval(node.lhs, steps)

@@ -96,15 +96,30 @@ class InlineBridge(LoopBridge):
     async def select_arrays(
         self, matchers: list[Matcher], start_ms: int, end_ms: int
     ) -> SelectedArraysLike:
+        return await self._select(matchers, start_ms, end_ms, None)
+
+    async def select_latest(
+        self, matchers: list[Matcher], at_ms: int, lookback_ms: int
+    ) -> SelectedArraysLike:
+        """An instant selector's samples, in (at - lookback, at]: from each series' newest
+        sample where the store knows it (``latest_selected``), else read."""
+        return await self._select(matchers, at_ms - lookback_ms + 1, at_ms, lookback_ms)
+
+    async def _select(
+        self, matchers: list[Matcher], start_ms: int, end_ms: int, lookback_ms: int | None
+    ) -> SelectedArraysLike:
         self.budget.check()
         inner = self.inner
-        found: SelectedArraysLike
+        found: SelectedArraysLike | None = None
         if splits_select(inner):
             plan = inner.plan_small(matchers, INLINE_MAX_SERIES)
             if plan is None:
                 raise TooBigInline  # counted on the index: nothing ordered or read
             ids, labs = plan
-            found = await inner.read_selected(ids, labs, start_ms, end_ms, on_loop=True)
+            if lookback_ms is not None:
+                found = inner.latest_selected(ids, labs, end_ms, lookback_ms)
+            if found is None:
+                found = await inner.read_selected(ids, labs, start_ms, end_ms, on_loop=True)
         else:
             found = await select_arrays(inner, matchers, start_ms, end_ms)
         self.budget.loaded_samples(len(found.t))

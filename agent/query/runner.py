@@ -135,6 +135,10 @@ class SplitSelect(Protocol):
         on_loop: bool = False,
     ) -> SelectedArraysLike: ...
 
+    def latest_selected(
+        self, ids: list[int], labs: list[Labels], at_ms: int, lookback_ms: int
+    ) -> SelectedArraysLike | None: ...
+
 
 _SPLITS: dict[type, bool] = {}
 

@@ -511,6 +511,7 @@ def commit_sql(
 def apply_plan(ctx: EditContext, plan: BackfillPlan) -> BackfillResult:
     """Event-loop side: raise the in-memory frontiers to what was committed."""
     head = ctx.head
+    head.forget_newest([x[0] for x in plan.newest])
     if len(plan.newest) < 64:
         for sid, mt, mb in plan.newest:
             if mt > int(head.max_t[sid]):

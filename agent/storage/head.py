@@ -48,6 +48,7 @@ from agent.storage.head_arrays import (
     _runs,
     _split,
     joined_buffers,
+    window_of_buffers,
 )
 from agent.storage.options import (
     REJECT_DUPLICATE_TIMESTAMP,
@@ -93,6 +94,7 @@ class Head:
         "last_seq",
         "lock",
         "max_t",
+        "newest_known",
         "samples",
         "seg_max_t",
         "window_ms",
@@ -107,6 +109,10 @@ class Head:
         self._pending_n = 0
         self.max_t = np.zeros(0, dtype=np.int64)
         self.last_bits = np.zeros(0, dtype=np.uint64)
+        # newest_known[sid]: (max_t, last_bits) is the newest sample the series holds
+        # now (head or segments). Set by in-order appends only, cleared by anything
+        # that may delete or change stored samples (see forget_newest).
+        self.newest_known = np.zeros(0, dtype=bool)
         self.count = np.zeros(0, dtype=np.int64)
         self.first_seq = np.zeros(0, dtype=np.int64)
         self.last_seq = np.zeros(0, dtype=np.int64)
@@ -130,6 +136,7 @@ class Head:
         self.buf.extend([None] * extra)
         self.max_t = _grow(self.max_t, size, INT64_MIN)
         self.last_bits = _grow(self.last_bits, size, 0)
+        self.newest_known = _grow(self.newest_known, size, False)
         self.count = _grow(self.count, size, 0)
         self.first_seq = _grow(self.first_seq, size, 0)
         self.last_seq = _grow(self.last_seq, size, 0)
@@ -269,7 +276,21 @@ class Head:
         last = ends - 1
         self.max_t[uniq] = ts[last]
         self.last_bits[uniq] = bits[last]
+        self.newest_known[uniq] = True  # the sample just queued is the newest there is
         self._note_added(uniq, ends - starts, seq, now_ms)
+
+    def forget_newest(self, sids: np.ndarray | Sequence[int] | None) -> None:
+        """Stop answering "newest sample" questions for ``sids`` (None: every series).
+
+        Called before and after any change other than an in-order append
+        (retention, record_write, rollback, backfill): ``max_t``/``last_bits``
+        then describe the newest sample ever accepted, which may be gone or
+        changed. A series is known again at its next in-order append.
+        """
+        if sids is None:
+            self.newest_known[:] = False
+        else:
+            self.newest_known[np.asarray(sids, dtype=np.int64)] = False
 
     def settle(self, most: int) -> None:
         """Move a queue of over ``most`` samples into the buffers, unless a reader
@@ -485,7 +506,13 @@ class Head:
         return self._snapshot_many(sids, start, end)
 
     def read_many(
-        self, sids: Sequence[int], start: int, end: int, *, locked: bool = True
+        self,
+        sids: Sequence[int],
+        start: int,
+        end: int,
+        *,
+        locked: bool = True,
+        top: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`snapshot_many` from any thread: the same samples, nothing changed.
 
@@ -493,14 +520,15 @@ class Head:
         queue holds in-order appends; out-of-order inserts move it in first).
         ``locked=False`` only on the event loop, the one thread that changes the
         head: it need not wait for a worker that holds the lock while copying.
+        ``top``: the largest of ``sids``, when the caller knows it already.
         """
         if locked:
             with self.lock:
                 pending = list(self._pending)
-                counts, t, v = self._snapshot_many(sids, start, end)
+                counts, t, v = self._snapshot_many(sids, start, end, top)
         else:
             pending = list(self._pending)
-            counts, t, v = self._snapshot_many(sids, start, end)
+            counts, t, v = self._snapshot_many(sids, start, end, top)
         if not pending or not len(sids):
             return counts, t, v
         if len(pending) == 1:
@@ -528,10 +556,10 @@ class Head:
         return counts + np.bincount(pos, minlength=counts.size), t, v
 
     def _snapshot_many(
-        self, sids: Sequence[int], start: int, end: int
+        self, sids: Sequence[int], start: int, end: int, top: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cap = len(self.buf)
-        if len(sids) >= 64 and max(sids) < cap:
+        if len(sids) >= 64 and (max(sids) if top is None else top) < cap:
             return self._snapshot_whole(sids, start, end)
         counts: list[int] = []
         parts: list[array[int]] = []
@@ -553,33 +581,7 @@ class Head:
     def _snapshot_whole(
         self, sids: Sequence[int], start: int, end: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`snapshot_many` by joining whole buffers and cutting with one mask.
-
-        No Python step per series beyond fetching its buffer: each buffer is
-        sorted, so the samples of a series inside [start, end] are one run of
-        the mask.
-        """
-        if len(sids) <= _JOIN_SERIES:
-            lens, t, vals = joined_buffers(self.buf, sids)
-        else:
-            # bytes.join holds the interpreter lock for its whole copy (16 MB for
-            # 52,000 series of 20 samples: 7 ms in which the event loop, which
-            # acknowledges writes, cannot run): join a few thousand at a time.
-            parts = [
-                joined_buffers(self.buf, sids[a : a + _JOIN_SERIES])
-                for a in range(0, len(sids), _JOIN_SERIES)
-            ]
-            lens = np.concatenate([p[0] for p in parts])
-            t = np.concatenate([p[1] for p in parts])
-            vals = np.concatenate([p[2] for p in parts])
-        keep = (t >= start) & (t <= end)
-        if keep.all():
-            return lens, t, vals
-        bounds = np.zeros(lens.size + 1, dtype=np.int64)
-        np.cumsum(lens, out=bounds[1:])
-        idx = np.flatnonzero(keep)
-        counts = np.diff(np.searchsorted(idx, bounds))
-        return counts, t[idx], vals[idx]
+        return window_of_buffers(self.buf, sids, start, end)
 
     def snapshot(self, sid: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Copy of the head samples of ``sid`` in [start, end]; never a view of a live buffer."""
@@ -596,5 +598,4 @@ class Head:
         return t, vals
 
 
-_JOIN_SERIES = 4_096  # buffers joined per call in a bulk read (see _snapshot_whole)
 _U64 = (1 << 64) - 1

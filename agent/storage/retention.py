@@ -353,6 +353,7 @@ async def run_pass(
     kept_all = cut[1:] == INT64_MIN
     prune_below = int(cut[1:].min()) if cut.size > 1 and not kept_all.any() else None
     head = writer.head
+    head.forget_newest(candidates)  # their newest samples may be deleted from now on
     deleted_per_series: dict[int, int] = {}
     for i in range(0, candidates.size, chunk_series):
         sids = candidates[i : i + chunk_series]
@@ -363,7 +364,8 @@ async def run_pass(
                 conn, writer.chooser, head, cut, sids, now, prune_below if last else None
             )
 
-        def after(chunk: _Chunk) -> _Chunk:
+        def after(chunk: _Chunk, sids: np.ndarray = sids) -> _Chunk:
+            head.forget_newest(sids)
             for sid, cutoff in chunk.head_cuts:
                 head.drop_before(sid, cutoff)
             writer.counters.segments -= chunk.segments_deleted

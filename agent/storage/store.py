@@ -529,8 +529,9 @@ class Store(SeriesParts, BackfillParts, MaintenanceParts, ListenerParts):
             raise StorageError("store is closed")
         head = self._head
         # Head first, segments second, as in _read.
-        counts, t, v = head.read_many(ids, start_ms, end_ms, locked=not on_loop)
         id_arr = np.array(ids, dtype=np.int64)
+        top = int(id_arr.max()) if ids else None
+        counts, t, v = head.read_many(ids, start_ms, end_ms, locked=not on_loop, top=top)
         smt = head.seg_max_t  # one array: the loop may swap in a grown one meanwhile
         seg_max = smt[np.minimum(id_arr, smt.size - 1)] if ids else id_arr
         maybe = np.flatnonzero((id_arr < smt.size) & (seg_max >= start_ms)).tolist()

@@ -133,6 +133,9 @@ class BackfillParts(StoreBase):
     ) -> BackfillResult:
         ctx = self._edit_ctx()
         at = now_ms()
+        # Values may be replaced: no newest-sample answers for these series until
+        # their next in-order append (see Head.forget_newest).
+        self._head.forget_newest(s[s > 0])
         if on_error == "abort" and backfill_staged.prepare_off_writer(s):
             staged = await self._backfill_prepared(
                 s, t, b, new, source=source, client=client, at=at

@@ -193,6 +193,7 @@ class MaintenanceParts(StoreBase):
                 )
             return res[0]
 
+        self._head.forget_newest([sid])  # the job may replace its newest value
         result: int = await self._w.job(sql, after)
         self.notify_written(np.array([sid], dtype=np.int64), t, t)
         return result
@@ -245,6 +246,7 @@ class MaintenanceParts(StoreBase):
             )
 
         touched: list[int] = []
+        self._head.forget_newest(None)  # any series' newest samples may go or change
 
         def after(res: tuple[int, list[versions.SeriesEdit]]) -> int:
             versions.apply_edits(ctx, res[1])

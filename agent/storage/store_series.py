@@ -22,6 +22,7 @@ from agent.storage.errors import (
 )
 from agent.storage.head import INT64_MIN
 from agent.storage.index import canonical_labels
+from agent.storage.options import SelectedArrays
 from agent.storage.store_base import StoreBase
 from agent.storage.writer import now_ms
 
@@ -201,6 +202,35 @@ class SeriesParts(StoreBase):
         ok = ids < max_t.size
         out[ok] = max_t[ids[ok]]
         return out
+
+    def latest_selected(
+        self, ids: list[int], labs: list[Labels], at_ms: int, lookback_ms: int
+    ) -> SelectedArrays | None:
+        """Each series' newest sample if it is in (at - lookback, at], from memory; or None.
+
+        What an instant selector at ``at_ms`` needs when no series holds a sample
+        after ``at_ms`` (a dashboard asking about "now"): two gathers from the
+        head's per-series arrays instead of reading every series' buffer. None
+        (read the samples instead) unless every series' newest sample is known
+        (:meth:`Head.forget_newest`) and at or before ``at_ms``. Series whose
+        newest sample is older than the window are left out, as a read leaves
+        out series without samples in it.
+        """
+        head = self._head
+        if not ids:
+            return None
+        sids = np.array(ids, dtype=np.int64)
+        if int(sids.max()) >= head.newest_known.size or not head.newest_known[sids].all():
+            return None
+        t = head.max_t[sids]
+        if int(t.max()) > at_ms:
+            return None
+        v = head.last_bits[sids].view(np.float64)
+        keep = t > at_ms - lookback_ms
+        if not keep.all():
+            labs = [lab for lab, k in zip(labs, keep.tolist(), strict=True) if k]
+            t, v = t[keep], v[keep]
+        return SelectedArrays(labs, np.arange(len(labs) + 1, dtype=np.int64), t, v)
 
     async def time_bounds(self) -> tuple[int, int] | None:
         """(oldest, newest) sample timestamp in segments and head, or None when empty."""

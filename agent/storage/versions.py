@@ -293,6 +293,7 @@ def _newest(conn: sqlite3.Connection, ctx: EditContext, sid: int) -> tuple[int |
 def apply_edits(ctx: EditContext, edits: list[SeriesEdit]) -> None:
     """Event-loop side of a job: make the head agree with what was committed."""
     head = ctx.head
+    head.forget_newest([e.series_id for e in edits])
     for e in edits:
         sid = e.series_id
         if e.flushed_max is not None:

@@ -32,10 +32,18 @@ class _HeaderGuard(asyncio.Protocol):
     ``keepalive_timeout``, so a client that pauses and then sends a whole
     request is served.
 
-    Relies on two attributes of aiohttp's ``RequestHandler``: ``_request_count``
-    (incremented as a request's headers are parsed) and ``_waiter`` (set while
-    it waits for the next request). Should they ever disappear, the guard
-    times only the first request, as before, rather than close good connections.
+    Bytes that complete no headers start the timer when the connection was
+    waiting for a request, or when the last request's body had been read
+    before they came: with uvloop a client's next request can arrive while
+    the handler that answered the last one is still finishing, before
+    aiohttp waits again. Bytes of a body being uploaded start nothing.
+
+    Relies on three attributes of aiohttp's ``RequestHandler``:
+    ``_request_count`` (incremented as a request's headers are parsed),
+    ``_messages`` (the parsed requests and their bodies) and ``_waiter`` (set
+    while it waits for the next request). Should they ever disappear, the
+    guard times only the first request, as before, rather than close good
+    connections.
     """
 
     def __init__(self, inner: Any, timeout: float) -> None:
@@ -43,7 +51,10 @@ class _HeaderGuard(asyncio.Protocol):
         self.timeout = timeout
         self.timer: asyncio.TimerHandle | None = None
         self.armed_at = 0  # requests parsed when the timer was started
-        self.per_request = hasattr(inner, "_request_count") and hasattr(inner, "_waiter")
+        self.body: Any = None  # the last parsed request's body (a StreamReader)
+        self.per_request = all(
+            hasattr(inner, name) for name in ("_request_count", "_waiter", "_messages")
+        )
         self.loop = asyncio.get_running_loop()
 
     def __getattr__(self, name: str) -> Any:
@@ -79,11 +90,14 @@ class _HeaderGuard(asyncio.Protocol):
             return
         waiter = inner._waiter
         idle = waiter is not None and not waiter.done()  # waiting for the next request
+        read = self.body is None or self.body.is_eof()  # the last body was read before
         before = inner._request_count
         inner.data_received(data)
         if inner._request_count > before:
             self._disarm()  # headers parsed (a new timer starts with the next request)
-        elif idle and self.timer is None:
+            messages = inner._messages
+            self.body = messages[-1][1] if messages else None
+        elif (idle or read) and self.timer is None:
             self._arm()  # the first bytes of a request: its headers have `timeout` from now
 
     def eof_received(self) -> bool | None:

@@ -16,7 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -164,8 +164,9 @@ class _Tcp(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; not an isinstance check: uvloop's (server.event_loop)
+        # do not derive from asyncio's classes.
+        self.transport = cast("asyncio.Transport", transport)
         self.peer = transport.get_extra_info("peername")
         ing = self.ing
         ing.tcp_connections_total += 1
@@ -173,7 +174,7 @@ class _Tcp(asyncio.Protocol):
             ing.tcp_refused += 1
             ing.peer = self.peer
             ing._report("refused", "tcp_max_connections", b"")
-            transport.abort()
+            self.transport.abort()
             return
         ing.tcp_conns.add(self)
         self.last_read = time.monotonic()
