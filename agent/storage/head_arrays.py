@@ -7,8 +7,9 @@ class reads on its own.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from operator import itemgetter
+from operator import itemgetter, methodcaller
 from typing import cast
 
 import numpy as np
@@ -100,12 +101,20 @@ JOIN_SERIES = 4_096  # buffers joined per call in a bulk read (see window_of_buf
 def window_of_buffers(
     buf: list[array[int] | None], sids: Sequence[int], start: int, end: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts, times and values in [start, end] of many whole buffers, joined, cut by one mask.
+    """Counts, times and values in [start, end] of many buffers, concatenated.
 
-    No Python step per series beyond fetching its buffer: each buffer is
-    sorted, so the samples of a series inside [start, end] are one run of
-    the mask.
+    Whole buffers joined and cut by one mask (no Python step per series
+    beyond fetching its buffer: each buffer is sorted, so the samples of a
+    series inside [start, end] are one run of the mask), unless the window
+    holds a small part of long buffers (a query about the last minutes of a
+    head holding hours): then only each buffer's last samples are joined
+    (:func:`_tails`), or, where those do not reach back to the window's start,
+    each buffer is searched (:func:`_cut_buffers`).
     """
+    tail = _tail_needed(buf, sids, start, end)
+    if tail is not None:
+        got = _tails(buf, sids, start, end, tail)
+        return got if got is not None else _cut_buffers(buf, sids, start, end)
     if len(sids) <= JOIN_SERIES:
         lens, t, vals = joined_buffers(buf, sids)
     else:
@@ -120,9 +129,115 @@ def window_of_buffers(
         vals = np.concatenate([p[2] for p in parts])
     if not t.size or (t.min() >= start and t.max() <= end):  # the usual instant query
         return lens, t, vals
+    return _masked(lens, t, vals, start, end)
+
+
+def _masked(
+    lens: np.ndarray, t: np.ndarray, vals: np.ndarray, start: int, end: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The samples in [start, end] of concatenated sorted runs of ``lens`` samples."""
     keep = (t >= start) & (t <= end)
     bounds = np.zeros(lens.size + 1, dtype=np.int64)
     np.cumsum(lens, out=bounds[1:])
     idx = np.flatnonzero(keep)
     counts = np.diff(np.searchsorted(idx, bounds))
     return counts, t[idx], vals[idx]
+
+
+CUT_MIN_SAMPLES = 64  # buffers this long on average may be cut before they are joined
+CUT_MAX_SHARE = 0.25  # ... when the window holds at most this share of their samples
+_PROBES = 8  # buffers looked at to decide
+
+
+def _tail_needed(
+    buf: list[array[int] | None], sids: Sequence[int], start: int, end: int
+) -> int | None:
+    """Samples to take from each buffer's end, when a few buffers (spread over ``sids``)
+    are long and the window holds a small share of them; None to join them whole.
+
+    With two hours of head at 15 s (480 samples a series), a 1-minute
+    ``rate()`` at "now" needs 5 of them: joining whole buffers copied and
+    masked 100 times the samples used (10,000 series: 56 ms instead of 6 ms
+    for ``sum(rate(cpu[1m]))``). The tail is twice the most any probed buffer
+    holds in the window, and more where the window ends before a buffer does.
+    """
+    probes = [a for a in map(buf.__getitem__, sids[:: max(1, len(sids) // _PROBES)]) if a]
+    held = sum(map(len, probes)) // 2
+    if held < CUT_MIN_SAMPLES * max(1, len(probes)):
+        return None  # short buffers (a young head): joined whole, nothing searched
+    inside = most = 0
+    for a in probes:
+        ts = memoryview(a)[::2]
+        hi = bisect_right(ts, end)
+        n = hi - bisect_left(ts, start, 0, hi)
+        inside += n
+        most = max(most, n + len(ts) - hi)  # what lies after the window comes too
+    if inside > CUT_MAX_SHARE * held:
+        return None
+    return 2 * most + 2
+
+
+def _tails(
+    buf: list[array[int] | None], sids: Sequence[int], start: int, end: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`window_of_buffers` from the last ``k`` samples of each buffer, or None
+    where some buffer's window reaches further back than that.
+
+    The slices, their lengths and the join run in C (``map``), with no Python
+    step per series: ~0.15 us a series against ~1.1 us for a search in each.
+    """
+    n = len(sids)
+    got: tuple[array[int] | None, ...] = (
+        itemgetter(*sids)(buf) if n > 1 else tuple(buf[s] for s in sids)
+    )
+    try:  # len(None) fails: cheaper than looking for None first
+        bufs = cast("list[array[int]]", got)
+        held = np.fromiter(map(len, bufs), dtype=np.int64, count=n) // 2
+    except TypeError:
+        bufs = [b or NO_SAMPLES for b in got]
+        held = np.fromiter(map(len, bufs), dtype=np.int64, count=n) // 2
+    last = methodcaller("__getitem__", slice(-2 * k, None))
+    tails = list(map(last, bufs))
+    lens = np.fromiter(map(len, tails), dtype=np.int64, count=n) // 2
+    t, vals = _split(bytearray().join(tails))
+    first = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lens, out=first[1:])
+    cut = lens < held  # buffers whose older samples were left out
+    if cut.any() and bool((t[first[:-1][cut]] >= start).any()):
+        return None  # the window may begin before the tail: search those buffers instead
+    return _masked(lens, t, vals, start, end)
+
+
+def _cut_buffers(
+    buf: list[array[int] | None], sids: Sequence[int], start: int, end: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`window_of_buffers` by a search in each buffer (on a view of its timestamps,
+    galloping back from the newest sample, then bisecting in C) and one join of the
+    parts inside: ~1 us a series, whatever the head holds.
+
+    The views pin the buffers (an append would fail) only until the join: the
+    caller holds the head's lock, or is the event loop, which alone appends.
+    """
+    counts: list[int] = []
+    parts: list[memoryview] = []
+    for sid in sids:
+        a = buf[sid]
+        if not a or a[0] > end or a[-2] < start:
+            counts.append(0)
+            continue
+        whole = memoryview(a)
+        ts = whole[::2]
+        n = len(ts)
+        lo = 0
+        if a[0] < start:  # gallop back from the end, where a query about "now" starts
+            k = 1
+            while k <= n and ts[n - k] >= start:
+                k *= 2
+            lo = bisect_left(ts, start, max(0, n - k), n - k // 2)
+        hi = n if a[-2] <= end else bisect_right(ts, end, lo)
+        counts.append(hi - lo)
+        parts.append(whole[2 * lo : 2 * hi])
+    raw = bytearray().join(parts)
+    parts.clear()
+    t, vals = _split(raw)
+    return np.array(counts, dtype=np.int64), t, vals
