@@ -11,11 +11,12 @@ Run: ``python benchmarks/bench_query.py`` (a few minutes; needs
    identical timestamps and values.
 3. Times typical dashboard queries over HTTP (``/api/v1/query`` at the last
    sample, ``/api/v1/query_range`` over the data with a 15 s step) against both,
-   after one untimed run each, median of ``--repeat`` runs (5), the two servers'
-   requests alternated; tsagent's runs send ``Cache-Control: no-cache`` so its
-   query cache (when present) does not flatter it. Then cached repeats: the
-   same tsagent request without that header, once to fill the cache, then
-   ``--repeat`` timed runs (median).
+   after one untimed run each, median of ``--repeat`` runs (5; more, up to 101,
+   until ``--min-seconds`` (0.3 s) have passed, so fast queries get a steadier
+   median), the two servers' requests alternated; tsagent's runs send
+   ``Cache-Control: no-cache`` so its query cache (when present) does not
+   flatter it. Then cached repeats: the same tsagent request without that
+   header, once to fill the cache, then ``--repeat`` timed runs (median).
 4. Prints a Markdown table (tsagent s, Prometheus s, ratio, cached repeat) and
    checks that both returned the same number of series for every query.
 
@@ -154,15 +155,22 @@ def medians_interleaved(
     b: tuple[str, dict[str, str] | None],
     params: dict[str, str],
     repeat: int,
+    min_seconds: float = 0.0,
+    most: int = 101,
 ) -> tuple[tuple[float, int], tuple[float, int]]:
     """:func:`median_of` for two servers, their requests alternated (a, b, a, b, ...).
 
     A burst of load from elsewhere on the machine then lands on both, not on
-    whichever happened to be measured at the time.
+    whichever happened to be measured at the time. At least ``repeat`` pairs,
+    and more (up to ``most``) until ``min_seconds`` have passed: the median of
+    five 1 ms requests moved by a tenth between runs, of fifty by a few hundredths.
     """
     times: tuple[list[float], list[float]] = ([], [])
     counts = [0, 0]
-    for _ in range(repeat):
+    started = time.perf_counter()
+    done = 0
+    while done < repeat or (done < most and time.perf_counter() - started < min_seconds):
+        done += 1
         for k, (url, headers) in enumerate((a, b)):
             seconds, status, body = request(url, params, headers)
             if status != 200:
@@ -259,6 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             (agent_url + path, no_cache),
                             params,
                             args.repeat,
+                            args.min_seconds,
                         )
                     )
                     request(agent_url + path, params)  # fills the cache, if there is one
@@ -312,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         "--range-skip-s", type=int, default=60, help="range queries start this far into the data"
     )
     p.add_argument("--repeat", type=int, default=5, help="timed runs per query (median counts)")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.3,
+        help="keep alternating past --repeat (up to 101 pairs) until this long has passed",
+    )
     p.add_argument("--only", nargs="*", help="run only queries whose name/expr contain these")
     p.add_argument("--api-timeout", type=float, default=5.0, help="wait for /api/v1/query")
     p.add_argument("--json", action="store_true")

@@ -151,3 +151,46 @@ def test_value_texts_both_ways_round() -> None:
         values[::997] = np.resize(odd, values[::997].shape)
         got = result_template.value_texts(values)
         assert got == [format_value(x).encode() for x in values.tolist()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(VALUES, min_size=1, max_size=result_template.FEW_VALUES))
+def test_few_values_written_as_format_value(values: list[float]) -> None:
+    """A few values take one orjson call and a step each; the texts are format_value's."""
+    from agent.query.numfmt import format_value
+
+    got = result_template.value_texts(np.array(values, dtype=np.float64))
+    assert got == [format_value(x).encode() for x in values]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    label_sets=st.lists(LABELS, min_size=1, max_size=8),
+    steps=st.integers(1, 20),
+    start=st.integers(-(10**12), 2 * 10**12),
+    data=st.data(),
+)
+def test_matrix_on_a_known_grid_equals_reference(
+    label_sets: list[dict[str, str]], steps: int, start: int, data: st.DataObject
+) -> None:
+    """Every series at every step (the engine says so): the same bytes, no grid search."""
+    labels = unique_labels(label_sets)
+    grid = start + 15_000 * np.arange(steps, dtype=np.int64)
+    values = data.draw(st.lists(VALUES, min_size=steps * len(labels), max_size=steps * len(labels)))
+    v = np.array(values, dtype=np.float64)
+    series = [Series(lab, grid, v[i * steps : (i + 1) * steps]) for i, lab in enumerate(labels)]
+    ends = (steps * np.arange(1, len(labels) + 1)).tolist()
+    cols = MatrixColumns(labels, ends, np.tile(grid, len(labels)), v, grid)
+    assert Matrix(columns=cols).to_json_bytes() == reference(Matrix(series))
+
+
+@given(
+    start=st.integers(-(10**16), 10**16),
+    step=st.sampled_from([1, 250, 1000, 15_000, 15_001]),
+    count=st.integers(1, 20),
+)
+def test_point_cells_as_time_text(start: int, step: int, count: int) -> None:
+    """The seconds-and-fraction form of a grid's times is time_text's, byte for byte."""
+    times = [start + i * step for i in range(count)]
+    want = b",".join(b'[%b,"%%b"]' % result_template.time_text(t) for t in times)
+    assert result_template._point_cells(times) == want

@@ -171,7 +171,11 @@ class _Evaluator(FunctionCalls):
         if isinstance(value, np.ndarray):
             if not self.range_query:
                 return Scalar(self.start, float(value[0]), self.annos)
-            return Matrix([Series((), steps, value.astype(np.float64))], self.annos)
+            values = value.astype(np.float64)
+            return Matrix(
+                annotations=self.annos,
+                columns=MatrixColumns([()], [len(steps)], steps, values, steps),
+            )
         block = self._cleanup(value)
         if not self.range_query:
             samples = [
@@ -190,7 +194,13 @@ class _Evaluator(FunctionCalls):
         # until someone asks the Matrix for its Series.
         pres = block.present
         ends = np.cumsum(pres.sum(axis=1)).tolist()
-        columns = MatrixColumns(block.labels, ends, steps[pres.nonzero()[1]], block.values[pres])
+        if pres.all():  # every series at every step: the steps are everyone's times
+            flat = np.empty(pres.size, dtype=np.int64)
+            flat.reshape(pres.shape)[:] = steps  # (np.broadcast_to's checks cost more)
+            columns = MatrixColumns(block.labels, ends, flat, block.values.reshape(-1), steps)
+        else:
+            at = steps[pres.nonzero()[1]]
+            columns = MatrixColumns(block.labels, ends, at, block.values[pres])
         return Matrix(annotations=self.annos, columns=columns)
 
     def _cleanup(self, block: Block) -> Block:

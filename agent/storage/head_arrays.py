@@ -50,6 +50,15 @@ def _split(raw: bytes | bytearray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]).view(np.float64)
 
 
+SPLIT_VIEWS_BYTES = 1 << 20  # up to this much, times and values stay views of the joined bytes
+
+
+def _columns_of_pairs(raw: bytes | bytearray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_split` without its two copies: strided views of ``raw`` (which they keep)."""
+    pairs = np.frombuffer(raw, dtype=np.int64).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1].view(np.float64)
+
+
 def _columns(a: array[int]) -> tuple[np.ndarray, np.ndarray]:
     t, vals = _split(a.tobytes())
     return t, vals.view(np.uint64)
@@ -91,7 +100,11 @@ def joined_buffers(
     except TypeError:
         bufs = [b or NO_SAMPLES for b in got]
         lens = np.fromiter(map(len, bufs), dtype=np.int64, count=len(bufs)) // 2
-    t, vals = _split(bytearray().join(bufs))
+    raw = bytearray().join(bufs)
+    if len(raw) <= SPLIT_VIEWS_BYTES:
+        t, vals = _columns_of_pairs(raw)
+    else:
+        t, vals = _split(raw)
     return lens, t, vals
 
 

@@ -71,15 +71,15 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
 async def _security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
     group = request.app[ROUTE_GROUPS_KEY].get(resource.canonical if resource else "", "admin")
-    decision = await request.app[AUTH_KEY].authorize(
-        group, request.headers.get("Authorization"), request.remote
-    )
-    if decision == RATE_LIMITED:
-        return too_many_failures()
-    if decision == 401:
-        return unauthorized()
-    if decision == 403:
-        return forbidden()
+    auth = request.app[AUTH_KEY]
+    if not auth.is_open(group):
+        decision = await auth.authorize(group, request.headers.get("Authorization"), request.remote)
+        if decision == RATE_LIMITED:
+            return too_many_failures()
+        if decision == 401:
+            return unauthorized()
+        if decision == 403:
+            return forbidden()
     limit = request.app[CONTEXT_KEY].config.raw["server"]["max_body_bytes"]
     if request.content_length is not None and request.content_length > limit:
         return web.Response(

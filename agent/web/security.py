@@ -193,6 +193,13 @@ class Authenticator:
         while len(self._failures) > CACHE_MAX:
             self._failures.popitem(last=False)
 
+    def is_open(self, group: str) -> bool:
+        """Does ``group`` let every request in? (Then no header or address is looked at.)"""
+        if group == "public":
+            return True
+        auth = self.groups.get(group)
+        return auth is None or auth.open
+
     async def authorize(self, group: str, header: str | None, client: str | None) -> int:
         """:meth:`decide` for the HTTP path: bcrypt off the event loop, failures rate-limited.
 
