@@ -313,3 +313,34 @@ async def test_python_api_shares_the_cache(client: Any) -> None:
     assert agent.queries.cache.stats.hits == 1
     _, body = await fetch(client)
     assert body["data"] == data
+
+
+async def test_http_answers_before_storing(client: Any) -> None:
+    """The API sends its answer, then stores it: the next request hits, with the
+    bytes the first one sent, and nothing stays counted in flight."""
+    cache = agent_of(client).queries.cache
+    resp = await client.get(
+        "/api/v1/query_range", params=RANGE, headers={"Cache-Control": "no-cache"}
+    )
+    sent = await resp.read()
+    assert resp.headers["X-Tsagent-Cache"] == "bypass"
+    assert len(cache) == 1 and cache._inflight == 0
+    entry = next(iter(cache))
+    assert entry.data_json is not None and sent.endswith(entry.data_json + b"}")
+    again = await client.get("/api/v1/query_range", params=RANGE)
+    assert again.headers["X-Tsagent-Cache"] == "hit" and await again.read() == sent
+
+
+async def test_deferred_store_waits_for_settle(client: Any) -> None:
+    service = agent_of(client).queries
+    q = RANGE["query"]
+    start, end = int(RANGE["start"]) * 1000, int(RANGE["end"]) * 1000
+    answer = await service.range(q, start, end, 60_000, encode_json=True, defer_store=True)
+    assert len(service.cache) == 0 and service.cache._inflight == 1
+    body = answer.data_json()
+    answer.settle()
+    answer.settle()  # once only
+    assert len(service.cache) == 1 and service.cache._inflight == 0
+    assert next(iter(service.cache)).data_json == body
+    hit = await service.range(q, start, end, 60_000)
+    assert hit.cache == "hit" and hit.data_json() == body

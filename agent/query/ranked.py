@@ -60,6 +60,8 @@ def select_k(
                 f"got {go_g(r)}, capping to {go_g(cap)}" + param_pos
             )
         ratio = np.clip(param, -1.0, 1.0)
+    elif (first := float(param[0])) == first and abs(first) < 2.0**63 and (param == first).all():
+        ks = np.full(len(param), int(first), dtype=np.int64)  # one k for every step (the usual)
     else:
         if np.isnan(param).any():
             raise ExecutionError("Parameter value is NaN")
@@ -157,6 +159,10 @@ def top_rows(op: str, vals: Arr, pres: Arr, ks: Arr) -> Arr | None:
     else:
         key = vt if op == "topk" else -vt
     thr = np.partition(key, n - k, axis=1)[:, n - k, None]  # each step's k-th largest key
+    if valid is None:
+        chosen = key >= thr  # at least k a step; exactly k when every tie fits
+        if (chosen.sum(axis=1) == k).all():
+            return chosen.T
     above = key > thr
     ties = key == thr
     if valid is not None:

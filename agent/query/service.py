@@ -147,6 +147,14 @@ class QueryAnswer:
         self.entry = entry
         self._cache = _cache
         self._body = body  # the data JSON, when the worker encoded it already
+        self._settle: Callable[[], None] | None = None
+
+    def settle(self) -> None:
+        """Store the result in the cache, when the query asked to do that later
+        (``defer_store``: the HTTP API answers first); a no-op after the first call."""
+        settle, self._settle = self._settle, None
+        if settle is not None:
+            settle()
 
     @property
     def result(self) -> Result:
@@ -176,6 +184,12 @@ class QueryAnswer:
         if self.entry is not None and self._cache is not None:
             self._cache.attach_json(self.entry, body)
         return body
+
+
+def _attach(cache: QueryCache, entry: CacheEntry | None, body: bytes | None) -> None:
+    """Keep the JSON already sent with a deferred entry (as ``data_json()`` would)."""
+    if entry is not None and body is not None:
+        cache.attach_json(entry, body)
 
 
 def result_from_data(data: dict[str, Any], annotations: Annotations) -> Result:
@@ -344,11 +358,15 @@ class QueryService:
         cache: CacheMode = "use",
         resolution_ms: int = 0,
         encode_json: bool = False,
+        defer_store: bool = False,
     ) -> QueryAnswer:
         """An instant query; ``resolution_ms`` answers ``*_over_time`` from that rollup.
 
         ``encode_json``: encode the API ``data`` in the worker thread too (the HTTP
         API always sends it), so a large result is not encoded on the event loop.
+        ``defer_store``: the result goes into the cache when the caller calls
+        :meth:`QueryAnswer.settle` (which it must), not before returning: the
+        HTTP API sends its answer first.
         """
         node, sig = self.parse(expr)
         lookback = lookback_ms or self.options.lookback_ms
@@ -358,7 +376,7 @@ class QueryService:
             return await engine.instant(expr, time_ms_, node=node)
 
         return await self._run(
-            node, key, run, timeout_s, lookback, cache, resolution_ms, encode_json
+            node, key, run, timeout_s, lookback, cache, resolution_ms, encode_json, defer_store
         )
 
     async def range(
@@ -374,11 +392,13 @@ class QueryService:
         cache: CacheMode = "use",
         resolution_ms: int = 0,
         encode_json: bool = False,
+        defer_store: bool = False,
     ) -> QueryAnswer:
         """A range query; with ``align_tz`` its steps follow that zone's calendar.
 
         ``resolution_ms`` (a configured rollup resolution) answers ``*_over_time``
-        from that rollup even where the result is only approximate.
+        from that rollup even where the result is only approximate. See
+        :meth:`instant` for ``encode_json`` and ``defer_store``.
         """
         if step_ms_ <= 0:
             raise BadDataError(
@@ -407,7 +427,7 @@ class QueryService:
             return await engine.range(expr, start_ms, end_ms, step_ms_, times=times, node=node)
 
         return await self._run(
-            node, key, run, timeout_s, lookback, cache, resolution_ms, encode_json
+            node, key, run, timeout_s, lookback, cache, resolution_ms, encode_json, defer_store
         )
 
     async def _run(
@@ -420,6 +440,7 @@ class QueryService:
         mode: CacheMode,
         resolution_ms: int = 0,
         encode_json: bool = False,
+        defer_store: bool = False,
     ) -> QueryAnswer:
         if resolution_ms:
             self.check_resolution(resolution_ms)
@@ -457,6 +478,7 @@ class QueryService:
             )
 
         token = cache.begin()
+        finished = False  # cache.finish() called, or left to store()
         try:
             done = None
             if self.inline and not resolution_ms:
@@ -479,17 +501,29 @@ class QueryService:
                 done = await self.runner.run(lambda: work(big), budget)
                 self.ran_in_worker += 1
             result, body = done
-            entry = None
-            if ttl is not None:
-                deps = dependencies(
-                    node, key.start, key.end, lookback, self.options.subquery_step_ms
-                )
-                encode = encode_data if body is None else (lambda _r: body)
-                entry = cache.put(key, result, deps, token, ttl, encode)
+            state = "off" if ttl is None else ("miss" if mode == "use" else "bypass")
+
+            def store() -> CacheEntry | None:
+                try:
+                    if ttl is None:
+                        return None
+                    deps = dependencies(
+                        node, key.start, key.end, lookback, self.options.subquery_step_ms
+                    )
+                    encode = encode_data if body is None else (lambda _r: body)
+                    return cache.put(key, result, deps, token, ttl, encode)
+                finally:
+                    cache.finish()
+
+            finished = True  # store() finishes, now or when the answer is settled
+            if defer_store:
+                answer = QueryAnswer(result, state, None, cache, body)
+                answer._settle = lambda: _attach(cache, store(), body)
+                return answer
+            return QueryAnswer(result, state, store(), cache, body)
         finally:
-            cache.finish()
-        state = "off" if ttl is None else ("miss" if mode == "use" else "bypass")
-        return QueryAnswer(result, state, entry, cache, body)
+            if not finished:
+                cache.finish()
 
     def parse(self, expr: str) -> tuple[ast.Node, str]:
         """Tree and signature of ``expr``, after the text limits (400 naming the limit)."""

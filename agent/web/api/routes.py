@@ -150,6 +150,20 @@ def _answer(answer: QueryAnswer, params: MultiDictProxy[str], zone: tzinfo) -> w
     )
 
 
+async def _send(
+    request: web.Request, answer: QueryAnswer, params: MultiDictProxy[str], zone: tzinfo
+) -> web.StreamResponse:
+    """The answer, sent before its result goes into the query cache: the client
+    need not wait for that (the store then runs while the response travels)."""
+    try:
+        response = _answer(answer, params, zone)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    finally:
+        answer.settle()
+
+
 @api
 async def query(request: web.Request) -> web.StreamResponse:
     params = await form(request)
@@ -167,9 +181,10 @@ async def query(request: web.Request) -> web.StreamResponse:
             cache=cache_mode(request),
             resolution_ms=duration_param(params, "resolution") or 0,
             encode_json=not bool_param(params, "localtime"),
+            defer_store=True,
         )
     )
-    return _answer(answer, params, zone)
+    return await _send(request, answer, params, zone)
 
 
 @api
@@ -213,9 +228,10 @@ async def query_range(request: web.Request) -> web.StreamResponse:
             cache=cache_mode(request),
             resolution_ms=duration_param(params, "resolution") or 0,
             encode_json=not bool_param(params, "localtime"),
+            defer_store=True,
         )
     )
-    return _answer(answer, params, zone)
+    return await _send(request, answer, params, zone)
 
 
 @api
