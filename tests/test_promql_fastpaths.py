@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pytest
 
+from agent.query.answer import QueryAnswer, encode_data, result_from_data
 from agent.query.cache import Dependencies, QueryCache
 from agent.query.numfmt import format_cells, format_value, pack
-from agent.query.service import QueryAnswer, encode_data, result_from_data
 from agent.query.values import Matrix, Sample, Series, Vector
 from tests.test_query_cache import key
 

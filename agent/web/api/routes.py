@@ -37,10 +37,11 @@ from prometheus_client.registry import Collector
 from agent.context import Route
 from agent.model import Labels, Matcher
 from agent.query import ast
+from agent.query.answer import QueryAnswer
 from agent.query.engine import MAX_POINTS
 from agent.query.errors import BadDataError
 from agent.query.parser import parse
-from agent.query.service import QueryAnswer, QueryOptions, QueryService
+from agent.query.service import QueryOptions, QueryService
 from agent.query.timezone import MIN_TIME_MS, DstRule, add_local_times
 
 from .envelope import (
