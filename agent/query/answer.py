@@ -55,13 +55,14 @@ class QueryAnswer:
         entry: CacheEntry | None,
         _cache: QueryCache | None = None,
         body: bytes | None = None,
+        settle: Callable[[], None] | None = None,
     ) -> None:
         self._result = result
         self.cache = cache
         self.entry = entry
         self._cache = _cache
         self._body = body  # the data JSON, when the worker encoded it already
-        self._settle: Callable[[], None] | None = None
+        self._settle = settle  # stores the result in the cache: see settle()
 
     def settle(self) -> None:
         """Store the result in the cache, when the query asked to do that later

@@ -405,9 +405,8 @@ class QueryService:
 
             finished = True  # store() finishes, now or when the answer is settled
             if defer_store:
-                answer = QueryAnswer(result, state, None, cache, body)
-                answer._settle = lambda: attach_sent(cache, store(), body)
-                return answer
+                settle = lambda: attach_sent(cache, store(), body)  # noqa: E731
+                return QueryAnswer(result, state, None, cache, body, settle)
             return QueryAnswer(result, state, store(), cache, body)
         finally:
             if not finished:
